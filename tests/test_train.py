@@ -1,0 +1,170 @@
+"""The training loop: events, learning, stopping, NaN handling, determinism, inits, truncation."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+import torch
+
+import tuning.train as train_module
+from tuning.config import TuneConfig
+from tuning.data import Row
+from tuning.generate import generate
+from tuning.train import (
+    Done, EpochEnd, Start, Step, TrainingError, encode_rows, init_prompt, length_batches, split_rows, train,
+)
+
+from conftest import CORPUS
+
+
+def rows_of(texts):
+    return [Row(act=f"Act {i}", prompt=t, group=f"act {i}") for i, t in enumerate(texts)]
+
+
+ROWS = rows_of(CORPUS)
+
+
+def config(**kw):
+    defaults = dict(model="tiny-gpt2", dataset="test", num_virtual_tokens=4, epochs=2, batch_size=2,
+                    learning_rate=0.1, seed=0)
+    return TuneConfig(**{**defaults, **kw})
+
+
+def run(base, rows=ROWS, held=(), stop=None, **kw):
+    return list(train(base, rows, config(**kw), held, stop))
+
+
+def test_events_come_in_order_and_count_every_step(base):
+    events = run(base, held=ROWS[:2], epochs=2)
+    assert isinstance(events[0], Start) and isinstance(events[-1], Done)
+    steps = [e for e in events if isinstance(e, Step)]
+    assert [s.step for s in steps] == list(range(1, events[0].total_steps + 1))
+    assert events[0].total_steps == 2 * 3  # 5 rows in batches of 2, two epochs
+    assert [e.epoch for e in events if isinstance(e, EpochEnd)] == [1, 2]
+    assert all(e.held_out_loss is not None for e in events if isinstance(e, EpochEnd))
+    assert steps[-1].eta == 0 and all(s.tokens_per_s > 0 for s in steps)
+
+
+def test_throughput_counts_real_tokens_only(base):
+    events = run(base, epochs=2)
+    start, steps = events[0], [e for e in events if isinstance(e, Step)]
+    assert start.train_tokens == sum(len(r) for r in encode_rows(base, ROWS, config()))
+    assert steps[-1].tokens == 2 * start.train_tokens
+
+
+def test_training_lowers_the_loss(base):
+    events = run(base, epochs=8, learning_rate=0.3)
+    epochs = [e for e in events if isinstance(e, EpochEnd)]
+    assert epochs[-1].train_loss < epochs[0].train_loss - 0.5
+
+
+def test_training_lowers_the_held_out_loss_below_the_base_model(base):
+    # Rows that share their opening words: what is learned on some helps the others.
+    events = run(base, rows=ROWS[1:], held=ROWS[:1], epochs=8, learning_rate=0.3)
+    start, epochs = events[0], [e for e in events if isinstance(e, EpochEnd)]
+    assert epochs[-1].held_out_loss < start.base_held_out_loss
+
+
+def test_stop_between_steps_keeps_what_was_learned(base):
+    stop = threading.Event()
+    events = []
+    for event in train(base, ROWS, config(epochs=5), (), stop):
+        events.append(event)
+        if isinstance(event, Step) and event.step == 3:
+            stop.set()
+    done = events[-1]
+    assert isinstance(done, Done) and done.stopped and done.steps == 3
+    assert [e.step for e in events if isinstance(e, Step)] == [1, 2, 3]
+    assert not torch.equal(done.soft.embeddings, init_prompt(base, config(epochs=5)))
+    assert generate(base, done.soft, "I want you to act as a poet.")  # usable
+
+
+def test_stop_before_the_first_step_is_an_error(base):
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(TrainingError, match="before the first step"):
+        run(base, stop=stop)
+
+
+def test_nan_loss_ends_the_run_without_a_result(base, monkeypatch):
+    real = train_module.token_losses
+
+    def poisoned(b, soft, rows, score_first=True):
+        loss, n = real(b, soft, rows, score_first)
+        return loss * float("nan"), n
+
+    monkeypatch.setattr(train_module, "token_losses", poisoned)
+    events = []
+    with pytest.raises(TrainingError, match="nan at step 1.*Nothing was saved"):
+        for event in train(base, ROWS, config(), ()):
+            events.append(event)
+    assert not any(isinstance(e, Done) for e in events)
+
+
+def test_same_seed_same_result(base):
+    a = run(base, seed=3)[-1].soft.embeddings
+    b = run(base, seed=3)[-1].soft.embeddings
+    c = run(base, seed=4)[-1].soft.embeddings
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_text_init_uses_the_texts_token_embeddings_repeated(base):
+    cfg = config(init="text", init_text="Hello world", num_virtual_tokens=5)
+    ids = base.encode("Hello world")
+    expected = base.model.get_input_embeddings().weight[(ids * 5)[:5]]
+    assert torch.equal(init_prompt(base, cfg), expected.float())
+
+
+def test_text_init_defaults_to_the_first_rows_prompt(base):
+    events = run(base, init="text", epochs=1, learning_rate=1e-6)
+    first = base.model.get_input_embeddings().weight[base.encode(ROWS[0].prompt)[:4]]
+    assert torch.allclose(events[-1].soft.embeddings, first, atol=1e-3)
+
+
+def test_sample_vocab_init_takes_rows_of_the_embedding_table(base):
+    prompt = init_prompt(base, config(init="sample_vocab"))
+    table = base.model.get_input_embeddings().weight
+    assert all(any(torch.equal(p, t) for t in table) for p in prompt)
+
+
+def test_random_init_is_seeded_and_leaves_the_global_rng_alone(base):
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = init_prompt(base, config(seed=1))
+    after = torch.rand(1)
+    assert torch.equal(a, init_prompt(base, config(seed=1)))
+    assert torch.equal(before, after)
+
+
+def test_rows_end_with_eos_and_long_rows_are_cut_to_the_context(base):
+    long_row = Row("Long", "word " * 1000, "long")
+    short, long_ids = encode_rows(base, [ROWS[0], long_row], config(num_virtual_tokens=6))
+    assert short[-1] == base.eos_id
+    assert len(long_ids) == base.max_positions - 6 and long_ids[-1] != base.eos_id
+
+
+def test_length_batches_cover_every_row_once_grouped_by_length():
+    lengths = [random.Random(1).randint(1, 50) for _ in range(23)]
+    batches = length_batches(lengths, 4, random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(23))
+    spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert sum(spans) <= max(lengths) - min(lengths)
+
+
+def test_choosing_acts_removes_them_from_the_held_out_side():
+    rows = rows_of([f"prompt number {i}" for i in range(20)])
+    cfg = TuneConfig(held_out_fraction=0.5, seed=0)
+    _, held = split_rows(rows, cfg)
+    chosen = held[0].act
+    train_rows, held_after = split_rows(rows, TuneConfig(held_out_fraction=0.5, seed=0, acts=(chosen,)))
+    assert [r.act for r in train_rows] == [chosen]
+    assert chosen not in {r.act for r in held_after}
+
+
+def test_no_rows_is_an_error(base):
+    with pytest.raises(TrainingError, match="no rows"):
+        run(base, rows=[])

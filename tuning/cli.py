@@ -1,0 +1,240 @@
+"""`python -m tuning`: train, generate, eval, list and delete from a terminal.
+
+The second front end over the engine (the Gradio app is the first): the same TuneConfig,
+the same train() events (shown as a tqdm bar), the same adapters folder. Errors a user can
+cause print one line and exit 1; argparse's own usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import signal
+import sys
+import textwrap
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from .config import TuneConfig
+
+# flags that are not a plain "--field value" of TuneConfig
+_SPECIAL = {"acts", "text_only"}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TuneConfig):
+        if f.name in _SPECIAL:
+            continue
+        kind = {int: int, float: float}.get(type(f.default), str)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
+            help=f"{f.metadata.get('help', '')} (default: {f.default})",
+        )
+    parser.add_argument("--act", dest="acts", action="append", default=[], metavar="ACT",
+                        help="train on this act only; repeat for several (default: all training acts)")
+    parser.add_argument("--all-types", dest="text_only", action="store_false",
+                        help="keep rows of every `type` (default: TEXT rows only when the column exists)")
+
+
+def _add_decoding_flags(parser: argparse.ArgumentParser) -> None:
+    from .generate import Decoding
+
+    for f in dataclasses.fields(Decoding):
+        if f.name == "do_sample":
+            parser.add_argument("--sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding")
+            continue
+        kind = {int: int, float: float}[type(f.default)]
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
+                            help=f"(default: {f.default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tuning", description="Prompt-tune a causal LM and compare it with the base model.")
+    parser.add_argument("--adapters-dir", default="adapters", help="where adapters are saved (default: adapters)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="prompt-tune and save an adapter", description="Prompt-tune a model and save the adapter.")
+    _add_config_flags(p)
+    p.add_argument("--name", help="adapter name (default: from the acts, tokens and epochs)")
+
+    p = sub.add_parser("generate", help="print base and tuned continuations side by side")
+    p.add_argument("text", help="input text, e.g. 'I want you to act as a rapper.'")
+    p.add_argument("--adapter", required=True, help="name of a saved adapter")
+    p.add_argument("--model", help="model to load (default: the adapter's base model)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    _add_decoding_flags(p)
+
+    p = sub.add_parser("eval", help="held-out loss and perplexity, base vs tuned")
+    p.add_argument("--adapter", required=True, help="name of a saved adapter")
+    p.add_argument("--model", help="model to load (default: the adapter's base model)")
+    p.add_argument("--dataset", help="dataset (default: the adapter's)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--batch-size", type=int, default=8)
+
+    sub.add_parser("list", help="list saved adapters")
+    p = sub.add_parser("delete", help="delete a saved adapter")
+    p.add_argument("name")
+    return parser
+
+
+def _default_name(config: TuneConfig) -> str:
+    what = config.acts[0] if len(config.acts) == 1 else ("acts" if config.acts else "all")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{what}-{config.num_virtual_tokens}tok-{config.epochs}ep-{stamp}"
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from . import adapters
+    from .data import load_rows
+    from .model import load_base
+    from .train import Done, EpochEnd, Start, Step, split_rows, train
+
+    names = {f.name for f in dataclasses.fields(TuneConfig)}
+    config = TuneConfig(**{k: v for k, v in vars(args).items() if k in names})
+    name = adapters.sanitize_name(args.name or _default_name(config))
+    rows = load_rows(config.dataset, config.text_only)
+    train_rows, held = split_rows(rows, config)
+    print(f"loading {config.model} ...", file=sys.stderr)
+    base = load_base(config.model, config.precision)
+
+    # First Ctrl-C: stop after the current step and keep what was learned. Second: abort.
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        tqdm.write("stopping after this step (Ctrl-C again to abort) ...")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    bar = None
+    try:
+        for event in train(base, train_rows, config, held, stop):
+            if isinstance(event, Start):
+                baseline = "" if event.base_held_out_loss is None else f", base held-out loss {event.base_held_out_loss:.4f}"
+                tqdm.write(f"{event.train_rows} training rows, {event.held_out_rows} held-out rows{baseline}")
+                bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True)
+            elif isinstance(event, Step):
+                bar.update(1)
+                bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.3f}", tok_s=f"{event.tokens_per_s:.0f}")
+            elif isinstance(event, EpochEnd):
+                held_text = "" if event.held_out_loss is None else f", held-out loss {event.held_out_loss:.4f}"
+                tqdm.write(f"epoch {event.epoch}: train loss {event.train_loss:.4f}{held_text}")
+            elif isinstance(event, Done):
+                done = event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+    path = adapters.save(done.soft, name, args.adapters_dir)
+    state = "stopped early" if done.stopped else "finished"
+    print(f"{state} after {done.steps} steps in {done.elapsed:.1f} s; saved adapter {name!r} to {path}")
+    return 0
+
+
+def _load_adapter_and_base(args):
+    from . import adapters
+    from .model import load_base
+
+    soft = adapters.load(args.adapter, args.adapters_dir)
+    base = load_base(args.model or soft.base_model, args.precision)
+    return adapters.load(args.adapter, args.adapters_dir, base=base), base  # checked against the model
+
+
+def cmd_generate(args) -> int:
+    from .generate import Decoding, stream_pair
+
+    soft, base = _load_adapter_and_base(args)
+    names = {f.name for f in dataclasses.fields(Decoding)}
+    decoding = Decoding(**{k: v for k, v in vars(args).items() if k in names})
+    base_text = tuned_text = ""
+    for base_text, tuned_text in stream_pair(base, soft, args.text, decoding):
+        pass
+    print(side_by_side(("base", base_text), (f"tuned ({args.adapter})", tuned_text)))
+    return 0
+
+
+def side_by_side(left: tuple[str, str], right: tuple[str, str], width: int | None = None) -> str:
+    """Two titled texts as two wrapped columns.
+
+    >>> print(side_by_side(("a", "one two"), ("b", "three"), width=23))
+    a          | b
+    ---------- | ----------
+    one two    | three
+    """
+    width = width or min(shutil.get_terminal_size((100, 20)).columns, 160)
+    col = max((width - 3) // 2, 10)
+
+    def lines(title, text):
+        body = [w for para in (text.strip() or "(nothing)").splitlines() for w in (textwrap.wrap(para, col) or [""])]
+        return [title[:col], "-" * col] + body
+
+    a, b = lines(*left), lines(*right)
+    a += [""] * (len(b) - len(a))
+    b += [""] * (len(a) - len(b))
+    return "\n".join(f"{x:<{col}} | {y}".rstrip() for x, y in zip(a, b))
+
+
+def cmd_eval(args) -> int:
+    from .data import load_rows, select
+    from .evaluate import compare
+    from .train import encode_rows, split_rows
+
+    soft, base = _load_adapter_and_base(args)
+    config = dataclasses.replace(soft.config, dataset=args.dataset or soft.config.dataset)
+    rows = load_rows(config.dataset, config.text_only)
+    held_acts = soft.meta.get("held_out_acts")
+    if held_acts and config.dataset == soft.config.dataset:
+        held = select(rows, held_acts)  # exactly the acts this adapter was evaluated on
+    else:
+        _, held = split_rows(rows, config)
+    if not held:
+        raise ValueError("there are no held-out rows to evaluate on")
+    result = compare(base, soft, encode_rows(base, held, config), args.batch_size)
+    print(f"held-out: {len(held)} acts, {result['base'].tokens} tokens of {config.dataset}")
+    print(f"{'':6} {'loss':>8} {'perplexity':>11}")
+    for name in ("base", "tuned"):
+        m = result[name]
+        print(f"{name:6} {m.loss:8.4f} {m.perplexity:11.2f}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from . import adapters
+
+    items = adapters.list_adapters(args.adapters_dir)
+    if not items:
+        print(f"no adapters in {Path(args.adapters_dir).resolve()}")
+        return 0
+    print(f"{'name':40} {'tokens':>6} {'held-out loss':>13}  {'created':20} base model")
+    for a in items:
+        loss = (a.get("metrics") or {}).get("held_out_loss")
+        loss_text = f"{loss:.4f}" if isinstance(loss, (int, float)) else "-"
+        print(f"{a['name']:40} {a['num_virtual_tokens']:>6} {loss_text:>13}  {str(a.get('created') or '-'):20} {a['base_model']}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from . import adapters
+
+    adapters.delete(args.name, args.adapters_dir)
+    print(f"deleted adapter {args.name!r}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "list": cmd_list, "delete": cmd_delete}
+    try:
+        return command[args.command](args)
+    except (ValueError, RuntimeError, OSError) as e:
+        # Our errors (DataError, ModelError, AdapterError, GenerationError, TrainingError, a bad
+        # TuneConfig) carry one sentence for the user; anything else is a bug and keeps its traceback.
+        if type(e).__module__.startswith("tuning") or type(e) in (ValueError,):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise

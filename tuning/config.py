@@ -1,0 +1,84 @@
+"""TuneConfig: every setting of a prompt-tuning run, with defaults and self-validation.
+
+The UI, the CLI and the tests all build this one object. It holds settings only; it
+does not load anything. `TuneConfig(num_virtual_tokens=0)` raises a ValueError that
+names the bad field and its allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+INITS = ("random", "text", "sample_vocab")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+DEFAULT_MODEL = "openai-community/gpt2"
+DEFAULT_DATASET = "fka/awesome-chatgpt-prompts"
+
+
+@dataclass
+class TuneConfig:
+    # what to tune and on what
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id, local folder, or .gguf file"})
+    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "Hub id or local .csv/.json/.jsonl/.parquet"})
+    # the soft prompt
+    num_virtual_tokens: int = field(default=20, metadata={"help": "length of the soft prompt, 1-100"})
+    init: str = field(default="random", metadata={"help": "random | text | sample_vocab"})
+    init_text: str | None = field(default=None, metadata={"help": "text whose tokens seed the prompt (init=text); default: the act's prompt"})
+    # optimisation
+    epochs: int = field(default=10, metadata={"help": "passes over the training rows, 1-50"})
+    learning_rate: float = field(default=3e-2, metadata={"help": "AdamW step size; 1e-3 to 3e-1 is the useful range"})
+    batch_size: int = field(default=4, metadata={"help": "rows per step, 1-64 (rows of similar length are batched together)"})
+    max_length: int = field(default=512, metadata={"help": "text tokens kept per training row (also capped by the model's context)"})
+    seed: int = field(default=0, metadata={"help": "seeds the split, the init, the batch order"})
+    precision: str = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16 (auto: bf16 where the hardware has it)"})
+    # which rows
+    acts: tuple[str, ...] = field(default=(), metadata={"help": "train on these acts only (default: all training acts)"})
+    held_out_fraction: float = field(default=0.1, metadata={"help": "share of acts kept out of training for evaluation, 0-0.5"})
+    text_only: bool = field(default=True, metadata={"help": "when the dataset has a `type` column, keep TEXT rows only"})
+
+    def __post_init__(self) -> None:
+        self.acts = tuple(self.acts or ())
+        _int_in("num_virtual_tokens", self.num_virtual_tokens, 1, 100)
+        _int_in("epochs", self.epochs, 1, 50)
+        _int_in("batch_size", self.batch_size, 1, 64)
+        _int_in("max_length", self.max_length, 8, 1_000_000)
+        _int_in("seed", self.seed, 0, 2**32 - 1)
+        _float_in("learning_rate", self.learning_rate, 1e-6, 10.0)
+        _float_in("held_out_fraction", self.held_out_fraction, 0.0, 0.5)
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("model", "dataset"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty Hub id or path")
+        if self.init_text is not None and (not isinstance(self.init_text, str) or not self.init_text.strip()):
+            raise ValueError("init_text must be non-empty text when given")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["acts"] = list(self.acts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TuneConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _int_in(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be from {lo} to {hi}, got {value}")
+
+
+def _float_in(name: str, value, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number from {lo:g} to {hi:g}, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be from {lo:g} to {hi:g}, got {value:g}")

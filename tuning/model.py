@@ -1,0 +1,229 @@
+"""The base model, loaded once per process, and the one place where a soft prompt meets it.
+
+A tuned model is a tensor: prompt tuning learns `[num_virtual_tokens, hidden]` numbers and
+nothing else, so a `SoftPrompt` carries that tensor plus what produced it. Training,
+generation and evaluation all prepend it the same way (`prompt_inputs`), through
+`inputs_embeds` on the shared, frozen base model. That keeps the base read-only (any
+number of sessions can use different prompts at once) and lets `generate` use its KV
+cache, which `PeftModel.generate(use_cache=True)` gets wrong for prompt tuning with
+transformers 5.24 + peft 0.21 (wrong tokens after the first).
+
+What this file does not do: training (train.py), decoding (generate.py), files (adapters.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import DEFAULT_MODEL, PRECISIONS, TuneConfig
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded or used as asked; the message is one sentence for the user."""
+
+
+@dataclass(eq=False)
+class Base:
+    """A frozen causal LM in eval mode with its tokenizer. Shared read-only by every session."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str
+    precision: str  # the resolved one: fp32 | bf16 | fp16
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.precision]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def max_positions(self) -> int:
+        """How many positions (virtual tokens + input + new tokens) the model can attend over."""
+        return context_length(self.model.config)
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@dataclass(eq=False)
+class SoftPrompt:
+    """A trained prompt: `embeddings` is `[num_virtual_tokens, hidden]` float32 on the CPU.
+
+    `meta` holds what produced it (dataset, acts, loss history, held-out metrics, created
+    time); adapters.py writes it next to PEFT's files.
+    """
+
+    embeddings: torch.Tensor
+    base_model: str
+    config: TuneConfig
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.embeddings.shape[0]
+
+
+def context_length(config) -> int:
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ModelError(f"cannot tell the context length of a {type(config).__name__} model")
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 where the hardware has fast bf16 (recent CPUs, Ampere+ GPUs), fp16 on older GPUs, else fp32."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def from_model(model: torch.nn.Module, tokenizer, model_id: str, precision: str = "auto") -> Base:
+    """Wrap an already built model (tests build tiny ones): freeze it, eval mode, cast, set the pad token.
+
+    GPT-2 has no pad token; we reuse eos as pad and mask padding by the attention mask, never
+    by token id, so the eos that ends every training row is still learned.
+    """
+    device = next(model.parameters()).device
+    resolved = resolve_precision(precision, device)
+    model.to(_DTYPES[resolved]).eval().requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"the tokenizer of {model_id} has no end-of-text token")
+    return Base(model=model, tokenizer=tokenizer, model_id=model_id, precision=resolved)
+
+
+_load_lock = threading.Lock()
+
+
+def load_base(model_id: str = DEFAULT_MODEL, precision: str = "auto", device: str | None = None) -> Base:
+    """Load a causal LM by Hub id, local folder or `.gguf` file, once per process (cached).
+
+    >>> base = load_base("openai-community/gpt2")          # doctest: +SKIP
+    >>> base.max_positions, base.precision                  # doctest: +SKIP
+    (1024, 'bf16')
+    """
+    # One lock: two sessions asking at once must not load the weights twice.
+    with _load_lock:
+        return _load_base_cached(model_id, precision, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_base_cached(model_id: str, precision: str, device: str | None) -> Base:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = torch.device(device) if device else pick_device()
+    resolved = resolve_precision(precision, dev)
+    kwargs: dict = {}
+    source = model_id
+    path = Path(os.path.expanduser(model_id))
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"no GGUF file at {model_id}")
+        source, kwargs["gguf_file"] = str(path.parent), path.name
+    elif model_id.startswith(("/", ".", "~")) and not path.exists():
+        raise ModelError(f"no model folder at {model_id}")
+    elif path.exists() and not path.is_dir():
+        raise ModelError(f"{model_id} is a file; give a model folder, a .gguf file or a Hub id")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[resolved], **kwargs)
+    except (OSError, ValueError) as e:  # not found, no network, gated repo, not a causal LM
+        raise ModelError(f"could not load the model {model_id!r}: {str(e).strip().splitlines()[0]}") from e
+    return from_model(model.to(dev), tokenizer, model_id, resolved)
+
+
+def prompt_inputs(
+    base: Base,
+    soft: torch.Tensor | None | list[torch.Tensor | None],
+    rows: list[list[int]],
+    pad_left: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embed token rows with a soft prompt in front, padded into one batch.
+
+    `soft` is one `[v, hidden]` tensor for every row, None for the base model, or a list
+    with one of those per row. Returns `inputs_embeds [B, T, hidden]` in the model's dtype,
+    `attention_mask [B, T]` and `position_ids [B, T]`. Positions count real positions only,
+    so a left-padded row sees the same positions as it would alone (GPT-2's learned
+    positions otherwise shift under left padding).
+
+    >>> # rows [[5, 6, 7], [8]] with one 2-token prompt, right padding:
+    >>> # mask [[1,1,1,1,1], [1,1,1,0,0]], positions [[0,1,2,3,4], [0,1,2,2,2]]
+    """
+    device, dtype = base.device, base.dtype
+    table = base.model.get_input_embeddings()
+    prompts = soft if isinstance(soft, list) else [soft] * len(rows)
+    prompts = [None if p is None else p.to(device=device, dtype=dtype) for p in prompts]
+    lengths = [(0 if p is None else p.shape[0]) + len(r) for p, r in zip(prompts, rows)]
+    total = max(lengths)
+    embeds = torch.zeros(len(rows), total, base.hidden_size, device=device, dtype=dtype)
+    mask = torch.zeros(len(rows), total, dtype=torch.long, device=device)
+    for i, (prompt, row, n) in enumerate(zip(prompts, rows, lengths)):
+        parts = [table(torch.tensor(row, dtype=torch.long, device=device)).to(dtype)]
+        if prompt is not None:
+            parts.insert(0, prompt)
+        start = total - n if pad_left else 0
+        embeds[i, start : start + n] = torch.cat(parts)
+        mask[i, start : start + n] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return embeds, mask, positions
+
+
+def token_losses(
+    base: Base, soft: torch.Tensor | None, rows: list[list[int]], score_first: bool = True
+) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the real tokens of `rows`, and how many tokens it covers.
+
+    Row `[t0, t1, ..., tn]` with a soft prompt: position of the last virtual token predicts
+    t0, t0 predicts t1, and so on (as PEFT trains it). `score_first=False` skips t0, which
+    the base model cannot predict (it has no context), so base and tuned are scored on the
+    same tokens. Logits are computed only at scored positions, in float32, so a 50k-vocab
+    logit tensor for every padded position is never built.
+    """
+    embeds, mask, positions = prompt_inputs(base, soft, rows)
+    body = base.model.base_model  # the transformer without its LM head
+    hidden = body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+    n_virtual = 0 if soft is None else soft.shape[0]
+    # hidden at position p predicts the token at p + 1
+    src_rows, src_pos, targets = [], [], []
+    for i, row in enumerate(rows):
+        first = 0 if (score_first and n_virtual > 0) else 1
+        for j in range(first, len(row)):
+            src_rows.append(i)
+            src_pos.append(n_virtual + j - 1)
+            targets.append(row[j])
+    if not targets:
+        return hidden.new_zeros((), dtype=torch.float32), 0
+    picked = hidden[torch.tensor(src_rows, device=hidden.device), torch.tensor(src_pos, device=hidden.device)]
+    logits = base.model.get_output_embeddings()(picked).float()
+    target = torch.tensor(targets, device=logits.device)
+    loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    return loss, len(targets)

@@ -1,0 +1,262 @@
+"""The training loop: prompt tuning written out as one plain generator of events.
+
+`train()` learns a `[num_virtual_tokens, hidden]` float32 tensor in front of a frozen base
+model and yields `Start`, `Step`, `EpochEnd` and finally `Done` (which carries the
+`SoftPrompt`). A UI turns the events into a chart, the CLI into a progress bar, tests into
+assertions. Stopping is a `threading.Event` checked between steps; what was learned so far
+comes back in `Done(stopped=True)`. A NaN/inf loss raises `TrainingError` and returns nothing.
+
+What it does not do: load models or data (model.py, data.py), save files (adapters.py).
+
+Choices, each measured or explained in README "Performance":
+- the base model keeps its own dtype (bf16 on CPUs that have it), the prompt and the loss
+  are float32;
+- rows of similar length are batched together (little padding), batch order shuffled per
+  epoch with the seed;
+- loss is computed only at real token positions (model.token_losses);
+- the base stays in eval mode (no dropout): it is shared with other sessions and that
+  makes a run deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator, Sequence
+
+import torch
+
+from .config import TuneConfig
+from .data import Row, select, split_by_act
+from .evaluate import mean_loss
+from .model import Base, SoftPrompt, token_losses
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (for example the loss became NaN); the message is one sentence."""
+
+
+@dataclass
+class Start:
+    total_steps: int
+    train_rows: int
+    held_out_rows: int
+    train_tokens: int  # real text tokens per epoch
+    base_held_out_loss: float | None  # the untuned model on the held-out rows, for the chart's baseline
+
+
+@dataclass
+class Step:
+    step: int  # 1-based, across epochs
+    total_steps: int
+    epoch: int  # 1-based
+    loss: float  # mean cross-entropy per token of this batch
+    tokens: int  # real text tokens trained on so far
+    tokens_per_s: float
+    elapsed: float  # seconds since the start
+    eta: float  # seconds left, from the mean step time so far
+
+
+@dataclass
+class EpochEnd:
+    epoch: int
+    train_loss: float  # token-weighted mean over the epoch
+    held_out_loss: float | None
+    elapsed: float
+
+
+@dataclass
+class Done:
+    soft: SoftPrompt
+    stopped: bool  # True when asked to stop before the last step
+    steps: int
+    elapsed: float
+
+
+Event = Start | Step | EpochEnd | Done
+
+
+def split_rows(rows: Sequence[Row], config: TuneConfig) -> tuple[list[Row], list[Row]]:
+    """Which rows to train on and which to hold out, by act.
+
+    With no `config.acts`: the seeded split's training side. With acts named: exactly those
+    rows (even ones the split would hold out); the held-out side then drops their acts, so a
+    held-out act is never trained on.
+    """
+    train_rows, held = split_by_act(list(rows), config.held_out_fraction, config.seed)
+    if config.acts:
+        train_rows = select(list(rows), config.acts)
+        trained = {r.group for r in train_rows}
+        held = [r for r in held if r.group not in trained]
+    return train_rows, held
+
+
+def encode_rows(base: Base, rows: Sequence[Row], config: TuneConfig) -> list[list[int]]:
+    """Tokenize each prompt and end it with eos, truncated so virtual + text tokens fit the context.
+
+    The eos is a label like any other token (padding is masked by position, not by id), so
+    the tuned model learns where a prompt ends. A truncated row gets no eos: it did not end.
+    """
+    budget = min(config.max_length, base.max_positions - config.num_virtual_tokens)
+    if budget < 2:
+        raise TrainingError(
+            f"{config.num_virtual_tokens} virtual tokens leave no room in the model's {base.max_positions}-token context"
+        )
+    out = []
+    for row in rows:
+        ids = base.encode(row.prompt)
+        out.append(ids + [base.eos_id] if len(ids) < budget else ids[:budget])
+    return out
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Group row indices of similar length into batches, then shuffle the batch order.
+
+    >>> length_batches([5, 1, 4, 2], 2, random.Random(0))  # batches {1, 3} (lengths 1, 2) and {2, 0}
+    [[2, 0], [1, 3]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def init_prompt(base: Base, config: TuneConfig, fallback_text: str | None = None) -> torch.Tensor:
+    """The starting `[num_virtual_tokens, hidden]` float32 tensor, reproducible from the seed.
+
+    random: PEFT's own init (`nn.Embedding`, N(0, 1)). sample_vocab: embeddings of tokens
+    drawn uniformly from the vocabulary (PEFT's SAMPLE_VOCAB). text: embeddings of the
+    text's tokens, repeated or cut to length (PEFT's TEXT logic, done here with the loaded
+    tokenizer because PEFT's would load a tokenizer by name, possibly from the network).
+    """
+    from peft import PromptTuningConfig
+    from peft.tuners.prompt_tuning.model import PromptEmbedding
+
+    n = config.num_virtual_tokens
+    table = base.model.get_input_embeddings()
+    if config.init == "text":
+        text = config.init_text or fallback_text
+        ids = base.encode(text or "")
+        if not ids:
+            raise TrainingError("init 'text' needs a non-empty init text")
+        ids = (ids * math.ceil(n / len(ids)))[:n]
+        with torch.no_grad():
+            return table(torch.tensor(ids, device=base.device)).float().cpu().clone()
+    peft_init = {"random": "RANDOM", "sample_vocab": "SAMPLE_VOCAB"}[config.init]
+    peft_config = PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=n, token_dim=base.hidden_size,
+        num_transformer_submodules=1, prompt_tuning_init=peft_init,
+    )
+    # fork_rng: seed PEFT's init without disturbing anyone else's use of the global RNG state
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(config.seed)
+        return PromptEmbedding(peft_config, table).embedding.weight.detach().float().cpu().clone()
+
+
+def train(
+    base: Base,
+    train_rows: Sequence[Row],
+    config: TuneConfig,
+    held_out_rows: Sequence[Row] = (),
+    stop: threading.Event | None = None,
+) -> Iterator[Event]:
+    """Prompt-tune `base` on `train_rows`; yields Start, then Step per batch and EpochEnd per epoch, then Done.
+
+    >>> for event in train(base, rows, TuneConfig(epochs=1)):   # doctest: +SKIP
+    ...     if isinstance(event, Step): print(event.step, event.loss)
+    """
+    if not train_rows:
+        raise TrainingError("there are no rows to train on")
+    t0 = time.perf_counter()
+    device = base.device
+    data = encode_rows(base, train_rows, config)
+    held = encode_rows(base, held_out_rows, config) if held_out_rows else []
+    rng = random.Random(config.seed)
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+
+    prompt = torch.nn.Parameter(init_prompt(base, config, train_rows[0].prompt).to(device))
+    optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=0.0)
+    # Linear decay to zero over the planned steps, as PEFT's prompt-tuning examples do.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
+
+    base_held = mean_loss(base, None, held, config.batch_size) if held else None
+    yield Start(total, len(data), len(held), sum(len(r) for r in data), base_held)
+
+    history = {"step": [], "train_loss": [], "epoch": [], "held_out_loss": [], "epoch_train_loss": []}
+    step, tokens_done, train_time, stopped = 0, 0, 0.0, False
+    for epoch in range(1, config.epochs + 1):
+        epoch_loss, epoch_tokens = 0.0, 0
+        for batch in length_batches([len(r) for r in data], config.batch_size, rng):
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
+            t_step = time.perf_counter()
+            loss_sum, count = token_losses(base, prompt, [data[i] for i in batch])
+            loss = loss_sum / count
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} at step {step + 1} (epoch {epoch}); "
+                    f"try a lower learning rate than {config.learning_rate:g}. Nothing was saved."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([prompt], 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            tokens_done += count
+            epoch_loss += loss_sum.item()
+            epoch_tokens += count
+            train_time += time.perf_counter() - t_step
+            history["step"].append(step)
+            history["train_loss"].append(loss.item())
+            yield Step(
+                step=step, total_steps=total, epoch=epoch, loss=loss.item(), tokens=tokens_done,
+                tokens_per_s=tokens_done / train_time, elapsed=time.perf_counter() - t0,
+                eta=(total - step) * train_time / step,
+            )
+        if stopped:
+            break
+        held_loss = mean_loss(base, prompt.detach(), held, config.batch_size) if held else None
+        history["epoch"].append(epoch)
+        history["held_out_loss"].append(held_loss)
+        history["epoch_train_loss"].append(epoch_loss / epoch_tokens)
+        yield EpochEnd(epoch, epoch_loss / epoch_tokens, held_loss, time.perf_counter() - t0)
+
+    if step == 0:
+        raise TrainingError("training was stopped before the first step; there is nothing to keep")
+    last_held = next((x for x in reversed(history["held_out_loss"]) if x is not None), None)
+    if stopped and held:  # the kept prompt is not the one the last epoch measured
+        last_held = mean_loss(base, prompt.detach(), held, config.batch_size)
+    elapsed = time.perf_counter() - t0
+    cfg = base.model.config
+    soft = SoftPrompt(
+        embeddings=prompt.detach().float().cpu().clone(),
+        base_model=base.model_id,
+        config=config,
+        meta={
+            "dataset": config.dataset,
+            "acts": [r.act for r in train_rows],
+            "held_out_acts": [r.act for r in held_out_rows],
+            "history": history,
+            "metrics": {
+                "base_held_out_loss": base_held,
+                "held_out_loss": last_held,
+                "final_train_loss": history["train_loss"][-1],
+            },
+            "steps": step,
+            "stopped": stopped,
+            "train_seconds": round(elapsed, 2),
+            "tokens_per_s": round(tokens_done / train_time, 1) if train_time else None,
+            "precision": base.precision,
+            "num_layers": getattr(cfg, "num_hidden_layers", None),
+            "num_attention_heads": getattr(cfg, "num_attention_heads", None),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    yield Done(soft=soft, stopped=stopped, steps=step, elapsed=elapsed)
