@@ -1,0 +1,344 @@
+"""adapters.py: soft prompts saved as PEFT prompt-tuning folders, loaded back safely."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tuning import adapters
+from tuning.adapters import AdapterError, META_FILE, delete, list_adapters, load, load_folder, sanitize_name, save
+from tuning.config import TuneConfig
+from tuning.model import SoftPrompt
+
+HOSTILE_NAMES = ["../app.py", "/etc/passwd", "a/../../x", "https://x", "user/repo", "..", ".", "", ".hidden", "a b"]
+
+
+def make_soft(v: int = 5, hidden: int = 64, base_model: str = "tiny-gpt2", **meta) -> SoftPrompt:
+    meta = {"dataset": "x.csv", "history": {"train_loss": [3.0, 2.5]}, **meta}
+    return SoftPrompt(torch.randn(v, hidden), base_model, TuneConfig(num_virtual_tokens=v, model=base_model), meta)
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=100, n_positions=128))
+
+
+def edit_json(path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_round_trip_keeps_tensor_config_and_meta(tmp_path):
+    soft = make_soft()
+    save(soft, "rapper", tmp_path)
+    loaded = load("rapper", tmp_path)
+    assert torch.equal(loaded.embeddings, soft.embeddings)
+    assert loaded.embeddings.dtype == torch.float32
+    assert loaded.base_model == "tiny-gpt2"
+    assert loaded.config == soft.config
+    assert {k: v for k, v in loaded.meta.items() if k != "created"} == soft.meta
+
+
+def test_save_sets_created_once_and_keeps_it_on_resave(tmp_path):
+    save(make_soft(), "a", tmp_path)
+    first = load("a", tmp_path)
+    assert first.meta["created"].endswith("+00:00")
+    first.embeddings += 1
+    save(first, "a", tmp_path)
+    assert load("a", tmp_path).meta["created"] == first.meta["created"]
+
+
+def test_save_does_not_change_the_soft_prompt_meta(tmp_path):
+    soft = make_soft()
+    save(soft, "a", tmp_path)
+    assert "created" not in soft.meta
+
+
+def test_save_returns_the_folder_under_the_sanitized_name(tmp_path):
+    assert save(make_soft(), "My prompt: v2!", tmp_path) == tmp_path / "My-prompt-v2"
+
+
+def test_tuples_in_meta_are_saved_as_lists(tmp_path):
+    save(make_soft(acts=("Rapper", "Poet")), "a", tmp_path)
+    assert load("a", tmp_path).meta["acts"] == ["Rapper", "Poet"]
+
+
+def test_nan_in_meta_is_refused_and_writes_nothing(tmp_path):
+    with pytest.raises(AdapterError, match="NaN"):
+        save(make_soft(metrics={"loss": math.nan}), "a", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_prompt_is_not_saved(tmp_path):
+    soft = make_soft()
+    soft.embeddings[0, 0] = math.nan
+    with pytest.raises(AdapterError, match="NaN"):
+        save(soft, "a", tmp_path)
+
+
+def test_peft_file_says_random_init_and_meta_keeps_the_real_one(tmp_path):
+    soft = make_soft()
+    soft.config = TuneConfig(num_virtual_tokens=5, model="tiny-gpt2", init="text", init_text="act as a poet")
+    folder = save(soft, "a", tmp_path)
+    assert json.loads((folder / "adapter_config.json").read_text())["prompt_tuning_init"] == "RANDOM"
+    assert load("a", tmp_path).config.init == "text"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """PEFT asks the Hub whether the base model's config.json exists unless told it is offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_saved_folder_loads_in_peft_with_the_same_prompt(tmp_path, offline):
+    from peft import PeftModel
+
+    soft = make_soft()
+    folder = save(soft, "a", tmp_path)
+    peft_model = PeftModel.from_pretrained(tiny_gpt2(), str(folder))
+    assert torch.equal(peft_model.get_prompt_embedding_to_save("default"), soft.embeddings)
+    assert set(load_file(folder / "adapter_model.safetensors")) == {"prompt_embeddings"}
+
+
+@pytest.mark.filterwarnings("ignore:Could not find a config file")  # PEFT, offline, on a model with no Hub id
+def test_folder_written_by_peft_loads_with_default_config(tmp_path, offline):
+    from peft import PromptTuningConfig, get_peft_model
+
+    model = tiny_gpt2()
+    model.name_or_path = "tiny-gpt2"  # PEFT writes this as base_model_name_or_path
+    peft_model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=7))
+    peft_model.save_pretrained(str(tmp_path / "from-peft"))
+    soft = load("from-peft", tmp_path)
+    assert torch.equal(soft.embeddings, peft_model.get_prompt_embedding_to_save("default"))
+    assert soft.config.num_virtual_tokens == 7 and soft.config.model == "tiny-gpt2"
+    assert soft.base_model == "tiny-gpt2" and soft.meta == {}
+
+
+def test_list_gives_fields_newest_first(tmp_path):
+    save(make_soft(created="2025-01-01T00:00:00+00:00", metrics={"held_out_loss": 2.1}), "old", tmp_path)
+    save(make_soft(v=3, created="2025-06-01T00:00:00+00:00"), "new", tmp_path)
+    listed = list_adapters(tmp_path)
+    assert [a["name"] for a in listed] == ["new", "old"]
+    old = listed[1]
+    assert old["base_model"] == "tiny-gpt2"
+    assert old["num_virtual_tokens"] == 5 and listed[0]["num_virtual_tokens"] == 3
+    assert old["created"] == "2025-01-01T00:00:00+00:00"
+    assert old["config"]["num_virtual_tokens"] == 5
+    assert old["metrics"] == {"held_out_loss": 2.1}
+    assert old["size_bytes"] == sum(f.stat().st_size for f in (tmp_path / "old").iterdir())
+
+
+def test_list_skips_broken_and_temp_folders(tmp_path):
+    save(make_soft(), "good", tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad-json").mkdir()
+    (tmp_path / "bad-json" / "adapter_config.json").write_text("{not json")
+    save(make_soft(), "no-weights", tmp_path)
+    (tmp_path / "no-weights" / "adapter_model.safetensors").unlink()
+    (tmp_path / ".tmp-abc").mkdir()
+    (tmp_path / "stray-file.txt").write_text("x")
+    assert [a["name"] for a in list_adapters(tmp_path)] == ["good"]
+
+
+def test_list_of_missing_root_is_empty(tmp_path):
+    assert list_adapters(tmp_path / "nope") == []
+
+
+def test_delete_removes_the_folder(tmp_path):
+    save(make_soft(), "a", tmp_path)
+    delete("a", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_delete_of_missing_adapter_is_refused(tmp_path):
+    with pytest.raises(AdapterError, match="no adapter named 'ghost'"):
+        delete("ghost", tmp_path)
+
+
+def test_load_of_missing_adapter_is_refused(tmp_path):
+    with pytest.raises(AdapterError, match="no adapter named 'ghost'"):
+        load("ghost", tmp_path)
+
+
+def test_save_overwrites_by_default(tmp_path):
+    save(make_soft(v=5), "a", tmp_path)
+    second = make_soft(v=3)
+    save(second, "a", tmp_path)
+    assert torch.equal(load("a", tmp_path).embeddings, second.embeddings)
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_save_without_overwrite_refuses_an_existing_name(tmp_path):
+    save(make_soft(), "a", tmp_path)
+    with pytest.raises(AdapterError, match="already exists"):
+        save(make_soft(), "a", tmp_path, overwrite=False)
+
+
+def test_failed_write_keeps_the_previous_adapter_and_leaves_no_folder(tmp_path, monkeypatch):
+    first = make_soft()
+    save(first, "a", tmp_path)
+
+    def broken_save_file(tensors, path):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(adapters, "save_file", broken_save_file)
+    with pytest.raises(OSError, match="disk full"):
+        save(make_soft(), "a", tmp_path)
+    assert torch.equal(load("a", tmp_path).embeddings, first.embeddings)
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_failed_swap_restores_the_previous_adapter(tmp_path, monkeypatch):
+    first = make_soft()
+    save(first, "a", tmp_path)
+    real_replace = os.replace
+    calls = []
+
+    def replace_failing_second_time(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the old one is already moved aside; putting the new one in place fails
+            raise OSError("rename failed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(adapters.os, "replace", replace_failing_second_time)
+    with pytest.raises(OSError, match="rename failed"):
+        save(make_soft(), "a", tmp_path)
+    monkeypatch.undo()
+    assert torch.equal(load("a", tmp_path).embeddings, first.embeddings)
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("rapper", "rapper"),
+    ("My prompt: v2!", "My-prompt-v2"),
+    ("  spaced  ", "spaced"),
+    ("../etc/passwd", "etcpasswd"),
+    ("..hidden", "hidden"),
+    ("-flag", "flag"),
+    ("v1.2_final", "v1.2_final"),
+    ("x" * 100, "x" * 64),
+])
+def test_sanitize_name(raw, clean):
+    assert sanitize_name(raw) == clean
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "///", "..", "!!!"])
+def test_sanitize_name_refuses_names_with_nothing_left(raw):
+    with pytest.raises(AdapterError, match="no usable characters"):
+        sanitize_name(raw)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+@pytest.mark.parametrize("action", [load, delete])
+def test_hostile_names_are_refused(tmp_path, action, name):
+    root = tmp_path / "adapters"
+    save(make_soft(), "victim", root)
+    with pytest.raises(AdapterError, match="not a valid adapter name"):
+        action(name, root)
+    assert (root / "victim").is_dir()
+
+
+@pytest.mark.parametrize("action", [load, delete])
+def test_symlink_leading_outside_root_is_refused(tmp_path, action):
+    outside = save(make_soft(), "outside", tmp_path / "elsewhere")
+    root = tmp_path / "adapters"
+    root.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(AdapterError, match="outside the adapters folder"):
+        action("link", root)
+    assert outside.is_dir()
+    assert [a["name"] for a in list_adapters(root)] == []
+
+
+def _wrong_peft_type(folder):
+    edit_json(folder / "adapter_config.json", peft_type="LORA")
+
+
+def _wrong_task_type(folder):
+    edit_json(folder / "adapter_config.json", task_type="SEQ_2_SEQ_LM")
+
+
+def _shape_mismatch(folder):
+    edit_json(folder / "adapter_config.json", num_virtual_tokens=6)
+
+
+def _too_many_tokens(folder):
+    edit_json(folder / "adapter_config.json", num_virtual_tokens=1000)
+
+
+def _nan_tensor(folder):
+    save_file({"prompt_embeddings": torch.full((5, 64), math.nan)}, str(folder / "adapter_model.safetensors"))
+
+
+def _int_tensor(folder):
+    save_file({"prompt_embeddings": torch.zeros(5, 64, dtype=torch.int32)}, str(folder / "adapter_model.safetensors"))
+
+
+def _extra_key(folder):
+    tensors = {"prompt_embeddings": torch.zeros(5, 64), "evil": torch.zeros(1)}
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+
+
+def _bin_only(folder):
+    (folder / "adapter_model.safetensors").unlink()
+    (folder / "adapter_model.bin").write_bytes(b"pickle that must never be loaded")
+
+
+def _config_not_json(folder):
+    (folder / "adapter_config.json").write_text("{oops")
+
+
+def _weights_not_safetensors(folder):
+    (folder / "adapter_model.safetensors").write_bytes(b"garbage")
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (_wrong_peft_type, "LORA adapter"),
+    (_wrong_task_type, "task_type is SEQ_2_SEQ_LM"),
+    (_shape_mismatch, r"tensor is \[5, 64\] but adapter_config.json says \[6, 64\]"),
+    (_too_many_tokens, "num_virtual_tokens must be"),
+    (_nan_tensor, "NaN"),
+    (_int_tensor, "floating point"),
+    (_extra_key, "exactly the key"),
+    (_bin_only, "only adapter_model.bin"),
+    (_config_not_json, "not valid JSON"),
+    (_weights_not_safetensors, "not a readable safetensors"),
+])
+def test_invalid_folders_are_refused(tmp_path, tamper, message):
+    folder = save(make_soft(), "a", tmp_path)
+    tamper(folder)
+    with pytest.raises(AdapterError, match=message):
+        load("a", tmp_path)
+
+
+def test_plain_peft_folder_without_meta_loads(tmp_path):
+    folder = save(make_soft(), "a", tmp_path)
+    (folder / META_FILE).unlink()
+    soft = load_folder(folder)
+    assert soft.meta == {} and soft.config.num_virtual_tokens == 5
+
+
+def test_hidden_size_mismatch_with_base_is_refused(tmp_path, base):
+    save(make_soft(hidden=32), "a", tmp_path)
+    with pytest.raises(AdapterError, match="hidden size is 32, the loaded model's is 64"):
+        load("a", tmp_path, base=base)
+
+
+def test_other_base_model_is_refused(tmp_path, base):
+    save(make_soft(base_model="openai-community/gpt2"), "a", tmp_path)
+    with pytest.raises(AdapterError, match="trained on openai-community/gpt2, the loaded model is tiny-gpt2"):
+        load("a", tmp_path, base=base)
+
+
+def test_matching_base_loads(tmp_path, base):
+    save(make_soft(), "a", tmp_path)
+    assert load("a", tmp_path, base=base).num_virtual_tokens == 5

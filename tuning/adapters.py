@@ -1,0 +1,331 @@
+"""Trained soft prompts on disk, as PEFT prompt-tuning adapter folders.
+
+A saved adapter is `root/<name>/` holding what PEFT itself writes and reads
+(`adapter_config.json`, `adapter_model.safetensors` with the one key `prompt_embeddings`,
+shape `[num_virtual_tokens, hidden]`, float32), so `PeftModel.from_pretrained(model, folder)`
+loads it, plus our `tuning_meta.json` (dataset, acts, loss history, metrics, created time).
+
+Saving is atomic: a crash mid-save leaves the previous adapter intact and no partial folder.
+Loading reads safetensors only (never pickle) and checks every field a hostile or broken
+upload could get wrong. Names are checked so that nothing is read or written outside `root`.
+
+What this file does not do: train (train.py), or apply the prompt to a model (model.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import TuneConfig
+from .model import Base, SoftPrompt
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be saved, found or loaded as asked; the message is one sentence for the user."""
+
+
+DEFAULT_ROOT = Path("adapters")  # relative to the working directory; every function takes root=
+META_FILE = "tuning_meta.json"
+CONFIG_FILE = "adapter_config.json"  # PEFT's names
+WEIGHTS_FILE = "adapter_model.safetensors"
+WEIGHTS_KEY = "prompt_embeddings"  # the only key PEFT 0.21 writes and reads for prompt tuning (tuners_utils.BasePromptEncoder)
+MAX_NAME = 64
+MAX_VIRTUAL_TOKENS = 100  # TuneConfig's limit
+
+_swap_lock = threading.Lock()  # two sessions saving the same name: the last one wins, cleanly
+
+
+def sanitize_name(name: str) -> str:
+    """A safe folder name: letters, digits, `-`, `_`, `.`; spaces become `-`; at most 64 characters.
+
+    >>> sanitize_name("  My prompt: v2! ")
+    'My-prompt-v2'
+    >>> sanitize_name("../etc/passwd")
+    'etcpasswd'
+    """
+    if not isinstance(name, str):
+        raise AdapterError(f"an adapter name must be text, got {type(name).__name__}")
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "", name.strip().replace(" ", "-"))
+    # A leading dot would hide the folder (and our temp folders start with one); no leading dash for shells.
+    cleaned = cleaned.lstrip(".-")[:MAX_NAME]
+    if not cleaned:
+        raise AdapterError(f"{name!r} has no usable characters for an adapter name (letters, digits, - _ .)")
+    return cleaned
+
+
+def save(soft: SoftPrompt, name: str, root: Path | str = DEFAULT_ROOT, overwrite: bool = True) -> Path:
+    """Write `soft` to `root/<sanitize_name(name)>/` atomically and return that folder.
+
+    The prompt is written as float32 `[num_virtual_tokens, hidden]`; `soft.meta` must be
+    JSON-serialisable and free of NaN.
+    """
+    name = sanitize_name(name)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = _adapter_dir(name, root)
+    if target.exists() and not overwrite:
+        raise AdapterError(f"an adapter named {name!r} already exists")
+
+    embeddings = soft.embeddings.detach().to("cpu", torch.float32).contiguous().clone()
+    if embeddings.dim() != 2 or not 1 <= embeddings.shape[0] <= MAX_VIRTUAL_TOKENS:
+        raise AdapterError(f"a soft prompt must be [1-{MAX_VIRTUAL_TOKENS}, hidden], got {list(embeddings.shape)}")
+    if not torch.isfinite(embeddings).all():
+        raise AdapterError("the soft prompt contains NaN or infinity (did the training diverge?), so it was not saved")
+    if soft.config.num_virtual_tokens != embeddings.shape[0]:
+        raise AdapterError(
+            f"the config says {soft.config.num_virtual_tokens} virtual tokens but the prompt has {embeddings.shape[0]}"
+        )
+    created = soft.meta.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = {
+        "format": 1,
+        "base_model": soft.base_model,
+        "config": soft.config.to_dict(),
+        "meta": soft.meta,
+        "created": created,
+    }
+    try:  # before any file is touched: a bad value leaves nothing behind
+        meta_text = json.dumps(record, indent=2, allow_nan=False)  # tuples become lists
+    except ValueError as e:
+        raise AdapterError(f"the adapter's metadata has NaN or infinity in it, so it was not saved ({e})") from e
+
+    # Written with PEFT's own class so the file is exactly what PEFT expects. The init is
+    # always "RANDOM" here: with "TEXT", PEFT would load a tokenizer (possibly from the network)
+    # whenever someone loads the adapter for training. Our real init is in tuning_meta.json.
+    from peft import PromptTuningConfig
+
+    peft_config = PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=embeddings.shape[0],
+        token_dim=embeddings.shape[1],
+        num_transformer_submodules=1,
+        num_attention_heads=soft.meta.get("num_attention_heads"),
+        num_layers=soft.meta.get("num_layers"),
+        base_model_name_or_path=soft.base_model,
+        prompt_tuning_init="RANDOM",
+        inference_mode=True,
+    )
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    old: Path | None = None
+    try:
+        peft_config.save_pretrained(str(tmp))
+        save_file({WEIGHTS_KEY: embeddings}, str(tmp / WEIGHTS_FILE))
+        (tmp / META_FILE).write_text(meta_text, encoding="utf-8")
+        for file in tmp.iterdir():
+            _fsync(file)
+        _fsync(tmp)
+        with _swap_lock:
+            if target.exists():
+                if not overwrite:
+                    raise AdapterError(f"an adapter named {name!r} already exists")
+                old = root / f".old-{secrets.token_hex(8)}"
+                os.replace(target, old)
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists():
+            os.replace(old, target)
+        raise
+    _fsync(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load(name: str, root: Path | str = DEFAULT_ROOT, base: Base | None = None) -> SoftPrompt:
+    """Load `root/<name>/`; `name` must be a sanitized name. With `base`, also check it fits that model."""
+    folder = _adapter_dir(name, Path(root))
+    if not folder.is_dir():
+        raise AdapterError(f"no adapter named {name!r}")
+    return load_folder(folder, base)
+
+
+def load_folder(folder: Path | str, base: Base | None = None) -> SoftPrompt:
+    """Validate and load any PEFT prompt-tuning folder (ours, or one PEFT wrote, or an upload).
+
+    Returns a SoftPrompt with float32 CPU embeddings `[num_virtual_tokens, token_dim]`. A folder
+    without tuning_meta.json gets a TuneConfig built from adapter_config.json and empty meta.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdapterError(f"no adapter folder at {folder}")
+    cfg = _read_json(folder / CONFIG_FILE, "adapter config")
+    if cfg.get("peft_type") != "PROMPT_TUNING":
+        raise AdapterError(f"this is a {cfg.get('peft_type')} adapter; only PROMPT_TUNING adapters can be loaded")
+    if cfg.get("task_type") != "CAUSAL_LM":
+        raise AdapterError(f"this adapter's task_type is {cfg.get('task_type')}; only CAUSAL_LM is supported")
+    v = cfg.get("num_virtual_tokens")
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_VIRTUAL_TOKENS:
+        raise AdapterError(f"num_virtual_tokens must be a whole number from 1 to {MAX_VIRTUAL_TOKENS}, got {v!r}")
+    if cfg.get("num_transformer_submodules") not in (None, 1):
+        raise AdapterError("num_transformer_submodules must be 1 for a causal LM adapter")
+    token_dim = cfg.get("token_dim")
+    embeddings = _read_prompt(folder)
+    if list(embeddings.shape) != [v, token_dim]:
+        raise AdapterError(
+            f"the prompt tensor is {list(embeddings.shape)} but adapter_config.json says [{v}, {token_dim}]"
+        )
+    if base is not None and token_dim != base.hidden_size:
+        raise AdapterError(f"this adapter's hidden size is {token_dim}, the loaded model's is {base.hidden_size}")
+
+    base_model = cfg.get("base_model_name_or_path") or "unknown"
+    meta: dict = {}
+    if (folder / META_FILE).exists():
+        record = _read_json(folder / META_FILE, "tuning metadata")
+        if record.get("format") != 1:
+            raise AdapterError(f"{META_FILE} has format {record.get('format')!r}; this version reads format 1")
+        base_model = record.get("base_model") or base_model
+        if not isinstance(record.get("config"), dict) or not isinstance(record.get("meta", {}), dict):
+            raise AdapterError(f"{META_FILE} must hold a config and a meta object")
+        try:
+            config = TuneConfig.from_dict(record["config"])
+        except (TypeError, ValueError) as e:
+            raise AdapterError(f"the saved settings are invalid: {e}") from e
+        if config.num_virtual_tokens != v:
+            raise AdapterError(f"{META_FILE} says {config.num_virtual_tokens} virtual tokens, the tensor has {v}")
+        meta = dict(record.get("meta", {}))
+        if record.get("created"):
+            meta.setdefault("created", record["created"])  # kept on a re-save
+    else:  # a plain PEFT adapter
+        config = TuneConfig(num_virtual_tokens=v, model=base_model)
+
+    if base is not None and base_model != "unknown" and base_model != base.model_id:
+        raise AdapterError(f"adapter was trained on {base_model}, the loaded model is {base.model_id}")
+    return SoftPrompt(embeddings, base_model, config, meta)
+
+
+def list_adapters(root: Path | str = DEFAULT_ROOT) -> list[dict]:
+    """One dict per loadable adapter under `root`, newest first; broken and temp folders are skipped.
+
+    Keys: name, base_model, num_virtual_tokens, created (ISO time), config (dict), metrics (dict), size_bytes.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        name = folder.name
+        if name.startswith(".") or folder.is_symlink() or not folder.is_dir():
+            continue  # .tmp- and .old- folders of a save in progress (or one that crashed)
+        try:
+            if sanitize_name(name) != name:
+                continue
+            soft = load_folder(folder)
+        except AdapterError:
+            continue
+        files = [f for f in folder.iterdir() if f.is_file() and not f.is_symlink()]
+        created = soft.meta.get("created") or _iso(folder.stat().st_mtime)
+        found.append({
+            "name": name,
+            "base_model": soft.base_model,
+            "num_virtual_tokens": soft.num_virtual_tokens,
+            "created": created,
+            "config": soft.config.to_dict(),
+            "metrics": dict(soft.meta.get("metrics") or {}),
+            "size_bytes": sum(f.stat().st_size for f in files),
+        })
+    return sorted(found, key=lambda a: _timestamp(a["created"]), reverse=True)
+
+
+def delete(name: str, root: Path | str = DEFAULT_ROOT) -> None:
+    """Remove `root/<name>/`; `name` must be a sanitized name."""
+    root = Path(root)
+    folder = _adapter_dir(name, root)
+    if not folder.is_dir():
+        raise AdapterError(f"no adapter named {name!r}")
+    # Move it aside first so a half-deleted folder is never listed as an adapter.
+    trash = root / f".old-{secrets.token_hex(8)}"
+    os.replace(folder, trash)
+    shutil.rmtree(trash)
+
+
+def _adapter_dir(name: str, root: Path) -> Path:
+    """`root/name`, refusing any name that is not already sanitized or that would lead outside root.
+
+    "../app.py", "/etc/passwd", "user/repo", "https://x" -> AdapterError.
+    """
+    try:
+        valid = isinstance(name, str) and sanitize_name(name) == name
+    except AdapterError:
+        valid = False
+    if not valid:
+        raise AdapterError(f"{name!r} is not a valid adapter name")
+    path = root / name
+    # Defence in depth: the name check already rules out separators; a symlink could still lead out.
+    if path.is_symlink() or path.resolve().parent != root.resolve():
+        raise AdapterError(f"{name!r} is not a valid adapter name (it leads outside the adapters folder)")
+    return path
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise AdapterError(f"the adapter folder has no {path.name}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AdapterError(f"the {what} ({path.name}) is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise AdapterError(f"the {what} ({path.name}) must be a JSON object")
+    return data
+
+
+def _read_prompt(folder: Path) -> torch.Tensor:
+    """The `[v, hidden]` tensor from adapter_model.safetensors, as float32. Never unpickles (.bin is refused)."""
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        if (folder / "adapter_model.bin").exists():
+            raise AdapterError("this adapter has only adapter_model.bin (pickle), which is unsafe to load; save it as safetensors")
+        raise AdapterError(f"the adapter folder has no {WEIGHTS_FILE}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            if keys != {WEIGHTS_KEY}:
+                raise AdapterError(f"{WEIGHTS_FILE} must hold exactly the key {WEIGHTS_KEY!r}, found {sorted(keys)}")
+            tensor = f.get_tensor(WEIGHTS_KEY)
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"{WEIGHTS_FILE} is not a readable safetensors file: {e}") from e
+    if tensor.dim() != 2:
+        raise AdapterError(f"the prompt tensor must be 2-D [virtual tokens, hidden], got {list(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise AdapterError(f"the prompt tensor must be floating point, got {tensor.dtype}")
+    tensor = tensor.to(torch.float32)
+    if not torch.isfinite(tensor).all():
+        raise AdapterError("the prompt tensor contains NaN or infinity")
+    return tensor
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or folder to disk, so a crash right after the rename cannot leave empty files."""
+    if os.name == "nt" and path.is_dir():
+        return  # Windows cannot open a folder for fsync
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def _timestamp(created: str) -> float:
+    try:
+        when = datetime.fromisoformat(created)
+    except (TypeError, ValueError):
+        return 0.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
