@@ -65,3 +65,38 @@ def make_base(tokenizer, seed: int = 0, n_positions: int = 256, precision: str =
 def base(tokenizer) -> Base:
     """A tiny random GPT-2 in float32, shared read-only like the app's base model."""
     return make_base(tokenizer)
+
+
+ACTS = {
+    "Rapper": "I want you to act as a rapper. You will come up with powerful and meaningful lyrics, beats and rhythm.",
+    "Poet": "I want you to act as a poet. You will create poems that evoke emotions and have the power to stir people's soul.",
+    "Travel Guide": "I want you to act as a travel guide. I will write you my location and you will suggest a place to visit.",
+    "Storyteller": "I want you to act as a storyteller. You will come up with entertaining stories that are engaging.",
+    "Linux Terminal": "I want you to act as a linux terminal. I will type commands and you will reply with what the terminal should show.",
+    "Motivational Coach": "I want you to act as a motivational coach. I will provide you with some information about someone's goals.",
+    "Composer": "I want you to act as a composer. I will provide the lyrics to a song and you will create music for it.",
+    "Debater": "I want you to act as a debater. I will provide you with some topics related to current events.",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny GPT-2 saved as a local model folder, loadable by path like a real one."""
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    own = make_base(tokenizer, seed=11)
+    own.model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory):
+    """A small dataset in the classic two-column schema."""
+    import csv
+
+    path = tmp_path_factory.mktemp("data") / "prompts.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["act", "prompt"])
+        writer.writerows(ACTS.items())
+    return path

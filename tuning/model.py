@@ -143,19 +143,25 @@ def _load_base_cached(model_id: str, precision: str, device: str | None) -> Base
     dev = torch.device(device) if device else pick_device()
     resolved = resolve_precision(precision, dev)
     kwargs: dict = {}
+    model_kwargs: dict = {}
     source = model_id
     path = Path(os.path.expanduser(model_id))
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"no GGUF file at {model_id}")
+        from transformers import GgufConfig
+
         source, kwargs["gguf_file"] = str(path.parent), path.name
+        # Unpack the quantized blocks into a plain dense model: transformers would otherwise keep
+        # them packed and compute every matmul in float32, which made bf16 training crawl here.
+        model_kwargs = {"quantization_config": GgufConfig(gguf_file=path.name, dequantize=True)}
     elif model_id.startswith(("/", ".", "~")) and not path.exists():
         raise ModelError(f"no model folder at {model_id}")
     elif path.exists() and not path.is_dir():
         raise ModelError(f"{model_id} is a file; give a model folder, a .gguf file or a Hub id")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[resolved], **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[resolved], **kwargs, **model_kwargs)
     except (OSError, ValueError) as e:  # not found, no network, gated repo, not a causal LM
         raise ModelError(f"could not load the model {model_id!r}: {str(e).strip().splitlines()[0]}") from e
     return from_model(model.to(dev), tokenizer, model_id, resolved)
