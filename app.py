@@ -1,0 +1,494 @@
+"""A page to *see* prompt tuning: pick an act, train a soft prompt, watch the loss, compare base and tuned.
+
+Thin on purpose: every callback turns widget values into one call of `tuning/` and formats
+the result. The base model is loaded once per process (tuning.model.load_base caches it) and
+shared read-only; each browser session keeps its current act and its last run in `gr.State`.
+
+    python app.py --model openai-community/gpt2 --dataset fka/awesome-chatgpt-prompts
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import math
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import zipfile
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from tuning import adapters
+from tuning.adapters import AdapterError
+from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig
+from tuning.data import DataError, Row, find_act, load_rows
+from tuning.generate import Decoding, GenerationError, stream_pair
+from tuning.model import ModelError, SoftPrompt, load_base
+from tuning.train import Done, EpochEnd, Start, Step, TrainingError, split_rows, train
+
+SESSION_RUN = "this session's run"
+INITS = {"random": "random", "text: the current act's prompt": "text", "sampled vocabulary": "sample_vocab"}
+DATA_CHOICES = ("all training acts", "only the current act", "selected acts")
+SERIES = {"train": "#2563eb", "held-out": "#ea580c", "base held-out": "#9ca3af"}  # chart colours
+PRESETS = {"5 tokens × 5 epochs": (5, 5), "20 tokens × 10 epochs": (20, 10)}
+USER_ERRORS = (DataError, ModelError, AdapterError, GenerationError, TrainingError)
+MAX_UPLOAD_BYTES = 50 * 2**20  # uncompressed; a GPT-2 prompt of 100 tokens is 300 KB
+MAX_UPLOAD_FILES = 16
+
+
+@dataclass
+class Session:
+    """One browser session. gr.State deep-copies the initial value, so the Event is made per run."""
+
+    act: Row | None = None
+    soft: SoftPrompt | None = None  # the last run, finished or stopped
+    stop: threading.Event | None = None  # set by Stop (or closing the tab) to end the current run
+    tmp: str | None = None  # this session's folder for download zips
+
+
+# ---------------------------------------------------------------------------------------
+# plain helpers: no widgets, testable alone
+
+
+@functools.lru_cache(maxsize=4)
+def dataset_rows(source: str) -> tuple[Row, ...]:
+    """The dataset's rows, read once per process (a failed read is retried next time)."""
+    return tuple(load_rows(source))
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn an error the user can fix into one sentence on the page; our own bugs still raise."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        raise gr.Error(str(e)) from e
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
+        if "out of memory" not in str(e).lower():
+            raise
+        raise gr.Error("out of memory: try fewer virtual tokens, a smaller batch or a shorter run") from e
+
+
+def duration(seconds: float) -> str:
+    """45 -> '45s', 130 -> '2m 10s', 3720 -> '1h 2m'."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60}m"
+
+
+def loss_text(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def whole(value) -> int:
+    """20.0 -> 20 (sliders and clients send floats); 2.5 stays 2.5 so TuneConfig names it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def acts_frame(rows, query: str = "") -> pd.DataFrame:
+    """Acts whose name or prompt contains `query` (any case): act, first 80 characters, words."""
+    q = (query or "").strip().casefold()
+    picked = [r for r in rows if not q or q in r.act.casefold() or q in r.prompt.casefold()]
+    return pd.DataFrame(
+        [[r.act, r.prompt[:80] + ("…" if len(r.prompt) > 80 else ""), len(r.prompt.split())] for r in picked],
+        columns=["act", "prompt", "words"],
+    )
+
+
+def act_line(act: Row | None) -> str:
+    return f"**Current act:** {act.act}" if act else "**Current act:** none yet: pick one in the Dataset tab"
+
+
+def chart(points: list[tuple[int, float, str]]) -> pd.DataFrame:
+    """The loss chart's data: one row per point, plus an empty (NaN) row per series.
+
+    The empty rows are a workaround: Gradio 6's LinePlot fixes its colour legend from the first
+    value it shows, so a series that appears later (held-out after epoch 1) would never be drawn.
+    """
+    frame = pd.DataFrame([(0, math.nan, s) for s in SERIES] + points, columns=["step", "loss", "series"])
+    return frame.astype({"step": int, "loss": float, "series": str})
+
+
+def adapters_frame(root: Path) -> pd.DataFrame:
+    rows = [
+        [a["name"], a["num_virtual_tokens"], a["config"].get("epochs"), loss_text(a["metrics"].get("held_out_loss")),
+         a["base_model"], a["created"].replace("T", " ")[:16]]
+        for a in adapters.list_adapters(root)
+    ]
+    return pd.DataFrame(rows, columns=["name", "tokens", "epochs", "held-out loss", "base model", "created"])
+
+
+def zip_adapter(folder: Path, dest: Path) -> Path:
+    """`dest/<name>.zip` with the adapter's regular files (no symlinks, nothing from outside), under `<name>/`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{folder.name}.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for file in sorted(folder.iterdir()):
+            if file.is_file() and not file.is_symlink():
+                z.write(file, f"{folder.name}/{file.name}")
+    return path
+
+
+def unzip_safely(zip_path: str, dest: Path) -> Path:
+    """Extract an uploaded zip into `dest`, refusing anything that could escape or explode; returns the adapter folder.
+
+    Refused: absolute paths, `..`, symlinks, more than 16 members, over 50 MB uncompressed.
+    The adapter files may sit at the top of the zip or in one folder.
+    """
+    try:
+        z = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError):
+        raise AdapterError("the upload is not a zip file") from None
+    with z:
+        members = [m for m in z.infolist() if not m.is_dir()]
+        if len(members) > MAX_UPLOAD_FILES:
+            raise AdapterError(f"the zip holds {len(members)} files; an adapter has at most {MAX_UPLOAD_FILES}")
+        if sum(m.file_size for m in members) > MAX_UPLOAD_BYTES:
+            raise AdapterError(f"the zip unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB")
+        for m in members:
+            parts = m.filename.replace("\\", "/").split("/")
+            if m.filename.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
+                raise AdapterError(f"the zip has an unsafe path: {m.filename}")
+            if stat.S_ISLNK(m.external_attr >> 16):
+                raise AdapterError(f"the zip has a symbolic link: {m.filename}")
+        for m in members:
+            target = dest.joinpath(*m.filename.replace("\\", "/").split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(m) as src, open(target, "wb") as out:  # zipfile checks the size and CRC as it reads
+                shutil.copyfileobj(src, out)
+    configs = list(dest.rglob(adapters.CONFIG_FILE))
+    if len(configs) != 1:
+        raise AdapterError(f"the zip must hold exactly one {adapters.CONFIG_FILE}, found {len(configs)}")
+    return configs[0].parent
+
+
+# ---------------------------------------------------------------------------------------
+# the app
+
+
+def build_app(
+    model: str = DEFAULT_MODEL,
+    dataset: str = DEFAULT_DATASET,
+    adapters_dir: str | Path = adapters.DEFAULT_ROOT,
+    max_epochs: int = 50,
+    max_steps: int = 2000,
+) -> gr.Blocks:
+    root = Path(adapters_dir)
+    max_epochs = max(1, min(int(max_epochs), 50))
+    running: dict[str, threading.Event] = {}  # session hash -> stop flag of its run, for closing the tab
+
+    def base():
+        with user_errors():
+            return load_base(model)
+
+    def rows():
+        with user_errors():
+            return dataset_rows(dataset)
+
+    def adapter_choices(session: Session) -> list[str]:
+        return ([SESSION_RUN] if session.soft else []) + [a["name"] for a in adapters.list_adapters(root)]
+
+    # --- Dataset ---
+    def load_page():
+        try:
+            table, names, status = acts_frame(dataset_rows(dataset)), [r.act for r in dataset_rows(dataset)], ""
+        except DataError as e:
+            gr.Warning(str(e))
+            table, names, status = acts_frame([]), [], f"⚠️ {e}"
+        return table, gr.Dropdown(choices=names), status, adapters_frame(root)
+
+    def search_acts(query: str) -> pd.DataFrame:
+        return acts_frame(rows(), query)
+
+    def row_act(evt: gr.SelectData) -> str:
+        return evt.row_value[0]
+
+    def select_act(name: str, session: Session):
+        with user_errors():
+            session.act = find_act(rows(), name)
+        line = act_line(session.act)
+        return session.act.prompt, line, line, f"I want you to act as a {session.act.group}."  # group: "linux terminal" for "Linux Terminal (2)"
+
+    # --- Train ---
+    def set_preset(preset: str):
+        tokens, epochs = PRESETS[preset]
+        return tokens, min(epochs, max_epochs)
+
+    def train_run(tokens, epochs, lr, batch, init, data, chosen, seed, session: Session, request: gr.Request):
+        if data == "only the current act" and not session.act:
+            raise gr.Error("pick an act in the Dataset tab first (or train on all acts)")
+        acts = [session.act.act] if data == "only the current act" else list(chosen or []) if data == "selected acts" else []
+        if data == "selected acts" and not acts:
+            raise gr.Error("choose at least one act for 'selected acts'")
+        notes = []
+        if whole(epochs) > max_epochs:
+            notes.append(f"epochs capped at {max_epochs} on this server")
+            epochs = max_epochs
+        use_text = INITS.get(init) == "text" and session.act
+        try:
+            config = TuneConfig(
+                model=model, dataset=dataset, num_virtual_tokens=whole(tokens), epochs=whole(epochs),
+                learning_rate=lr, batch_size=whole(batch), seed=whole(seed), init=INITS.get(init, init),
+                init_text=session.act.prompt if use_text else None, acts=tuple(acts),
+            )
+        except ValueError as e:  # TuneConfig names the bad setting
+            raise gr.Error(str(e)) from e
+        with user_errors():
+            train_rows, held = split_rows(rows(), config)
+        per_epoch = math.ceil(len(train_rows) / config.batch_size)
+        if per_epoch * config.epochs > max_steps and config.epochs > 1:
+            config.epochs = max(1, max_steps // per_epoch)
+            notes.append(f"epochs cut to {config.epochs} to stay within {max_steps:,} steps")
+        step_cap = min(max_steps, per_epoch * config.epochs)
+        if step_cap < per_epoch * config.epochs:
+            notes.append(f"this run stops after {max_steps:,} steps (one epoch is {per_epoch:,} steps)")
+
+        log = deque((f"note: {n}" for n in notes), maxlen=10)
+        points: list[tuple[int, float, str]] = []
+        session.stop = stop = threading.Event()
+        running[request.session_hash] = stop
+        try:
+            with user_errors():
+                for event in train(base(), train_rows, config, held, stop):
+                    if isinstance(event, Start):
+                        log.append(f"training on {event.train_rows} acts, {event.held_out_rows} held out, "
+                                   f"{event.total_steps:,} steps")
+                        if event.base_held_out_loss is not None:
+                            points += [(0, event.base_held_out_loss, "base held-out"),
+                                       (step_cap, event.base_held_out_loss, "base held-out")]
+                        progress = f"step 0 / {step_cap:,} · starting"
+                    elif isinstance(event, Step):
+                        at = event.step
+                        points.append((event.step, event.loss, "train"))
+                        progress = (f"step {event.step:,} / {step_cap:,} · epoch {event.epoch} / {config.epochs} · "
+                                    f"{event.tokens_per_s:,.0f} tokens/s · ETA {duration(event.eta)}")
+                        if event.step >= step_cap:
+                            stop.set()
+                    elif isinstance(event, EpochEnd):
+                        if event.held_out_loss is not None:
+                            points.append((at, event.held_out_loss, "held-out"))
+                        log.append(f"epoch {event.epoch}: train {event.train_loss:.3f}, "
+                                   f"held-out {loss_text(event.held_out_loss)} ({duration(event.elapsed)})")
+                    elif isinstance(event, Done):
+                        session.soft = event.soft
+                        held_loss = event.soft.meta["metrics"]["held_out_loss"]
+                        how = "stopped" if event.stopped and event.steps < step_cap else "done"
+                        log.append(f"{how} after {event.steps:,} steps in {duration(event.elapsed)}; "
+                                   f"held-out loss {loss_text(held_loss)}. Try it in Compare, keep it in Adapters.")
+                        progress = f"step {event.steps:,} / {step_cap:,} · {how}"
+                    yield chart(points), progress, "\n".join(log)
+        finally:
+            running.pop(request.session_hash, None)
+
+    def stop_run(session: Session) -> str:
+        if session.stop is None or session.stop.is_set():
+            return "nothing is training in this session"
+        session.stop.set()
+        return "stopping after this step…"
+
+    def stop_on_close(request: gr.Request):
+        if request and request.session_hash in running:
+            running[request.session_hash].set()
+
+    # --- Compare ---
+    def refresh_choices(session: Session, current: str | None = None):
+        choices = adapter_choices(session)
+        value = current if current in choices else (choices[0] if choices else None)
+        return gr.Dropdown(choices=choices, value=value)
+
+    def generate(text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session):
+        if not adapter:
+            raise gr.Error("train or pick an adapter first")
+        with user_errors():
+            if adapter == SESSION_RUN:
+                if session.soft is None:
+                    raise gr.Error("this session has no run yet: train or pick an adapter first")
+                soft = session.soft
+            else:
+                soft = adapters.load(adapter, root, base())
+            decoding = Decoding(
+                max_new_tokens=whole(max_new), do_sample=mode == "sample", temperature=temperature,
+                top_p=top_p, top_k=whole(top_k), repetition_penalty=penalty, seed=whole(seed),
+            )
+            yield from stream_pair(base(), soft, text, decoding)
+
+    # --- Adapters ---
+    def refreshed(session: Session, name: str | None = None, message: str = ""):
+        names = [a["name"] for a in adapters.list_adapters(root)]
+        return (adapters_frame(root), gr.Dropdown(choices=names, value=name if name in names else None),
+                refresh_choices(session, name), message)
+
+    def save_run(name: str, session: Session):
+        if session.soft is None:
+            raise gr.Error("train something first: this session has no run to save")
+        with user_errors():
+            folder = adapters.save(session.soft, name, root)
+        return refreshed(session, folder.name, f"saved as **{folder.name}**")
+
+    def adapter_details(name: str | None) -> dict:
+        if not name:
+            return {}
+        found = [a for a in adapters.list_adapters(root) if a["name"] == name]
+        return found[0] if found else {}
+
+    def adapter_row(evt: gr.SelectData) -> str:
+        return evt.row_value[0]
+
+    def download(name: str | None, session: Session) -> str:
+        if not name:
+            raise gr.Error("pick an adapter to download")
+        if name not in [a["name"] for a in adapters.list_adapters(root)]:  # only real adapter folders
+            raise gr.Error(f"no adapter named {name!r}")
+        folder = root / name
+        session.tmp = session.tmp or tempfile.mkdtemp(prefix="tuning-session-")
+        return str(zip_adapter(folder, Path(session.tmp)))
+
+    def upload(path: str | None, name: str, session: Session):
+        if not path:
+            raise gr.Error("choose a .zip of a PEFT prompt-tuning adapter")
+        name = name.strip() or Path(path).stem
+        with tempfile.TemporaryDirectory(prefix="tuning-upload-") as tmp, user_errors():
+            soft = adapters.load_folder(unzip_safely(path, Path(tmp)), base())
+            folder = adapters.save(soft, name, root)
+        return refreshed(session, folder.name, f"uploaded as **{folder.name}**")
+
+    def delete(name: str | None, session: Session):
+        if not name:
+            raise gr.Error("pick an adapter to delete")
+        with user_errors():
+            adapters.delete(name, root)
+        return refreshed(session, None, f"deleted **{name}**")
+
+    # ------------------------------------------------------------------ layout
+    with gr.Blocks(title="Prompt tuning, visible") as demo:
+        session = gr.State(Session())
+        gr.Markdown(f"# Prompt tuning, visible\nTrain a soft prompt for **{model}** on an act from "
+                    f"**{dataset}**, watch the loss fall, then compare base and tuned answers.")
+        status = gr.Markdown()
+        with gr.Tabs():
+            with gr.Tab("Dataset"):
+                search = gr.Textbox(label="Search acts", placeholder="rapper, terminal, poet…")
+                acts_table = gr.Dataframe(label="Acts (click a row to pick it)", interactive=False,
+                                          column_widths=["25%", "65%", "10%"], max_height=420)
+                act_name = gr.Textbox(label="Act (or type a name and press Enter)")
+                full_prompt = gr.Textbox(label="Whole prompt", lines=6, interactive=False)
+            with gr.Tab("Train"):
+                train_act = gr.Markdown(act_line(None))
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        preset = gr.Radio(list(PRESETS), label="Presets")
+                        tokens = gr.Slider(1, 100, value=20, step=1, label="Virtual tokens")
+                        epochs = gr.Slider(1, max_epochs, value=min(10, max_epochs), step=1, label="Epochs")
+                        with gr.Row():
+                            lr = gr.Number(0.03, label="Learning rate")
+                            batch = gr.Slider(1, 64, value=4, step=1, label="Batch size")
+                        init = gr.Radio(list(INITS), value="random", label="Start the prompt from")
+                        data = gr.Radio(list(DATA_CHOICES), value=DATA_CHOICES[0], label="Train on")
+                        chosen = gr.Dropdown([], multiselect=True, label="Selected acts")
+                        seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                        with gr.Row():
+                            start = gr.Button("Train", variant="primary")
+                            stop = gr.Button("Stop", variant="stop")
+                    with gr.Column(scale=2):
+                        plot = gr.LinePlot(chart([]), x="step", y="loss", color="series", height=360, elem_id="loss-plot",
+                                           color_map=SERIES,
+                                           title="Loss per token (nats)")
+                        progress = gr.Markdown("not started", elem_id="progress")
+                        log = gr.Textbox(label="Log", lines=8, interactive=False)
+            with gr.Tab("Compare") as compare_tab:
+                compare_act = gr.Markdown(act_line(None))
+                with gr.Row():
+                    text = gr.Textbox("I want you to act as a rapper.", label="Input", lines=2, scale=3, elem_id="compare-input")
+                    adapter = gr.Dropdown([], label="Adapter", scale=1, allow_custom_value=True, elem_id="compare-adapter")
+                with gr.Accordion("Decoding", open=False):
+                    with gr.Row():
+                        max_new = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
+                        mode = gr.Radio(["greedy", "sample"], value="greedy", label="Decoding")
+                        gen_seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                    with gr.Row():
+                        temperature = gr.Slider(0.05, 2.0, value=0.8, step=0.05, label="Temperature")
+                        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+                        top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0: off)")
+                        penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
+                go = gr.Button("Generate", variant="primary")
+                with gr.Row():
+                    base_out = gr.Textbox(label="Base", lines=10, elem_id="base-output")
+                    tuned_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output")
+                gr.Examples(["I want you to act as a rapper.", "I want you to act as a linux terminal. ls -la",
+                             "I want you to act as a travel guide. I am in Rome."], inputs=text)
+            with gr.Tab("Adapters") as adapters_tab:
+                adapters_table = gr.Dataframe(label="Saved adapters (click a row)", interactive=False)
+                with gr.Row():
+                    picked = gr.Dropdown([], label="Adapter", allow_custom_value=True)
+                    download_btn, delete_btn = gr.Button("Download .zip"), gr.Button("Delete", variant="stop")
+                zip_out = gr.File(label="Download", interactive=False)
+                details = gr.JSON(label="Config and metrics")
+                with gr.Row():
+                    save_name = gr.Textbox(label="Save this session's run as", placeholder="rapper-20x10")
+                    save_btn = gr.Button("Save")
+                with gr.Row():
+                    upload_file = gr.File(label="Upload a PEFT prompt-tuning adapter (.zip)", file_types=[".zip"])
+                    upload_name = gr.Textbox(label="Name (default: the file name)")
+                    upload_btn = gr.Button("Upload")
+                adapter_msg = gr.Markdown()
+
+        # ------------------------------------------------------------------ wiring
+        demo.load(load_page, None, [acts_table, chosen, status, adapters_table], api_name="load_page")
+        search.change(search_acts, search, acts_table, api_name="search_acts")
+        acts_table.select(row_act, None, act_name, api_name="pick_row").then(
+            select_act, [act_name, session], [full_prompt, train_act, compare_act, text], api_name="select_act")
+        act_name.submit(select_act, [act_name, session], [full_prompt, train_act, compare_act, text],
+                        api_name="select_act_by_name")
+
+        preset.input(set_preset, preset, [tokens, epochs], api_name="set_preset")
+        start.click(train_run, [tokens, epochs, lr, batch, init, data, chosen, seed, session],
+                    [plot, progress, log], api_name="train", concurrency_limit=1, concurrency_id="train").then(
+            refresh_choices, [session, adapter], adapter, api_name="after_train")
+        stop.click(stop_run, session, progress, api_name="stop")
+        demo.unload(stop_on_close)
+
+        compare_tab.select(refresh_choices, [session, adapter], adapter, api_name="adapter_choices")
+        go.click(generate, [text, adapter, max_new, mode, temperature, top_p, top_k, penalty, gen_seed, session],
+                 [base_out, tuned_out], api_name="generate", concurrency_limit=4)
+
+        listing = [adapters_table, picked, adapter, adapter_msg]
+        adapters_tab.select(refreshed, [session, picked], listing, api_name="list_adapters")
+        adapters_table.select(adapter_row, None, picked, api_name="pick_adapter_row")
+        picked.change(adapter_details, picked, details, api_name="adapter_details")
+        save_btn.click(save_run, [save_name, session], listing, api_name="save_adapter")
+        download_btn.click(download, [picked, session], zip_out, api_name="download_adapter")
+        upload_btn.click(upload, [upload_file, upload_name, session], listing, api_name="upload_adapter")
+        delete_btn.click(delete, [picked, session], listing, api_name="delete_adapter")
+    return demo
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("TUNING_MODEL", DEFAULT_MODEL))
+    parser.add_argument("--dataset", default=os.environ.get("TUNING_DATASET", DEFAULT_DATASET))
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=_env_int("GRADIO_SERVER_PORT", 7860))
+    parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
+    parser.add_argument("--adapters-dir", default=os.environ.get("TUNING_ADAPTERS_DIR", str(adapters.DEFAULT_ROOT)))
+    parser.add_argument("--max-epochs", type=int, default=_env_int("TUNING_MAX_EPOCHS", 50), help="1-50")
+    parser.add_argument("--max-steps", type=int, default=_env_int("TUNING_MAX_STEPS", 2000),
+                        help="longest run a user may start, in optimizer steps")
+    args = parser.parse_args()
+    app = build_app(args.model, args.dataset, args.adapters_dir, args.max_epochs, args.max_steps)
+    app.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, share=args.share)

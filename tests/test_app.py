@@ -1,0 +1,232 @@
+"""The Gradio app, called the way a client calls it: every event by its api_name, on a tiny local model."""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+import app
+from app_fixtures import serve, served  # noqa: F401  (the module-scoped server fixture)
+from tuning.adapters import AdapterError
+
+TRAIN = dict(tokens=5, epochs=2, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0)
+GREEDY = dict(max_new=16, mode="greedy", temperature=0.8, top_p=0.95, top_k=50, penalty=1.0, seed=0)
+
+
+def train_args(**kw):
+    return list({**TRAIN, **kw}.values())
+
+
+def generate(client, text="I want you to act as a rapper.", adapter=app.SESSION_RUN, **kw):
+    return client.predict(text, adapter, *{**GREEDY, **kw}.values(), api_name="/generate")
+
+
+def points(plot: dict, series: str) -> list:
+    return [row for row in plot["data"] if row[2] == series and row[1] is not None]
+
+
+@pytest.fixture
+def client(served):  # noqa: F811
+    return Client(served, verbose=False)  # one client = one browser session, with its own gr.State
+
+
+@pytest.fixture
+def trained(client):
+    client.predict(*train_args(), api_name="/train")
+    return client
+
+
+# --- plain helpers ---------------------------------------------------------------------
+
+
+def test_building_the_app_loads_neither_model_nor_dataset():
+    app.build_app(model="/no/such/model", dataset="/no/such/acts.csv")  # would raise if it loaded either
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0s"), (45, "45s"), (130, "2m 10s"), (3720, "1h 2m")])
+def test_duration_reads_like_a_clock(seconds, text):
+    assert app.duration(seconds) == text
+
+
+def test_search_matches_act_or_prompt_ignoring_case():
+    from tuning.data import Row
+
+    rows = [Row("Rapper", "Write lyrics. " * 20, "rapper"), Row("Poet", "I write poems", "poet")]
+    frame = app.acts_frame(rows, "LYRICS")
+    assert frame["act"].tolist() == ["Rapper"]
+    assert frame["prompt"][0].endswith("…") and len(frame["prompt"][0]) == 81 and frame["words"][0] == 40
+    assert len(app.acts_frame(rows, "")) == 2
+
+
+def hostile_zip(path, member="../evil", link=False):
+    with zipfile.ZipFile(path, "w") as z:
+        info = zipfile.ZipInfo(member)
+        if link:
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        z.writestr(info, "x")
+    return path
+
+
+@pytest.mark.parametrize("member, link, message", [
+    ("../evil", False, "unsafe path"),
+    ("/etc/evil", False, "unsafe path"),
+    ("a/../../evil", False, "unsafe path"),
+    ("C:/evil", False, "unsafe path"),
+    ("adapter/link", True, "symbolic link"),
+])
+def test_unzip_refuses_paths_that_escape(tmp_path, member, link, message):
+    with pytest.raises(AdapterError, match=message):
+        app.unzip_safely(str(hostile_zip(tmp_path / "bad.zip", member, link)), tmp_path / "out")
+    assert not (tmp_path / "evil").exists()
+
+
+def test_unzip_refuses_zip_bombs_and_crowds(tmp_path, monkeypatch):
+    path = tmp_path / "big.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("adapter_config.json", "0" * 1000)
+    monkeypatch.setattr(app, "MAX_UPLOAD_BYTES", 999)
+    with pytest.raises(AdapterError, match="unpacks to more than"):
+        app.unzip_safely(str(path), tmp_path / "out")
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(app.MAX_UPLOAD_FILES + 1):
+            z.writestr(f"f{i}", "")
+    with pytest.raises(AdapterError, match="holds 17 files"):
+        app.unzip_safely(str(path), tmp_path / "out")
+
+
+# --- the served app --------------------------------------------------------------------
+
+
+def test_page_load_lists_the_acts(client):
+    table, chosen, status, _ = client.predict(api_name="/load_page")
+    assert len(table["data"]) == 12 and status == ""
+    assert "Rapper" in [c[0] for c in chosen["choices"]]
+
+
+def test_search_filters_the_table(client):
+    assert [r[0] for r in client.predict("TERMINAL", api_name="/search_acts")["data"]] == ["Linux Terminal"]
+
+
+def test_selecting_an_act_prefills_compare(client):
+    prompt, train_line, compare_line, text = client.predict("rapper", api_name="/select_act")
+    assert prompt.startswith("I want you to act as a rapper.")
+    assert "Rapper" in train_line and train_line == compare_line
+    assert text == "I want you to act as a rapper."
+
+
+def test_presets_set_both_sliders(client):
+    assert client.predict("5 tokens × 5 epochs", api_name="/set_preset") == (5, 5)
+
+
+def test_training_streams_the_chart_and_finishes(client):
+    updates = list(client.submit(*train_args(), api_name="/train"))
+    assert len(updates) >= 5  # start, steps, epoch ends, done
+    plot, progress, log = updates[-1]
+    series = {row[2] for row in plot["data"] if row[1] is not None}  # each series also has one empty row
+    assert series == {"train", "held-out", "base held-out"}
+    assert progress == "step 6 / 6 · done"  # 11 training acts in batches of 4, two epochs
+    assert "epoch 2:" in log and "done after 6 steps" in log
+    steps = [len(points(u[0], "train")) for u in updates]
+    assert steps == sorted(steps) and steps[-1] == 6  # the chart grows with every step
+
+
+def test_training_on_the_current_act_only(client):
+    client.predict("Poet", api_name="/select_act")
+    *_, log = client.predict(*train_args(data="only the current act", init="text: the current act's prompt"),
+                             api_name="/train")
+    assert "training on 1 acts" in log
+
+
+def test_stop_keeps_the_partial_run_for_compare(client):
+    job = client.submit(*train_args(epochs=50, batch=1), api_name="/train")
+    for n, _ in enumerate(job, start=1):
+        if n == 3:  # Start and two steps
+            assert client.predict(api_name="/stop") == "stopping after this step…"
+            break
+    plot, progress, log = job.result(timeout=30)
+    assert "stopped" in progress and "stopped after" in log
+    assert 2 <= len(points(plot, "train")) < 550
+    base_text, tuned_text = generate(client)
+    assert base_text and tuned_text
+
+
+def test_stop_with_nothing_running_says_so(client):
+    assert client.predict(api_name="/stop") == "nothing is training in this session"
+
+
+def test_compare_after_training_differs_from_base(trained):
+    base_text, tuned_text = generate(trained)
+    assert base_text and tuned_text and base_text != tuned_text
+    assert generate(trained, mode="sample", seed=1) == generate(trained, mode="sample", seed=1)
+
+
+def test_compare_without_an_adapter_asks_for_one(client):
+    with pytest.raises(AppError, match="train or pick an adapter first"):
+        generate(client, adapter=None)
+    with pytest.raises(AppError, match="train or pick an adapter first"):
+        generate(client)  # this session's run, but nothing trained
+
+
+def test_save_list_download_upload_delete(trained, tmp_path):
+    table, picked, compare, message = trained.predict("my rapper!", api_name="/save_adapter")
+    assert message == "saved as **my-rapper**" and picked["value"] == "my-rapper"
+    assert [app.SESSION_RUN, "my-rapper"] == [c[0] for c in compare["choices"]]
+    assert table["data"][0][:3] == ["my-rapper", 5, 2]
+    assert trained.predict("my-rapper", api_name="/adapter_details")["num_virtual_tokens"] == 5
+
+    zipped = trained.predict("my-rapper", api_name="/download_adapter")
+    with zipfile.ZipFile(zipped) as z:
+        names = set(z.namelist())
+    assert {"my-rapper/adapter_config.json", "my-rapper/adapter_model.safetensors"} <= names
+
+    *_, message = trained.predict(handle_file(zipped), "copy", api_name="/upload_adapter")
+    assert message == "uploaded as **copy**"
+    assert generate(trained, adapter="copy") == generate(trained, adapter="my-rapper")
+
+    *_, message = trained.predict("copy", api_name="/delete_adapter")
+    table, *_ = trained.predict(api_name="/list_adapters")
+    assert message == "deleted **copy**" and "copy" not in [r[0] for r in table["data"]]
+    trained.predict("my-rapper", api_name="/delete_adapter")
+
+
+def test_upload_refuses_a_hostile_zip(client, tmp_path):
+    with pytest.raises(AppError, match="unsafe path: ../evil"):
+        client.predict(handle_file(str(hostile_zip(tmp_path / "evil.zip"))), "evil", api_name="/upload_adapter")
+    table, *_ = client.predict(api_name="/list_adapters")
+    assert "evil" not in [r[0] for r in table["data"]]
+
+
+def test_adapter_names_cannot_leave_the_folder(client):
+    with pytest.raises(AppError, match="no adapter named"):
+        client.predict("../app.py", api_name="/download_adapter")
+    with pytest.raises(AppError, match="not a valid adapter name"):
+        client.predict("../app.py", api_name="/delete_adapter")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(tokens=0), "less than minimum value 1"),  # the slider's own check
+    (dict(lr=20), "learning_rate must be from"),  # TuneConfig's
+    (dict(data="selected acts"), "choose at least one act"),
+    (dict(data="selected acts", acts=["Nobody"]), "not in the list of choices"),
+])
+def test_bad_settings_give_one_sentence_and_the_app_keeps_serving(client, settings, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(*train_args(**settings), api_name="/train")
+    assert client.predict("poet", api_name="/search_acts")["data"][0][0] == "Poet"
+
+
+def test_the_page_renders_when_the_dataset_cannot_be_loaded(tmp_path):
+    demo = app.build_app(model="/no/such/model", dataset=str(tmp_path / "missing.csv"), adapters_dir=tmp_path)
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        table, _, status, _ = client.predict(api_name="/load_page")
+        assert table["data"] == [] and "no dataset file at" in status
+        with pytest.raises(AppError, match="no dataset file at"):
+            client.predict("Rapper", api_name="/select_act")
+    finally:
+        demo.close()

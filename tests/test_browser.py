@@ -1,0 +1,89 @@
+"""End to end in a real browser: pick an act, train, watch the chart, compare base and tuned.
+
+Uses the system Chromium (/usr/bin/chromium) through Python Playwright; never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from app_fixtures import serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"  # its .gitignore keeps the screenshots out of git
+
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+
+
+@pytest.fixture
+def page(tmp_path):
+    demo, url = serve(tmp_path)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        yield page
+        browser.close()
+    demo.close()
+
+
+def test_pick_train_watch_compare(page):
+    expect = playwright.expect
+    # Dataset: pick the rapper; its prompt and the Compare input follow.
+    page.get_by_text("Rapper", exact=True).first.click()
+    expect(page.get_by_label("Whole prompt")).to_have_value(re.compile("^I want you to act as a rapper"))
+
+    # Train: the small preset, then watch the progress line reach the end and the chart draw.
+    page.get_by_role("tab", name="Train").click()
+    expect(page.get_by_text("Current act: Rapper")).to_be_visible()
+    page.get_by_text("5 tokens × 5 epochs").click()
+    page.get_by_role("button", name="Train", exact=True).click()
+    expect(page.locator("#progress")).to_contain_text("step 15 / 15 · done", timeout=60_000)
+    lines = page.locator("#loss-plot svg .mark-line path")  # one path per series; a drawn one has segments
+    expect(lines).to_have_count(3)
+    drawn = [d for d in lines.evaluate_all("ps => ps.map(p => p.getAttribute('d') || '')") if "L" in d]
+    assert len(drawn) == 3  # train, held-out (5 epochs), base held-out
+    expect(page.get_by_label("Log")).to_have_value(re.compile("done after 15 steps"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-train.png"), full_page=True)
+
+    # Compare: the session's run is offered; both sides stream text.
+    page.get_by_role("tab", name="Compare").click()
+    expect(page.locator("#compare-input textarea")).to_have_value("I want you to act as a rapper.")
+    expect(page.locator("#compare-adapter input")).to_have_value("this session's run")
+    page.get_by_role("button", name="Generate").click()
+    for box in ("#base-output textarea", "#tuned-output textarea"):
+        expect(page.locator(box)).not_to_have_value("", timeout=30_000)
+    page.wait_for_timeout(1000)  # let the stream finish before the picture
+    page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
+
+
+def test_closing_the_tab_stops_its_training(page):
+    """A closed tab must not hold the one training slot: the next user's run starts at once."""
+    page.get_by_role("tab", name="Train").click()
+    for name, value in (("Virtual tokens", "100"), ("Epochs", "50"), ("Batch size", "1")):  # 550 slow steps
+        page.get_by_label(f"number input for {name}").fill(value)
+        page.get_by_label(f"number input for {name}").press("Enter")
+    page.get_by_role("button", name="Train", exact=True).click()
+    playwright.expect(page.locator("#progress")).to_contain_text("ETA")
+    print("first tab:", page.locator("#progress").inner_text())
+    url = page.url
+    other = page.context.new_page()
+    page.close()
+    started = time.monotonic()
+    other.goto(url)
+    other.get_by_role("tab", name="Train").click()
+    other.get_by_text("5 tokens × 5 epochs").click()
+    other.get_by_role("button", name="Train", exact=True).click()
+    playwright.expect(other.locator("#progress")).to_contain_text("step 15 / 15 · done", timeout=30_000)
+    print("second tab done after", round(time.monotonic() - started, 1), "s")
+    assert time.monotonic() - started < 30
