@@ -1,20 +1,28 @@
-"""Held-out loss and perplexity, base vs tuned, over the same tokens.
+"""The difference a soft prompt makes, in numbers: held-out perplexity, ROUGE-L, per-token gains, nearest tokens.
 
-Both models are scored on the same tokens of each row: every token after the first (the
-base model has no context to predict the first one from; the tuned model would have its
-soft prompt). Rows are batched by length, without gradients.
+- `compare`: held-out loss and perplexity, base vs tuned. Both models are scored on the same
+  tokens of each row: every token after the first (the base model has no context to predict
+  the first one from; the tuned model would have its soft prompt). Rows are batched by
+  length, without gradients.
+- `rouge_compare` / `iter_rouge`: ROUGE-L of greedy continuations of "I want you to act as
+  a <act>." against the act's real prompt, base vs tuned.
+- `token_gains`: how much more (or less) likely the tuned model makes each token of a text.
+- `nearest_tokens`: the vocabulary tokens each virtual token lies closest to.
 
-What it does not do: generation-based metrics (ROUGE-L) and per-token views come later.
+What it does not do: train, choose rows (train.split_rows does), or format for a UI.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .data import Row
+from .generate import Decoding, stream_pair
 from .model import Base, SoftPrompt, token_losses
 
 
@@ -47,3 +55,174 @@ def compare(base: Base, soft: SoftPrompt, rows: Sequence[list[int]], batch_size:
         loss = mean_loss(base, prompt, rows, batch_size)
         out[name] = Metrics(loss=loss, perplexity=math.exp(loss), tokens=count)
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# ROUGE-L of greedy generations against the real prompt
+
+
+def _words(text: str) -> list[str]:
+    """Lowercase word tokens: "Act as a Linux-Terminal!" -> ['act', 'as', 'a', 'linux', 'terminal']"""
+    return re.findall(r"\w+", text.lower())
+
+
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence, one DP row at a time (O(len(a) * len(b)) time, O(len(b)) memory)."""
+    row = [0] * (len(b) + 1)
+    for x in a:
+        diagonal = 0  # row[j - 1] of the previous row
+        for j, y in enumerate(b, start=1):
+            diagonal, row[j] = row[j], diagonal + 1 if x == y else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def _rouge_words(candidate: Sequence[str], reference: Sequence[str]) -> float:
+    lcs = _lcs(candidate, reference)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(candidate), lcs / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1: the longest common subsequence of lowercase word tokens (`\\w+`), as an F-score.
+
+    Lin (2004)'s example: reference "police killed the gunman", candidate "police kill the
+    gunman": the LCS is "police the gunman" (3 words), precision 3/4, recall 3/4, F1 0.75.
+    Empty text on either side scores 0.0.
+
+    >>> rouge_l("police kill the gunman", "police killed the gunman")
+    0.75
+    """
+    return _rouge_words(_words(candidate), _words(reference))
+
+
+def act_instruction(act: str) -> str:
+    """The sentence the dataset's prompts open with, for an act's display name.
+
+    >>> act_instruction("Linux Terminal (2)"), act_instruction("Ethereum Developer"), act_instruction("An Ethereum Developer")
+    ('I want you to act as a Linux Terminal.', 'I want you to act as an Ethereum Developer.', 'I want you to act as an Ethereum Developer.')
+    """
+    act = re.sub(r" \(\d+\)$", "", act.strip())  # data.load_rows numbers duplicate acts
+    first, _, rest = act.partition(" ")
+    if first.lower() in ("a", "an", "the") and rest:
+        return f"I want you to act as {first.lower()} {rest}."
+    # "an" before a vowel letter, as the prompts themselves write it ("an ethereum developer"),
+    # but "a" before u: the dataset says "a UX/UI developer", "a unit tester".
+    article = "an" if act[:1].lower() in "aeio" else "a"
+    return f"I want you to act as {article} {act}."
+
+
+def _reference(prompt: str, instruction: str) -> list[str]:
+    """The prompt's words after the instruction when the prompt opens with it (the generation never repeats it).
+
+    >>> _reference("I want you to act as a poet. You will write.", "I want you to act as a poet.")
+    ['you', 'will', 'write']
+    """
+    words, head = _words(prompt), _words(instruction)
+    return words[len(head):] if words[: len(head)] == head and len(words) > len(head) else words
+
+
+def iter_rouge(
+    base: Base, soft: SoftPrompt | torch.Tensor | None, rows: Sequence[Row], decoding: Decoding | None = None
+) -> Iterator[dict]:
+    """For each row, continue `act_instruction(row.act)` with base and tuned (one batch of two) and score both.
+
+    Yields one dict per row, in order: {"act", "input", "base_text", "tuned_text",
+    "base_rouge", "tuned_rouge"}. The reference is the row's prompt without its opening
+    instruction when it has one (see `_reference`), so neither model is scored on words it
+    was given. Greedy decoding of 64 new tokens unless `decoding` says otherwise.
+    """
+    decoding = decoding or Decoding(max_new_tokens=64)
+    for row in rows:
+        instruction = act_instruction(row.act)
+        base_text = tuned_text = ""
+        for base_text, tuned_text in stream_pair(base, soft, instruction, decoding):
+            pass
+        reference = _reference(row.prompt, instruction)
+        yield {
+            "act": row.act,
+            "input": instruction,
+            "base_text": base_text,
+            "tuned_text": tuned_text,
+            "base_rouge": _rouge_words(_words(base_text), reference),
+            "tuned_rouge": _rouge_words(_words(tuned_text), reference),
+        }
+
+
+def rouge_compare(
+    base: Base,
+    soft: SoftPrompt | torch.Tensor | None,
+    rows: Sequence[Row],
+    decoding: Decoding | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Mean ROUGE-L of base and tuned generations over `rows`: {"base": float, "tuned": float, "rows": [...]}.
+
+    "rows" holds `iter_rouge`'s dicts. `progress(done, total)` is called after each row, for a bar.
+    """
+    if not rows:
+        raise ValueError("there are no held-out acts to generate for")
+    scored = []
+    for result in iter_rouge(base, soft, rows, decoding):
+        scored.append(result)
+        if progress is not None:
+            progress(len(scored), len(rows))
+    return {
+        "base": sum(r["base_rouge"] for r in scored) / len(scored),
+        "tuned": sum(r["tuned_rouge"] for r in scored) / len(scored),
+        "rows": scored,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# per-token view and nearest vocabulary tokens
+
+
+@torch.no_grad()
+def _token_logprobs(base: Base, prompt: torch.Tensor | None, ids: list[int]) -> torch.Tensor:
+    """`[len(ids) - 1]` float32: log p(ids[j] | prompt, ids[:j]) for j >= 1 (the tokens `compare` scores)."""
+    losses, _ = token_losses(base, prompt, [ids], score_first=False, reduction="none")
+    return -losses
+
+
+def token_gains(base: Base, soft: SoftPrompt | torch.Tensor | None, text: str) -> list[tuple[str, float]]:
+    """(token text, log p_tuned - log p_base) for every token of `text` but the first, in nats.
+
+    The first token is left out: the base model has no context to predict it from (the same
+    tokens `compare` scores). Positive means the soft prompt made the token more likely;
+    the gains sum to base loss minus tuned loss over the text. Token texts come from
+    decoding each id alone, so they keep their leading spaces and join back into the text
+    (after its first token). Text beyond the context (after the virtual tokens) is cut.
+
+    >>> token_gains(base, soft, "I want you to act as a poet.")   # doctest: +SKIP
+    [(' want', 0.02), (' you', 0.11), ..., (' poet', 2.31), ('.', 0.4)]
+    """
+    prompt = soft.embeddings if isinstance(soft, SoftPrompt) else soft
+    n_virtual = 0 if prompt is None else prompt.shape[0]
+    ids = base.encode(text)[: base.max_positions - n_virtual]
+    if len(ids) < 2:
+        raise ValueError("the text needs at least two tokens to compare how likely they are")
+    gains = _token_logprobs(base, prompt, ids) - _token_logprobs(base, None, ids)
+    return [(base.tokenizer.decode([i]), g) for i, g in zip(ids[1:], gains.tolist())]
+
+
+@torch.no_grad()
+def nearest_tokens(base: Base, soft: SoftPrompt | torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each virtual token, the `k` vocabulary tokens whose input embeddings are closest by cosine similarity.
+
+    Returns `[num_virtual_tokens][k]` pairs (token text, similarity in [-1, 1]), most similar
+    first. Trained soft prompts usually sit far from every real token (similarities of
+    0.1-0.3 are common), so read this as a hint, not a translation.
+
+    >>> # a prompt made of the embedding rows of " poet" and " rapper":
+    >>> nearest_tokens(base, table[[ids_poet, ids_rapper]], k=1)   # doctest: +SKIP
+    [[(' poet', 1.0)], [(' rapper', 1.0)]]
+    """
+    prompt = soft.embeddings if isinstance(soft, SoftPrompt) else soft
+    table = base.model.get_input_embeddings().weight
+    vocab = torch.nn.functional.normalize(table.float(), dim=-1)  # [V, hidden]
+    rows = torch.nn.functional.normalize(prompt.to(table.device).float(), dim=-1)  # [v, hidden]
+    values, indices = (rows @ vocab.T).topk(min(k, vocab.shape[0]), dim=-1)
+    decode = base.tokenizer.decode
+    return [[(decode([i]), s) for i, s in zip(ids, sims)] for ids, sims in zip(indices.tolist(), values.tolist())]

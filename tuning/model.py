@@ -204,7 +204,7 @@ def prompt_inputs(
 
 
 def token_losses(
-    base: Base, soft: torch.Tensor | None, rows: list[list[int]], score_first: bool = True
+    base: Base, soft: torch.Tensor | None, rows: list[list[int]], score_first: bool = True, reduction: str = "sum"
 ) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the real tokens of `rows`, and how many tokens it covers.
 
@@ -212,7 +212,8 @@ def token_losses(
     t0, t0 predicts t1, and so on (as PEFT trains it). `score_first=False` skips t0, which
     the base model cannot predict (it has no context), so base and tuned are scored on the
     same tokens. Logits are computed only at scored positions, in float32, so a 50k-vocab
-    logit tensor for every padded position is never built.
+    logit tensor for every padded position is never built. `reduction="none"` returns the
+    per-token losses instead of their sum, row after row.
     """
     embeds, mask, positions = prompt_inputs(base, soft, rows)
     body = base.model.base_model  # the transformer without its LM head
@@ -231,5 +232,5 @@ def token_losses(
     picked = hidden[torch.tensor(src_rows, device=hidden.device), torch.tensor(src_pos, device=hidden.device)]
     logits = base.model.get_output_embeddings()(picked).float()
     target = torch.tensor(targets, device=logits.device)
-    loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(logits, target, reduction=reduction)
     return loss, len(targets)

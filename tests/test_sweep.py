@@ -1,0 +1,109 @@
+"""sweep.py: one prompt per (virtual tokens, epochs) cell, a CSV, a chart, and `python -m tuning sweep`."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+from conftest import ACTS
+
+from tuning.cli import main
+from tuning.config import TuneConfig
+from tuning.data import Row, normalise
+from tuning.generate import Decoding
+from tuning.sweep import (
+    CSV_FIELDS, SEED_GRID, CellEvent, CellResult, SweepDone, SweepStart, parse_grid, plot, run_sweep, write_csv,
+)
+from tuning.train import Done, Step
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROWS = [Row(act, prompt, normalise(act)) for act, prompt in list(ACTS.items())[:6]]
+CONFIG = TuneConfig(model="tiny", dataset="tiny", batch_size=2, learning_rate=0.1, held_out_fraction=0.34, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def events(base):
+    return list(run_sweep(base, ROWS, CONFIG, [(2, 1), (3, 1)], rouge_rows=1, decoding=Decoding(max_new_tokens=4)))
+
+
+def test_the_seed_grid_is_5x5_and_20x10():
+    assert SEED_GRID == [(5, 5), (20, 10)]
+
+
+@pytest.mark.parametrize("text, grid", [("5x5,20x10", [(5, 5), (20, 10)]), (" 2×1; 3X4\n", [(2, 1), (3, 4)])])
+def test_parse_grid(text, grid):
+    assert parse_grid(text) == grid
+
+
+@pytest.mark.parametrize("text, message", [("5x", "grid cell '5x' is not TOKENSxEPOCHS"), (" , ", "the grid is empty")])
+def test_parse_grid_names_the_bad_cell(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_grid(text)
+
+
+def test_a_bad_cell_fails_before_any_training(base):
+    with pytest.raises(ValueError, match="num_virtual_tokens must be from 1 to 100"):
+        next(run_sweep(base, ROWS, CONFIG, [(2, 1), (0, 1)]))
+
+
+def test_sweep_yields_start_tagged_cell_events_results_then_done(events):
+    start, done = events[0], events[-1]
+    assert isinstance(start, SweepStart) and start.labels == ["2×1", "3×1"]
+    steps = [e for e in events if isinstance(e, CellEvent) and isinstance(e.event, Step)]
+    assert len(steps) == start.total_steps and {e.cell for e in steps} == {0, 1}
+    assert [e.label for e in events if isinstance(e, CellEvent) and isinstance(e.event, Done)] == ["2×1", "3×1"]
+    assert isinstance(done, SweepDone) and not done.stopped
+    assert done.results == [e for e in events if isinstance(e, CellResult)]
+
+
+def test_each_result_has_finite_metrics_and_its_prompt(events):
+    for result, tokens in zip(events[-1].results, (2, 3)):
+        assert (result.num_virtual_tokens, result.epochs) == (tokens, 1)
+        numbers = [result.held_out_ppl_base, result.held_out_ppl_tuned, result.rouge_base, result.rouge_tuned, result.seconds]
+        assert all(isinstance(x, float) and math.isfinite(x) for x in numbers)
+        assert result.soft.num_virtual_tokens == tokens and result.history["train_loss"]
+
+
+def test_a_set_stop_trains_nothing(base):
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    events = list(run_sweep(base, ROWS, CONFIG, [(2, 1)], stop=stop))
+    assert isinstance(events[-1], SweepDone) and events[-1].results == [] and events[-1].stopped
+
+
+def test_csv_has_the_header_and_one_row_per_cell(events, tmp_path):
+    path = write_csv(events[-1].results, tmp_path / "sweep.csv")
+    with path.open(newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == CSV_FIELDS and [r[0] for r in table[1:]] == ["2×1", "3×1"]
+
+
+def test_plot_writes_a_png(events, tmp_path):
+    path = plot(events[-1].results, tmp_path / "sub" / "sweep.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cli_sweep_writes_csv_and_png_and_prints_the_table(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["sweep", "--model", str(tiny_model_dir), "--dataset", str(tiny_csv), "--precision", "fp32",
+                 "--grid", "2x1,3x1", "--batch-size", "4", "--held-out-fraction", "0.25", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("cell ")):]
+    assert table[1].startswith("2×1 ") and table[2].startswith("3×1 ") and table[3].startswith("wrote ")
+    assert (out / "sweep.png").read_bytes()[:8] == PNG_MAGIC
+    assert len((out / "sweep.csv").read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_cli_sweep_bad_grid_is_one_line(capsys):
+    assert main(["sweep", "--grid", "5by5"]) == 1
+    assert capsys.readouterr().err.strip() == "error: grid cell '5by5' is not TOKENSxEPOCHS, e.g. 5x5 or 20x10"
+
+
+def test_cli_sweep_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--grid" in out and "--rouge" in out and "--out" in out
