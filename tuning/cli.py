@@ -72,6 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset (default: the adapter's)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--rouge", type=int, default=0, metavar="N",
+                   help="also ROUGE-L of greedy generations on up to N held-out acts, base vs tuned (default: 0, off)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per act for --rouge (default: 64)")
+
+    p = sub.add_parser("bench", help="measure training and generation speed against the seed recipe",
+                       description="Training throughput (seed recipe vs ours), FLOP ceiling, generation "
+                                   "timings and peak memory on a GPT-2-124M-shaped model with random weights, offline.")
+    p.add_argument("--steps", type=int, default=10, help="timed steps of the seed recipe, after the warm-up (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    p.add_argument("--dataset", help="prompts .csv (default: ../shared/data/awesome-chatgpt-prompts/prompts-2025-01.csv)")
+    p.add_argument("--tokenizer", help="GPT-2 tokenizer folder (default: ../shared/data/gpt2-tokenizer)")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON here")
+
+    p = sub.add_parser("sweep", help="train one prompt per (tokens, epochs) cell and compare them",
+                       description="Reproduce the seed's experiment: one prompt per virtual tokens x epochs cell, "
+                                   "held-out perplexity (and ROUGE-L) base vs tuned; writes sweep.csv and sweep.png.")
+    _add_sweep_flags(p)
 
     sub.add_parser("list", help="list saved adapters")
     p = sub.add_parser("delete", help="delete a saved adapter")
@@ -91,14 +108,17 @@ def cmd_train(args) -> int:
     from . import adapters
     from .data import load_rows
     from .model import load_base
-    from .train import Done, EpochEnd, Start, Step, split_rows, train
+    from .train import Done, EpochEnd, Start, Step, data_parallel, split_rows, train
 
     names = {f.name for f in dataclasses.fields(TuneConfig)}
     config = TuneConfig(**{k: v for k, v in vars(args).items() if k in names})
     name = adapters.sanitize_name(args.name or _default_name(config))
     rows = load_rows(config.dataset, config.text_only)
     train_rows, held = split_rows(rows, config)
-    print(f"loading {config.model} ...", file=sys.stderr)
+    # Under `accelerate launch` every process trains its share; only the first one talks and saves.
+    main_process = data_parallel()[0] == 0
+    if main_process:
+        print(f"loading {config.model} ...", file=sys.stderr)
     base = load_base(config.model, config.precision)
 
     # First Ctrl-C: stop after the current step and keep what was learned. Second: abort.
@@ -114,7 +134,11 @@ def cmd_train(args) -> int:
     bar = None
     try:
         for event in train(base, train_rows, config, held, stop):
-            if isinstance(event, Start):
+            if isinstance(event, Done):
+                done = event
+            elif not main_process:
+                continue
+            elif isinstance(event, Start):
                 baseline = "" if event.base_held_out_loss is None else f", base held-out loss {event.base_held_out_loss:.4f}"
                 tqdm.write(f"{event.train_rows} training rows, {event.held_out_rows} held-out rows{baseline}")
                 bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True)
@@ -124,12 +148,12 @@ def cmd_train(args) -> int:
             elif isinstance(event, EpochEnd):
                 held_text = "" if event.held_out_loss is None else f", held-out loss {event.held_out_loss:.4f}"
                 tqdm.write(f"epoch {event.epoch}: train loss {event.train_loss:.4f}{held_text}")
-            elif isinstance(event, Done):
-                done = event
     finally:
         signal.signal(signal.SIGINT, previous)
         if bar is not None:
             bar.close()
+    if not main_process:
+        return 0
     path = adapters.save(done.soft, name, args.adapters_dir)
     state = "stopped early" if done.stopped else "finished"
     print(f"{state} after {done.steps} steps in {done.elapsed:.1f} s; saved adapter {name!r} to {path}")
@@ -200,6 +224,105 @@ def cmd_eval(args) -> int:
     for name in ("base", "tuned"):
         m = result[name]
         print(f"{name:6} {m.loss:8.4f} {m.perplexity:11.2f}")
+    if args.rouge > 0:
+        from tqdm import tqdm
+
+        from .evaluate import rouge_compare
+        from .generate import Decoding
+
+        acts = held[: args.rouge]
+        with tqdm(total=len(acts), unit="act", desc="ROUGE-L", dynamic_ncols=True) as bar:
+            rouge = rouge_compare(base, soft, acts, Decoding(max_new_tokens=args.max_new_tokens),
+                                  progress=lambda done, total: bar.update(done - bar.n))
+        print(f"ROUGE-L on {len(acts)} held-out acts (greedy, {args.max_new_tokens} new tokens): "
+              f"base {rouge['base']:.4f}  tuned {rouge['tuned']:.4f}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import json
+
+    from . import bench
+
+    result = bench.run(steps=args.steps, warmup=args.warmup, dataset=args.dataset, tokenizer_dir=args.tokenizer)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+# the TuneConfig fields a sweep varies nothing of but lets the user set
+_SWEEP_FIELDS = ("model", "dataset", "precision", "learning_rate", "batch_size", "seed", "held_out_fraction",
+                 "max_length", "init")
+
+
+def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TuneConfig):
+        if f.name in _SWEEP_FIELDS:
+            kind = {int: int, float: float}.get(type(f.default), str)
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
+                                help=f"{f.metadata.get('help', '')} (default: {f.default})")
+    parser.add_argument("--grid", default="5x5,20x10",
+                        help="cells as TOKENSxEPOCHS, comma-separated (default: 5x5,20x10, the seed's two runs)")
+    parser.add_argument("--rouge", type=int, default=0, metavar="N",
+                        help="also ROUGE-L on up to N held-out acts per cell, base vs tuned (default: 0, off)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per act for --rouge (default: 64)")
+    parser.add_argument("--out", default="sweep", help="folder for sweep.csv and sweep.png (default: sweep)")
+
+
+def cmd_sweep(args) -> int:
+    from tqdm import tqdm
+
+    from .data import load_rows
+    from .generate import Decoding
+    from .model import load_base
+    from .sweep import CellEvent, CellResult, SweepDone, SweepStart, format_table, parse_grid, plot, run_sweep, write_csv
+    from .train import EpochEnd, Step
+
+    grid = parse_grid(args.grid)
+    config = TuneConfig(**{k: getattr(args, k) for k in _SWEEP_FIELDS})
+    decoding = Decoding(max_new_tokens=args.max_new_tokens)
+    rows = load_rows(config.dataset, config.text_only)
+    print(f"loading {config.model} ...", file=sys.stderr)
+    base = load_base(config.model, config.precision)
+
+    # First Ctrl-C: stop the current cell after its step, skip the rest, still write what finished.
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        tqdm.write("stopping after this step (Ctrl-C again to abort) ...")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    bar, results = None, []
+    try:
+        for event in run_sweep(base, rows, config, grid, stop, args.rouge, decoding):
+            if isinstance(event, SweepStart):
+                tqdm.write(f"{len(event.labels)} cells ({', '.join(event.labels)}), {event.train_rows} training rows, "
+                           f"{event.held_out_rows} held-out rows")
+                bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True)
+            elif isinstance(event, CellEvent) and isinstance(event.event, Step):
+                bar.update(1)
+                bar.set_postfix(cell=event.label, epoch=event.event.epoch, loss=f"{event.event.loss:.3f}")
+            elif isinstance(event, CellEvent) and isinstance(event.event, EpochEnd):
+                e = event.event
+                held_text = "" if e.held_out_loss is None else f", held-out loss {e.held_out_loss:.4f}"
+                tqdm.write(f"{event.label} epoch {e.epoch}: train loss {e.train_loss:.4f}{held_text}")
+            elif isinstance(event, CellResult) and args.rouge > 0:
+                tqdm.write(f"{event.label}: ROUGE-L scored")
+            elif isinstance(event, SweepDone):
+                results = event.results
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+    if not results:
+        raise ValueError("the sweep was stopped before any cell finished; nothing was written")
+    out = Path(args.out)
+    csv_path, png_path = write_csv(results, out / "sweep.csv"), plot(results, out / "sweep.png")
+    print(format_table(results))
+    print(f"wrote {csv_path} and {png_path}")
     return 0
 
 
@@ -228,7 +351,9 @@ def cmd_delete(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "list": cmd_list, "delete": cmd_delete}
+    command = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench,
+               "sweep": cmd_sweep,
+               "list": cmd_list, "delete": cmd_delete}
     try:
         return command[args.command](args)
     except (ValueError, RuntimeError, OSError) as e:

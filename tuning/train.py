@@ -16,11 +16,19 @@ Choices, each measured or explained in README "Performance":
 - loss is computed only at real token positions (model.token_losses);
 - the base stays in eval mode (no dropout): it is shared with other sessions and that
   makes a run deterministic for a given seed.
+
+Data parallel: started as several processes (`accelerate launch`, `torchrun`, `mpirun`), each
+process scores its share of every global batch (`config.batch_size` rows, the same length-sorted
+batches in the same seeded order everywhere) and the summed prompt gradients and token counts
+are all-reduced, so every process takes the step one process would take on the whole batch.
+Every process scores the held-out rows in full (the same number everywhere). One process
+alone never imports accelerate nor touches torch.distributed.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import threading
 import time
@@ -113,6 +121,64 @@ def encode_rows(base: Base, rows: Sequence[Row], config: TuneConfig) -> list[lis
     return out
 
 
+def data_parallel() -> tuple[int, int]:
+    """(this process's rank, number of processes); (0, 1) unless started as several processes.
+
+    Joins the process group the launcher prepared, through accelerate's `PartialState` (gloo on
+    CPUs, nccl on GPUs, which also picks this process's GPU), so call it before loading the model.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    sizes = (os.environ.get(k) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if max((int(v) for v in sizes if v and v.isdigit()), default=1) <= 1:
+        return 0, 1
+    from accelerate import PartialState
+
+    # cpu= must be explicit: PartialState() on a machine without GPUs joins the group but then
+    # reports one process (accelerate 1.15).
+    PartialState(cpu=not torch.cuda.is_available())
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _shard_losses(
+    base: Base, prompt: torch.nn.Parameter, rows: list[list[int]], rank: int, world: int
+) -> tuple[torch.Tensor, int]:
+    """This process's share of one global batch: backward of its summed loss, then all-reduce.
+
+    Leaves in `prompt.grad` the gradient of (sum of losses over the whole batch / its token
+    count), the same as one process computing `loss_sum / count` on all of `rows`. Returns the
+    whole batch's summed loss and token count, equal on every process.
+    """
+    import torch.distributed as dist
+
+    mine = rows[rank::world]  # a short last batch can leave a process nothing to do
+    if mine:
+        loss_sum, count = token_losses(base, prompt, mine)
+        loss_sum.backward()
+    else:
+        loss_sum, count = torch.zeros((), device=prompt.device), 0
+        prompt.grad = torch.zeros_like(prompt)
+    # one all-reduce for the gradient, the loss and the count together
+    flat = torch.cat([prompt.grad.flatten(), torch.stack([loss_sum.detach().float(), loss_sum.new_tensor(float(count))])])
+    dist.all_reduce(flat)
+    total, count = flat[-2], int(flat[-1].item())
+    prompt.grad.copy_(flat[:-2].view_as(prompt.grad) / count)
+    return total, count
+
+
+def _any_process(flag: bool, world: int, device: torch.device) -> bool:
+    """True when `flag` is set in any process (so all of them stop at the same step)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Group row indices of similar length into batches, then shuffle the batch order.
 
@@ -173,6 +239,7 @@ def train(
         raise TrainingError("there are no rows to train on")
     t0 = time.perf_counter()
     device = base.device
+    rank, world = data_parallel()
     data = encode_rows(base, train_rows, config)
     held = encode_rows(base, held_out_rows, config) if held_out_rows else []
     rng = random.Random(config.seed)
@@ -192,19 +259,24 @@ def train(
     for epoch in range(1, config.epochs + 1):
         epoch_loss, epoch_tokens = 0.0, 0
         for batch in length_batches([len(r) for r in data], config.batch_size, rng):
-            if stop is not None and stop.is_set():
+            if _any_process(stop is not None and stop.is_set(), world, device):
                 stopped = True
                 break
             t_step = time.perf_counter()
-            loss_sum, count = token_losses(base, prompt, [data[i] for i in batch])
+            if world == 1:
+                loss_sum, count = token_losses(base, prompt, [data[i] for i in batch])
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum, count = _shard_losses(base, prompt, [data[i] for i in batch], rank, world)
             loss = loss_sum / count
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss.item()} at step {step + 1} (epoch {epoch}); "
                     f"try a lower learning rate than {config.learning_rate:g}. Nothing was saved."
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if world == 1:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             torch.nn.utils.clip_grad_norm_([prompt], 1.0)
             optimizer.step()
             schedule.step()

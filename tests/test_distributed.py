@@ -1,0 +1,72 @@
+"""`python -m tuning train` under `accelerate launch`: two processes learn what one process learns.
+
+Two real processes on CPUs (gloo), started the way `accelerate launch` starts them on GPUs
+(`--multi_gpu`, i.e. torchrun) with the GPUs hidden. `accelerate launch --cpu --num_processes 2`
+itself starts one process unless an MPI hostfile is given (accelerate 1.15), so that command is
+checked separately: it must run unchanged and give the one-process result.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tuning import adapters
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_args(model, csv, adapters_dir, name):
+    # 6 training rows in batches of 5: a 3 + 2 split, then a 1-row batch that leaves one process idle
+    return ["--adapters-dir", str(adapters_dir), "train", "--model", str(model), "--dataset", str(csv),
+            "--num-virtual-tokens", "4", "--epochs", "2", "--batch-size", "5", "--learning-rate", "0.1",
+            "--precision", "fp32", "--held-out-fraction", "0.25", "--name", name]
+
+
+def launch(*launcher_args, tuning_args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "tuning", *tuning_args]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir, tiny_csv, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("one")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "tuning", *train_args(tiny_model_dir, tiny_csv, folder, "run")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return adapters.load("run", folder)
+
+
+def test_two_processes_learn_the_same_prompt_as_one(one_process, tiny_model_dir, tiny_csv, tmp_path):
+    done = launch("--multi_gpu", "--num_processes", "2",
+                  tuning_args=train_args(tiny_model_dir, tiny_csv, tmp_path, "run"))
+    two = adapters.load("run", tmp_path)
+    assert torch.allclose(two.embeddings, one_process.embeddings, atol=1e-4)
+    assert two.meta["history"]["train_loss"] == pytest.approx(one_process.meta["history"]["train_loss"], rel=1e-5)
+    assert two.meta["metrics"]["held_out_loss"] == pytest.approx(one_process.meta["metrics"]["held_out_loss"], rel=1e-5)
+    # only the main process saves and reports
+    assert done.stdout.count("saved adapter") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_accelerate_cpu_launch_runs_unchanged(one_process, tiny_model_dir, tiny_csv, tmp_path):
+    launch("--cpu", "--num_processes", "2", tuning_args=train_args(tiny_model_dir, tiny_csv, tmp_path, "run"))
+    assert torch.allclose(adapters.load("run", tmp_path).embeddings, one_process.embeddings, atol=1e-4)

@@ -1,0 +1,373 @@
+"""`python -m tuning bench`: how fast we train and generate on this machine, against the seed's recipe.
+
+Everything runs offline on a GPT-2-124M-shaped model (`GPT2Config()`, random weights) with the
+real GPT-2 tokenizer and the prompts of a local .csv, in a few minutes:
+
+- seed recipe: `transformers.Trainer` + PEFT `PromptTuningConfig` (20 virtual tokens, random
+  init), fp32, batch 8, `DataCollatorForLanguageModeling(mlm=False)` over the raw `prompt`
+  column, as the project started;
+- ours: `train.train()` with the default TuneConfig (precision auto, default batch size), on
+  the same training rows, for about as many rows as the seed recipe's timed steps; again in fp32;
+- quality: held-out loss after the same steps, ours vs ours in fp32 (random weights: the losses
+  are those of an untrained model, but bf16 rounding shows up in them all the same);
+- ceiling: a bf16 (and fp32) matmul measured in the same run; prompt tuning costs about
+  4 x parameters FLOPs per position (forward plus activation gradients, no weight gradients);
+- generation: one 64-token greedy continuation vs base + tuned side by side (`stream_pair`).
+
+Throughput counts useful tokens: real text tokens of the rows trained on, never padding or
+virtual positions (ours also counts the eos that ends each row; it is trained on). Each
+training part runs in its own spawned process, after warm-up steps, so its peak memory
+(`ru_maxrss`) is its own and one part's allocations cannot slow the next.
+
+What it does not do: assert anything about the numbers (tests check the machinery only).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DEFAULT_DATASET = SHARED / "awesome-chatgpt-prompts" / "prompts-2025-01.csv"
+DEFAULT_TOKENIZER = SHARED / "gpt2-tokenizer"
+GENERATION_TEXT = "I want you to act as a travel guide. I will write you my location and you will suggest places to visit."
+
+SEED_BATCH = 8  # the seed recipe's per_device_train_batch_size
+SEED_VIRTUAL = 20  # the seed recipe's num_virtual_tokens
+
+
+class BenchError(ValueError):
+    """The benchmark cannot run as asked (a missing file, a bad setting); one sentence."""
+
+
+@dataclass
+class Job:
+    """What one spawned part needs; plain values only, so it pickles."""
+
+    dataset: str
+    tokenizer_dir: str
+    model_config: dict  # GPT2Config overrides; {} is GPT-2-124M
+    steps: int  # timed steps
+    warmup: int  # untimed steps before them
+    precision: str = "auto"
+    prompt: list | None = None  # a trained soft prompt, for generation
+    new_tokens: int = 64
+    repeats: int = 3
+
+
+def run(
+    steps: int = 10,
+    warmup: int = 2,
+    dataset: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    model_config: dict | None = None,
+    new_tokens: int = 64,
+    repeats: int = 3,
+    out: Callable[[str], None] = print,
+) -> dict:
+    """Run every part and print a Markdown table; returns the numbers as a dict.
+
+    `steps`/`warmup` are the seed recipe's (batch 8); ours runs as many rows at its own batch
+    size. `model_config` overrides `GPT2Config()` (tests pass a tiny one).
+
+    >>> r = run(steps=10, warmup=2)                        # doctest: +SKIP
+    >>> r["speedup"], r["ours"]["peak_mb"]                 # doctest: +SKIP
+    (6.3, 1450.0)
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise BenchError(f"steps must be a whole number of at least 1, got {steps!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+        raise BenchError(f"warmup must be a whole number of at least 1, got {warmup!r}")
+    dataset = _existing(dataset, DEFAULT_DATASET, "dataset", "--dataset")
+    tokenizer_dir = _existing(tokenizer_dir, DEFAULT_TOKENIZER, "tokenizer folder", "--tokenizer")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the spawned parts: everything here is local
+    job = Job(str(dataset), str(tokenizer_dir), dict(model_config or {}), steps, warmup,
+              new_tokens=new_tokens, repeats=repeats)
+
+    from .config import TuneConfig
+
+    ours_batch = TuneConfig().batch_size
+    ours_job = replace(job, steps=math.ceil(steps * SEED_BATCH / ours_batch),
+                       warmup=math.ceil(warmup * SEED_BATCH / ours_batch))
+    result: dict = {"machine": machine()}
+    out(f"seed recipe: Trainer, fp32, batch {SEED_BATCH}, {warmup} + {steps} steps ...")
+    result["seed"] = _spawn(_seed_recipe, job)
+    out(f"ours: train(), precision auto, batch {ours_batch}, {ours_job.warmup} + {ours_job.steps} steps ...")
+    result["ours"] = _spawn(_ours, ours_job)
+    out("ours in fp32 ...")
+    result["ours_fp32"] = _spawn(_ours, replace(ours_job, precision="fp32"))
+    out("matmul ceiling ...")
+    result["matmul_gflops"] = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}
+    out(f"generation, {new_tokens} new tokens ...")
+    result["generation"] = _spawn(_generation, replace(job, prompt=result["ours"].pop("prompt")))
+    result["ours_fp32"].pop("prompt")
+
+    ours, seed, fp32 = result["ours"], result["seed"], result["ours_fp32"]
+    result["speedup"] = ours["tokens_per_s"] / seed["tokens_per_s"]
+    flops = result["matmul_gflops"]["bf16" if ours["precision"] == "bf16" else "fp32"] * 1e9
+    result["ceiling_positions_per_s"] = flops / (4 * ours["n_params"])
+    result["ceiling_fraction"] = ours["positions_per_s"] / result["ceiling_positions_per_s"]
+    result["held_out_loss_rel_diff"] = abs(ours["held_out_loss"] - fp32["held_out_loss"]) / fp32["held_out_loss"]
+    gen = result["generation"]
+    result["generation_ratio"] = gen["pair_s"] / gen["single_s"]
+    out(report(result))
+    return result
+
+
+def report(r: dict) -> str:
+    """The results as Markdown, ready for README "Performance"."""
+    m, seed, ours, fp32, gen = r["machine"], r["seed"], r["ours"], r["ours_fp32"], r["generation"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} torch threads), torch {m['torch']}, "
+        f"transformers {m['transformers']}; matmul 2048^3: bf16 {r['matmul_gflops']['bf16']:.0f} GFLOP/s, "
+        f"fp32 {r['matmul_gflops']['fp32']:.0f} GFLOP/s. Model: GPT-2-124M shape ({ours['n_params'] / 1e6:.1f}M "
+        "parameters), random weights.",
+        "",
+        "| training | precision | batch | timed steps | useful tokens/s | positions/s | peak memory |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, part in (("seed recipe (Trainer + PEFT)", seed), ("ours (default)", ours), ("ours, fp32", fp32)):
+        lines.append(
+            f"| {name} | {part['precision']} | {part['batch_size']} | {part['steps']} | {part['tokens_per_s']:.0f} "
+            f"| {part['positions_per_s']:.0f} | {part['peak_mb']:.0f} MB |"
+        )
+    lines += [
+        "",
+        f"- speed-up, useful tokens/s, ours / seed recipe: **{r['speedup']:.1f}x**",
+        f"- ours vs the FLOP ceiling (4 x {ours['n_params'] / 1e6:.1f}M FLOPs per position at the measured "
+        f"{ours['precision']} matmul rate): {ours['positions_per_s']:.0f} of {r['ceiling_positions_per_s']:.0f} "
+        f"positions/s ({100 * r['ceiling_fraction']:.0f}%)",
+        f"- held-out loss after {ours['warmup'] + ours['steps']} steps: {ours['precision']} {ours['held_out_loss']:.4f}, "
+        f"fp32 {fp32['held_out_loss']:.4f} ({100 * r['held_out_loss_rel_diff']:.2f}% apart; random weights)",
+        f"- generation, {gen['new_tokens']} new tokens, greedy, {gen['precision']}, median of {gen['repeats']}: "
+        f"one continuation {gen['single_s']:.2f} s, base + tuned side by side {gen['pair_s']:.2f} s "
+        f"(**{r['generation_ratio']:.2f}x**)",
+    ]
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name:")), cpu)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "platform": platform.platform()}
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
+    """GFLOP/s of an `n x n @ n x n` matmul in `dtype` (2 n^3 FLOPs each), after two warm-up runs."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    return 2 * n**3 * repeat / (time.perf_counter() - t) / 1e9
+
+
+def _existing(path, default: Path, what: str, flag: str) -> Path:
+    if path is None:
+        if not default.exists():
+            raise BenchError(f"no {what} at {default}; pass {flag} PATH")
+        return default
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise BenchError(f"no {what} at {path}")
+    return path
+
+
+def _spawn(part: Callable[[Job], dict], job: Job) -> dict:
+    """Run one part in a fresh process: its peak memory is its own, nothing it allocated stays."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(part, (job,))
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _training_rows(job: Job):
+    """The rows ours trains on (its seeded split); the seed recipe gets the same ones."""
+    from .config import TuneConfig
+    from .data import load_rows
+    from .train import split_rows
+
+    config = TuneConfig(model="gpt2-124m-random", dataset=job.dataset, precision=job.precision)
+    return config, *split_rows(load_rows(job.dataset), config)
+
+
+def _random_base(job: Job, model_id: str, precision: str):
+    """GPT-2 with random weights built directly in the run's dtype, as `load_base` loads real weights."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from .model import _DTYPES, from_model, resolve_precision
+
+    resolved = resolve_precision(precision, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(GPT2Config(**job.model_config), dtype=_DTYPES[resolved])
+    return from_model(model, _tokenizer(job), model_id, resolved)
+
+
+def _quiet() -> None:
+    """Keep a part's output to our own lines: no deprecation notes or Trainer log dicts."""
+    import warnings
+
+    from transformers.utils import logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.set_verbosity_error()
+
+
+def _tokenizer(job: Job):
+    from transformers import GPT2TokenizerFast
+
+    tok = GPT2TokenizerFast.from_pretrained(job.tokenizer_dir)
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def _seed_recipe(job: Job) -> dict:
+    """The seed's recipe, as it was: Trainer, fp32, batch 8, LM collator over the raw prompts."""
+    import tempfile
+
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import (
+        DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel, PrinterCallback, Trainer, TrainerCallback,
+        TrainingArguments,
+    )
+
+    _quiet()
+    torch.manual_seed(0)
+    tok = _tokenizer(job)
+    _, rows, _ = _training_rows(job)
+    model = get_peft_model(
+        GPT2LMHeadModel(GPT2Config(**job.model_config)),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=SEED_VIRTUAL, prompt_tuning_init="RANDOM"),
+    )
+    max_length = model.config.n_positions - SEED_VIRTUAL
+    features = [dict(tok(r.prompt, truncation=True, max_length=max_length)) for r in rows]
+    collate = DataCollatorForLanguageModeling(tok, mlm=False)
+    batches: list[tuple[int, int]] = []  # (real tokens, positions incl. padding and virtual) per batch, in order
+
+    def counting_collator(items):
+        batch = collate(items)
+        size, length = batch["input_ids"].shape
+        batches.append((int(batch["attention_mask"].sum()), size * (length + SEED_VIRTUAL)))
+        return batch
+
+    class Clock(TrainerCallback):
+        start = end = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == job.warmup:
+                Clock.start = time.perf_counter()
+            Clock.end = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        args = TrainingArguments(
+            output_dir=out_dir, per_device_train_batch_size=SEED_BATCH, max_steps=job.warmup + job.steps,
+            learning_rate=3e-2, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
+            disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=counting_collator,
+                          callbacks=[Clock()])
+        trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict
+        trainer.train()
+    # the k-th collated batch is the k-th step's (no gradient accumulation)
+    timed = batches[job.warmup : job.warmup + job.steps]
+    seconds = Clock.end - Clock.start
+    return {
+        "precision": "fp32", "batch_size": SEED_BATCH, "warmup": job.warmup, "steps": job.steps,
+        "tokens": sum(t for t, _ in timed), "seconds": seconds,
+        "tokens_per_s": sum(t for t, _ in timed) / seconds, "positions_per_s": sum(p for _, p in timed) / seconds,
+        "peak_mb": _peak_mb(),
+    }
+
+
+def _ours(job: Job) -> dict:
+    """train() with the default TuneConfig (precision from the job), stopped after warm-up + timed steps."""
+    import threading
+
+    from .train import Done, Step, train
+
+    _quiet()
+    config, rows, held = _training_rows(job)
+    base = _random_base(job, config.model, config.precision)
+    positions = [0]  # every position the transformer computes: virtual, text and padding
+
+    def count(module, args, kwargs):
+        embeds = kwargs["inputs_embeds"]
+        positions[0] += embeds.shape[0] * embeds.shape[1]
+
+    hook = base.model.base_model.register_forward_pre_hook(count, with_kwargs=True)
+    stop = threading.Event()
+    last = job.warmup + job.steps
+    start = end = None
+    for event in train(base, rows, config, held, stop):
+        if isinstance(event, Step):
+            if event.step == job.warmup:
+                start = (time.perf_counter(), event.tokens, positions[0])
+            if event.step == last:
+                end = (time.perf_counter(), event.tokens, positions[0])
+                stop.set()  # train() then scores the held-out rows with what it learned
+        elif isinstance(event, Done):
+            done = event
+    hook.remove()
+    if end is None:
+        raise BenchError(f"ours ran {done.steps} steps, fewer than the {last} asked; use a bigger dataset or fewer steps")
+    seconds = end[0] - start[0]
+    return {
+        "precision": base.precision, "batch_size": config.batch_size, "warmup": job.warmup, "steps": job.steps,
+        "tokens": end[1] - start[1], "seconds": seconds,
+        "tokens_per_s": (end[1] - start[1]) / seconds, "positions_per_s": (end[2] - start[2]) / seconds,
+        "held_out_loss": done.soft.meta["metrics"]["held_out_loss"],
+        "n_params": sum(p.numel() for p in base.model.parameters()),
+        "peak_mb": _peak_mb(), "prompt": done.soft.embeddings.tolist(),
+    }
+
+
+def _generation(job: Job) -> dict:
+    """Median seconds of one greedy continuation and of base + tuned side by side."""
+    import statistics
+
+    from .generate import Decoding, generate, stream_pair
+
+    _quiet()
+    base = _random_base(job, "gpt2-124m-random", job.precision)
+    soft = torch.tensor(job.prompt)
+    decoding = Decoding(max_new_tokens=job.new_tokens)
+
+    def single():
+        generate(base, soft, GENERATION_TEXT, decoding)
+
+    def pair():
+        for _ in stream_pair(base, soft, GENERATION_TEXT, decoding):
+            pass
+
+    timings = {}
+    for name, fn in (("single_s", single), ("pair_s", pair)):
+        fn()  # warm-up
+        runs = []
+        for _ in range(job.repeats):
+            t = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t)
+        timings[name] = statistics.median(runs)
+    return {**timings, "precision": base.precision, "new_tokens": job.new_tokens, "repeats": job.repeats,
+            "peak_mb": _peak_mb()}
