@@ -19,12 +19,14 @@ import stat
 import tempfile
 import threading
 import zipfile
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+import torch
 
 from tuning import adapters
 from tuning.adapters import AdapterError
@@ -42,6 +44,10 @@ PRESETS = {"5 tokens × 5 epochs": (5, 5), "20 tokens × 10 epochs": (20, 10)}
 USER_ERRORS = (DataError, ModelError, AdapterError, GenerationError, TrainingError)
 MAX_UPLOAD_BYTES = 50 * 2**20  # uncompressed; a GPT-2 prompt of 100 tokens is 300 KB
 MAX_UPLOAD_FILES = 16
+MAX_ZIP_ENTRIES = 64  # files and folders together: a zip of a million empty folders is a bomb too
+MAX_ZIP_DEPTH = 3  # path parts of a member: "a/b/adapter_config.json"
+MAX_INPUT_CHARS = 4_000  # compare input; GPT-2's whole context is about 4,000 characters of English
+MAX_FIELD_CHARS = 200  # act names, searches, adapter names
 
 
 @dataclass
@@ -51,7 +57,6 @@ class Session:
     act: Row | None = None
     soft: SoftPrompt | None = None  # the last run, finished or stopped
     stop: threading.Event | None = None  # set by Stop (or closing the tab) to end the current run
-    tmp: str | None = None  # this session's folder for download zips
 
 
 # ---------------------------------------------------------------------------------------
@@ -74,7 +79,92 @@ def user_errors():
     except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
         if "out of memory" not in str(e).lower():
             raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand the failed run's blocks back, so the next request can have them
         raise gr.Error("out of memory: try fewer virtual tokens, a smaller batch or a shorter run") from e
+
+
+# --- every value a client sends is checked here: the browser's limits (a slider's range, a
+# textbox's max length) do not bind a raw API call, which can send any JSON in any field.
+
+
+def checked_text(value, label: str, max_chars: int) -> str:
+    """`value` if it is text we can use, else gr.Error naming the problem in one sentence.
+
+    None -> ''. 'مرحبا 👋' -> 'مرحبا 👋'. 'a\x00b', '\ud800' (a lone surrogate), 5 or 100,000 characters -> gr.Error.
+    """
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise gr.Error(f"{label} must be text, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise gr.Error(f"{label} is {len(value):,} characters; this server takes at most {max_chars:,}")
+    if "\x00" in value:
+        raise gr.Error(f"{label} contains a NUL character; remove it and try again")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: JSON can carry one, nothing after this can
+        raise gr.Error(f"{label} contains broken Unicode (a lone surrogate); paste it again as plain text") from None
+    return value
+
+
+def checked_number(value, label: str) -> float | int:
+    """`value` if it is a finite int or float; 'abc', True, None, NaN, infinity -> gr.Error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise gr.Error(f"{label} must be a number, got {value!r}"[:200])
+    if not math.isfinite(value):
+        raise gr.Error(f"{label} must be a finite number, got {value}")
+    return value
+
+
+class Text(gr.Textbox):
+    """A Textbox whose `max_length` (default 200) also binds API calls, and that refuses NUL and broken Unicode."""
+
+    is_template = True  # drawn by the frontend as a Textbox
+
+    def preprocess(self, payload):
+        return checked_text(payload, self.label or "the text", self.max_length or MAX_FIELD_CHARS)
+
+
+def in_range(component, payload, preprocess):
+    """Type and finiteness checked here, the range by Gradio (its message, with the field's label in front)."""
+    value = checked_number(payload, component.label)
+    try:
+        return preprocess(value)
+    except gr.Error as e:
+        raise gr.Error(f"{component.label}: {e.message}") from None
+
+
+class Slider(gr.Slider):
+    """A Slider that refuses text, NaN and infinity with one sentence (Gradio's own check would crash on them)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return in_range(self, payload, super().preprocess)
+
+
+class Number(gr.Number):
+    """A Number that refuses text, NaN and infinity with one sentence (precision=0 would crash on them)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return in_range(self, payload, super().preprocess)
+
+
+def checked_name(value, label: str = "the adapter name") -> str | None:
+    """A dropdown value that allows custom text: None, or text of at most 200 characters."""
+    return checked_text(value, label, MAX_FIELD_CHARS) or None
+
+
+@contextlib.contextmanager
+def disk_errors():
+    """A failed write (disk full, read-only folder) is one sentence; adapters.save has already cleaned up."""
+    try:
+        yield
+    except OSError as e:
+        raise gr.Error(f"the server could not write the adapter ({e.strerror or e}); nothing was changed") from e
 
 
 def duration(seconds: float) -> str:
@@ -143,30 +233,45 @@ def zip_adapter(folder: Path, dest: Path) -> Path:
 def unzip_safely(zip_path: str, dest: Path) -> Path:
     """Extract an uploaded zip into `dest`, refusing anything that could escape or explode; returns the adapter folder.
 
-    Refused: absolute paths, `..`, symlinks, more than 16 members, over 50 MB uncompressed.
-    The adapter files may sit at the top of the zip or in one folder.
+    Refused: absolute paths, `..`, symlinks, more than 16 files (64 entries with folders), paths
+    more than 3 deep, over 50 MB uncompressed (declared, and counted again while extracting, so a
+    zip that lies about its sizes stops at the cap). The adapter files may sit at the top of the
+    zip or in a folder.
     """
     try:
         z = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError):
         raise AdapterError("the upload is not a zip file") from None
     with z:
-        members = [m for m in z.infolist() if not m.is_dir()]
+        entries = z.infolist()
+        members = [m for m in entries if not m.is_dir()]
         if len(members) > MAX_UPLOAD_FILES:
             raise AdapterError(f"the zip holds {len(members)} files; an adapter has at most {MAX_UPLOAD_FILES}")
+        if len(entries) > MAX_ZIP_ENTRIES:
+            raise AdapterError(f"the zip holds {len(entries)} entries; an adapter has at most {MAX_ZIP_ENTRIES}")
         if sum(m.file_size for m in members) > MAX_UPLOAD_BYTES:
             raise AdapterError(f"the zip unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB")
-        for m in members:
-            parts = m.filename.replace("\\", "/").split("/")
+        for m in entries:
+            parts = m.filename.replace("\\", "/").rstrip("/").split("/")
             if m.filename.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
                 raise AdapterError(f"the zip has an unsafe path: {m.filename}")
             if stat.S_ISLNK(m.external_attr >> 16):
                 raise AdapterError(f"the zip has a symbolic link: {m.filename}")
+            if len(parts) > MAX_ZIP_DEPTH:
+                raise AdapterError(f"the zip nests folders too deeply: {m.filename}")
+        written = 0
         for m in members:
             target = dest.joinpath(*m.filename.replace("\\", "/").split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
-            with z.open(m) as src, open(target, "wb") as out:  # zipfile checks the size and CRC as it reads
-                shutil.copyfileobj(src, out)
+            try:
+                with z.open(m) as src, open(target, "wb") as out:  # zipfile also checks the size and CRC as it reads
+                    while chunk := src.read(2**20):
+                        written += len(chunk)
+                        if written > MAX_UPLOAD_BYTES:
+                            raise AdapterError(f"the zip unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError) as e:
+                raise AdapterError(f"the zip is damaged or uses an unsupported format ({m.filename}: {e})") from None
     configs = list(dest.rglob(adapters.CONFIG_FILE))
     if len(configs) != 1:
         raise AdapterError(f"the zip must hold exactly one {adapters.CONFIG_FILE}, found {len(configs)}")
@@ -183,10 +288,19 @@ def build_app(
     adapters_dir: str | Path = adapters.DEFAULT_ROOT,
     max_epochs: int = 50,
     max_steps: int = 2000,
+    max_adapters: int = 200,
+    max_adapter_bytes: int = 500 * 2**20,
+    max_queue: int = 64,
 ) -> gr.Blocks:
+    """The app, its queue configured: at most `max_queue` waiting events, 4 running per event (training: 1).
+
+    `max_adapters` and `max_adapter_bytes` cap what all visitors together may keep in `adapters_dir`.
+    """
     root = Path(adapters_dir)
     max_epochs = max(1, min(int(max_epochs), 50))
     running: dict[str, threading.Event] = {}  # session hash -> stop flag of its run, for closing the tab
+    session_dirs: dict[str, str] = {}  # session hash -> its folder for download zips, removed when it ends
+    caps = dict(max_count=max_adapters, max_bytes=max_adapter_bytes)
 
     def base():
         with user_errors():
@@ -226,6 +340,9 @@ def build_app(
         return tokens, min(epochs, max_epochs)
 
     def train_run(tokens, epochs, lr, batch, init, data, chosen, seed, session: Session, request: gr.Request):
+        chosen = chosen or []
+        if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
+            raise gr.Error("selected acts must be a list of act names")
         if data == "only the current act" and not session.act:
             raise gr.Error("pick an act in the Dataset tab first (or train on all acts)")
         acts = [session.act.act] if data == "only the current act" else list(chosen or []) if data == "selected acts" else []
@@ -297,9 +414,12 @@ def build_app(
         session.stop.set()
         return "stopping after this step…"
 
-    def stop_on_close(request: gr.Request):
+    def on_close(request: gr.Request):
+        """The tab closed (or the client went away): stop its run, remove its download folder."""
         if request and request.session_hash in running:
             running[request.session_hash].set()
+        if request and request.session_hash in session_dirs:
+            shutil.rmtree(session_dirs.pop(request.session_hash), ignore_errors=True)
 
     # --- Compare ---
     def refresh_choices(session: Session, current: str | None = None):
@@ -308,7 +428,7 @@ def build_app(
         return gr.Dropdown(choices=choices, value=value)
 
     def generate(text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session):
-        if not adapter:
+        if not (adapter := checked_name(adapter)):
             raise gr.Error("train or pick an adapter first")
         with user_errors():
             if adapter == SESSION_RUN:
@@ -332,12 +452,12 @@ def build_app(
     def save_run(name: str, session: Session):
         if session.soft is None:
             raise gr.Error("train something first: this session has no run to save")
-        with user_errors():
-            folder = adapters.save(session.soft, name, root)
+        with user_errors(), disk_errors():
+            folder = adapters.save(session.soft, name, root, **caps)
         return refreshed(session, folder.name, f"saved as **{folder.name}**")
 
     def adapter_details(name: str | None) -> dict:
-        if not name:
+        if not (name := checked_name(name)):
             return {}
         found = [a for a in adapters.list_adapters(root) if a["name"] == name]
         return found[0] if found else {}
@@ -345,58 +465,64 @@ def build_app(
     def adapter_row(evt: gr.SelectData) -> str:
         return evt.row_value[0]
 
-    def download(name: str | None, session: Session) -> str:
-        if not name:
+    def download(name: str | None, request: gr.Request) -> str:
+        if not (name := checked_name(name)):
             raise gr.Error("pick an adapter to download")
         if name not in [a["name"] for a in adapters.list_adapters(root)]:  # only real adapter folders
             raise gr.Error(f"no adapter named {name!r}")
-        folder = root / name
-        session.tmp = session.tmp or tempfile.mkdtemp(prefix="tuning-session-")
-        return str(zip_adapter(folder, Path(session.tmp)))
+        # Gradio copies the returned file into its own cache to serve it; ours holds the last zip only.
+        tmp = session_dirs.get(request.session_hash)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        session_dirs[request.session_hash] = tmp = tempfile.mkdtemp(prefix="tuning-session-")
+        return str(zip_adapter(root / name, Path(tmp)))
 
     def upload(path: str | None, name: str, session: Session):
         if not path:
             raise gr.Error("choose a .zip of a PEFT prompt-tuning adapter")
+        if os.path.getsize(path) > MAX_UPLOAD_BYTES:
+            raise gr.Error(f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MB; an adapter zip is far smaller")
         name = name.strip() or Path(path).stem
-        with tempfile.TemporaryDirectory(prefix="tuning-upload-") as tmp, user_errors():
+        with tempfile.TemporaryDirectory(prefix="tuning-upload-") as tmp, user_errors(), disk_errors():
             soft = adapters.load_folder(unzip_safely(path, Path(tmp)), base())
-            folder = adapters.save(soft, name, root)
+            folder = adapters.save(soft, name, root, **caps)
         return refreshed(session, folder.name, f"uploaded as **{folder.name}**")
 
     def delete(name: str | None, session: Session):
-        if not name:
+        if not (name := checked_name(name)):
             raise gr.Error("pick an adapter to delete")
         with user_errors():
             adapters.delete(name, root)
         return refreshed(session, None, f"deleted **{name}**")
 
     # ------------------------------------------------------------------ layout
-    with gr.Blocks(title="Prompt tuning, visible") as demo:
+    # delete_cache: Gradio's copies of uploads and download zips go after an hour (and at restart).
+    with gr.Blocks(title="Prompt tuning, visible", delete_cache=(600, 3600)) as demo:
         session = gr.State(Session())
         gr.Markdown(f"# Prompt tuning, visible\nTrain a soft prompt for **{model}** on an act from "
                     f"**{dataset}**, watch the loss fall, then compare base and tuned answers.")
         status = gr.Markdown()
         with gr.Tabs():
             with gr.Tab("Dataset"):
-                search = gr.Textbox(label="Search acts", placeholder="rapper, terminal, poet…")
+                search = Text(label="Search acts", max_length=MAX_FIELD_CHARS, placeholder="rapper, terminal, poet…")
                 acts_table = gr.Dataframe(label="Acts (click a row to pick it)", interactive=False,
                                           column_widths=["25%", "65%", "10%"], max_height=420)
-                act_name = gr.Textbox(label="Act (or type a name and press Enter)")
+                act_name = Text(label="Act (or type a name and press Enter)", max_length=MAX_FIELD_CHARS)
                 full_prompt = gr.Textbox(label="Whole prompt", lines=6, interactive=False)
             with gr.Tab("Train"):
                 train_act = gr.Markdown(act_line(None))
                 with gr.Row():
                     with gr.Column(scale=1):
                         preset = gr.Radio(list(PRESETS), label="Presets")
-                        tokens = gr.Slider(1, 100, value=20, step=1, label="Virtual tokens")
-                        epochs = gr.Slider(1, max_epochs, value=min(10, max_epochs), step=1, label="Epochs")
+                        tokens = Slider(1, 100, value=20, step=1, label="Virtual tokens")
+                        epochs = Slider(1, max_epochs, value=min(10, max_epochs), step=1, label="Epochs")
                         with gr.Row():
-                            lr = gr.Number(0.03, label="Learning rate")
-                            batch = gr.Slider(1, 64, value=4, step=1, label="Batch size")
+                            lr = Number(0.03, label="Learning rate")  # TuneConfig checks the range
+                            batch = Slider(1, 64, value=4, step=1, label="Batch size")
                         init = gr.Radio(list(INITS), value="random", label="Start the prompt from")
                         data = gr.Radio(list(DATA_CHOICES), value=DATA_CHOICES[0], label="Train on")
                         chosen = gr.Dropdown([], multiselect=True, label="Selected acts")
-                        seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                        seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
                         with gr.Row():
                             start = gr.Button("Train", variant="primary")
                             stop = gr.Button("Stop", variant="stop")
@@ -409,18 +535,18 @@ def build_app(
             with gr.Tab("Compare") as compare_tab:
                 compare_act = gr.Markdown(act_line(None))
                 with gr.Row():
-                    text = gr.Textbox("I want you to act as a rapper.", label="Input", lines=2, scale=3, elem_id="compare-input")
+                    text = Text("I want you to act as a rapper.", label="Input", max_length=MAX_INPUT_CHARS, lines=2, scale=3, elem_id="compare-input")
                     adapter = gr.Dropdown([], label="Adapter", scale=1, allow_custom_value=True, elem_id="compare-adapter")
                 with gr.Accordion("Decoding", open=False):
                     with gr.Row():
-                        max_new = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
+                        max_new = Slider(1, 512, value=64, step=1, label="Max new tokens")
                         mode = gr.Radio(["greedy", "sample"], value="greedy", label="Decoding")
-                        gen_seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                        gen_seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
                     with gr.Row():
-                        temperature = gr.Slider(0.05, 2.0, value=0.8, step=0.05, label="Temperature")
-                        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
-                        top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0: off)")
-                        penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
+                        temperature = Slider(0.05, 2.0, value=0.8, step=0.05, label="Temperature")
+                        top_p = Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+                        top_k = Slider(0, 200, value=50, step=1, label="Top-k (0: off)")
+                        penalty = Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
                 go = gr.Button("Generate", variant="primary")
                 with gr.Row():
                     base_out = gr.Textbox(label="Base", lines=10, elem_id="base-output")
@@ -435,11 +561,11 @@ def build_app(
                 zip_out = gr.File(label="Download", interactive=False)
                 details = gr.JSON(label="Config and metrics")
                 with gr.Row():
-                    save_name = gr.Textbox(label="Save this session's run as", placeholder="rapper-20x10")
+                    save_name = Text(max_length=MAX_FIELD_CHARS, label="Save this session's run as", placeholder="rapper-20x10")
                     save_btn = gr.Button("Save")
                 with gr.Row():
                     upload_file = gr.File(label="Upload a PEFT prompt-tuning adapter (.zip)", file_types=[".zip"])
-                    upload_name = gr.Textbox(label="Name (default: the file name)")
+                    upload_name = Text(label="Name (default: the file name)", max_length=MAX_FIELD_CHARS)
                     upload_btn = gr.Button("Upload")
                 adapter_msg = gr.Markdown()
 
@@ -456,7 +582,7 @@ def build_app(
                     [plot, progress, log], api_name="train", concurrency_limit=1, concurrency_id="train").then(
             refresh_choices, [session, adapter], adapter, api_name="after_train")
         stop.click(stop_run, session, progress, api_name="stop")
-        demo.unload(stop_on_close)
+        demo.unload(on_close)
 
         compare_tab.select(refresh_choices, [session, adapter], adapter, api_name="adapter_choices")
         go.click(generate, [text, adapter, max_new, mode, temperature, top_p, top_k, penalty, gen_seed, session],
@@ -467,10 +593,11 @@ def build_app(
         adapters_table.select(adapter_row, None, picked, api_name="pick_adapter_row")
         picked.change(adapter_details, picked, details, api_name="adapter_details")
         save_btn.click(save_run, [save_name, session], listing, api_name="save_adapter")
-        download_btn.click(download, [picked, session], zip_out, api_name="download_adapter")
+        download_btn.click(download, picked, zip_out, api_name="download_adapter")
         upload_btn.click(upload, [upload_file, upload_name, session], listing, api_name="upload_adapter")
         delete_btn.click(delete, [picked, session], listing, api_name="delete_adapter")
-    return demo
+    # A full queue answers "Queue is full" at once, rather than letting waits grow without end.
+    return demo.queue(max_size=max_queue, default_concurrency_limit=4)
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -489,6 +616,13 @@ if __name__ == "__main__":
     parser.add_argument("--max-epochs", type=int, default=_env_int("TUNING_MAX_EPOCHS", 50), help="1-50")
     parser.add_argument("--max-steps", type=int, default=_env_int("TUNING_MAX_STEPS", 2000),
                         help="longest run a user may start, in optimizer steps")
+    parser.add_argument("--max-adapters", type=int, default=_env_int("TUNING_MAX_ADAPTERS", 200),
+                        help="saved adapters kept on this server, all visitors together")
+    parser.add_argument("--max-adapter-bytes", type=int, default=_env_int("TUNING_MAX_ADAPTER_BYTES", 500 * 2**20),
+                        help="total size of the saved adapters, in bytes")
+    parser.add_argument("--max-queue", type=int, default=_env_int("TUNING_MAX_QUEUE", 64),
+                        help="events waiting at once; one more is answered 'queue is full'")
     args = parser.parse_args()
-    app = build_app(args.model, args.dataset, args.adapters_dir, args.max_epochs, args.max_steps)
-    app.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, share=args.share)
+    app = build_app(args.model, args.dataset, args.adapters_dir, args.max_epochs, args.max_steps,
+                    args.max_adapters, args.max_adapter_bytes, args.max_queue)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES)

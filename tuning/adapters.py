@@ -65,11 +65,19 @@ def sanitize_name(name: str) -> str:
     return cleaned
 
 
-def save(soft: SoftPrompt, name: str, root: Path | str = DEFAULT_ROOT, overwrite: bool = True) -> Path:
+def save(
+    soft: SoftPrompt,
+    name: str,
+    root: Path | str = DEFAULT_ROOT,
+    overwrite: bool = True,
+    max_count: int | None = None,
+    max_bytes: int | None = None,
+) -> Path:
     """Write `soft` to `root/<sanitize_name(name)>/` atomically and return that folder.
 
     The prompt is written as float32 `[num_virtual_tokens, hidden]`; `soft.meta` must be
-    JSON-serialisable and free of NaN.
+    JSON-serialisable and free of NaN. `max_count` and `max_bytes` cap the adapters under
+    `root` after this save (a shared server's disk); replacing an adapter counts its new size only.
     """
     name = sanitize_name(name)
     root = Path(root)
@@ -127,6 +135,7 @@ def save(soft: SoftPrompt, name: str, root: Path | str = DEFAULT_ROOT, overwrite
             _fsync(file)
         _fsync(tmp)
         with _swap_lock:
+            _check_room(root, name, sum(f.stat().st_size for f in tmp.iterdir()), max_count, max_bytes)
             if target.exists():
                 if not overwrite:
                     raise AdapterError(f"an adapter named {name!r} already exists")
@@ -142,6 +151,11 @@ def save(soft: SoftPrompt, name: str, root: Path | str = DEFAULT_ROOT, overwrite
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def folder(name: str, root: Path | str = DEFAULT_ROOT) -> Path:
+    """`root/<name>` for a sanitized name that stays inside root; "../app.py", "/etc/passwd", "user/repo" -> AdapterError."""
+    return _adapter_dir(name, Path(root))
 
 
 def load(name: str, root: Path | str = DEFAULT_ROOT, base: Base | None = None) -> SoftPrompt:
@@ -162,6 +176,7 @@ def load_folder(folder: Path | str, base: Base | None = None) -> SoftPrompt:
     if not folder.is_dir():
         raise AdapterError(f"no adapter folder at {folder}")
     cfg = _read_json(folder / CONFIG_FILE, "adapter config")
+    _check_config(cfg)
     if cfg.get("peft_type") != "PROMPT_TUNING":
         raise AdapterError(f"this is a {cfg.get('peft_type')} adapter; only PROMPT_TUNING adapters can be loaded")
     if cfg.get("task_type") != "CAUSAL_LM":
@@ -172,6 +187,8 @@ def load_folder(folder: Path | str, base: Base | None = None) -> SoftPrompt:
     if cfg.get("num_transformer_submodules") not in (None, 1):
         raise AdapterError("num_transformer_submodules must be 1 for a causal LM adapter")
     token_dim = cfg.get("token_dim")
+    if isinstance(token_dim, bool) or not isinstance(token_dim, int) or token_dim < 1:
+        raise AdapterError(f"token_dim must be a positive whole number, got {token_dim!r}")
     embeddings = _read_prompt(folder)
     if list(embeddings.shape) != [v, token_dim]:
         raise AdapterError(
@@ -249,6 +266,49 @@ def delete(name: str, root: Path | str = DEFAULT_ROOT) -> None:
     trash = root / f".old-{secrets.token_hex(8)}"
     os.replace(folder, trash)
     shutil.rmtree(trash)
+
+
+# adapter_config.json settings that make PEFT or transformers fetch or run code when someone loads
+# the adapter: custom classes, remote code, and with TEXT init a tokenizer by name (PEFT's
+# PromptEmbedding loads it when the adapter is loaded for training). We never need any of them.
+_INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
+
+
+def _check_config(cfg: dict) -> None:
+    """Refuse an adapter_config.json that could download or run anything, whatever else it holds."""
+    fetching = ["auto_mapping", "trust_remote_code"]
+    init = cfg.get("prompt_tuning_init", "RANDOM")
+    if init not in _INITS:
+        raise AdapterError(f"prompt_tuning_init must be one of {', '.join(_INITS)}, got {init!r}")
+    if init == "TEXT":
+        fetching += ["tokenizer_name_or_path", "tokenizer_kwargs"]
+    for key in fetching:
+        if cfg.get(key) not in (None, False, {}):
+            raise AdapterError(f"adapter_config.json sets {key}, which could download or run code; remove it")
+    base_model = cfg.get("base_model_name_or_path")
+    if base_model is not None and not isinstance(base_model, str):
+        raise AdapterError(f"base_model_name_or_path must be text, got {type(base_model).__name__}")
+
+
+def _check_room(root: Path, name: str, new_bytes: int, max_count: int | None, max_bytes: int | None) -> None:
+    """Refuse a save that would leave more than `max_count` adapters or `max_bytes` bytes under root."""
+    if max_count is None and max_bytes is None:
+        return
+    others = [d for d in root.iterdir() if d.name != name and not d.name.startswith(".") and d.is_dir()
+              and not d.is_symlink()]
+    if max_count is not None and len(others) + 1 > max_count:
+        raise AdapterError(f"this server keeps at most {max_count} adapters; delete one before saving another")
+    used = sum(f.stat().st_size for d in others for f in d.iterdir() if f.is_file() and not f.is_symlink())
+    if max_bytes is not None and used + new_bytes > max_bytes:
+        raise AdapterError(
+            f"saved adapters would take {_size(used + new_bytes)}, over this server's {_size(max_bytes)}; "
+            "delete some before saving another"
+        )
+
+
+def _size(n: int) -> str:
+    """2_500_000 -> '2.4 MB', 40_000 -> '39 KB'."""
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
 
 
 def _adapter_dir(name: str, root: Path) -> Path:
