@@ -102,3 +102,31 @@ def test_folder_without_a_model_is_one_clear_error(tmp_path):
 def test_missing_gguf_file_is_one_clear_error(tmp_path):
     with pytest.raises(ModelError, match="no GGUF file"):
         load_base(str(tmp_path / "model.gguf"), "fp32")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_chunked_loss_and_gradient_equal_the_plain_cross_entropy(tokenizer, precision, monkeypatch):
+    # Chunks smaller than the batch, so several chunks and a ragged last one are exercised.
+    from conftest import make_base
+    from tuning import model as model_module
+
+    monkeypatch.setattr(model_module._ChunkedCrossEntropy, "CHUNK", 7)
+    own = make_base(tokenizer, seed=2, precision=precision)
+    rows = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15], [16, 17, 18, 19, 20]]
+    results = []
+    for chunked in (True, False):
+        soft = torch.nn.Parameter(torch.randn(3, own.hidden_size, generator=torch.Generator().manual_seed(0)))
+        if chunked:
+            loss, n = token_losses(own, soft, rows)
+        else:
+            embeds, mask, positions = prompt_inputs(own, soft, rows)
+            logits = own.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits.float()
+            picks = [(i, 3 + j - 1, t) for i, r in enumerate(rows) for j, t in enumerate(r)]
+            loss = torch.nn.functional.cross_entropy(
+                torch.stack([logits[i, p] for i, p, _ in picks]), torch.tensor([t for *_, t in picks]), reduction="sum")
+        loss.backward()
+        results.append((loss.item(), soft.grad.clone()))
+    (a, grad_a), (b, grad_b) = results
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    assert a == pytest.approx(b, rel=tol)
+    assert torch.allclose(grad_a, grad_b, rtol=tol, atol=tol * grad_b.abs().max().item())

@@ -230,7 +230,45 @@ def token_losses(
     if not targets:
         return hidden.new_zeros((), dtype=torch.float32), 0
     picked = hidden[torch.tensor(src_rows, device=hidden.device), torch.tensor(src_pos, device=hidden.device)]
-    logits = base.model.get_output_embeddings()(picked).float()
-    target = torch.tensor(targets, device=logits.device)
-    loss = torch.nn.functional.cross_entropy(logits, target, reduction=reduction)
-    return loss, len(targets)
+    target = torch.tensor(targets, device=hidden.device)
+    head = base.model.get_output_embeddings()
+    if reduction == "sum" and getattr(head, "bias", None) is None:
+        return _ChunkedCrossEntropy.apply(picked, head.weight, target), len(targets)
+    logits = head(picked).float()
+    return torch.nn.functional.cross_entropy(logits, target, reduction=reduction), len(targets)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` against `target`, a few hundred positions at a time.
+
+    The plain way keeps float32 logits and their gradient for every position at once
+    (`positions x vocab`: 1,600 x 50,257 x 4 bytes = 320 MB, twice, for a batch of 4 long
+    rows), which pushed training GPT-2 past 2.5 GB. Here each chunk's gradient with respect to
+    the hidden states is computed during the forward pass and only that `[positions, hidden]`
+    tensor is kept. Same numbers as `cross_entropy(head(hidden).float(), target, "sum")`; the
+    head is frozen, so no weight gradient.
+    """
+
+    CHUNK = 256  # positions per chunk: 256 x 50,257 float32 logits = 51 MB
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for s in range(0, hidden.shape[0], _ChunkedCrossEntropy.CHUNK):
+            chunk = slice(s, s + _ChunkedCrossEntropy.CHUNK)
+            logits = (hidden[chunk] @ weight.t()).float()
+            logsumexp = logits.logsumexp(-1)
+            t = target[chunk]
+            total += (logsumexp - logits.gather(1, t[:, None])[:, 0]).sum()
+            if grad is not None:  # d loss / d logits = softmax - one_hot
+                probs = (logits - logsumexp[:, None]).exp_()
+                probs[torch.arange(len(t), device=t.device), t] -= 1
+                grad[chunk] = probs.to(hidden.dtype) @ weight
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None
