@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import dataclasses
 import functools
 import math
 import os
@@ -21,20 +23,20 @@ import threading
 import zipfile
 import zlib
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import torch
 
-from tuning import adapters
+from tuning import adapters, evaluate, sweep
 from tuning.adapters import AdapterError
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig
-from tuning.data import DataError, Row, find_act, load_rows
+from tuning.data import DataError, Row, find_act, load_rows, select
 from tuning.generate import Decoding, GenerationError, stream_pair
 from tuning.model import ModelError, SoftPrompt, load_base
-from tuning.train import Done, EpochEnd, Start, Step, TrainingError, split_rows, train
+from tuning.train import Done, EpochEnd, Start, Step, TrainingError, encode_rows, split_rows, train
 
 SESSION_RUN = "this session's run"
 INITS = {"random": "random", "text: the current act's prompt": "text", "sampled vocabulary": "sample_vocab"}
@@ -48,6 +50,23 @@ MAX_ZIP_ENTRIES = 64  # files and folders together: a zip of a million empty fol
 MAX_ZIP_DEPTH = 3  # path parts of a member: "a/b/adapter_config.json"
 MAX_INPUT_CHARS = 4_000  # compare input; GPT-2's whole context is about 4,000 characters of English
 MAX_FIELD_CHARS = 200  # act names, searches, adapter names
+MAX_HISTORY = 20  # runs kept per session for the history chart; the oldest go first
+MAX_CELLS = 12  # sweep grid cells per click
+GAIN_SCALE = 2.0  # nats of per-token gain drawn at full colour (e^2: about 7 times more or less likely)
+PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
+
+
+@dataclass
+class RunRecord:
+    """A finished (or stopped) run as the history keeps it: enough to redraw and export its curves."""
+
+    label: str  # "#3 Rapper 20×10"
+    settings: str  # "20 tokens, 10 epochs, lr 0.03, batch 4, init random, seed 0"
+    history: dict  # train()'s loss history: step, train_loss, epoch, held_out_loss, epoch_train_loss
+    steps_per_epoch: int  # to place each epoch's held-out loss on the step axis
+    held_out_loss: float | None
+    base_held_out_loss: float | None
+    stopped: bool
 
 
 @dataclass
@@ -57,6 +76,22 @@ class Session:
     act: Row | None = None
     soft: SoftPrompt | None = None  # the last run, finished or stopped
     stop: threading.Event | None = None  # set by Stop (or closing the tab) to end the current run
+    runs: list[RunRecord] = field(default_factory=list)  # the last MAX_HISTORY runs, oldest first
+    run_count: int = 0  # runs ever finished here, so labels stay unique after old ones drop out
+
+    def remember(self, soft: SoftPrompt, what: str, steps_per_epoch: int) -> RunRecord:
+        """Add `soft`'s run to the history as "#n <what> <tokens>×<epochs>"."""
+        self.run_count += 1
+        c, metrics = soft.config, soft.meta["metrics"]
+        record = RunRecord(
+            label=f"#{self.run_count} {what} {sweep.label(c.num_virtual_tokens, c.epochs)}",
+            settings=f"{c.num_virtual_tokens} tokens, {c.epochs} epochs, lr {c.learning_rate:g}, batch {c.batch_size}, "
+                     f"init {c.init}, seed {c.seed}",
+            history=soft.meta["history"], steps_per_epoch=steps_per_epoch, held_out_loss=metrics["held_out_loss"],
+            base_held_out_loss=metrics["base_held_out_loss"], stopped=bool(soft.meta.get("stopped")),
+        )
+        self.runs = (self.runs + [record])[-MAX_HISTORY:]
+        return record
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,6 +313,104 @@ def unzip_safely(zip_path: str, dest: Path) -> Path:
     return configs[0].parent
 
 
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss), or None when nothing was measured: 2.0 -> 7.389…"""
+    return None if loss is None else math.exp(loss)
+
+
+def number(value: float | None, spec: str = ".3f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def colours(series) -> dict[str, str]:
+    """A colour per series name, in order, cycling through PALETTE.
+
+    Handing the plot a colour_map that names every series also makes Gradio redraw its legend
+    when a series is new (it rebuilds the chart when the map changes, not when the data does).
+    """
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(series))}
+
+
+def curves(points: list[tuple[int, float, str]], series) -> pd.DataFrame:
+    """Like `chart`, for any series names: one row per point plus an empty row per series (see `chart`)."""
+    frame = pd.DataFrame([(0, math.nan, s) for s in series] + points, columns=["step", "loss", "series"])
+    return frame.astype({"step": int, "loss": float, "series": str})
+
+
+def held_out_points(history: dict, steps_per_epoch: int, series: str) -> list[tuple[int, float, str]]:
+    """Each epoch's held-out loss at the step that ended the epoch."""
+    return [(min(e * steps_per_epoch, history["step"][-1]), loss, series)
+            for e, loss in zip(history["epoch"], history["held_out_loss"]) if loss is not None]
+
+
+def history_frame(runs: list[RunRecord]) -> pd.DataFrame:
+    rows = [[r.label, r.settings, len(r.history["step"]), number(r.history["train_loss"][-1]),
+             number(r.held_out_loss), number(perplexity(r.held_out_loss), ".2f"),
+             number(perplexity(r.base_held_out_loss), ".2f"), "stopped" if r.stopped else "done"] for r in runs]
+    return pd.DataFrame(rows, columns=["run", "settings", "steps", "last train loss", "held-out loss",
+                                       "held-out ppl", "base held-out ppl", "status"])
+
+
+def history_chart(runs: list[RunRecord]) -> gr.LinePlot:
+    """Every run's training loss per step, one series per run label."""
+    points = [(s, loss, r.label) for r in runs for s, loss in zip(r.history["step"], r.history["train_loss"])]
+    labels = [r.label for r in runs]
+    return gr.LinePlot(curves(points, labels), color_map=colours(labels))
+
+
+def write_history_csv(runs: list[RunRecord], path: Path) -> Path:
+    """run, step, epoch, train_loss, held_out_loss: a row per training step, then a row per epoch's held-out loss."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "settings", "step", "epoch", "train_loss", "held_out_loss"])
+        for r in runs:
+            for step, loss in zip(r.history["step"], r.history["train_loss"]):
+                writer.writerow([r.label, r.settings, step, "", loss, ""])
+            for (step, loss, _), epoch in zip(held_out_points(r.history, r.steps_per_epoch, ""), r.history["epoch"]):
+                writer.writerow([r.label, r.settings, step, epoch, "", loss])
+    return path
+
+
+def gain_scores(gains: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Per-token gains in nats -> HighlightedText scores in [-1, 1] (full colour at ±GAIN_SCALE nats).
+
+    [(' rapper', 3.1), ('.', -0.5)] -> [(' rapper', 1.0), ('.', -0.25)]
+    """
+    return [(token, max(-1.0, min(1.0, gain / GAIN_SCALE))) for token, gain in gains]
+
+
+def gains_summary(act: str, gains: list[tuple[str, float]], note: str = "") -> str:
+    """The total (base loss − tuned loss, summed over the tokens) and the tokens that moved most."""
+    total = sum(g for _, g in gains)
+    ranked = sorted(gains, key=lambda tg: tg[1])
+    up = ", ".join(f"`{t!r}` {g:+.2f}" for t, g in reversed(ranked[-3:]) if g > 0) or "none"
+    down = ", ".join(f"`{t!r}` {g:+.2f}" for t, g in ranked[:3] if g < 0) or "none"
+    return (f"{note}**{act}**: over its {len(gains)} scored tokens the tuned model gains **{total:+.2f} nats** "
+            f"(base loss − tuned loss, summed; {total / len(gains):+.3f} per token).  \n"
+            f"Most helped: {up}. Most hurt: {down}.")
+
+
+def nearest_frame(nearest: list[list[tuple[str, float]]]) -> pd.DataFrame:
+    """One row per virtual token: its index, then its nearest vocabulary tokens as "'token' 0.23"."""
+    k = max((len(n) for n in nearest), default=0)
+    rows = [[i] + [f"{t!r} {s:.2f}" for t, s in n] for i, n in enumerate(nearest)]
+    return pd.DataFrame(rows, columns=["virtual token"] + [f"nearest {j + 1}" for j in range(k)])
+
+
+def rouge_frame(scored: list[dict]) -> pd.DataFrame:
+    rows = [[r["act"], r["base_text"], r["tuned_text"], round(r["base_rouge"], 3), round(r["tuned_rouge"], 3)]
+            for r in scored]
+    return pd.DataFrame(rows, columns=["act", "base text", "tuned text", "base ROUGE-L", "tuned ROUGE-L"])
+
+
+def sweep_frame(results: list[sweep.CellResult]) -> pd.DataFrame:
+    rows = [[r.label + (" (stopped)" if r.stopped else ""), r.num_virtual_tokens, r.epochs,
+             number(r.held_out_ppl_base, ".2f"), number(r.held_out_ppl_tuned, ".2f"),
+             number(r.rouge_base), number(r.rouge_tuned), round(r.seconds, 1)] for r in results]
+    return pd.DataFrame(rows, columns=["cell", "tokens", "epochs", "held-out ppl base", "held-out ppl tuned",
+                                       "ROUGE-L base", "ROUGE-L tuned", "seconds"])
+
+
 # ---------------------------------------------------------------------------------------
 # the app
 
@@ -312,6 +445,17 @@ def build_app(
 
     def adapter_choices(session: Session) -> list[str]:
         return ([SESSION_RUN] if session.soft else []) + [a["name"] for a in adapters.list_adapters(root)]
+
+    def session_dir(request: gr.Request) -> Path:
+        """A fresh folder for this session's next download (zip or CSV), removed when the session ends.
+
+        Gradio copies a returned file into its own cache to serve it, so ours holds the last file only.
+        """
+        tmp = session_dirs.get(request.session_hash)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        session_dirs[request.session_hash] = tmp = tempfile.mkdtemp(prefix="tuning-session-")
+        return Path(tmp)
 
     # --- Dataset ---
     def load_page():
@@ -371,6 +515,7 @@ def build_app(
         if step_cap < per_epoch * config.epochs:
             notes.append(f"this run stops after {max_steps:,} steps (one epoch is {per_epoch:,} steps)")
 
+        what = acts[0] if len(acts) == 1 else f"{len(acts)} acts" if acts else "all acts"
         log = deque((f"note: {n}" for n in notes), maxlen=10)
         points: list[tuple[int, float, str]] = []
         session.stop = stop = threading.Event()
@@ -399,6 +544,7 @@ def build_app(
                                    f"held-out {loss_text(event.held_out_loss)} ({duration(event.elapsed)})")
                     elif isinstance(event, Done):
                         session.soft = event.soft
+                        session.remember(event.soft, what, per_epoch)
                         held_loss = event.soft.meta["metrics"]["held_out_loss"]
                         how = "stopped" if event.stopped and event.steps < step_cap else "done"
                         log.append(f"{how} after {event.steps:,} steps in {duration(event.elapsed)}; "
@@ -427,21 +573,165 @@ def build_app(
         value = current if current in choices else (choices[0] if choices else None)
         return gr.Dropdown(choices=choices, value=value)
 
-    def generate(text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session):
+    def pick_soft(adapter, session: Session) -> SoftPrompt:
+        """This session's run or a saved adapter, by the name a dropdown (or a client) sent."""
         if not (adapter := checked_name(adapter)):
             raise gr.Error("train or pick an adapter first")
+        if adapter == SESSION_RUN:
+            if session.soft is None:
+                raise gr.Error("this session has no run yet: train or pick an adapter first")
+            return session.soft
         with user_errors():
-            if adapter == SESSION_RUN:
-                if session.soft is None:
-                    raise gr.Error("this session has no run yet: train or pick an adapter first")
-                soft = session.soft
-            else:
-                soft = adapters.load(adapter, root, base())
+            return adapters.load(adapter, root, base())
+
+    def generate(text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session):
+        soft = pick_soft(adapter, session)
+        with user_errors():
             decoding = Decoding(
                 max_new_tokens=whole(max_new), do_sample=mode == "sample", temperature=temperature,
                 top_p=top_p, top_k=whole(top_k), repetition_penalty=penalty, seed=whole(seed),
             )
             yield from stream_pair(base(), soft, text, decoding)
+
+    # --- Evaluate ---
+    def held_out(soft: SoftPrompt) -> list[Row]:
+        """The acts `soft` never trained on: the ones it recorded, when it was trained on this dataset, else the split's."""
+        acts = soft.meta.get("held_out_acts")
+        if acts and soft.meta.get("dataset") == dataset:
+            with contextlib.suppress(DataError):  # an act since removed from the file: fall back to the split
+                return select(rows(), acts)
+        try:
+            return split_rows(rows(), soft.config)[1]
+        except DataError:  # an uploaded adapter names acts this dataset does not have
+            return split_rows(rows(), dataclasses.replace(soft.config, acts=()))[1]
+
+    def evaluate_run(adapter, n_acts, max_new, session: Session, progress=gr.Progress()):
+        soft = pick_soft(adapter, session)
+        n_acts, max_new = whole(n_acts), whole(max_new)
+        with user_errors():
+            decoding = Decoding(max_new_tokens=max_new)
+            held = held_out(soft)
+            if not held:
+                raise gr.Error("there are no held-out acts to evaluate on (this adapter was trained on every act)")
+            progress(0, desc="held-out perplexity")
+            metrics = evaluate.compare(base(), soft, encode_rows(base(), held, soft.config))
+            picked, scored = held[:n_acts], []
+            for result in evaluate.iter_rouge(base(), soft, picked, decoding):  # one act (base and tuned) at a time
+                scored.append(result)
+                progress((len(scored), len(picked)), desc="ROUGE-L: generating", unit="acts")
+        ppl = pd.DataFrame([["base", metrics["base"].perplexity], ["tuned", metrics["tuned"].perplexity]],
+                           columns=["model", "perplexity"])
+        mean = {side: sum(r[f"{side}_rouge"] for r in scored) / len(scored) if scored else None
+                for side in ("base", "tuned")}
+        rouge = pd.DataFrame([["base", mean["base"]], ["tuned", mean["tuned"]]] if scored else [],
+                             columns=["model", "ROUGE-L"])
+        short = f" (only {len(held)} held-out acts)" if n_acts > len(held) else ""
+        summary = (f"**Held-out perplexity** over {len(held)} acts ({metrics['base'].tokens:,} tokens): "
+                   f"base {metrics['base'].perplexity:.2f}, tuned {metrics['tuned'].perplexity:.2f}.  \n"
+                   + (f"**ROUGE-L** of greedy continuations against the real prompt, {len(scored)} acts{short}: "
+                      f"base {mean['base']:.3f}, tuned {mean['tuned']:.3f}." if scored else "ROUGE-L: skipped (0 acts)."))
+        return ppl, rouge, summary, rouge_frame(scored)
+
+    def token_view(adapter, session: Session):
+        soft = pick_soft(adapter, session)
+        note = ""
+        with user_errors():
+            act = session.act
+            if act is None:
+                act = (held_out(soft) or list(rows()))[0]
+                note = "No act picked in the Dataset tab; showing a held-out act. "
+            try:
+                gains = evaluate.token_gains(base(), soft, act.prompt)
+            except ValueError as e:  # a one-token prompt
+                raise gr.Error(str(e)) from e
+        return gain_scores(gains), gains_summary(act.act, gains, note)
+
+    def nearest_view(adapter, session: Session) -> pd.DataFrame:
+        soft = pick_soft(adapter, session)
+        with user_errors():
+            return nearest_frame(evaluate.nearest_tokens(base(), soft, k=5))
+
+    # --- Sweep and history ---
+    def sweep_run(grid_text, rouge_acts, lr, batch, seed, session: Session, request: gr.Request):
+        try:
+            grid = sweep.parse_grid(grid_text)
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
+        if len(grid) > MAX_CELLS:
+            raise gr.Error(f"the grid has {len(grid)} cells; this server runs at most {MAX_CELLS} per sweep")
+        try:
+            config = TuneConfig(model=model, dataset=dataset, learning_rate=lr, batch_size=whole(batch), seed=whole(seed))
+        except ValueError as e:  # TuneConfig names the bad setting
+            raise gr.Error(str(e)) from e
+        for t, e in grid:  # run_sweep checks these too, but by then the answer is a stream that has begun
+            try:
+                dataclasses.replace(config, num_virtual_tokens=t, epochs=e)
+            except ValueError as err:
+                raise gr.Error(f"grid cell {sweep.label(t, e)}: {err}") from err
+        if (longest := max(e for _, e in grid)) > max_epochs:
+            raise gr.Error(f"a grid cell asks for {longest} epochs; this server allows at most {max_epochs}")
+        with user_errors():
+            train_rows, _ = split_rows(rows(), config)
+        per_epoch = math.ceil(len(train_rows) / config.batch_size)
+        needed = per_epoch * sum(e for _, e in grid)
+        if needed > max_steps:
+            raise gr.Error(f"this sweep needs {needed:,} steps; this server allows {max_steps:,} per run: "
+                           f"use fewer cells or epochs, or a bigger batch")
+
+        labels = [sweep.label(t, e) for t, e in grid]
+        series = ["base held-out"] + [f"{name} {kind}" for name in labels for kind in ("train", "held-out")]
+        palette = {**colours(series[1:]), "base held-out": SERIES["base held-out"]}
+        points: list[tuple[int, float, str]] = []
+        results: list[sweep.CellResult] = []
+        done_before = total = at = 0
+        n_rouge = whole(rouge_acts)
+        progress, table, csv_file = "starting", sweep_frame([]), None
+        session.stop = stop = threading.Event()
+        running[request.session_hash] = stop
+        try:
+            with user_errors():
+                for event in sweep.run_sweep(base(), rows(), config, grid, stop, n_rouge):
+                    if isinstance(event, sweep.SweepStart):
+                        total = event.total_steps
+                        progress = f"step 0 / {total:,} · {len(grid)} cells · {event.held_out_rows} held-out acts"
+                    elif isinstance(event, sweep.CellEvent):
+                        inner, name = event.event, event.label
+                        if isinstance(inner, Start) and inner.base_held_out_loss is not None and event.cell == 0:
+                            points += [(0, inner.base_held_out_loss, "base held-out"),
+                                       (per_epoch * longest, inner.base_held_out_loss, "base held-out")]
+                        elif isinstance(inner, Step):
+                            at = inner.step
+                            points.append((at, inner.loss, f"{name} train"))
+                            progress = (f"step {done_before + at:,} / {total:,} · cell {name} "
+                                        f"({event.cell + 1} / {len(grid)}) · epoch {inner.epoch} · ETA {duration(inner.eta)}")
+                        elif isinstance(inner, EpochEnd) and inner.held_out_loss is not None:
+                            points.append((at, inner.held_out_loss, f"{name} held-out"))
+                        elif isinstance(inner, Done):
+                            done_before += inner.steps
+                            if n_rouge:
+                                progress = f"cell {name}: scoring ROUGE-L on up to {n_rouge} held-out acts…"
+                    elif isinstance(event, sweep.CellResult):
+                        results.append(event)
+                        session.soft = event.soft  # the last cell becomes this session's run
+                        session.remember(event.soft, "sweep", event.steps_per_epoch)
+                        table = sweep_frame(results)
+                    elif isinstance(event, sweep.SweepDone):
+                        how = "stopped" if event.stopped else "done"
+                        csv_file = str(sweep.write_csv(event.results, session_dir(request) / "sweep.csv"))
+                        progress = (f"{how}: {len(event.results)} of {len(grid)} cells in "
+                                    f"{duration(sum(r.seconds for r in event.results))} of training"
+                                    + ("; the last cell is now this session's run" if event.results else ""))
+                    yield gr.LinePlot(curves(points, series), color_map=palette), progress, table, csv_file
+        finally:
+            running.pop(request.session_hash, None)
+
+    def show_history(session: Session):
+        return history_frame(session.runs), history_chart(session.runs)
+
+    def export_history(session: Session, request: gr.Request) -> str:
+        if not session.runs:
+            raise gr.Error("no runs yet: train or sweep first")
+        return str(write_history_csv(session.runs, session_dir(request) / "history.csv"))
 
     # --- Adapters ---
     def refreshed(session: Session, name: str | None = None, message: str = ""):
@@ -470,12 +760,7 @@ def build_app(
             raise gr.Error("pick an adapter to download")
         if name not in [a["name"] for a in adapters.list_adapters(root)]:  # only real adapter folders
             raise gr.Error(f"no adapter named {name!r}")
-        # Gradio copies the returned file into its own cache to serve it; ours holds the last zip only.
-        tmp = session_dirs.get(request.session_hash)
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        session_dirs[request.session_hash] = tmp = tempfile.mkdtemp(prefix="tuning-session-")
-        return str(zip_adapter(root / name, Path(tmp)))
+        return str(zip_adapter(root / name, session_dir(request)))
 
     def upload(path: str | None, name: str, session: Session):
         if not path:
@@ -553,6 +838,56 @@ def build_app(
                     tuned_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output")
                 gr.Examples(["I want you to act as a rapper.", "I want you to act as a linux terminal. ls -la",
                              "I want you to act as a travel guide. I am in Rome."], inputs=text)
+            with gr.Tab("Evaluate") as evaluate_tab:
+                gr.Markdown("The difference in numbers, on acts the prompt never trained on: held-out perplexity "
+                            "(lower is better) and ROUGE-L of greedy continuations of *I want you to act as a "
+                            "&lt;act&gt;.* against the dataset's real prompt (higher is better).")
+                with gr.Row():
+                    eval_adapter = gr.Dropdown([], label="Adapter", allow_custom_value=True, elem_id="eval-adapter")
+                    rouge_acts = Number(5, precision=0, minimum=0, maximum=20, label="Held-out acts for ROUGE-L (0: skip)")
+                    eval_new = Slider(1, 256, value=64, step=1, label="Max new tokens per continuation")
+                evaluate_btn = gr.Button("Evaluate", variant="primary")
+                with gr.Row():
+                    ppl_plot = gr.BarPlot(x="model", y="perplexity", color="model", title="Held-out perplexity",
+                                          color_map={"base": "#9ca3af", "tuned": "#2563eb"}, height=260)
+                    rouge_plot = gr.BarPlot(x="model", y="ROUGE-L", color="model", title="ROUGE-L (mean over acts)",
+                                            color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, 1], height=260)
+                eval_summary = gr.Markdown(elem_id="eval-summary")
+                rouge_table = gr.Dataframe(label="Per held-out act", interactive=False, wrap=True, max_height=360)
+                gr.Markdown("### Per token: the current act's real prompt\n"
+                            "Each token is coloured by how much more likely the tuned model makes it than the base "
+                            f"model: **red: more likely**, **purple: less likely**, full colour at ±{GAIN_SCALE:g} nats "
+                            f"(about {math.exp(GAIN_SCALE):.0f}× the probability). The first token is not scored: "
+                            "the base model has nothing to predict it from.")
+                gains = gr.HighlightedText(label="Tuned vs base, per token", show_legend=True, elem_id="token-gains")
+                gains_text = gr.Markdown()
+                gr.Markdown("### What the prompt learned\nEach virtual token's nearest vocabulary tokens by cosine "
+                            "similarity to the model's input embeddings. Trained prompts usually sit far from every "
+                            "real token (0.1–0.3 is common): read it as a hint, not a translation.")
+                nearest_table = gr.Dataframe(label="Nearest tokens", interactive=False, max_height=360)
+            with gr.Tab("Sweep & history") as history_tab:
+                gr.Markdown("Reproduce the seed's experiment: one soft prompt per *tokens*x*epochs* cell, trained on all "
+                            "training acts with the Train tab's learning rate, batch size and seed, on the same split. "
+                            "The default grid is the seed's two runs.")
+                with gr.Row():
+                    grid = Text("5x5, 20x10", label="Grid (tokens x epochs, comma-separated)", max_length=MAX_FIELD_CHARS)
+                    sweep_rouge = Number(0, precision=0, minimum=0, maximum=10, label="Held-out acts for ROUGE-L (0: skip)")
+                with gr.Row():
+                    sweep_btn = gr.Button("Run sweep", variant="primary")
+                    sweep_stop = gr.Button("Stop sweep", variant="stop")
+                sweep_plot = gr.LinePlot(curves([], []), x="step", y="loss", color="series", height=360,
+                                         title="Loss per token (nats), every cell", elem_id="sweep-plot")
+                sweep_progress = gr.Markdown("not started", elem_id="sweep-progress")
+                sweep_table = gr.Dataframe(label="Results", interactive=False)
+                sweep_csv = gr.File(label="Results (.csv)", interactive=False)
+                gr.Markdown(f"### Run history (this browser session, last {MAX_HISTORY} runs)")
+                history_table = gr.Dataframe(label="Runs", interactive=False, wrap=True)
+                history_plot = gr.LinePlot(curves([], []), x="step", y="loss", color="series", height=360,
+                                           title="Training loss per step, every run", elem_id="history-plot")
+                with gr.Row():
+                    history_btn = gr.Button("Refresh history")
+                    export_btn = gr.Button("Export history .csv")
+                history_csv = gr.File(label="History (.csv)", interactive=False)
             with gr.Tab("Adapters") as adapters_tab:
                 adapters_table = gr.Dataframe(label="Saved adapters (click a row)", interactive=False)
                 with gr.Row():
@@ -580,13 +915,30 @@ def build_app(
         preset.input(set_preset, preset, [tokens, epochs], api_name="set_preset")
         start.click(train_run, [tokens, epochs, lr, batch, init, data, chosen, seed, session],
                     [plot, progress, log], api_name="train", concurrency_limit=1, concurrency_id="train").then(
-            refresh_choices, [session, adapter], adapter, api_name="after_train")
+            refresh_choices, [session, adapter], adapter, api_name="after_train").then(
+            show_history, session, [history_table, history_plot], api_name="history_after_train")
         stop.click(stop_run, session, progress, api_name="stop")
         demo.unload(on_close)
 
         compare_tab.select(refresh_choices, [session, adapter], adapter, api_name="adapter_choices")
         go.click(generate, [text, adapter, max_new, mode, temperature, top_p, top_k, penalty, gen_seed, session],
-                 [base_out, tuned_out], api_name="generate", concurrency_limit=4)
+                 [base_out, tuned_out], api_name="generate", concurrency_limit=4, concurrency_id="generate")
+
+        evaluate_tab.select(refresh_choices, [session, eval_adapter], eval_adapter, api_name="eval_adapter_choices")
+        evaluate_btn.click(evaluate_run, [eval_adapter, rouge_acts, eval_new, session],
+                           [ppl_plot, rouge_plot, eval_summary, rouge_table], api_name="evaluate",
+                           concurrency_limit=4, concurrency_id="generate").success(
+            token_view, [eval_adapter, session], [gains, gains_text], api_name="token_gains").success(
+            nearest_view, [eval_adapter, session], nearest_table, api_name="nearest_tokens")
+
+        history_tab.select(show_history, session, [history_table, history_plot], api_name="history")
+        sweep_btn.click(sweep_run, [grid, sweep_rouge, lr, batch, seed, session],
+                        [sweep_plot, sweep_progress, sweep_table, sweep_csv], api_name="sweep",
+                        concurrency_limit=1, concurrency_id="train").then(
+            show_history, session, [history_table, history_plot], api_name="history_after_sweep")
+        sweep_stop.click(stop_run, session, sweep_progress, api_name="stop_sweep")
+        history_btn.click(show_history, session, [history_table, history_plot], api_name="refresh_history")
+        export_btn.click(export_history, session, history_csv, api_name="export_history")
 
         listing = [adapters_table, picked, adapter, adapter_msg]
         adapters_tab.select(refreshed, [session, picked], listing, api_name="list_adapters")
@@ -598,6 +950,11 @@ def build_app(
         delete_btn.click(delete, [picked, session], listing, api_name="delete_adapter")
     # A full queue answers "Queue is full" at once, rather than letting waits grow without end.
     return demo.queue(max_size=max_queue, default_concurrency_limit=4)
+
+
+def warm_up(model: str) -> None:
+    with contextlib.suppress(*USER_ERRORS, OSError):
+        load_base(model)
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -625,4 +982,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     app = build_app(args.model, args.dataset, args.adapters_dir, args.max_epochs, args.max_steps,
                     args.max_adapters, args.max_adapter_bytes, args.max_queue)
+    # Load the base model while the page comes up, so the first Train click does not wait for it.
+    # A failure here is not cached: the first request that needs the model tries again and says why.
+    threading.Thread(target=warm_up, args=(args.model,), daemon=True, name="load-base").start()
     app.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES)
