@@ -325,8 +325,10 @@ def number(value: float | None, spec: str = ".3f") -> str:
 def colours(series) -> dict[str, str]:
     """A colour per series name, in order, cycling through PALETTE.
 
-    Handing the plot a colour_map that names every series also makes Gradio redraw its legend
-    when a series is new (it rebuilds the chart when the map changes, not when the data does).
+    A new colour_map is also how a chart gets series that were not in its first value: Gradio 6's
+    LinePlot takes its legend from the data when it builds the chart, and rebuilds only when a
+    setting such as the colour map changes, not when the data does. The rebuild races the data
+    update it comes with, so send the data first and the new map with the same data after it.
     """
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(series))}
 
@@ -351,11 +353,11 @@ def history_frame(runs: list[RunRecord]) -> pd.DataFrame:
                                        "held-out ppl", "base held-out ppl", "status"])
 
 
-def history_chart(runs: list[RunRecord]) -> gr.LinePlot:
-    """Every run's training loss per step, one series per run label."""
+def history_frames(runs: list[RunRecord]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every run's training loss per step, one series per run label; and the colours."""
     points = [(s, loss, r.label) for r in runs for s, loss in zip(r.history["step"], r.history["train_loss"])]
     labels = [r.label for r in runs]
-    return gr.LinePlot(curves(points, labels), color_map=colours(labels))
+    return curves(points, labels), colours(labels)
 
 
 def write_history_csv(runs: list[RunRecord], path: Path) -> Path:
@@ -683,7 +685,7 @@ def build_app(
         palette = {**colours(series[1:]), "base held-out": SERIES["base held-out"]}
         points: list[tuple[int, float, str]] = []
         results: list[sweep.CellResult] = []
-        done_before = total = at = 0
+        done_before = total = at = sent = 0
         n_rouge = whole(rouge_acts)
         progress, table, csv_file = "starting", sweep_frame([]), None
         session.stop = stop = threading.Event()
@@ -721,12 +723,17 @@ def build_app(
                         progress = (f"{how}: {len(event.results)} of {len(grid)} cells in "
                                     f"{duration(sum(r.seconds for r in event.results))} of training"
                                     + ("; the last cell is now this session's run" if event.results else ""))
-                    yield gr.LinePlot(curves(points, series), color_map=palette), progress, table, csv_file
+                    # the first update carries the data alone, so the map that follows rebuilds with it (see `colours`)
+                    plot = gr.LinePlot(curves(points, series), **({"color_map": palette} if sent else {}))
+                    sent += 1
+                    yield plot, progress, table, csv_file
         finally:
             running.pop(request.session_hash, None)
 
     def show_history(session: Session):
-        return history_frame(session.runs), history_chart(session.runs)
+        table, (frame, palette) = history_frame(session.runs), history_frames(session.runs)
+        yield table, gr.LinePlot(frame)  # the data first, then the same data with its colours (see `colours`)
+        yield table, gr.LinePlot(frame, color_map=palette)
 
     def export_history(session: Session, request: gr.Request) -> str:
         if not session.runs:
@@ -849,11 +856,12 @@ def build_app(
                 evaluate_btn = gr.Button("Evaluate", variant="primary")
                 with gr.Row():
                     ppl_plot = gr.BarPlot(x="model", y="perplexity", color="model", title="Held-out perplexity",
-                                          color_map={"base": "#9ca3af", "tuned": "#2563eb"}, height=260)
+                                          color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, None], height=260)
                     rouge_plot = gr.BarPlot(x="model", y="ROUGE-L", color="model", title="ROUGE-L (mean over acts)",
                                             color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, 1], height=260)
                 eval_summary = gr.Markdown(elem_id="eval-summary")
-                rouge_table = gr.Dataframe(label="Per held-out act", interactive=False, wrap=True, max_height=360)
+                rouge_table = gr.Dataframe(label="Per held-out act", interactive=False, wrap=True, max_height=360,
+                                           column_widths=["14%", "35%", "35%", "8%", "8%"])
                 gr.Markdown("### Per token: the current act's real prompt\n"
                             "Each token is coloured by how much more likely the tuned model makes it than the base "
                             f"model: **red: more likely**, **purple: less likely**, full colour at ±{GAIN_SCALE:g} nats "
@@ -866,7 +874,7 @@ def build_app(
                             "real token (0.1–0.3 is common): read it as a hint, not a translation.")
                 nearest_table = gr.Dataframe(label="Nearest tokens", interactive=False, max_height=360)
             with gr.Tab("Sweep & history") as history_tab:
-                gr.Markdown("Reproduce the seed's experiment: one soft prompt per *tokens*x*epochs* cell, trained on all "
+                gr.Markdown("Reproduce the seed's experiment: one soft prompt per *tokens × epochs* cell, trained on all "
                             "training acts with the Train tab's learning rate, batch size and seed, on the same split. "
                             "The default grid is the seed's two runs.")
                 with gr.Row():
