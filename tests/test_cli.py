@@ -110,3 +110,21 @@ def test_side_by_side_wraps_two_columns():
     lines = text.splitlines()
     assert lines[0] == "base                 | tuned"
     assert all(len(line) <= 43 for line in lines) and len(lines) > 4
+
+
+def test_first_ctrl_c_asks_to_stop_and_the_second_aborts():
+    import os
+    import signal
+
+    from tuning.cli import ctrl_c_stops
+
+    before = signal.getsignal(signal.SIGINT)
+    stop, restore = ctrl_c_stops()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGINT) is before

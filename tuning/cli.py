@@ -96,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def ctrl_c_stops():
+    """(stop event, restore): the first Ctrl-C sets the event, the second aborts; restore() undoes it."""
+    from tqdm import tqdm
+
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        tqdm.write("stopping after this step (Ctrl-C again to abort) ...")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    return stop, lambda: signal.signal(signal.SIGINT, previous)
+
+
 def _default_name(config: TuneConfig) -> str:
     what = config.acts[0] if len(config.acts) == 1 else ("acts" if config.acts else "all")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -122,15 +138,7 @@ def cmd_train(args) -> int:
     base = load_base(config.model, config.precision)
 
     # First Ctrl-C: stop after the current step and keep what was learned. Second: abort.
-    stop = threading.Event()
-
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        tqdm.write("stopping after this step (Ctrl-C again to abort) ...")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    stop, restore_ctrl_c = ctrl_c_stops()
     bar = None
     try:
         for event in train(base, train_rows, config, held, stop):
@@ -149,7 +157,7 @@ def cmd_train(args) -> int:
                 held_text = "" if event.held_out_loss is None else f", held-out loss {event.held_out_loss:.4f}"
                 tqdm.write(f"epoch {event.epoch}: train loss {event.train_loss:.4f}{held_text}")
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore_ctrl_c()
         if bar is not None:
             bar.close()
     if not main_process:
@@ -286,15 +294,7 @@ def cmd_sweep(args) -> int:
     base = load_base(config.model, config.precision)
 
     # First Ctrl-C: stop the current cell after its step, skip the rest, still write what finished.
-    stop = threading.Event()
-
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        tqdm.write("stopping after this step (Ctrl-C again to abort) ...")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    stop, restore_ctrl_c = ctrl_c_stops()
     bar, results = None, []
     try:
         for event in run_sweep(base, rows, config, grid, stop, args.rouge, decoding):
@@ -314,7 +314,7 @@ def cmd_sweep(args) -> int:
             elif isinstance(event, SweepDone):
                 results = event.results
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore_ctrl_c()
         if bar is not None:
             bar.close()
     if not results:
