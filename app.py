@@ -528,9 +528,6 @@ def build_app(
                     if isinstance(event, Start):
                         log.append(f"training on {event.train_rows} acts, {event.held_out_rows} held out, "
                                    f"{event.total_steps:,} steps")
-                        if event.base_held_out_loss is not None:
-                            points += [(0, event.base_held_out_loss, "base held-out"),
-                                       (step_cap, event.base_held_out_loss, "base held-out")]
                         progress = f"step 0 / {step_cap:,} · starting"
                     elif isinstance(event, Step):
                         at = event.step
@@ -542,6 +539,9 @@ def build_app(
                     elif isinstance(event, EpochEnd):
                         if event.held_out_loss is not None:
                             points.append((at, event.held_out_loss, "held-out"))
+                        if event.epoch == 1 and event.base_held_out_loss is not None:
+                            points += [(0, event.base_held_out_loss, "base held-out"),
+                                       (step_cap, event.base_held_out_loss, "base held-out")]
                         log.append(f"epoch {event.epoch}: train {event.train_loss:.3f}, "
                                    f"held-out {loss_text(event.held_out_loss)} ({duration(event.elapsed)})")
                     elif isinstance(event, Done):
@@ -698,16 +698,16 @@ def build_app(
                         progress = f"step 0 / {total:,} · {len(grid)} cells · {event.held_out_rows} held-out acts"
                     elif isinstance(event, sweep.CellEvent):
                         inner, name = event.event, event.label
-                        if isinstance(inner, Start) and inner.base_held_out_loss is not None and event.cell == 0:
-                            points += [(0, inner.base_held_out_loss, "base held-out"),
-                                       (per_epoch * longest, inner.base_held_out_loss, "base held-out")]
-                        elif isinstance(inner, Step):
+                        if isinstance(inner, Step):
                             at = inner.step
                             points.append((at, inner.loss, f"{name} train"))
                             progress = (f"step {done_before + at:,} / {total:,} · cell {name} "
                                         f"({event.cell + 1} / {len(grid)}) · epoch {inner.epoch} · ETA {duration(inner.eta)}")
                         elif isinstance(inner, EpochEnd) and inner.held_out_loss is not None:
                             points.append((at, inner.held_out_loss, f"{name} held-out"))
+                            if event.cell == 0 and inner.epoch == 1:
+                                points += [(0, inner.base_held_out_loss, "base held-out"),
+                                           (per_epoch * longest, inner.base_held_out_loss, "base held-out")]
                         elif isinstance(inner, Done):
                             done_before += inner.steps
                             if n_rouge:

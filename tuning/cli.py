@@ -147,14 +147,14 @@ def cmd_train(args) -> int:
             elif not main_process:
                 continue
             elif isinstance(event, Start):
-                baseline = "" if event.base_held_out_loss is None else f", base held-out loss {event.base_held_out_loss:.4f}"
-                tqdm.write(f"{event.train_rows} training rows, {event.held_out_rows} held-out rows{baseline}")
+                tqdm.write(f"{event.train_rows} training rows, {event.held_out_rows} held-out rows")
                 bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True)
             elif isinstance(event, Step):
                 bar.update(1)
                 bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.3f}", tok_s=f"{event.tokens_per_s:.0f}")
             elif isinstance(event, EpochEnd):
-                held_text = "" if event.held_out_loss is None else f", held-out loss {event.held_out_loss:.4f}"
+                held_text = "" if event.held_out_loss is None else (
+                    f", held-out loss {event.held_out_loss:.4f} (base model {event.base_held_out_loss:.4f})")
                 tqdm.write(f"epoch {event.epoch}: train loss {event.train_loss:.4f}{held_text}")
     finally:
         restore_ctrl_c()

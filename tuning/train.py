@@ -54,7 +54,6 @@ class Start:
     train_rows: int
     held_out_rows: int
     train_tokens: int  # real text tokens per epoch
-    base_held_out_loss: float | None  # the untuned model on the held-out rows, for the chart's baseline
 
 
 @dataclass
@@ -74,6 +73,9 @@ class EpochEnd:
     epoch: int
     train_loss: float  # token-weighted mean over the epoch
     held_out_loss: float | None
+    # the untuned model on the same rows, the chart's baseline: scored at the first epoch's end,
+    # not before the first step, so the first point of a live chart appears at once
+    base_held_out_loss: float | None
     elapsed: float
 
 
@@ -251,8 +253,8 @@ def train(
     # Linear decay to zero over the planned steps, as PEFT's prompt-tuning examples do.
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
 
-    base_held = mean_loss(base, None, held, config.batch_size) if held else None
-    yield Start(total, len(data), len(held), sum(len(r) for r in data), base_held)
+    base_held = None
+    yield Start(total, len(data), len(held), sum(len(r) for r in data))
 
     history = {"step": [], "train_loss": [], "epoch": [], "held_out_loss": [], "epoch_train_loss": []}
     step, tokens_done, train_time, stopped = 0, 0, 0.0, False
@@ -295,16 +297,20 @@ def train(
         if stopped:
             break
         held_loss = mean_loss(base, prompt.detach(), held, config.batch_size) if held else None
+        if held and base_held is None:
+            base_held = mean_loss(base, None, held, config.batch_size)
         history["epoch"].append(epoch)
         history["held_out_loss"].append(held_loss)
         history["epoch_train_loss"].append(epoch_loss / epoch_tokens)
-        yield EpochEnd(epoch, epoch_loss / epoch_tokens, held_loss, time.perf_counter() - t0)
+        yield EpochEnd(epoch, epoch_loss / epoch_tokens, held_loss, base_held, time.perf_counter() - t0)
 
     if step == 0:
         raise TrainingError("training was stopped before the first step; there is nothing to keep")
     last_held = next((x for x in reversed(history["held_out_loss"]) if x is not None), None)
     if stopped and held:  # the kept prompt is not the one the last epoch measured
         last_held = mean_loss(base, prompt.detach(), held, config.batch_size)
+        if base_held is None:
+            base_held = mean_loss(base, None, held, config.batch_size)
     elapsed = time.perf_counter() - t0
     cfg = base.model.config
     soft = SoftPrompt(
