@@ -6,6 +6,7 @@ Offline: the Hub path is exercised with a fake `datasets` module; the real snaps
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
@@ -484,3 +485,16 @@ def test_select_nothing_is_nothing():
 def test_empty_source_is_an_error(source):
     with pytest.raises(DataError, match=r"no dataset given"):
         load_rows(source)
+
+
+def test_a_100_mb_csv_loads_cleanly(tmp_path):
+    # The live dataset keeps growing; a file of this size must load, not crash or hang.
+    path = tmp_path / "big.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["act", "prompt"])
+        for i in range(10_000):
+            writer.writerow([f"Act {i}", f"word{i} " * 1_200])
+    assert path.stat().st_size > 100 * 2**20
+    rows = load_rows(str(path))
+    assert len(rows) == 10_000 and rows[-1].prompt.startswith("word9999 word9999")
