@@ -227,7 +227,7 @@ def test_sweep_and_history_charts_draw_every_series_in_a_browser(server):
         return sum("L" in d for d in paths)
 
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
         page.set_default_timeout(30_000)
         page.goto(server[0])

@@ -46,6 +46,8 @@ def test_pick_train_watch_compare(page):
     page.get_by_role("tab", name="Train").click()
     expect(page.get_by_text("Current act: Rapper")).to_be_visible()
     page.get_by_text("5 tokens × 5 epochs").click()
+    # the preset fills the sliders through a server round trip: wait for it before training
+    expect(page.get_by_label("number input for Epochs")).to_have_value("5")
     page.get_by_role("button", name="Train", exact=True).click()
     expect(page.locator("#progress")).to_contain_text("step 15 / 15 · done", timeout=60_000)
     lines = page.locator("#loss-plot svg .mark-line path")  # one path per series; a drawn one has segments
@@ -83,6 +85,7 @@ def test_closing_the_tab_stops_its_training(page):
     other.goto(url)
     other.get_by_role("tab", name="Train").click()
     other.get_by_text("5 tokens × 5 epochs").click()
+    playwright.expect(other.get_by_label("number input for Epochs")).to_have_value("5")
     other.get_by_role("button", name="Train", exact=True).click()
     playwright.expect(other.locator("#progress")).to_contain_text("step 15 / 15 · done", timeout=30_000)
     print("second tab done after", round(time.monotonic() - started, 1), "s")
