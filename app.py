@@ -33,10 +33,10 @@ import torch
 from tuning import adapters, evaluate, sweep
 from tuning.adapters import AdapterError
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig
-from tuning.data import DataError, Row, find_act, load_rows, select
+from tuning.data import DataError, Row, find_act, load_rows
 from tuning.generate import Decoding, GenerationError, stream_pair
 from tuning.model import ModelError, SoftPrompt, load_base
-from tuning.train import Done, EpochEnd, Start, Step, TrainingError, encode_rows, split_rows, train
+from tuning.train import Done, EpochEnd, Start, Step, TrainingError, encode_rows, held_out_for, split_rows, train
 
 SESSION_RUN = "this session's run"
 INITS = {"random": "random", "text: the current act's prompt": "text", "sampled vocabulary": "sample_vocab"}
@@ -596,23 +596,12 @@ def build_app(
             yield from stream_pair(base(), soft, text, decoding)
 
     # --- Evaluate ---
-    def held_out(soft: SoftPrompt) -> list[Row]:
-        """The acts `soft` never trained on: the ones it recorded, when it was trained on this dataset, else the split's."""
-        acts = soft.meta.get("held_out_acts")
-        if acts and soft.meta.get("dataset") == dataset:
-            with contextlib.suppress(DataError):  # an act since removed from the file: fall back to the split
-                return select(rows(), acts)
-        try:
-            return split_rows(rows(), soft.config)[1]
-        except DataError:  # an uploaded adapter names acts this dataset does not have
-            return split_rows(rows(), dataclasses.replace(soft.config, acts=()))[1]
-
     def evaluate_run(adapter, n_acts, max_new, session: Session, progress=gr.Progress()):
         soft = pick_soft(adapter, session)
         n_acts, max_new = whole(n_acts), whole(max_new)
         with user_errors():
             decoding = Decoding(max_new_tokens=max_new)
-            held = held_out(soft)
+            held = held_out_for(soft, rows(), dataset)
             if not held:
                 raise gr.Error("there are no held-out acts to evaluate on (this adapter was trained on every act)")
             progress(0, desc="held-out perplexity")
@@ -640,7 +629,7 @@ def build_app(
         with user_errors():
             act = session.act
             if act is None:
-                act = (held_out(soft) or list(rows()))[0]
+                act = (held_out_for(soft, rows(), dataset) or list(rows()))[0]
                 note = "No act picked in the Dataset tab; showing a held-out act. "
             try:
                 gains = evaluate.token_gains(base(), soft, act.prompt)

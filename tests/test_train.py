@@ -184,3 +184,16 @@ def test_the_first_step_comes_before_any_held_out_scoring(base, monkeypatch):
 def test_each_epoch_reports_the_base_models_held_out_loss(base):
     epochs = [e for e in run(base, held=ROWS[:2], epochs=2) if isinstance(e, EpochEnd)]
     assert epochs[0].base_held_out_loss == epochs[1].base_held_out_loss > 0
+
+
+def test_held_out_for_an_adapter_is_what_it_recorded_else_the_split():
+    from tuning.model import SoftPrompt
+
+    rows = rows_of([f"prompt number {i}" for i in range(20)])
+    cfg = TuneConfig(held_out_fraction=0.5, seed=0, dataset="a.csv")
+    _, split_held = split_rows(rows, cfg)
+    recorded = SoftPrompt(torch.zeros(1, 4), "m", cfg, {"held_out_acts": ["Act 3", "Act 7"]})
+    assert [r.act for r in train_module.held_out_for(recorded, rows, "a.csv")] == ["Act 3", "Act 7"]
+    assert train_module.held_out_for(recorded, rows, "other.csv") == split_held
+    foreign = SoftPrompt(torch.zeros(1, 4), "m", TuneConfig(held_out_fraction=0.5, acts=("Astronaut",)), {})
+    assert train_module.held_out_for(foreign, rows, "a.csv") == split_held

@@ -212,18 +212,14 @@ def side_by_side(left: tuple[str, str], right: tuple[str, str], width: int | Non
 
 
 def cmd_eval(args) -> int:
-    from .data import load_rows, select
+    from .data import load_rows
     from .evaluate import compare
-    from .train import encode_rows, split_rows
+    from .train import encode_rows, held_out_for
 
     soft, base = _load_adapter_and_base(args)
     config = dataclasses.replace(soft.config, dataset=args.dataset or soft.config.dataset)
     rows = load_rows(config.dataset, config.text_only)
-    held_acts = soft.meta.get("held_out_acts")
-    if held_acts and config.dataset == soft.config.dataset:
-        held = select(rows, held_acts)  # exactly the acts this adapter was evaluated on
-    else:
-        _, held = split_rows(rows, config)
+    held = held_out_for(soft, rows, config.dataset)
     if not held:
         raise ValueError("there are no held-out rows to evaluate on")
     result = compare(base, soft, encode_rows(base, held, config), args.batch_size)

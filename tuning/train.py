@@ -27,6 +27,7 @@ alone never imports accelerate nor touches torch.distributed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -39,7 +40,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .config import TuneConfig
-from .data import Row, select, split_by_act
+from .data import DataError, Row, select, split_by_act
 from .evaluate import mean_loss
 from .model import Base, SoftPrompt, token_losses
 
@@ -103,6 +104,24 @@ def split_rows(rows: Sequence[Row], config: TuneConfig) -> tuple[list[Row], list
         trained = {r.group for r in train_rows}
         held = [r for r in held if r.group not in trained]
     return train_rows, held
+
+
+def held_out_for(soft: SoftPrompt, rows: Sequence[Row], dataset: str) -> list[Row]:
+    """The acts `soft` never trained on: the ones it recorded when it was trained on `dataset`, else the split's.
+
+    Falls back to the seeded split when a recorded act is no longer in the file, and drops the
+    config's own acts when this dataset does not have them (an adapter trained elsewhere).
+    """
+    acts = soft.meta.get("held_out_acts")
+    if acts and soft.config.dataset == dataset:
+        try:
+            return select(list(rows), acts)
+        except DataError:
+            pass
+    try:
+        return split_rows(rows, soft.config)[1]
+    except DataError:
+        return split_rows(rows, dataclasses.replace(soft.config, acts=()))[1]
 
 
 def encode_rows(base: Base, rows: Sequence[Row], config: TuneConfig) -> list[list[int]]:
