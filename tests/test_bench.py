@@ -44,6 +44,22 @@ def test_every_training_part_reports_throughput_and_memory(result):
     assert r["ours_fp32"]["precision"] == "fp32"
 
 
+def test_every_part_trains_on_the_same_rows(result):
+    # One epoch over the same 1 x 8 timed rows (the tiny file repeats to give enough).
+    r, _ = result
+    assert r["seed"]["rows"] == r["ours"]["rows"] == r["ours_fp32"]["rows"] == 8
+    assert r["seed"]["tokens"] == r["ours"]["tokens"] == r["ours_fp32"]["tokens"]
+    assert r["seed"]["steps"] == 1 and r["ours"]["steps"] == 8 // r["ours"]["batch_size"]
+
+
+def test_rows_are_drawn_from_the_training_split_and_never_held_out(tiny_csv, tokenizer_dir):
+    job = bench.Job(str(tiny_csv), str(tokenizer_dir), {}, steps=2, warmup=1)
+    config, warm, timed, held = bench._training_rows(job)
+    assert (len(warm), len(timed)) == (8, 16)
+    assert not {r.act for r in warm + timed} & {r.act for r in held}
+    assert bench._training_rows(job)[2] == timed  # seeded: every part gets the same
+
+
 def test_ratios_and_ceiling_are_computed(result):
     r, _ = result
     assert r["speedup"] > 0 and r["generation_ratio"] > 0

@@ -130,3 +130,87 @@ def test_chunked_loss_and_gradient_equal_the_plain_cross_entropy(tokenizer, prec
     tol = 1e-5 if precision == "fp32" else 2e-2
     assert a == pytest.approx(b, rel=tol)
     assert torch.allclose(grad_a, grad_b, rtol=tol, atol=tol * grad_b.abs().max().item())
+
+
+def _tiny_llama(tokenizer):
+    # Rotary positions instead of GPT-2's learned ones, and grouped keys/values.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuning.model import from_model
+
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    return from_model(LlamaForCausalLM(config), tokenizer, "tiny-llama", "fp32")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_prompt_shared_by_the_batch_gives_the_same_loss_and_gradient(tokenizer, family):
+    # token_losses computes the prompt once per batch and runs the rows behind its keys and
+    # values; the reference puts [soft; row] in every row of one plain forward pass.
+    from conftest import make_base
+
+    own = make_base(tokenizer, seed=4) if family == "gpt2" else _tiny_llama(tokenizer)
+    rows = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    grads, losses = [], []
+    for shared in (True, False):
+        soft = torch.nn.Parameter(torch.randn(3, own.hidden_size, generator=torch.Generator().manual_seed(1)))
+        if shared:
+            loss, n = token_losses(own, soft, rows)
+        else:
+            embeds, mask, positions = prompt_inputs(own, soft, rows)
+            logits = own.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits.float()
+            picks = [(i, 3 + j - 1, t) for i, r in enumerate(rows) for j, t in enumerate(r)]
+            loss = torch.nn.functional.cross_entropy(
+                torch.stack([logits[i, p] for i, p, _ in picks]), torch.tensor([t for *_, t in picks]), reduction="sum")
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(soft.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5 * grads[1].abs().max().item())
+
+
+def test_prompt_positions_are_computed_once_per_batch(base):
+    # 3 rows of up to 4 tokens behind a 5-token prompt: 5 + 3 x 4 positions, not 3 x (5 + 4).
+    seen = []
+    hook = base.model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            _, n = token_losses(base, torch.randn(5, base.hidden_size), [[5, 6, 7, 8], [9, 10], [11, 12, 13]])
+    finally:
+        hook.remove()
+    assert n == 9
+    assert seen == [(1, 5), (3, 4)]
+
+
+def test_per_token_losses_come_row_after_row(base):
+    soft = torch.randn(2, base.hidden_size)
+    rows = [[5, 6, 7], [8, 9]]
+    with torch.no_grad():
+        each, n = token_losses(base, soft, rows, reduction="none")
+        singles = [token_losses(base, soft, [r], reduction="none")[0] for r in rows]
+    assert n == 5
+    assert torch.allclose(each, torch.cat(singles), atol=1e-5)
+
+
+def test_gpt2_gelu_is_swapped_for_the_fused_one_with_the_same_outputs(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.activations import NewGELUActivation
+
+    from tuning.model import from_model
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2)
+    plain = GPT2LMHeadModel(config).eval()
+    fused = GPT2LMHeadModel(config).eval()
+    fused.load_state_dict(plain.state_dict())
+    from_model(fused, tokenizer, "tiny", "fp32")
+    assert any(isinstance(m, NewGELUActivation) for m in plain.modules())
+    assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, fused(ids).logits, atol=1e-5)

@@ -6,17 +6,22 @@ real GPT-2 tokenizer and the prompts of a local .csv, in a few minutes:
 - seed recipe: `transformers.Trainer` + PEFT `PromptTuningConfig` (20 virtual tokens, random
   init), fp32, batch 8, `DataCollatorForLanguageModeling(mlm=False)` over the raw `prompt`
   column, as the project started;
-- ours: `train.train()` with the default TuneConfig (precision auto, default batch size), on
-  the same training rows, for about as many rows as the seed recipe's timed steps; again in fp32;
-- quality: held-out loss after the same steps, ours vs ours in fp32 (random weights: the losses
+- ours: `train.train()` with the default TuneConfig (precision auto, default batch size); again
+  in fp32;
+- every part trains one epoch over the same timed rows (`steps` x 8 rows drawn, seeded, from
+  the training split), after a warm-up epoch over other rows, so the parts do the same work and
+  the speed-up is a ratio of times; the seed recipe shuffles them into its own batches of 8, as
+  the Trainer does;
+- quality: held-out loss after that epoch, ours vs ours in fp32 (random weights: the losses
   are those of an untrained model, but bf16 rounding shows up in them all the same);
 - ceiling: a bf16 (and fp32) matmul measured in the same run; prompt tuning costs about
   4 x parameters FLOPs per position (forward plus activation gradients, no weight gradients);
 - generation: one 64-token greedy continuation vs base + tuned side by side (`stream_pair`).
 
-Throughput counts useful tokens: real text tokens of the rows trained on, never padding or
-virtual positions (ours also counts the eos that ends each row; it is trained on). Each
-training part runs in its own spawned process, after warm-up steps, so its peak memory
+Throughput counts useful tokens: the text tokens of the timed rows, as the seed recipe's
+tokenizer call gives them (the same count for every part), never padding or virtual positions;
+ours also learns the eos that ends each row, which is extra work it is not credited for. Each
+training part runs in its own spawned process, after its warm-up, so its peak memory
 (`ru_maxrss`) is its own and one part's allocations cannot slow the next.
 
 What it does not do: assert anything about the numbers (tests check the machinery only).
@@ -58,28 +63,31 @@ class Job:
     dataset: str
     tokenizer_dir: str
     model_config: dict  # GPT2Config overrides; {} is GPT-2-124M
-    steps: int  # timed steps
-    warmup: int  # untimed steps before them
+    steps: int  # timed rows: steps x SEED_BATCH
+    warmup: int  # warm-up rows before them: warmup x SEED_BATCH
     precision: str = "auto"
+    batch_size: int | None = None  # ours; None: TuneConfig's default
     prompt: list | None = None  # a trained soft prompt, for generation
     new_tokens: int = 64
-    repeats: int = 3
+    repeats: int = 5
 
 
 def run(
-    steps: int = 10,
+    steps: int = 12,
     warmup: int = 2,
     dataset: str | Path | None = None,
     tokenizer_dir: str | Path | None = None,
     model_config: dict | None = None,
     new_tokens: int = 64,
-    repeats: int = 3,
+    repeats: int = 5,
     out: Callable[[str], None] = print,
+    batch_size: int | None = None,
 ) -> dict:
     """Run every part and print a Markdown table; returns the numbers as a dict.
 
-    `steps`/`warmup` are the seed recipe's (batch 8); ours runs as many rows at its own batch
-    size. `model_config` overrides `GPT2Config()` (tests pass a tiny one).
+    `steps`/`warmup` count the seed recipe's batches of 8: every part trains on the same
+    `steps x 8` timed rows after `warmup x 8` other rows. `batch_size` is ours (default: the
+    TuneConfig default). `model_config` overrides `GPT2Config()` (tests pass a tiny one).
 
     >>> r = run(steps=10, warmup=2)                        # doctest: +SKIP
     >>> r["speedup"], r["ours"]["peak_mb"]                 # doctest: +SKIP
@@ -92,21 +100,19 @@ def run(
     dataset = _existing(dataset, DEFAULT_DATASET, "dataset", "--dataset")
     tokenizer_dir = _existing(tokenizer_dir, DEFAULT_TOKENIZER, "tokenizer folder", "--tokenizer")
     os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the spawned parts: everything here is local
-    job = Job(str(dataset), str(tokenizer_dir), dict(model_config or {}), steps, warmup,
-              new_tokens=new_tokens, repeats=repeats)
-
     from .config import TuneConfig
 
-    ours_batch = TuneConfig().batch_size
-    ours_job = replace(job, steps=math.ceil(steps * SEED_BATCH / ours_batch),
-                       warmup=math.ceil(warmup * SEED_BATCH / ours_batch))
+    ours_batch = TuneConfig().batch_size if batch_size is None else TuneConfig(batch_size=batch_size).batch_size
+    job = Job(str(dataset), str(tokenizer_dir), dict(model_config or {}), steps, warmup,
+              new_tokens=new_tokens, repeats=repeats, batch_size=ours_batch)
     result: dict = {"machine": machine()}
-    out(f"seed recipe: Trainer, fp32, batch {SEED_BATCH}, {warmup} + {steps} steps ...")
+    rows = SEED_BATCH * steps
+    out(f"seed recipe: Trainer, fp32, batch {SEED_BATCH}, {SEED_BATCH * warmup} warm-up rows, then {rows} timed rows ...")
     result["seed"] = _spawn(_seed_recipe, job)
-    out(f"ours: train(), precision auto, batch {ours_batch}, {ours_job.warmup} + {ours_job.steps} steps ...")
-    result["ours"] = _spawn(_ours, ours_job)
+    out(f"ours: train(), precision auto, batch {ours_batch}, the same rows ...")
+    result["ours"] = _spawn(_ours, job)
     out("ours in fp32 ...")
-    result["ours_fp32"] = _spawn(_ours, replace(ours_job, precision="fp32"))
+    result["ours_fp32"] = _spawn(_ours, replace(job, precision="fp32"))
     out("matmul ceiling ...")
     result["matmul_gflops"] = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}
     out(f"generation, {new_tokens} new tokens ...")
@@ -134,13 +140,16 @@ def report(r: dict) -> str:
         f"fp32 {r['matmul_gflops']['fp32']:.0f} GFLOP/s. Model: GPT-2-124M shape ({ours['n_params'] / 1e6:.1f}M "
         "parameters), random weights.",
         "",
-        "| training | precision | batch | timed steps | useful tokens/s | positions/s | peak memory |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"Every part trains one epoch over the same {seed['rows']} rows ({seed['tokens']:,} text tokens), "
+        "after a warm-up epoch over other rows.",
+        "",
+        "| training | precision | batch | steps | seconds | useful tokens/s | positions/s | peak memory |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, part in (("seed recipe (Trainer + PEFT)", seed), ("ours (default)", ours), ("ours, fp32", fp32)):
         lines.append(
-            f"| {name} | {part['precision']} | {part['batch_size']} | {part['steps']} | {part['tokens_per_s']:.0f} "
-            f"| {part['positions_per_s']:.0f} | {part['peak_mb']:.0f} MB |"
+            f"| {name} | {part['precision']} | {part['batch_size']} | {part['steps']} | {part['seconds']:.1f} "
+            f"| {part['tokens_per_s']:.0f} | {part['positions_per_s']:.0f} | {part['peak_mb']:.0f} MB |"
         )
     lines += [
         "",
@@ -148,7 +157,7 @@ def report(r: dict) -> str:
         f"- ours vs the FLOP ceiling (4 x {ours['n_params'] / 1e6:.1f}M FLOPs per position at the measured "
         f"{ours['precision']} matmul rate): {ours['positions_per_s']:.0f} of {r['ceiling_positions_per_s']:.0f} "
         f"positions/s ({100 * r['ceiling_fraction']:.0f}%)",
-        f"- held-out loss after {ours['warmup'] + ours['steps']} steps: {ours['precision']} {ours['held_out_loss']:.4f}, "
+        f"- held-out loss after the same {ours['steps']} steps: {ours['precision']} {ours['held_out_loss']:.4f}, "
         f"fp32 {fp32['held_out_loss']:.4f} ({100 * r['held_out_loss_rel_diff']:.2f}% apart; random weights)",
         f"- generation, {gen['new_tokens']} new tokens, greedy, {gen['precision']}, median of {gen['repeats']}: "
         f"one continuation {gen['single_s']:.2f} s, base + tuned side by side {gen['pair_s']:.2f} s "
@@ -203,13 +212,37 @@ def _peak_mb() -> float:
 
 
 def _training_rows(job: Job):
-    """The rows ours trains on (its seeded split); the seed recipe gets the same ones."""
+    """(config, warm-up rows, timed rows, held-out rows): the same for every part.
+
+    The rows are drawn, seeded, from our training split; a file with fewer training rows than
+    asked for is repeated (tests use a tiny one).
+    """
+    import random
+
     from .config import TuneConfig
     from .data import load_rows
     from .train import split_rows
 
-    config = TuneConfig(model="gpt2-124m-random", dataset=job.dataset, precision=job.precision)
-    return config, *split_rows(load_rows(job.dataset), config)
+    config = TuneConfig(model="gpt2-124m-random", dataset=job.dataset, precision=job.precision, epochs=1,
+                        **({} if job.batch_size is None else {"batch_size": job.batch_size}))
+    rows, held = split_rows(load_rows(job.dataset), config)
+    warm, timed = SEED_BATCH * job.warmup, SEED_BATCH * job.steps
+    pool = list(rows) * math.ceil((warm + timed) / len(rows))
+    random.Random(0).shuffle(pool)
+    return config, pool[:warm], pool[warm : warm + timed], held
+
+
+def _seed_max_length(job: Job) -> int:
+    from transformers import GPT2Config
+
+    return GPT2Config(**job.model_config).n_positions - SEED_VIRTUAL
+
+
+def _useful_tokens(job: Job, config, rows) -> int:
+    """Text tokens of `rows` that both recipes train on: the prompt's tokens, cut where either cuts them."""
+    tok = _tokenizer(job)
+    cap = min(_seed_max_length(job), config.max_length)
+    return sum(min(len(tok(r.prompt)["input_ids"]), cap) for r in rows)
 
 
 def _random_base(job: Job, model_id: str, precision: str):
@@ -255,60 +288,63 @@ def _seed_recipe(job: Job) -> dict:
     _quiet()
     torch.manual_seed(0)
     tok = _tokenizer(job)
-    _, rows, _ = _training_rows(job)
+    config, warm, timed, _ = _training_rows(job)
     model = get_peft_model(
         GPT2LMHeadModel(GPT2Config(**job.model_config)),
         PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=SEED_VIRTUAL, prompt_tuning_init="RANDOM"),
     )
-    max_length = model.config.n_positions - SEED_VIRTUAL
-    features = [dict(tok(r.prompt, truncation=True, max_length=max_length)) for r in rows]
     collate = DataCollatorForLanguageModeling(tok, mlm=False)
-    batches: list[tuple[int, int]] = []  # (real tokens, positions incl. padding and virtual) per batch, in order
+    batches: list[int] = []  # positions per timed batch, padding and virtual ones included
 
     def counting_collator(items):
         batch = collate(items)
         size, length = batch["input_ids"].shape
-        batches.append((int(batch["attention_mask"].sum()), size * (length + SEED_VIRTUAL)))
+        batches.append(size * (length + SEED_VIRTUAL))
         return batch
 
     class Clock(TrainerCallback):
         start = end = None
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            Clock.start = time.perf_counter()
+
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == job.warmup:
-                Clock.start = time.perf_counter()
             Clock.end = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as out_dir:
-        args = TrainingArguments(
-            output_dir=out_dir, per_device_train_batch_size=SEED_BATCH, max_steps=job.warmup + job.steps,
-            learning_rate=3e-2, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
-            disable_tqdm=True, dataloader_num_workers=0, seed=0,
-        )
-        trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=counting_collator,
-                          callbacks=[Clock()])
-        trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict
-        trainer.train()
-    # the k-th collated batch is the k-th step's (no gradient accumulation)
-    timed = batches[job.warmup : job.warmup + job.steps]
+        def trainer(rows, collator, callbacks=()):
+            args = TrainingArguments(
+                output_dir=out_dir, per_device_train_batch_size=SEED_BATCH, num_train_epochs=1,
+                learning_rate=3e-2, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
+                disable_tqdm=True, dataloader_num_workers=0, seed=0,
+            )
+            features = [dict(tok(r.prompt, truncation=True, max_length=_seed_max_length(job))) for r in rows]
+            t = Trainer(model=model, args=args, train_dataset=features, data_collator=collator,
+                        callbacks=list(callbacks))
+            t.remove_callback(PrinterCallback)  # it prints the final metrics dict
+            return t
+
+        trainer(warm, collate).train()
+        trainer(timed, counting_collator, [Clock()]).train()
     seconds = Clock.end - Clock.start
+    tokens = _useful_tokens(job, config, timed)
     return {
-        "precision": "fp32", "batch_size": SEED_BATCH, "warmup": job.warmup, "steps": job.steps,
-        "tokens": sum(t for t, _ in timed), "seconds": seconds,
-        "tokens_per_s": sum(t for t, _ in timed) / seconds, "positions_per_s": sum(p for _, p in timed) / seconds,
+        "precision": "fp32", "batch_size": SEED_BATCH, "rows": len(timed), "steps": len(batches),
+        "tokens": tokens, "seconds": seconds,
+        "tokens_per_s": tokens / seconds, "positions_per_s": sum(batches) / seconds,
         "peak_mb": _peak_mb(),
     }
 
 
 def _ours(job: Job) -> dict:
-    """train() with the default TuneConfig (precision from the job), stopped after warm-up + timed steps."""
-    import threading
-
-    from .train import Done, Step, train
+    """train() with the default TuneConfig (precision and batch size from the job): a warm-up epoch, then the timed one."""
+    from .train import Done, EpochEnd, Start, Step, train
 
     _quiet()
-    config, rows, held = _training_rows(job)
+    config, warm, timed, held = _training_rows(job)
     base = _random_base(job, config.model, config.precision)
+    for _ in train(base, warm, config):
+        pass
     positions = [0]  # every position the transformer computes: virtual, text and padding
 
     def count(module, args, kwargs):
@@ -316,27 +352,23 @@ def _ours(job: Job) -> dict:
         positions[0] += embeds.shape[0] * embeds.shape[1]
 
     hook = base.model.base_model.register_forward_pre_hook(count, with_kwargs=True)
-    stop = threading.Event()
-    last = job.warmup + job.steps
-    start = end = None
-    for event in train(base, rows, config, held, stop):
-        if isinstance(event, Step):
-            if event.step == job.warmup:
-                start = (time.perf_counter(), event.tokens, positions[0])
-            if event.step == last:
-                end = (time.perf_counter(), event.tokens, positions[0])
-                stop.set()  # train() then scores the held-out rows with what it learned
+    for event in train(base, timed, config, held):
+        if isinstance(event, Start):
+            start = time.perf_counter()
+        elif isinstance(event, Step) and event.step == event.total_steps:
+            end, steps, counted = time.perf_counter(), event.step, positions[0]
+        elif isinstance(event, EpochEnd):
+            held_out_loss = event.held_out_loss
         elif isinstance(event, Done):
             done = event
     hook.remove()
-    if end is None:
-        raise BenchError(f"ours ran {done.steps} steps, fewer than the {last} asked; use a bigger dataset or fewer steps")
-    seconds = end[0] - start[0]
+    seconds = end - start
+    tokens = _useful_tokens(job, config, timed)
     return {
-        "precision": base.precision, "batch_size": config.batch_size, "warmup": job.warmup, "steps": job.steps,
-        "tokens": end[1] - start[1], "seconds": seconds,
-        "tokens_per_s": (end[1] - start[1]) / seconds, "positions_per_s": (end[2] - start[2]) / seconds,
-        "held_out_loss": done.soft.meta["metrics"]["held_out_loss"],
+        "precision": base.precision, "batch_size": config.batch_size, "rows": len(timed), "steps": steps,
+        "tokens": tokens, "seconds": seconds,
+        "tokens_per_s": tokens / seconds, "positions_per_s": counted / seconds,
+        "held_out_loss": held_out_loss,
         "n_params": sum(p.numel() for p in base.model.parameters()),
         "peak_mb": _peak_mb(), "prompt": done.soft.embeddings.tolist(),
     }
@@ -360,14 +392,13 @@ def _generation(job: Job) -> dict:
         for _ in stream_pair(base, soft, GENERATION_TEXT, decoding):
             pass
 
-    timings = {}
-    for name, fn in (("single_s", single), ("pair_s", pair)):
-        fn()  # warm-up
-        runs = []
-        for _ in range(job.repeats):
+    single(), pair()  # warm-up
+    runs: dict[str, list[float]] = {"single_s": [], "pair_s": []}
+    for _ in range(job.repeats):  # interleaved, so a slow spell of a shared machine hits both alike
+        for name, fn in (("single_s", single), ("pair_s", pair)):
             t = time.perf_counter()
             fn()
-            runs.append(time.perf_counter() - t)
-        timings[name] = statistics.median(runs)
+            runs[name].append(time.perf_counter() - t)
+    timings = {name: statistics.median(times) for name, times in runs.items()}
     return {**timings, "precision": base.precision, "new_tokens": job.new_tokens, "repeats": job.repeats,
             "peak_mb": _peak_mb()}

@@ -79,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure training and generation speed against the seed recipe",
                        description="Training throughput (seed recipe vs ours), FLOP ceiling, generation "
                                    "timings and peak memory on a GPT-2-124M-shaped model with random weights, offline.")
-    p.add_argument("--steps", type=int, default=10, help="timed steps of the seed recipe, after the warm-up (default: 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    p.add_argument("--steps", type=int, default=12,
+                   help="timed rows, in batches of 8: every part trains on the same steps x 8 rows (default: 12)")
+    p.add_argument("--batch-size", type=int, help="our batch size (default: the training default)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up rows first, in batches of 8 (default: 2)")
     p.add_argument("--dataset", help="prompts .csv (default: ../shared/data/awesome-chatgpt-prompts/prompts-2025-01.csv)")
     p.add_argument("--tokenizer", help="GPT-2 tokenizer folder (default: ../shared/data/gpt2-tokenizer)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON here")
@@ -248,7 +250,8 @@ def cmd_bench(args) -> int:
 
     from . import bench
 
-    result = bench.run(steps=args.steps, warmup=args.warmup, dataset=args.dataset, tokenizer_dir=args.tokenizer)
+    result = bench.run(steps=args.steps, warmup=args.warmup, dataset=args.dataset, tokenizer_dir=args.tokenizer,
+                       batch_size=args.batch_size)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -118,11 +118,26 @@ def from_model(model: torch.nn.Module, tokenizer, model_id: str, precision: str 
         # On CPU, SDPA's flash-attention backward is slow: eager attention trained 467-488 useful
         # tokens/s against 381-432 for SDPA (GPT-2-124M shape, bf16, 2 cores, same run, 4 runs).
         model.set_attn_implementation("eager")
+    _fuse_gelu(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
         raise ModelError(f"the tokenizer of {model_id} has no end-of-text token")
     return Base(model=model, tokenizer=tokenizer, model_id=model_id, precision=resolved)
+
+
+def _fuse_gelu(model: torch.nn.Module) -> None:
+    """Swap GPT-2's `gelu_new` (seven element-wise passes written in Python) for PyTorch's fused tanh GELU.
+
+    Same formula, one kernel each way: training went from 499 to 526 useful tokens/s (GPT-2-124M
+    shape, bf16, batch 8, 2 cores, same rows); in float32 outputs agree to rounding (tested).
+    """
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
 
 
 _load_lock = threading.Lock()
@@ -218,28 +233,71 @@ def token_losses(
     same tokens. Logits are computed only at scored positions, in float32, so a 50k-vocab
     logit tensor for every padded position is never built. `reduction="none"` returns the
     per-token losses instead of their sum, row after row.
+
+    The soft prompt's own positions are computed once per batch, not once per row
+    (`_behind_shared_prompt`): same numbers as `[soft; tokens]` for every row (tested).
     """
-    embeds, mask, positions = prompt_inputs(base, soft, rows)
+    if not any(rows):
+        return torch.zeros((), dtype=torch.float32, device=base.device), 0
     body = base.model.base_model  # the transformer without its LM head
-    hidden = body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-    n_virtual = 0 if soft is None else soft.shape[0]
-    # hidden at position p predicts the token at p + 1
-    src_rows, src_pos, targets = [], [], []
+    if soft is None:
+        embeds, mask, positions = prompt_inputs(base, None, rows)
+        hidden = body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        flat, first = hidden.flatten(0, 1), None
+    else:
+        flat, first = _behind_shared_prompt(base, soft, rows)
+    width = max(len(r) for r in rows)
+    # Which hidden state predicts which token, row after row: the prompt's last position
+    # (index `first`) predicts t0, and text position j - 1 predicts t_j.
+    index, targets = [], []
     for i, row in enumerate(rows):
-        first = 0 if (score_first and n_virtual > 0) else 1
-        for j in range(first, len(row)):
-            src_rows.append(i)
-            src_pos.append(n_virtual + j - 1)
-            targets.append(row[j])
+        if score_first and first is not None and row:
+            index.append(first)
+            targets.append(row[0])
+        index.extend(range(i * width, i * width + len(row) - 1))
+        targets.extend(row[1:])
     if not targets:
-        return hidden.new_zeros((), dtype=torch.float32), 0
-    picked = hidden[torch.tensor(src_rows, device=hidden.device), torch.tensor(src_pos, device=hidden.device)]
-    target = torch.tensor(targets, device=hidden.device)
+        return flat.new_zeros((), dtype=torch.float32), 0
+    picked = flat[torch.tensor(index, device=flat.device)]
+    target = torch.tensor(targets, device=flat.device)
     head = base.model.get_output_embeddings()
     if reduction == "sum" and getattr(head, "bias", None) is None:
         return _ChunkedCrossEntropy.apply(picked, head.weight, target), len(targets)
     logits = head(picked).float()
     return torch.nn.functional.cross_entropy(logits, target, reduction=reduction), len(targets)
+
+
+def _behind_shared_prompt(base: Base, soft: torch.Tensor, rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+    """Hidden states of `[soft; row]` for every row, with the prompt's positions computed once.
+
+    Causal attention means the virtual positions only ever see the prompt itself, so their
+    hidden states (and keys and values, at every layer) are the same in every row of a batch.
+    We run the prompt alone once, keep its keys and values (with their gradient), and run the
+    text rows behind them as a batch at positions v, v+1, ...: a batch of 8 rows with 20
+    virtual tokens computes 20 prompt positions instead of 160. Trained 499 against 469
+    useful tokens/s with batch 8 (GPT-2-124M shape, bf16, 2 cores, same sample of rows).
+
+    Returns the text positions' hidden states flattened to `[B * T, hidden]` (row i, text
+    position j at `i * T + j`) followed by the prompt's last position, and that last index.
+    """
+    body = base.model.base_model
+    v, device = soft.shape[0], base.device
+    prefix = body(
+        inputs_embeds=soft.to(device=device, dtype=base.dtype)[None],
+        position_ids=torch.arange(v, device=device)[None],
+        use_cache=True,
+    )
+    cache = prefix.cache
+    for layer in cache.layers:  # one prompt for the whole batch: a view, not a copy
+        layer.keys = layer.keys.expand(len(rows), *layer.keys.shape[1:])
+        layer.values = layer.values.expand(len(rows), *layer.values.shape[1:])
+    embeds, mask, positions = prompt_inputs(base, None, rows)
+    mask = torch.cat([mask.new_ones(len(rows), v), mask], dim=1)
+    hidden = body(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions + v, cache=cache, use_cache=True
+    ).last_hidden_state
+    flat = torch.cat([hidden.flatten(0, 1), prefix.last_hidden_state[0, -1:]])
+    return flat, flat.shape[0] - 1
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
