@@ -1,14 +1,16 @@
 """`python -m tuning train` under `accelerate launch`: two processes learn what one process learns.
 
-Two real processes on CPUs (gloo), started the way `accelerate launch` starts them on GPUs
-(`--multi_gpu`, i.e. torchrun) with the GPUs hidden. `accelerate launch --cpu --num_processes 2`
-itself starts one process unless an MPI hostfile is given (accelerate 1.15), so that command is
-checked separately: it must run unchanged and give the one-process result.
+Two real processes on CPUs (gloo), started two ways: `accelerate launch --cpu --num_processes 2`
+with an MPI hostfile (accelerate starts them through `mpirun`; Open MPI from Debian's
+`openmpi-bin`), and the way it starts them on GPUs (`--multi_gpu`, i.e. torchrun) with the GPUs
+hidden. Without a hostfile, `accelerate launch --cpu --num_processes 2` starts a single process
+(accelerate 1.15); that must still run unchanged and give the one-process result.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,7 +38,9 @@ def train_args(model, csv, adapters_dir, name):
 
 
 def launch(*launcher_args, tuning_args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           # CI runs as root, which Open MPI refuses unless told so
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "tuning", *tuning_args]
@@ -59,6 +63,7 @@ def test_two_processes_learn_the_same_prompt_as_one(one_process, tiny_model_dir,
     done = launch("--multi_gpu", "--num_processes", "2",
                   tuning_args=train_args(tiny_model_dir, tiny_csv, tmp_path, "run"))
     two = adapters.load("run", tmp_path)
+    assert (one_process.meta["processes"], two.meta["processes"]) == (1, 2)
     assert torch.allclose(two.embeddings, one_process.embeddings, atol=1e-4)
     assert two.meta["history"]["train_loss"] == pytest.approx(one_process.meta["history"]["train_loss"], rel=1e-5)
     assert two.meta["metrics"]["held_out_loss"] == pytest.approx(one_process.meta["metrics"]["held_out_loss"], rel=1e-5)
@@ -69,4 +74,21 @@ def test_two_processes_learn_the_same_prompt_as_one(one_process, tiny_model_dir,
 
 def test_accelerate_cpu_launch_runs_unchanged(one_process, tiny_model_dir, tiny_csv, tmp_path):
     launch("--cpu", "--num_processes", "2", tuning_args=train_args(tiny_model_dir, tiny_csv, tmp_path, "run"))
-    assert torch.allclose(adapters.load("run", tmp_path).embeddings, one_process.embeddings, atol=1e-4)
+    alone = adapters.load("run", tmp_path)
+    assert alone.meta["processes"] == 1  # no hostfile: accelerate starts one process
+    assert torch.allclose(alone.embeddings, one_process.embeddings, atol=1e-4)
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun (Debian: openmpi-bin)")
+def test_accelerate_cpu_launch_with_a_hostfile_is_data_parallel(one_process, tiny_model_dir, tiny_csv, tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost slots=2\n")
+    out = tmp_path / "adapters"
+    done = launch("--cpu", "--num_processes", "2", "--mpirun_hostfile", str(hosts),
+                  tuning_args=train_args(tiny_model_dir, tiny_csv, out, "run"))
+    two = adapters.load("run", out)
+    assert two.meta["processes"] == 2
+    assert "data parallel: 2 processes" in done.stderr
+    assert torch.allclose(two.embeddings, one_process.embeddings, atol=1e-4)
+    assert two.meta["history"]["train_loss"] == pytest.approx(one_process.meta["history"]["train_loss"], rel=1e-5)
+    assert done.stdout.count("saved adapter") == 1

@@ -134,8 +134,11 @@ def cmd_train(args) -> int:
     rows = load_rows(config.dataset, config.text_only)
     train_rows, held = split_rows(rows, config)
     # Under `accelerate launch` every process trains its share; only the first one talks and saves.
-    main_process = data_parallel()[0] == 0
+    rank, world = data_parallel()
+    main_process = rank == 0
     if main_process:
+        if world > 1:
+            print(f"data parallel: {world} processes share every batch of {config.batch_size} rows", file=sys.stderr)
         print(f"loading {config.model} ...", file=sys.stderr)
     base = load_base(config.model, config.precision)
 

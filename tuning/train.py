@@ -351,6 +351,7 @@ def train(
             "train_seconds": round(elapsed, 2),
             "tokens_per_s": round(tokens_done / train_time, 1) if train_time else None,
             "precision": base.precision,
+            "processes": world,  # data-parallel processes that trained it
             "num_layers": getattr(cfg, "num_hidden_layers", None),
             "num_attention_heads": getattr(cfg, "num_attention_heads", None),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
