@@ -104,6 +104,25 @@ def test_missing_gguf_file_is_one_clear_error(tmp_path):
         load_base(str(tmp_path / "model.gguf"), "fp32")
 
 
+def _ours_and_reference(own, rows, n_virtual: int = 3, seed: int = 0):
+    """(loss, prompt gradient) from token_losses, then from a plain forward of [soft; row] in every
+    row with the model's own logits and cross_entropy, for the same random prompt."""
+    results = []
+    for ours in (True, False):
+        soft = torch.nn.Parameter(torch.randn(n_virtual, own.hidden_size, generator=torch.Generator().manual_seed(seed)))
+        if ours:
+            loss, _ = token_losses(own, soft, rows)
+        else:
+            embeds, mask, positions = prompt_inputs(own, soft, rows)
+            logits = own.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits.float()
+            picks = [(i, n_virtual + j - 1, t) for i, r in enumerate(rows) for j, t in enumerate(r)]
+            loss = torch.nn.functional.cross_entropy(
+                torch.stack([logits[i, p] for i, p, _ in picks]), torch.tensor([t for *_, t in picks]), reduction="sum")
+        loss.backward()
+        results.append((loss.item(), soft.grad.clone()))
+    return results
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_chunked_loss_and_gradient_equal_the_plain_cross_entropy(tokenizer, precision, monkeypatch):
     # Chunks smaller than the batch, so several chunks and a ragged last one are exercised.
@@ -112,21 +131,7 @@ def test_chunked_loss_and_gradient_equal_the_plain_cross_entropy(tokenizer, prec
 
     monkeypatch.setattr(model_module._ChunkedCrossEntropy, "CHUNK", 7)
     own = make_base(tokenizer, seed=2, precision=precision)
-    rows = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15], [16, 17, 18, 19, 20]]
-    results = []
-    for chunked in (True, False):
-        soft = torch.nn.Parameter(torch.randn(3, own.hidden_size, generator=torch.Generator().manual_seed(0)))
-        if chunked:
-            loss, n = token_losses(own, soft, rows)
-        else:
-            embeds, mask, positions = prompt_inputs(own, soft, rows)
-            logits = own.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits.float()
-            picks = [(i, 3 + j - 1, t) for i, r in enumerate(rows) for j, t in enumerate(r)]
-            loss = torch.nn.functional.cross_entropy(
-                torch.stack([logits[i, p] for i, p, _ in picks]), torch.tensor([t for *_, t in picks]), reduction="sum")
-        loss.backward()
-        results.append((loss.item(), soft.grad.clone()))
-    (a, grad_a), (b, grad_b) = results
+    (a, grad_a), (b, grad_b) = _ours_and_reference(own, [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15], [16, 17, 18, 19, 20]])
     tol = 1e-5 if precision == "fp32" else 2e-2
     assert a == pytest.approx(b, rel=tol)
     assert torch.allclose(grad_a, grad_b, rtol=tol, atol=tol * grad_b.abs().max().item())
@@ -154,23 +159,9 @@ def test_prompt_shared_by_the_batch_gives_the_same_loss_and_gradient(tokenizer, 
     from conftest import make_base
 
     own = make_base(tokenizer, seed=4) if family == "gpt2" else _tiny_llama(tokenizer)
-    rows = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
-    grads, losses = [], []
-    for shared in (True, False):
-        soft = torch.nn.Parameter(torch.randn(3, own.hidden_size, generator=torch.Generator().manual_seed(1)))
-        if shared:
-            loss, n = token_losses(own, soft, rows)
-        else:
-            embeds, mask, positions = prompt_inputs(own, soft, rows)
-            logits = own.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits.float()
-            picks = [(i, 3 + j - 1, t) for i, r in enumerate(rows) for j, t in enumerate(r)]
-            loss = torch.nn.functional.cross_entropy(
-                torch.stack([logits[i, p] for i, p, _ in picks]), torch.tensor([t for *_, t in picks]), reduction="sum")
-        loss.backward()
-        losses.append(loss.item())
-        grads.append(soft.grad.clone())
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5 * grads[1].abs().max().item())
+    (a, grad_a), (b, grad_b) = _ours_and_reference(own, [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]], seed=1)
+    assert a == pytest.approx(b, rel=1e-5)
+    assert torch.allclose(grad_a, grad_b, rtol=1e-4, atol=1e-5 * grad_b.abs().max().item())
 
 
 def test_prompt_positions_are_computed_once_per_batch(base):
