@@ -60,6 +60,22 @@ def test_rows_are_drawn_from_the_training_split_and_never_held_out(tiny_csv, tok
     assert bench._training_rows(job)[2] == timed  # seeded: every part gets the same
 
 
+def test_timed_rows_do_not_repeat_while_the_split_has_enough(tiny_csv, tokenizer_dir):
+    from tuning.data import load_rows
+    from tuning.train import split_rows
+
+    job = bench.Job(str(tiny_csv), str(tokenizer_dir), {}, steps=1, warmup=1)
+    config, *_ = bench._training_rows(job)
+    n = len(split_rows(load_rows(str(tiny_csv)), config)[0])
+    assert bench._cycle(list("abc"), 2) == ["a", "b"] and bench._cycle(list("abc"), 7) == list("abcabca")
+    assert n < 8  # the tiny file is repeated ...
+    real = bench.DEFAULT_DATASET
+    if real.exists():  # ... the real one is not: 23 x 8 = 184 distinct rows of its 189
+        job = bench.Job(str(real), str(tokenizer_dir), {}, steps=23, warmup=2)
+        _, warm, timed, _ = bench._training_rows(job)
+        assert len({r.act for r in timed}) == len(timed) == 184 and len(warm) == 16
+
+
 def test_ratios_and_ceiling_are_computed(result):
     r, _ = result
     assert r["speedup"] > 0 and r["generation_ratio"] > 0

@@ -214,8 +214,10 @@ def _peak_mb() -> float:
 def _training_rows(job: Job):
     """(config, warm-up rows, timed rows, held-out rows): the same for every part.
 
-    The rows are drawn, seeded, from our training split; a file with fewer training rows than
-    asked for is repeated (tests use a tiny one).
+    The timed rows are drawn, seeded and without repeats, from our training split, and the
+    warm-up rows from the rest of it where enough is left (else from all of it: warm-up only has
+    to run the code). Only a file with fewer training rows than asked for is repeated (tests use
+    a tiny one).
     """
     import random
 
@@ -226,10 +228,18 @@ def _training_rows(job: Job):
     config = TuneConfig(model="gpt2-124m-random", dataset=job.dataset, precision=job.precision, epochs=1,
                         **({} if job.batch_size is None else {"batch_size": job.batch_size}))
     rows, held = split_rows(load_rows(job.dataset), config)
-    warm, timed = SEED_BATCH * job.warmup, SEED_BATCH * job.steps
-    pool = list(rows) * math.ceil((warm + timed) / len(rows))
-    random.Random(0).shuffle(pool)
-    return config, pool[:warm], pool[warm : warm + timed], held
+    order = list(rows)
+    random.Random(0).shuffle(order)
+    n_warm, n_timed = SEED_BATCH * job.warmup, SEED_BATCH * job.steps
+    timed = _cycle(order, n_timed)
+    rest = order[n_timed:]
+    warm = _cycle(rest if len(rest) >= n_warm else order, n_warm)
+    return config, warm, timed, held
+
+
+def _cycle(rows: list, n: int) -> list:
+    """The first n of rows, rows, rows, ..."""
+    return (rows * math.ceil(n / len(rows)))[:n]
 
 
 def _seed_max_length(job: Job) -> int:
