@@ -248,9 +248,8 @@ def _seed_max_length(job: Job) -> int:
     return GPT2Config(**job.model_config).n_positions - SEED_VIRTUAL
 
 
-def _useful_tokens(job: Job, config, rows) -> int:
+def _useful_tokens(job: Job, config, rows, tok) -> int:
     """Text tokens of `rows` that both recipes train on: the prompt's tokens, cut where either cuts them."""
-    tok = _tokenizer(job)
     cap = min(_seed_max_length(job), config.max_length)
     return sum(min(len(tok(r.prompt)["input_ids"]), cap) for r in rows)
 
@@ -321,6 +320,7 @@ def _seed_recipe(job: Job) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             Clock.end = time.perf_counter()
 
+    max_length = _seed_max_length(job)
     with tempfile.TemporaryDirectory() as out_dir:
         def trainer(rows, collator, callbacks=()):
             args = TrainingArguments(
@@ -328,7 +328,7 @@ def _seed_recipe(job: Job) -> dict:
                 learning_rate=3e-2, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
                 disable_tqdm=True, dataloader_num_workers=0, seed=0,
             )
-            features = [dict(tok(r.prompt, truncation=True, max_length=_seed_max_length(job))) for r in rows]
+            features = [dict(tok(r.prompt, truncation=True, max_length=max_length)) for r in rows]
             t = Trainer(model=model, args=args, train_dataset=features, data_collator=collator,
                         callbacks=list(callbacks))
             t.remove_callback(PrinterCallback)  # it prints the final metrics dict
@@ -337,7 +337,7 @@ def _seed_recipe(job: Job) -> dict:
         trainer(warm, collate).train()
         trainer(timed, counting_collator, [Clock()]).train()
     seconds = Clock.end - Clock.start
-    tokens = _useful_tokens(job, config, timed)
+    tokens = _useful_tokens(job, config, timed, tok)
     return {
         "precision": "fp32", "batch_size": SEED_BATCH, "rows": len(timed), "steps": len(batches),
         "tokens": tokens, "seconds": seconds,
@@ -373,7 +373,7 @@ def _ours(job: Job) -> dict:
             done = event
     hook.remove()
     seconds = end - start
-    tokens = _useful_tokens(job, config, timed)
+    tokens = _useful_tokens(job, config, timed, base.tokenizer)
     return {
         "precision": base.precision, "batch_size": config.batch_size, "rows": len(timed), "steps": steps,
         "tokens": tokens, "seconds": seconds,
