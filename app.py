@@ -1,8 +1,17 @@
 """A page to *see* prompt tuning: pick an act, train a soft prompt, watch the loss, compare base and tuned.
 
-Thin on purpose: every callback turns widget values into one call of `tuning/` and formats
-the result. The base model is loaded once per process (tuning.model.load_base caches it) and
-shared read-only; each browser session keeps its current act and its last run in `gr.State`.
+Thin on purpose. The file reads top to bottom as:
+1. `Context` (what the whole process shares: model, dataset, adapters folder, caps, the job
+   registry) and `Session` (what one browser keeps: its act and its runs);
+2. checked inputs and the error boundary (every value a client sends is checked on the server);
+3. plain helpers that turn engine results into tables and charts;
+4. one section per tab: its callbacks (module-level functions given the context explicitly),
+   then its builder (`dataset_tab(ctx, session)`, ...) holding the tab's layout *and* wiring;
+5. `build_app`, which composes the tabs and the few links between them.
+
+Everything a test would want to check without a server lives in `tuning/` (planning a run,
+turning events into a chart, the job registry). A training runs in a thread owned by
+`tuning.jobs.Jobs`, so a reloaded page (same browser) re-attaches to it.
 
     python app.py --model openai-community/gpt2 --dataset fka/awesome-chatgpt-prompts
 """
@@ -12,19 +21,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import dataclasses
 import functools
+import inspect
+import logging
 import math
 import os
-import shutil
+import secrets
 import stat
 import tempfile
 import threading
+import time
 import zipfile
 import zlib
-from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import gradio as gr
 import pandas as pd
@@ -35,67 +47,34 @@ from tuning.adapters import AdapterError
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig
 from tuning.data import DataError, Row, find_act, load_rows
 from tuning.generate import Decoding, GenerationError, stream_pair
+from tuning.jobs import Job, Jobs
 from tuning.model import ModelError, SoftPrompt, load_base
-from tuning.train import Done, EpochEnd, Start, Step, TrainingError, encode_rows, held_out_for, split_rows, train
+from tuning.plan import PlanError, checked_config, plan_run, plan_sweep, plural
+from tuning.progress import SERIES, RunView, SweepView, duration, held_out_points, number
+from tuning.train import Done, EpochEnd, Step, TrainingError, encode_rows, held_out_for, train
 
-SESSION_RUN = "this session's run"
+log = logging.getLogger("tuning.app")
+
+SESSION_RUN = "this session's run"  # API alias for the newest run of the session
 INITS = {"random": "random", "text: the current act's prompt": "text", "sampled vocabulary": "sample_vocab"}
 DATA_CHOICES = ("all training acts", "only the current act", "selected acts")
-SERIES = {"train": "#2563eb", "held-out": "#ea580c", "base held-out": "#9ca3af"}  # chart colours
+COLOURS = {"train": "#2563eb", "held-out": "#ea580c", "base held-out": "#9ca3af"}  # one run's chart
 PRESETS = {"5 tokens × 5 epochs": (5, 5), "20 tokens × 10 epochs": (20, 10)}
-USER_ERRORS = (DataError, ModelError, AdapterError, GenerationError, TrainingError)
+USER_ERRORS = (DataError, ModelError, AdapterError, GenerationError, TrainingError, PlanError)
 MAX_UPLOAD_BYTES = 50 * 2**20  # uncompressed; a GPT-2 prompt of 100 tokens is 300 KB
 MAX_UPLOAD_FILES = 16
 MAX_ZIP_ENTRIES = 64  # files and folders together: a zip of a million empty folders is a bomb too
 MAX_ZIP_DEPTH = 3  # path parts of a member: "a/b/adapter_config.json"
 MAX_INPUT_CHARS = 4_000  # compare input; GPT-2's whole context is about 4,000 characters of English
 MAX_FIELD_CHARS = 200  # act names, searches, adapter names
-MAX_HISTORY = 20  # runs kept per session for the history chart; the oldest go first
+MAX_HISTORY = 20  # runs kept per browser; the oldest go first
 MAX_CELLS = 12  # sweep grid cells per click
-GAIN_SCALE = 2.0  # nats of per-token gain drawn at full colour (e^2: about 7 times more or less likely)
+GAIN_SCALE = 1.0  # nats of per-token gain drawn at full colour: the legend's −1…+1 is in nats
 PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
 
 
-@dataclass
-class RunRecord:
-    """A finished (or stopped) run as the history keeps it: enough to redraw and export its curves."""
-
-    label: str  # "#3 Rapper 20×10"
-    settings: str  # "20 tokens, 10 epochs, lr 0.03, batch 4, init random, seed 0"
-    history: dict  # train()'s loss history: step, train_loss, epoch, held_out_loss, epoch_train_loss
-    steps_per_epoch: int  # to place each epoch's held-out loss on the step axis
-    held_out_loss: float | None
-    base_held_out_loss: float | None
-    stopped: bool
-
-
-@dataclass
-class Session:
-    """One browser session. gr.State deep-copies the initial value, so the Event is made per run."""
-
-    act: Row | None = None
-    soft: SoftPrompt | None = None  # the last run, finished or stopped
-    stop: threading.Event | None = None  # set by Stop (or closing the tab) to end the current run
-    runs: list[RunRecord] = field(default_factory=list)  # the last MAX_HISTORY runs, oldest first
-    run_count: int = 0  # runs ever finished here, so labels stay unique after old ones drop out
-
-    def remember(self, soft: SoftPrompt, what: str, steps_per_epoch: int) -> RunRecord:
-        """Add `soft`'s run to the history as "#n <what> <tokens>×<epochs>"."""
-        self.run_count += 1
-        c, metrics = soft.config, soft.meta["metrics"]
-        record = RunRecord(
-            label=f"#{self.run_count} {what} {sweep.label(c.num_virtual_tokens, c.epochs)}",
-            settings=f"{c.num_virtual_tokens} tokens, {c.epochs} epochs, lr {c.learning_rate:g}, batch {c.batch_size}, "
-                     f"init {c.init}, seed {c.seed}",
-            history=soft.meta["history"], steps_per_epoch=steps_per_epoch, held_out_loss=metrics["held_out_loss"],
-            base_held_out_loss=metrics["base_held_out_loss"], stopped=bool(soft.meta.get("stopped")),
-        )
-        self.runs = (self.runs + [record])[-MAX_HISTORY:]
-        return record
-
-
 # ---------------------------------------------------------------------------------------
-# plain helpers: no widgets, testable alone
+# 1. what the process shares, what a browser keeps
 
 
 @functools.lru_cache(maxsize=4)
@@ -104,23 +83,135 @@ def dataset_rows(source: str) -> tuple[Row, ...]:
     return tuple(load_rows(source))
 
 
+def short_name(source: str) -> str:
+    """A Hub id as it is; a local path by its last part: '/srv/models/tiny-gpt2' -> 'tiny-gpt2'."""
+    return Path(source).name if os.path.exists(source) else source
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every session of this process shares. The model and rows load on first use."""
+
+    model: str = DEFAULT_MODEL
+    dataset: str = DEFAULT_DATASET
+    root: Path = adapters.DEFAULT_ROOT  # the adapters folder
+    max_epochs: int = 50
+    max_steps: int = 2000
+    max_adapters: int = 200  # all visitors together
+    max_adapter_bytes: int = 500 * 2**20
+    jobs: Jobs = field(default_factory=Jobs)
+
+    def base(self):
+        with user_errors():
+            return load_base(self.model)
+
+    def rows(self) -> tuple[Row, ...]:
+        with user_errors():
+            return dataset_rows(self.dataset)
+
+    def adapters(self) -> list[dict]:
+        """The saved adapters, newest first: list them once per click and pass the list on."""
+        return adapters.list_adapters(self.root)
+
+    @property
+    def caps(self) -> dict:
+        return dict(max_count=self.max_adapters, max_bytes=self.max_adapter_bytes)
+
+
+@dataclass
+class Run:
+    """One finished (or stopped) run of a session, selectable by its name everywhere."""
+
+    name: str  # "#3 Rapper 20×10 · 14:05"
+    soft: SoftPrompt
+    steps_per_epoch: int  # to place each epoch's held-out loss on the step axis
+
+    @property
+    def settings(self) -> str:
+        c = self.soft.config
+        return (f"{c.num_virtual_tokens} tokens, {c.epochs} epochs, lr {c.learning_rate:g}, batch {c.batch_size}, "
+                f"init {c.init}, seed {c.seed}")
+
+
+@dataclass
+class Session:
+    """One browser: its current act and its runs. Kept by the job registry, so a reload finds it again."""
+
+    owner: str | None = None  # the browser's id (gr.BrowserState); None for API clients
+    act: Row | None = None
+    runs: list[Run] = field(default_factory=list)  # the last MAX_HISTORY runs, oldest first
+    run_count: int = 0  # runs ever finished here, so names stay unique after old ones drop out
+
+    def remember(self, soft: SoftPrompt, what: str, steps_per_epoch: int) -> Run:
+        """Add `soft` as "#n <what> <tokens>×<epochs> · HH:MM"."""
+        self.run_count += 1
+        c = soft.config
+        name = f"#{self.run_count} {what} {sweep.label(c.num_virtual_tokens, c.epochs)} · {datetime.now():%H:%M}"
+        self.runs = (self.runs + [Run(name, soft, steps_per_epoch)])[-MAX_HISTORY:]
+        return self.runs[-1]
+
+    def run(self, name: str) -> Run | None:
+        """The run called `name` (SESSION_RUN: the newest), or None."""
+        if name == SESSION_RUN:
+            return self.runs[-1] if self.runs else None
+        return next((r for r in self.runs if r.name == name), None)
+
+
+def owner_of(session: Session, request: gr.Request | None) -> str:
+    """Who owns this session's jobs: its browser when known, else the connection (an API client)."""
+    return session.owner or (request.session_hash if request else "anonymous")
+
+
+def bind(fn: Callable, ctx: Context) -> Callable:
+    """`fn` with its first argument (the context) given, keeping the signature Gradio reads.
+
+    Gradio finds `gr.Request`, `gr.Progress` and `gr.SelectData` parameters by signature and
+    streams generator functions; `functools.partial` hides both, so this wrapper keeps them.
+    """
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            yield from fn(ctx, *args, **kwargs)
+    else:
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            return fn(ctx, *args, **kwargs)
+    signature = inspect.signature(fn)
+    call.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    del call.__wrapped__
+    return call
+
+
+# ---------------------------------------------------------------------------------------
+# 2. every value a client sends is checked here: the browser's limits (a slider's range, a
+# textbox's max length) do not bind a raw API call, which can send any JSON in any field.
+
+
 @contextlib.contextmanager
 def user_errors():
-    """Turn an error the user can fix into one sentence on the page; our own bugs still raise."""
+    """Turn an error the user can fix into one sentence on the page (and one log line); our own bugs still raise."""
     try:
         yield
     except USER_ERRORS as e:
-        raise gr.Error(str(e)) from e
+        log.info("refused: %s", e)
+        raise gr.Error(str(e)) from None
     except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
         if "out of memory" not in str(e).lower():
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the failed run's blocks back, so the next request can have them
-        raise gr.Error("out of memory: try fewer virtual tokens, a smaller batch or a shorter run") from e
+        log.warning("out of memory: %s", str(e)[:200])
+        raise gr.Error("out of memory: try fewer virtual tokens, a smaller batch or a shorter run") from None
 
 
-# --- every value a client sends is checked here: the browser's limits (a slider's range, a
-# textbox's max length) do not bind a raw API call, which can send any JSON in any field.
+@contextlib.contextmanager
+def disk_errors():
+    """A failed write (disk full, read-only folder) is one sentence; adapters.save has already cleaned up."""
+    try:
+        yield
+    except OSError as e:
+        log.warning("write failed: %s", e)
+        raise gr.Error(f"the server could not write the adapter ({e.strerror or e}); nothing was changed") from None
 
 
 def checked_text(value, label: str, max_chars: int) -> str:
@@ -150,6 +241,16 @@ def checked_number(value, label: str) -> float | int:
     if not math.isfinite(value):
         raise gr.Error(f"{label} must be a finite number, got {value}")
     return value
+
+
+def checked_name(value, label: str = "the adapter name") -> str | None:
+    """A dropdown value that allows custom text: None, or text of at most 200 characters."""
+    return checked_text(value, label, MAX_FIELD_CHARS) or None
+
+
+def whole(value):
+    """20.0 -> 20 (sliders and clients send floats); 2.5 stays 2.5 so TuneConfig names it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class Text(gr.Textbox):
@@ -188,37 +289,8 @@ class Number(gr.Number):
         return in_range(self, payload, super().preprocess)
 
 
-def checked_name(value, label: str = "the adapter name") -> str | None:
-    """A dropdown value that allows custom text: None, or text of at most 200 characters."""
-    return checked_text(value, label, MAX_FIELD_CHARS) or None
-
-
-@contextlib.contextmanager
-def disk_errors():
-    """A failed write (disk full, read-only folder) is one sentence; adapters.save has already cleaned up."""
-    try:
-        yield
-    except OSError as e:
-        raise gr.Error(f"the server could not write the adapter ({e.strerror or e}); nothing was changed") from e
-
-
-def duration(seconds: float) -> str:
-    """45 -> '45s', 130 -> '2m 10s', 3720 -> '1h 2m'."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60}m"
-
-
-def loss_text(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
-
-
-def whole(value) -> int:
-    """20.0 -> 20 (sliders and clients send floats); 2.5 stays 2.5 so TuneConfig names it."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+# ---------------------------------------------------------------------------------------
+# 3. tables and charts
 
 
 def acts_frame(rows, query: str = "") -> pd.DataFrame:
@@ -235,91 +307,19 @@ def act_line(act: Row | None) -> str:
     return f"**Current act:** {act.act}" if act else "**Current act:** none yet: pick one in the Dataset tab"
 
 
-def chart(points: list[tuple[int, float, str]]) -> pd.DataFrame:
-    """The loss chart's data: one row per point, plus an empty (NaN) row per series.
+def first_cell(evt: gr.SelectData) -> str:
+    """The first cell of the clicked table row (an act's or an adapter's name)."""
+    return evt.row_value[0]
+
+
+def loss_frame(points: list[tuple[int, float, str]], series) -> pd.DataFrame:
+    """A loss chart's data: one row per point, plus an empty (NaN) row per series.
 
     The empty rows are a workaround: Gradio 6's LinePlot fixes its colour legend from the first
     value it shows, so a series that appears later (held-out after epoch 1) would never be drawn.
     """
-    frame = pd.DataFrame([(0, math.nan, s) for s in SERIES] + points, columns=["step", "loss", "series"])
+    frame = pd.DataFrame([(0, math.nan, s) for s in series] + points, columns=["step", "loss", "series"])
     return frame.astype({"step": int, "loss": float, "series": str})
-
-
-def adapters_frame(root: Path) -> pd.DataFrame:
-    rows = [
-        [a["name"], a["num_virtual_tokens"], a["config"].get("epochs"), loss_text(a["metrics"].get("held_out_loss")),
-         a["base_model"], a["created"].replace("T", " ")[:16]]
-        for a in adapters.list_adapters(root)
-    ]
-    return pd.DataFrame(rows, columns=["name", "tokens", "epochs", "held-out loss", "base model", "created"])
-
-
-def zip_adapter(folder: Path, dest: Path) -> Path:
-    """`dest/<name>.zip` with the adapter's regular files (no symlinks, nothing from outside), under `<name>/`."""
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / f"{folder.name}.zip"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        for file in sorted(folder.iterdir()):
-            if file.is_file() and not file.is_symlink():
-                z.write(file, f"{folder.name}/{file.name}")
-    return path
-
-
-def unzip_safely(zip_path: str, dest: Path) -> Path:
-    """Extract an uploaded zip into `dest`, refusing anything that could escape or explode; returns the adapter folder.
-
-    Refused: absolute paths, `..`, symlinks, more than 16 files (64 entries with folders), paths
-    more than 3 deep, over 50 MB uncompressed (declared, and counted again while extracting, so a
-    zip that lies about its sizes stops at the cap). The adapter files may sit at the top of the
-    zip or in a folder.
-    """
-    try:
-        z = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError):
-        raise AdapterError("the upload is not a zip file") from None
-    with z:
-        entries = z.infolist()
-        members = [m for m in entries if not m.is_dir()]
-        if len(members) > MAX_UPLOAD_FILES:
-            raise AdapterError(f"the zip holds {len(members)} files; an adapter has at most {MAX_UPLOAD_FILES}")
-        if len(entries) > MAX_ZIP_ENTRIES:
-            raise AdapterError(f"the zip holds {len(entries)} entries; an adapter has at most {MAX_ZIP_ENTRIES}")
-        if sum(m.file_size for m in members) > MAX_UPLOAD_BYTES:
-            raise AdapterError(f"the zip unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB")
-        for m in entries:
-            parts = m.filename.replace("\\", "/").rstrip("/").split("/")
-            if m.filename.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
-                raise AdapterError(f"the zip has an unsafe path: {m.filename}")
-            if stat.S_ISLNK(m.external_attr >> 16):
-                raise AdapterError(f"the zip has a symbolic link: {m.filename}")
-            if len(parts) > MAX_ZIP_DEPTH:
-                raise AdapterError(f"the zip nests folders too deeply: {m.filename}")
-        written = 0
-        for m in members:
-            target = dest.joinpath(*m.filename.replace("\\", "/").split("/"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with z.open(m) as src, open(target, "wb") as out:  # zipfile also checks the size and CRC as it reads
-                    while chunk := src.read(2**20):
-                        written += len(chunk)
-                        if written > MAX_UPLOAD_BYTES:
-                            raise AdapterError(f"the zip unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB")
-                        out.write(chunk)
-            except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError) as e:
-                raise AdapterError(f"the zip is damaged or uses an unsupported format ({m.filename}: {e})") from None
-    configs = list(dest.rglob(adapters.CONFIG_FILE))
-    if len(configs) != 1:
-        raise AdapterError(f"the zip must hold exactly one {adapters.CONFIG_FILE}, found {len(configs)}")
-    return configs[0].parent
-
-
-def perplexity(loss: float | None) -> float | None:
-    """exp(loss), or None when nothing was measured: 2.0 -> 7.389…"""
-    return None if loss is None else math.exp(loss)
-
-
-def number(value: float | None, spec: str = ".3f") -> str:
-    return "–" if value is None else format(value, spec)
 
 
 def colours(series) -> dict[str, str]:
@@ -333,50 +333,55 @@ def colours(series) -> dict[str, str]:
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(series))}
 
 
-def curves(points: list[tuple[int, float, str]], series) -> pd.DataFrame:
-    """Like `chart`, for any series names: one row per point plus an empty row per series (see `chart`)."""
-    frame = pd.DataFrame([(0, math.nan, s) for s in series] + points, columns=["step", "loss", "series"])
-    return frame.astype({"step": int, "loss": float, "series": str})
+def adapters_frame(listing: list[dict]) -> pd.DataFrame:
+    rows = [[a["name"], a["num_virtual_tokens"], a["config"].get("epochs"), number(a["metrics"].get("held_out_loss")),
+             a["created"].replace("T", " ")[:16], short_name(a["base_model"])] for a in listing]
+    return pd.DataFrame(rows, columns=["name", "tokens", "epochs", "held-out loss", "created", "base model"])
 
 
-def held_out_points(history: dict, steps_per_epoch: int, series: str) -> list[tuple[int, float, str]]:
-    """Each epoch's held-out loss at the step that ended the epoch."""
-    return [(min(e * steps_per_epoch, history["step"][-1]), loss, series)
-            for e, loss in zip(history["epoch"], history["held_out_loss"]) if loss is not None]
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss), or None when nothing was measured: 2.0 -> 7.389…"""
+    return None if loss is None else math.exp(loss)
 
 
-def history_frame(runs: list[RunRecord]) -> pd.DataFrame:
-    rows = [[r.label, r.settings, len(r.history["step"]), number(r.history["train_loss"][-1]),
-             number(r.held_out_loss), number(perplexity(r.held_out_loss), ".2f"),
-             number(perplexity(r.base_held_out_loss), ".2f"), "stopped" if r.stopped else "done"] for r in runs]
+def history_frame(runs: list[Run]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        m, h = r.soft.meta["metrics"], r.soft.meta["history"]
+        rows.append([r.name, r.settings, len(h["step"]), number(h["train_loss"][-1]), number(m["held_out_loss"]),
+                     number(perplexity(m["held_out_loss"]), ".2f"), number(perplexity(m["base_held_out_loss"]), ".2f"),
+                     "stopped" if r.soft.meta.get("stopped") else "done"])
     return pd.DataFrame(rows, columns=["run", "settings", "steps", "last train loss", "held-out loss",
                                        "held-out ppl", "base held-out ppl", "status"])
 
 
-def history_frames(runs: list[RunRecord]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Every run's training loss per step, one series per run label; and the colours."""
-    points = [(s, loss, r.label) for r in runs for s, loss in zip(r.history["step"], r.history["train_loss"])]
-    labels = [r.label for r in runs]
-    return curves(points, labels), colours(labels)
+def history_chart(runs: list[Run]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every run's training loss per step, one series per run name; and the colours."""
+    points = [(s, loss, r.name) for r in runs
+              for s, loss in zip(r.soft.meta["history"]["step"], r.soft.meta["history"]["train_loss"])]
+    names = [r.name for r in runs]
+    return loss_frame(points, names), colours(names)
 
 
-def write_history_csv(runs: list[RunRecord], path: Path) -> Path:
-    """run, step, epoch, train_loss, held_out_loss: a row per training step, then a row per epoch's held-out loss."""
+def write_history_csv(runs: list[Run], path: Path) -> Path:
+    """run, settings, step, epoch, train_loss, held_out_loss: a row per step, then a row per epoch's held-out loss."""
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["run", "settings", "step", "epoch", "train_loss", "held_out_loss"])
         for r in runs:
-            for step, loss in zip(r.history["step"], r.history["train_loss"]):
-                writer.writerow([r.label, r.settings, step, "", loss, ""])
-            for (step, loss, _), epoch in zip(held_out_points(r.history, r.steps_per_epoch, ""), r.history["epoch"]):
-                writer.writerow([r.label, r.settings, step, epoch, "", loss])
+            h = r.soft.meta["history"]
+            for step, loss in zip(h["step"], h["train_loss"]):
+                writer.writerow([r.name, r.settings, step, "", loss, ""])
+            held = [e for e, loss in zip(h["epoch"], h["held_out_loss"]) if loss is not None]
+            for (step, loss, _), epoch in zip(held_out_points(h, r.steps_per_epoch), held):
+                writer.writerow([r.name, r.settings, step, epoch, "", loss])
     return path
 
 
 def gain_scores(gains: list[tuple[str, float]]) -> list[tuple[str, float]]:
     """Per-token gains in nats -> HighlightedText scores in [-1, 1] (full colour at ±GAIN_SCALE nats).
 
-    [(' rapper', 3.1), ('.', -0.5)] -> [(' rapper', 1.0), ('.', -0.25)]
+    [(' rapper', 3.1), ('.', -0.5)] -> [(' rapper', 1.0), ('.', -0.5)]
     """
     return [(token, max(-1.0, min(1.0, gain / GAIN_SCALE))) for token, gain in gains]
 
@@ -387,7 +392,7 @@ def gains_summary(act: str, gains: list[tuple[str, float]], note: str = "") -> s
     ranked = sorted(gains, key=lambda tg: tg[1])
     up = ", ".join(f"`{t!r}` {g:+.2f}" for t, g in reversed(ranked[-3:]) if g > 0) or "none"
     down = ", ".join(f"`{t!r}` {g:+.2f}" for t, g in ranked[:3] if g < 0) or "none"
-    return (f"{note}**{act}**: over its {len(gains)} scored tokens the tuned model gains **{total:+.2f} nats** "
+    return (f"{note}**{act}**: over its {plural(len(gains), 'scored token')} the tuned model gains **{total:+.2f} nats** "
             f"(base loss − tuned loss, summed; {total / len(gains):+.3f} per token).  \n"
             f"Most helped: {up}. Most hurt: {down}.")
 
@@ -405,16 +410,720 @@ def rouge_frame(scored: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["act", "base text", "tuned text", "base ROUGE-L", "tuned ROUGE-L"])
 
 
+def bars(values: dict[str, float | None], metric: str, spec: str) -> pd.DataFrame:
+    """Bar chart data whose labels carry the values ('base 34.52'): Gradio's BarPlot draws no value labels."""
+    rows = [[f"{side} {value:{spec}}", side, value] for side, value in values.items() if value is not None]
+    return pd.DataFrame(rows, columns=["label", "model", metric])
+
+
+SWEEP_COLUMNS = ["cell", "tokens", "epochs", "held-out ppl base", "held-out ppl tuned", "ROUGE-L base", "ROUGE-L tuned",
+                 "seconds"]
+
+
 def sweep_frame(results: list[sweep.CellResult]) -> pd.DataFrame:
     rows = [[r.label + (" (stopped)" if r.stopped else ""), r.num_virtual_tokens, r.epochs,
              number(r.held_out_ppl_base, ".2f"), number(r.held_out_ppl_tuned, ".2f"),
              number(r.rouge_base), number(r.rouge_tuned), round(r.seconds, 1)] for r in results]
-    return pd.DataFrame(rows, columns=["cell", "tokens", "epochs", "held-out ppl base", "held-out ppl tuned",
-                                       "ROUGE-L base", "ROUGE-L tuned", "seconds"])
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+# --- zips
+
+
+def zip_adapter(folder: Path, dest: Path) -> Path:
+    """`dest/<name>.zip` with the adapter's regular files (no symlinks, nothing from outside), under `<name>/`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{folder.name}.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for file in sorted(folder.iterdir()):
+            if file.is_file() and not file.is_symlink():
+                z.write(file, f"{folder.name}/{file.name}")
+    return path
+
+
+def _check_zip_entries(entries: list[zipfile.ZipInfo]) -> None:
+    members = [m for m in entries if not m.is_dir()]
+    if len(members) > MAX_UPLOAD_FILES:
+        raise AdapterError(f"the zip holds {len(members)} files; an adapter has at most {MAX_UPLOAD_FILES}")
+    if len(entries) > MAX_ZIP_ENTRIES:
+        raise AdapterError(f"the zip holds {len(entries)} entries; an adapter has at most {MAX_ZIP_ENTRIES}")
+    if sum(m.file_size for m in members) > MAX_UPLOAD_BYTES:
+        raise AdapterError(f"the zip unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB")
+    for m in entries:
+        parts = m.filename.replace("\\", "/").rstrip("/").split("/")
+        if m.filename.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
+            raise AdapterError(f"the zip has an unsafe path: {m.filename}")
+        if stat.S_ISLNK(m.external_attr >> 16):
+            raise AdapterError(f"the zip has a symbolic link: {m.filename}")
+        if len(parts) > MAX_ZIP_DEPTH:
+            raise AdapterError(f"the zip nests folders too deeply: {m.filename}")
+
+
+def unzip_safely(zip_path: str, dest: Path) -> Path:
+    """Extract an uploaded zip into `dest`, refusing anything that could escape or explode; returns the adapter folder.
+
+    Refused: absolute paths, `..`, symlinks, more than 16 files (64 entries with folders), paths
+    more than 3 deep, over 50 MB uncompressed (declared, and counted again while extracting, so a
+    zip that lies about its sizes stops at the cap). The adapter files may sit at the top of the
+    zip or in a folder.
+    """
+    try:
+        z = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError):
+        raise AdapterError("the upload is not a zip file") from None
+    with z:
+        _check_zip_entries(z.infolist())
+        written = 0
+        for m in (m for m in z.infolist() if not m.is_dir()):
+            target = dest.joinpath(*m.filename.replace("\\", "/").split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with z.open(m) as src, open(target, "wb") as out:  # zipfile also checks the size and CRC as it reads
+                    while chunk := src.read(2**20):
+                        written += len(chunk)
+                        if written > MAX_UPLOAD_BYTES:
+                            raise AdapterError(f"the zip unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError) as e:
+                raise AdapterError(f"the zip is damaged or uses an unsupported format ({m.filename}: {e})") from None
+    configs = list(dest.rglob(adapters.CONFIG_FILE))
+    if len(configs) != 1:
+        raise AdapterError(f"the zip must hold exactly one {adapters.CONFIG_FILE}, found {len(configs)}")
+    return configs[0].parent
 
 
 # ---------------------------------------------------------------------------------------
-# the app
+# 4a. the Dataset tab
+
+
+def attach(ctx: Context, browser_id: str | None, session: Session):
+    """The page loaded: find this browser's session (a reload keeps its runs) and give a new browser an id."""
+    if not isinstance(browser_id, str) or not 16 <= len(browser_id) <= 64 or not browser_id.isalnum():
+        browser_id = secrets.token_hex(16)  # a new browser (or a value nobody should have sent)
+    session = ctx.jobs.state(browser_id, lambda: Session(owner=browser_id))
+    return session, browser_id
+
+
+def load_page(ctx: Context):
+    try:
+        rows = dataset_rows(ctx.dataset)
+        table, names, status = acts_frame(rows), [r.act for r in rows], ""
+    except DataError as e:
+        gr.Warning(str(e))
+        table, names, status = acts_frame([]), [], f"⚠️ {e}"
+    return table, gr.Dropdown(choices=names), status, adapters_frame(ctx.adapters())
+
+
+def search_acts(ctx: Context, query: str) -> pd.DataFrame:
+    return acts_frame(ctx.rows(), query)
+
+
+def select_act(ctx: Context, name: str, session: Session):
+    with user_errors():
+        session.act = find_act(ctx.rows(), name)
+    line = act_line(session.act)
+    return session.act.prompt, line, line, evaluate.act_instruction(session.act.act)
+
+
+class DatasetTab(NamedTuple):
+    act_name: gr.Textbox
+    acts_table: gr.Dataframe
+    full_prompt: gr.Textbox
+
+
+def dataset_tab(ctx: Context) -> DatasetTab:
+    search = Text(label="Search acts", max_length=MAX_FIELD_CHARS, placeholder="rapper, terminal, poet…")
+    acts_table = gr.Dataframe(label="Acts (click a row to pick it)", interactive=False,
+                              column_widths=["25%", "65%", "10%"], max_height=420)
+    act_name = Text(label="Act (or type a name and press Enter)", max_length=MAX_FIELD_CHARS)
+    full_prompt = gr.Textbox(label="Whole prompt", lines=6, interactive=False)
+    search.change(bind(search_acts, ctx), search, acts_table, api_name="search_acts")
+    return DatasetTab(act_name, acts_table, full_prompt)
+
+
+# ---------------------------------------------------------------------------------------
+# 4b. the Train tab
+
+
+def run_choices(session: Session, listing: list[dict], current: str | None = None) -> gr.Dropdown:
+    """This session's runs (newest first) and the saved adapters; keeps `current` when it is still there."""
+    choices = [r.name for r in reversed(session.runs)] + [a["name"] for a in listing]
+    if current == SESSION_RUN and session.runs:
+        current = session.runs[-1].name
+    return gr.Dropdown(choices=choices, value=current if current in choices else (choices[0] if choices else None))
+
+
+def train_config(ctx: Context, session: Session, tokens, epochs, lr, batch, init, data, chosen, seed) -> TuneConfig:
+    """The widgets' values as a checked TuneConfig; one sentence naming the field by its label when one is wrong."""
+    chosen = chosen or []
+    if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
+        raise gr.Error("selected acts must be a list of act names")
+    if data == "only the current act" and not session.act:
+        raise gr.Error("pick an act in the Dataset tab first (or train on all acts)")
+    acts = [session.act.act] if data == "only the current act" else chosen if data == "selected acts" else []
+    if data == "selected acts" and not acts:
+        raise gr.Error("choose at least one act for 'selected acts'")
+    use_text = INITS.get(init) == "text" and session.act
+    with user_errors():
+        return checked_config(
+            model=ctx.model, dataset=ctx.dataset, num_virtual_tokens=whole(tokens), epochs=whole(epochs),
+            learning_rate=lr, batch_size=whole(batch), seed=whole(seed), init=INITS.get(init, init),
+            init_text=session.act.prompt if use_text else None, acts=tuple(acts),
+        )
+
+
+def follow(ctx: Context, job: Job, session_hash: str, render: Callable):
+    """Yield `render(view)` each time the job has news, from its first event to its end; then its error, worded.
+
+    Any number of tabs may follow one job (a reload re-attaches); the job stops on its own
+    `ctx.jobs.grace` seconds after its last follower has gone.
+    """
+    ctx.jobs.follow(job, session_hash)
+    seen = -1
+    try:
+        while True:
+            count = job.wait(seen, timeout=1.0)
+            with job.lock:
+                finished = job.finished
+                if finished and job.error is None and not job.view.finished:
+                    job.view.progress = "stopped before its first step: nothing to keep"
+                update = render(job.view)
+            if count != seen or finished:
+                seen = count
+                yield update
+            if finished:
+                break
+    finally:
+        ctx.jobs.leave(session_hash)
+    if job.error is not None:
+        with user_errors():
+            raise job.error
+
+
+def run_update(view: RunView) -> tuple:
+    """(chart, progress line, log) of a training."""
+    return loss_frame(list(view.points), SERIES), view.progress, "\n".join(view.log)
+
+
+def start_job(ctx: Context, job: Job) -> Job:
+    try:
+        return ctx.jobs.start(job)
+    except RuntimeError as e:  # this browser already runs one
+        raise gr.Error(f"{e}: stop it first, or wait for it to end") from None
+
+
+def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, seed, session: Session,
+                   request: gr.Request):
+    """Plan the run, start it in the job registry, then stream it (a reloaded page re-attaches with `reattach`)."""
+    config = train_config(ctx, session, tokens, epochs, lr, batch, init, data, chosen, seed)
+    with user_errors():
+        plan = plan_run(ctx.rows(), config, ctx.max_steps, ctx.max_epochs)
+        base = ctx.base()
+    acts = plan.config.acts
+    what = acts[0] if len(acts) == 1 else plural(len(acts), "act") if acts else "all acts"
+    view = RunView(plan.step_cap, plan.config.epochs, plan.config.batch_size, plan.notes)
+
+    def events(stop: threading.Event):
+        for event in train(base, plan.train_rows, plan.config, plan.held_out_rows, stop):
+            if isinstance(event, Step) and event.step >= plan.step_cap:
+                stop.set()  # the server's step cap
+            if isinstance(event, Done):
+                session.remember(event.soft, what, plan.steps_per_epoch)
+            yield event
+
+    job = Job(owner_of(session, request), f"a training ({what})", events, view.add, ctx.jobs.slot,
+              on_wait=lambda: setattr(view, "progress", "waiting: another run is training on this server; "
+                                                        "yours starts when it ends"), view=view)
+    yield from follow(ctx, start_job(ctx, job), request.session_hash, run_update)
+
+
+def reattach(ctx: Context, session: Session, request: gr.Request):
+    """After a reload: if this browser's training still runs, show it again and follow it to the end."""
+    job = ctx.jobs.running(session.owner)
+    if job is None or not isinstance(job.view, RunView):
+        return
+    yield from follow(ctx, job, request.session_hash, run_update)
+
+
+def stop_run(ctx: Context, session: Session, request: gr.Request) -> str:
+    job = ctx.jobs.stop(owner_of(session, request))
+    if job is None:
+        return "nothing is training in this session"
+    with job.lock:
+        job.view.request_stop()
+        return job.view.progress
+
+
+def set_preset(ctx: Context, preset: str):
+    tokens, epochs = PRESETS[preset]
+    return tokens, min(epochs, ctx.max_epochs)
+
+
+class TrainTab(NamedTuple):
+    act: gr.Markdown
+    chosen: gr.Dropdown
+    lr: gr.Number
+    batch: gr.Slider
+    seed: gr.Number
+    trained: gr.events.Dependency  # fires after a run ends, to refresh the other tabs
+    plot: gr.LinePlot
+    progress: gr.Markdown
+    log: gr.Textbox
+
+
+def train_tab(ctx: Context, session: gr.State) -> TrainTab:
+    act = gr.Markdown(act_line(None))
+    with gr.Row():
+        with gr.Column(scale=1):
+            preset = gr.Radio(list(PRESETS), label="Presets")
+            tokens = Slider(1, 100, value=20, step=1, label="Virtual tokens")
+            epochs = Slider(1, ctx.max_epochs, value=min(10, ctx.max_epochs), step=1, label="Epochs",
+                            info=f"this server runs at most {ctx.max_epochs} epochs and {ctx.max_steps:,} steps")
+            with gr.Row():
+                lr = Number(0.03, label="Learning rate")  # TuneConfig checks the range
+                batch = Slider(1, 64, value=4, step=1, label="Batch size")
+            init = gr.Radio(list(INITS), value="random", label="Start the prompt from")
+            data = gr.Radio(list(DATA_CHOICES), value=DATA_CHOICES[0], label="Train on")
+            chosen = gr.Dropdown([], multiselect=True, label="Selected acts")
+            seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
+            with gr.Row():
+                start = gr.Button("Train", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=2):
+            plot = gr.LinePlot(loss_frame([], SERIES), x="step", y="loss", color="series", height=360,
+                               elem_id="loss-plot", color_map=COLOURS, title="Loss per token (nats)",
+                               x_title="training step", y_axis_format=".2f")
+            progress = gr.Markdown("not started: set the prompt's size and press Train", elem_id="progress")
+            log_box = gr.Textbox(label="Log", lines=8, max_lines=30, interactive=False, autoscroll=True)
+    preset.input(bind(set_preset, ctx), preset, [tokens, epochs], api_name="set_preset")
+    trained = start.click(bind(start_training, ctx), [tokens, epochs, lr, batch, init, data, chosen, seed, session],
+                          [plot, progress, log_box], api_name="train", concurrency_limit=8, concurrency_id="train")
+    stop.click(bind(stop_run, ctx), session, progress, api_name="stop")
+    return TrainTab(act, chosen, lr, batch, seed, trained, plot, progress, log_box)
+
+
+# ---------------------------------------------------------------------------------------
+# 4c. the Compare tab
+
+
+def pick_soft(ctx: Context, name, session: Session) -> SoftPrompt:
+    """A run of this session or a saved adapter, by the name a dropdown (or a client) sent."""
+    if not (name := checked_name(name)):
+        raise gr.Error("train or pick an adapter first")
+    if name == SESSION_RUN or name.startswith("#"):  # run names start with '#', adapter names cannot
+        run = session.run(name)
+        if run is None:
+            raise gr.Error("this session has no run yet: train or pick an adapter first" if name == SESSION_RUN
+                           else f"this session has no run named {name!r} (runs are kept until the server restarts)")
+        return run.soft
+    with user_errors():
+        return adapters.load(name, ctx.root, ctx.base())
+
+
+def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session):
+    soft = pick_soft(ctx, adapter, session)
+    with user_errors():
+        decoding = Decoding(
+            max_new_tokens=whole(max_new), do_sample=mode == "sample", temperature=temperature,
+            top_p=top_p, top_k=whole(top_k), repetition_penalty=penalty, seed=whole(seed),
+        )
+        yield from stream_pair(ctx.base(), soft, text, decoding)
+
+
+def refresh_choices(ctx: Context, session: Session, current: str | None = None) -> gr.Dropdown:
+    return run_choices(session, ctx.adapters(), current)
+
+
+class CompareTab(NamedTuple):
+    act: gr.Markdown
+    text: gr.Textbox
+    adapter: gr.Dropdown
+
+
+def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
+    act = gr.Markdown(act_line(None))
+    with gr.Row():
+        text = Text("I want you to act as a rapper.", label="Input", max_length=MAX_INPUT_CHARS, lines=2, scale=3,
+                    elem_id="compare-input")
+        adapter = gr.Dropdown([], label="Tuned prompt (a run of this session or a saved adapter)", scale=1,
+                              allow_custom_value=True, elem_id="compare-adapter")
+    with gr.Accordion("Decoding", open=False):
+        with gr.Row():
+            max_new = Slider(1, 512, value=64, step=1, label="Max new tokens")
+            mode = gr.Radio(["greedy", "sample"], value="greedy", label="Decoding")
+            gen_seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
+        with gr.Row():
+            temperature = Slider(0.05, 2.0, value=0.8, step=0.05, label="Temperature")
+            top_p = Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+            top_k = Slider(0, 200, value=50, step=1, label="Top-k (0: off)")
+            penalty = Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
+    go = gr.Button("Generate", variant="primary")
+    with gr.Row():
+        base_out = gr.Textbox(label="Base", lines=10, elem_id="base-output")
+        tuned_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output")
+    gr.Examples(["I want you to act as a rapper.", "I want you to act as a linux terminal. ls -la",
+                 "I want you to act as a travel guide. I am in Rome."], inputs=text)
+    tab.select(bind(refresh_choices, ctx), [session, adapter], adapter, api_name="adapter_choices")
+    go.click(bind(generate, ctx), [text, adapter, max_new, mode, temperature, top_p, top_k, penalty, gen_seed, session],
+             [base_out, tuned_out], api_name="generate", concurrency_limit=4, concurrency_id="generate")
+    return CompareTab(act, text, adapter)
+
+
+# ---------------------------------------------------------------------------------------
+# 4d. the Evaluate tab
+
+
+def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progress=gr.Progress()):
+    """Held-out perplexity (scored exactly as training scores it, so the numbers match the run history) and ROUGE-L."""
+    soft = pick_soft(ctx, adapter, session)
+    n_acts, max_new = whole(n_acts), whole(max_new)
+    with user_errors():
+        base, held = ctx.base(), held_out_for(soft, ctx.rows(), ctx.dataset)
+        if not held:
+            raise gr.Error("there are no held-out acts to evaluate on (this adapter was trained on every act)")
+        progress(0, desc="held-out perplexity")
+        metrics = evaluate.compare(base, soft, encode_rows(base, held, soft.config), soft.config.batch_size)
+        picked, scored = held[:n_acts], []
+        for result in evaluate.iter_rouge(base, soft, picked, Decoding(max_new_tokens=max_new)):
+            scored.append(result)
+            progress((len(scored), len(picked)), desc="ROUGE-L: generating", unit="acts")
+    ppl = {side: metrics[side].perplexity for side in ("base", "tuned")}
+    mean = {side: sum(r[f"{side}_rouge"] for r in scored) / len(scored) if scored else None for side in ("base", "tuned")}
+    short = f" (only {len(held)} held-out acts)" if n_acts > len(held) else ""
+    summary = (f"**Held-out perplexity** over {plural(len(held), 'act')} ({plural(metrics['base'].tokens, 'token')}): "
+               f"base {ppl['base']:.2f}, tuned {ppl['tuned']:.2f}.  \n"
+               + (f"**ROUGE-L** of greedy continuations against the real prompt, {plural(len(scored), 'act')}{short}: "
+                  f"base {mean['base']:.3f}, tuned {mean['tuned']:.3f}." if scored else "ROUGE-L: skipped (0 acts)."))
+    return bars(ppl, "perplexity", ".2f"), bars(mean, "ROUGE-L", ".3f"), summary, rouge_frame(scored)
+
+
+def token_view(ctx: Context, adapter, session: Session):
+    soft = pick_soft(ctx, adapter, session)
+    note = ""
+    with user_errors():
+        act = session.act
+        if act is None:
+            act = (held_out_for(soft, ctx.rows(), ctx.dataset) or list(ctx.rows()))[0]
+            note = "No act picked in the Dataset tab; showing a held-out act. "
+        try:
+            gains = evaluate.token_gains(ctx.base(), soft, act.prompt)
+        except ValueError as e:  # a one-token prompt
+            raise gr.Error(str(e)) from None
+    return gain_scores(gains), gains_summary(act.act, gains, note)
+
+
+def nearest_view(ctx: Context, adapter, session: Session) -> pd.DataFrame:
+    soft = pick_soft(ctx, adapter, session)
+    with user_errors():
+        return nearest_frame(evaluate.nearest_tokens(ctx.base(), soft, k=5))
+
+
+GAINS_HELP = (
+    "### Per token: the current act's real prompt\nEach token is coloured by how much more likely the tuned model "
+    f"makes it than the base model, in nats (the legend's −1…+1): **red: more likely**, **purple: less likely**, "
+    f"full colour at ±{GAIN_SCALE:g} nat (about {math.exp(GAIN_SCALE):.1f}× the probability). The first token is "
+    "not scored: the base model has nothing to predict it from."
+)
+
+
+def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> gr.Dropdown:
+    gr.Markdown("The difference in numbers, on acts the prompt never trained on: held-out perplexity (lower is "
+                "better; scored as training scores it, so it matches the run history) and ROUGE-L of greedy "
+                "continuations of *I want you to act as a &lt;act&gt;.* against the dataset's real prompt (higher is better).")
+    with gr.Row():
+        adapter = gr.Dropdown([], label="Tuned prompt", allow_custom_value=True, elem_id="eval-adapter")
+        rouge_acts = Number(5, precision=0, minimum=0, maximum=20, label="Held-out acts for ROUGE-L (0: skip)")
+        max_new = Slider(1, 256, value=64, step=1, label="Max new tokens per continuation")
+    go = gr.Button("Evaluate", variant="primary")
+    with gr.Row():
+        ppl_plot = gr.BarPlot(x="label", y="perplexity", color="model", title="Held-out perplexity",
+                              color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, None], height=260)
+        rouge_plot = gr.BarPlot(x="label", y="ROUGE-L", color="model", title="ROUGE-L (mean over acts)",
+                                color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, 1], height=260)
+    summary = gr.Markdown(elem_id="eval-summary")
+    rouge_table = gr.Dataframe(label="Per held-out act", interactive=False, wrap=True, max_height=360,
+                               column_widths=["14%", "35%", "35%", "8%", "8%"])
+    gr.Markdown(GAINS_HELP)
+    gains = gr.HighlightedText(label="Tuned vs base, per token (nats)", show_legend=True, elem_id="token-gains")
+    gains_text = gr.Markdown()
+    gr.Markdown("### What the prompt learned\nEach virtual token's nearest vocabulary tokens by cosine similarity to "
+                "the model's input embeddings. Trained prompts usually sit far from every real token (0.1–0.3 is "
+                "common): read it as a hint, not a translation.")
+    nearest_table = gr.Dataframe(label="Nearest tokens", interactive=False, max_height=360)
+    tab.select(bind(refresh_choices, ctx), [session, adapter], adapter, api_name="eval_adapter_choices")
+    go.click(bind(evaluate_run, ctx), [adapter, rouge_acts, max_new, session],
+             [ppl_plot, rouge_plot, summary, rouge_table], api_name="evaluate",
+             concurrency_limit=4, concurrency_id="generate").success(
+        bind(token_view, ctx), [adapter, session], [gains, gains_text], api_name="token_gains").success(
+        bind(nearest_view, ctx), [adapter, session], nearest_table, api_name="nearest_tokens")
+    return adapter
+
+
+# ---------------------------------------------------------------------------------------
+# 4e. the Sweep & history tab
+
+
+def sweep_plan(ctx: Context, grid_text, lr, batch, seed):
+    """The sweep the widgets describe, checked against this server's caps before anything trains."""
+    with user_errors():
+        try:
+            grid = sweep.parse_grid(checked_text(grid_text, "Grid", MAX_FIELD_CHARS))
+        except ValueError as e:
+            raise PlanError(str(e)) from None
+        config = checked_config(model=ctx.model, dataset=ctx.dataset, learning_rate=lr, batch_size=whole(batch),
+                                seed=whole(seed))
+        return plan_sweep(ctx.rows(), config, grid, ctx.max_steps, ctx.max_epochs, MAX_CELLS)
+
+
+def last_speed(session: Session) -> float | None:
+    """Tokens per second of this browser's newest run: what the estimates go by."""
+    return next((r.soft.meta.get("tokens_per_s") for r in reversed(session.runs) if r.soft.meta.get("tokens_per_s")),
+                None)
+
+
+def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session) -> str:
+    """How long the grid will train, before it starts: its steps and, once a run has measured the speed, the time."""
+    try:
+        plan = sweep_plan(ctx, grid_text, lr, batch, seed)
+    except gr.Error as e:
+        return f"⚠️ {e.message}"
+    cells = ", ".join(sweep.label(t, e) for t, e in plan.grid)
+    text = f"{plural(len(plan.grid), 'cell')} ({cells}): {plural(plan.total_steps, 'step')} in all"
+    speed = last_speed(session)
+    if speed is None:
+        return text + "; train once (any run) and this will say about how long it takes."
+    base = ctx.base()
+    tokens = sum(len(base.encode(r.prompt)) + 1 for r in plan.train_rows)
+    held = sum(len(base.encode(r.prompt)) + 1 for r in plan.held_out_rows)
+    epochs = sum(e for _, e in plan.grid)
+    seconds = epochs * (tokens + held / 3) / speed
+    return text + f"; about {duration(seconds)} at {speed:,.0f} tokens/s (your last run's speed)."
+
+
+def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: Session, request: gr.Request):
+    plan = sweep_plan(ctx, grid_text, lr, batch, seed)
+    labels = [sweep.label(t, e) for t, e in plan.grid]
+    series = ["base held-out"] + [f"{name} {kind}" for name in labels for kind in ("train", "held-out")]
+    palette = {**colours(series[1:]), "base held-out": COLOURS["base held-out"]}
+    n_rouge = whole(rouge_acts)
+    view = SweepView(len(plan.grid), plan.steps_per_epoch * plan.longest_epochs, n_rouge)
+    base, rows = ctx.base(), ctx.rows()
+
+    def events(stop: threading.Event):
+        for event in sweep.run_sweep(base, rows, plan.config, list(plan.grid), stop, n_rouge):
+            if isinstance(event, sweep.CellResult):
+                session.remember(event.soft, "sweep", event.steps_per_epoch)
+            yield event
+
+    job = Job(owner_of(session, request), "a sweep", events, view.add, ctx.jobs.slot, view=view,
+              on_wait=lambda: setattr(view, "progress", "waiting: another run is training on this server"))
+    sent, csv_file = 0, None
+
+    def render(view: SweepView) -> tuple:
+        nonlocal sent, csv_file
+        if view.finished and view.results and csv_file is None:
+            csv_file = str(sweep.write_csv(view.results, ctx.jobs.folder(request.session_hash) / "sweep.csv"))
+        # the first update carries the data alone, so the map that follows rebuilds with it (see `colours`)
+        plot = gr.LinePlot(loss_frame(list(view.points), series), **({"color_map": palette} if sent else {}))
+        sent += 1
+        return plot, view.progress, sweep_frame(list(view.results)), csv_file
+
+    yield from follow(ctx, start_job(ctx, job), request.session_hash, render)
+
+
+def show_history(ctx: Context, session: Session):
+    table, (frame, palette) = history_frame(session.runs), history_chart(session.runs)
+    yield table, gr.LinePlot(frame)  # the data first, then the same data with its colours (see `colours`)
+    yield table, gr.LinePlot(frame, color_map=palette)
+
+
+def export_history(ctx: Context, session: Session, request: gr.Request) -> str:
+    if not session.runs:
+        raise gr.Error("no runs yet: train or sweep first")
+    return str(write_history_csv(session.runs, ctx.jobs.folder(request.session_hash) / "history.csv"))
+
+
+class SweepTab(NamedTuple):
+    history: list  # [table, chart], refreshed after every run
+    swept: gr.events.Dependency
+
+
+def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> SweepTab:
+    gr.Markdown("Reproduce the seed's experiment: one soft prompt per *tokens × epochs* cell, trained on all "
+                "training acts with the Train tab's learning rate, batch size and seed, on the same split. "
+                "The default grid is the seed's two runs.")
+    with gr.Row():
+        grid = Text("5x5, 20x10", label="Grid (tokens x epochs, comma-separated)", max_length=MAX_FIELD_CHARS)
+        rouge = Number(0, precision=0, minimum=0, maximum=10, label="Held-out acts for ROUGE-L (0: skip)")
+    estimate = gr.Markdown(elem_id="sweep-estimate")
+    with gr.Row():
+        go = gr.Button("Run sweep", variant="primary")
+        stop = gr.Button("Stop sweep", variant="stop")
+    plot = gr.LinePlot(loss_frame([], []), x="step", y="loss", color="series", height=360, x_title="training step",
+                       y_axis_format=".2f", title="Loss per token (nats), every cell", elem_id="sweep-plot")
+    progress = gr.Markdown("not started", elem_id="sweep-progress")
+    table = gr.Dataframe(sweep_frame([]), label="Results", interactive=False)
+    csv_out = gr.File(label="Results (.csv)", interactive=False)
+    gr.Markdown(f"### Run history (this browser, last {MAX_HISTORY} runs)")
+    history_table = gr.Dataframe(history_frame([]), label="Runs", interactive=False, wrap=True)
+    history_plot = gr.LinePlot(loss_frame([], []), x="step", y="loss", color="series", height=360,
+                               x_title="training step", y_axis_format=".2f",
+                               title="Training loss per step, every run", elem_id="history-plot")
+    with gr.Row():
+        refresh = gr.Button("Refresh history")
+        export = gr.Button("Export history .csv")
+    history_csv = gr.File(label="History (.csv)", interactive=False)
+
+    estimate_inputs = [grid, train.lr, train.batch, train.seed, session]
+    gr.on([tab.select, grid.change], bind(sweep_estimate, ctx), estimate_inputs, estimate, api_name="sweep_estimate")
+    history = [history_table, history_plot]
+    tab.select(bind(show_history, ctx), session, history, api_name="history")
+    swept = go.click(bind(start_sweep, ctx), [grid, rouge, train.lr, train.batch, train.seed, session],
+                     [plot, progress, table, csv_out], api_name="sweep", concurrency_limit=8, concurrency_id="train")
+    swept.then(bind(show_history, ctx), session, history, api_name="history_after_sweep")
+    stop.click(bind(stop_run, ctx), session, progress, api_name="stop_sweep")
+    refresh.click(bind(show_history, ctx), session, history, api_name="refresh_history")
+    export.click(bind(export_history, ctx), session, history_csv, api_name="export_history")
+    return SweepTab(history, swept)
+
+
+# ---------------------------------------------------------------------------------------
+# 4f. the Adapters tab
+
+
+def free_name(name: str, taken: set[str]) -> str:
+    """`name`, or the first of name-2, name-3, … that is free: nothing is overwritten by accident."""
+    n, candidate = 2, name
+    while candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    return candidate
+
+
+def listing_update(ctx: Context, name: str | None = None, message: str = "", listing: list[dict] | None = None):
+    """(table, picked adapter, message) after a change: the one listing of this click."""
+    listing = ctx.adapters() if listing is None else listing
+    names = [a["name"] for a in listing]
+    return adapters_frame(listing), gr.Dropdown(choices=names, value=name if name in names else None), message
+
+
+def run_names(session: Session, current: str | None = None) -> gr.Dropdown:
+    """This session's runs, newest first (the newest picked unless `current` is still there)."""
+    names = [r.name for r in reversed(session.runs)]
+    return gr.Dropdown(choices=names, value=current if current in names else (names[0] if names else None))
+
+
+def save_run(ctx: Context, name: str, run_name: str | None = None, session: Session | None = None):
+    """Keep a run of this session (the newest unless `run_name` says) under `name`, or a name made from the run."""
+    if not session.runs:
+        raise gr.Error("train something first: this session has no run to save")
+    run = session.run(checked_name(run_name, "the run") or SESSION_RUN)
+    if run is None:
+        raise gr.Error(f"this session has no run named {run_name!r}")
+    c = run.soft.config
+    wanted = name.strip() or f"{run.name.split(' ', 1)[1].rsplit(' · ', 1)[0]}-{c.num_virtual_tokens}x{c.epochs}"
+    with user_errors(), disk_errors():
+        wanted = adapters.sanitize_name(wanted.replace("×", "x"))
+        final = free_name(wanted, {a["name"] for a in ctx.adapters()})
+        folder = adapters.save(run.soft, final, ctx.root, overwrite=False, **ctx.caps)
+    note = f" (**{wanted}** was taken)" if folder.name != wanted else ""
+    return listing_update(ctx, folder.name, f"saved {run.name} as **{folder.name}**{note}")
+
+
+def adapter_details(ctx: Context, name: str | None) -> dict:
+    if not (name := checked_name(name)):
+        return {}
+    return next((a for a in ctx.adapters() if a["name"] == name), {})
+
+
+def download(ctx: Context, name: str | None, request: gr.Request) -> str:
+    if not (name := checked_name(name)):
+        raise gr.Error("pick an adapter to download")
+    if name not in [a["name"] for a in ctx.adapters()]:  # only real adapter folders
+        raise gr.Error(f"no adapter named {name!r}")
+    return str(zip_adapter(ctx.root / name, ctx.jobs.folder(request.session_hash)))
+
+
+def upload(ctx: Context, path: str | None, name: str, session: Session):
+    if not path:
+        raise gr.Error("choose a .zip of a PEFT prompt-tuning adapter")
+    if os.path.getsize(path) > MAX_UPLOAD_BYTES:
+        raise gr.Error(f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MB; an adapter zip is far smaller")
+    with tempfile.TemporaryDirectory(prefix="tuning-upload-") as tmp, user_errors(), disk_errors():
+        wanted = adapters.sanitize_name(name.strip() or Path(path).stem)
+        soft = adapters.load_folder(unzip_safely(path, Path(tmp)), ctx.base())
+        folder = adapters.save(soft, free_name(wanted, {a["name"] for a in ctx.adapters()}), ctx.root,
+                               overwrite=False, **ctx.caps)
+    note = f" (**{wanted}** was taken)" if folder.name != wanted else ""
+    return listing_update(ctx, folder.name, f"uploaded as **{folder.name}**{note}")
+
+
+def ask_delete(ctx: Context, name: str | None):
+    """First click on Delete: name what would go, and show the confirming buttons."""
+    if not (name := checked_name(name)):
+        raise gr.Error("pick an adapter to delete")
+    return gr.Row(visible=True), f"Delete **{name}** for every visitor of this server? This cannot be undone."
+
+
+def delete(ctx: Context, name: str | None, session: Session):
+    if not (name := checked_name(name)):
+        raise gr.Error("pick an adapter to delete")
+    with user_errors():
+        adapters.delete(name, ctx.root)
+    return (*listing_update(ctx, None, f"deleted **{name}**"), gr.Row(visible=False), None, {})
+
+
+def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
+    table = gr.Dataframe(label="Saved adapters (click a row)", interactive=False)
+    with gr.Row():
+        picked = gr.Dropdown([], label="Adapter", allow_custom_value=True, scale=2)
+        download_btn, delete_btn = gr.Button("Download .zip"), gr.Button("Delete…", variant="stop")
+    with gr.Row(visible=False) as confirm:
+        confirm_text = gr.Markdown()
+        yes, no = gr.Button("Yes, delete", variant="stop"), gr.Button("Cancel")
+    message = gr.Markdown(elem_id="adapter-message")
+    zip_out = gr.File(label="Download", interactive=False)
+    details = gr.JSON(label="Config and metrics")
+    gr.Markdown("### Keep a run")
+    with gr.Row():
+        run = gr.Dropdown([], label="Run of this session", scale=2)
+        save_name = Text(max_length=MAX_FIELD_CHARS, label="Save as (default: from the run)", placeholder="rapper-20x10")
+        save_btn = gr.Button("Save")
+    save_msg = gr.Markdown()
+    gr.Markdown("### Bring one in")
+    with gr.Row():
+        upload_file = gr.File(label="Upload a PEFT prompt-tuning adapter (.zip)", file_types=[".zip"])
+        upload_name = Text(label="Name (default: the file name)", max_length=MAX_FIELD_CHARS)
+        upload_btn = gr.Button("Upload")
+    upload_msg = gr.Markdown()
+
+    tab.select(bind(listing_update, ctx), None, [table, picked, message], api_name="list_adapters").then(
+        run_names, [session, run], run, api_name="run_choices")
+    table.select(first_cell, None, picked, api_name="pick_adapter_row")
+    picked.change(bind(adapter_details, ctx), picked, details, api_name="adapter_details")
+    save_btn.click(bind(save_run, ctx), [save_name, run, session], [table, picked, save_msg], api_name="save_adapter")
+    download_btn.click(bind(download, ctx), picked, zip_out, api_name="download_adapter")
+    upload_btn.click(bind(upload, ctx), [upload_file, upload_name, session], [table, picked, upload_msg],
+                     api_name="upload_adapter")
+    delete_btn.click(bind(ask_delete, ctx), picked, [confirm, confirm_text], api_name="ask_delete")
+    yes.click(bind(delete, ctx), [picked, session], [table, picked, message, confirm, zip_out, details],
+              api_name="delete_adapter")
+    no.click(lambda: gr.Row(visible=False), None, confirm, api_name=False)
+    return table, run
+
+
+# ---------------------------------------------------------------------------------------
+# 5. the app
+
+
+def on_close(ctx: Context, request: gr.Request) -> None:
+    """A tab closed (or a client went away): its runs stop after the grace, its download folder goes."""
+    if request is not None:
+        ctx.jobs.close(request.session_hash)
+
+
+def header(ctx: Context) -> str:
+    return (f"# Prompt tuning, visible\nTrain a soft prompt for **{short_name(ctx.model)}** on an act from "
+            f"**{short_name(ctx.dataset)}**, watch the loss fall, then compare base and tuned answers.")
 
 
 def build_app(
@@ -426,525 +1135,49 @@ def build_app(
     max_adapters: int = 200,
     max_adapter_bytes: int = 500 * 2**20,
     max_queue: int = 64,
+    reattach_grace: float = 10.0,
 ) -> gr.Blocks:
-    """The app, its queue configured: at most `max_queue` waiting events, 4 running per event (training: 1).
+    """The app, its queue configured: at most `max_queue` waiting events, 4 generations at once, one training.
 
-    `max_adapters` and `max_adapter_bytes` cap what all visitors together may keep in `adapters_dir`.
+    `max_adapters` and `max_adapter_bytes` cap what all visitors together may keep in `adapters_dir`;
+    a training whose tab has closed stops `reattach_grace` seconds later unless a reload re-attaches.
     """
-    root = Path(adapters_dir)
-    max_epochs = max(1, min(int(max_epochs), 50))
-    running: dict[str, threading.Event] = {}  # session hash -> stop flag of its run, for closing the tab
-    session_dirs: dict[str, str] = {}  # session hash -> its folder for download zips, removed when it ends
-    caps = dict(max_count=max_adapters, max_bytes=max_adapter_bytes)
-
-    def base():
-        with user_errors():
-            return load_base(model)
-
-    def rows():
-        with user_errors():
-            return dataset_rows(dataset)
-
-    def adapter_choices(session: Session) -> list[str]:
-        return ([SESSION_RUN] if session.soft else []) + [a["name"] for a in adapters.list_adapters(root)]
-
-    def session_dir(request: gr.Request) -> Path:
-        """A fresh folder for this session's next download (zip or CSV), removed when the session ends.
-
-        Gradio copies a returned file into its own cache to serve it, so ours holds the last file only.
-        """
-        tmp = session_dirs.get(request.session_hash)
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        session_dirs[request.session_hash] = tmp = tempfile.mkdtemp(prefix="tuning-session-")
-        return Path(tmp)
-
-    # --- Dataset ---
-    def load_page():
-        try:
-            table, names, status = acts_frame(dataset_rows(dataset)), [r.act for r in dataset_rows(dataset)], ""
-        except DataError as e:
-            gr.Warning(str(e))
-            table, names, status = acts_frame([]), [], f"⚠️ {e}"
-        return table, gr.Dropdown(choices=names), status, adapters_frame(root)
-
-    def search_acts(query: str) -> pd.DataFrame:
-        return acts_frame(rows(), query)
-
-    def row_act(evt: gr.SelectData) -> str:
-        return evt.row_value[0]
-
-    def select_act(name: str, session: Session):
-        with user_errors():
-            session.act = find_act(rows(), name)
-        line = act_line(session.act)
-        return session.act.prompt, line, line, f"I want you to act as a {session.act.group}."  # group: "linux terminal" for "Linux Terminal (2)"
-
-    # --- Train ---
-    def set_preset(preset: str):
-        tokens, epochs = PRESETS[preset]
-        return tokens, min(epochs, max_epochs)
-
-    def train_run(tokens, epochs, lr, batch, init, data, chosen, seed, session: Session, request: gr.Request):
-        chosen = chosen or []
-        if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
-            raise gr.Error("selected acts must be a list of act names")
-        if data == "only the current act" and not session.act:
-            raise gr.Error("pick an act in the Dataset tab first (or train on all acts)")
-        acts = [session.act.act] if data == "only the current act" else list(chosen or []) if data == "selected acts" else []
-        if data == "selected acts" and not acts:
-            raise gr.Error("choose at least one act for 'selected acts'")
-        notes = []
-        if whole(epochs) > max_epochs:
-            notes.append(f"epochs capped at {max_epochs} on this server")
-            epochs = max_epochs
-        use_text = INITS.get(init) == "text" and session.act
-        try:
-            config = TuneConfig(
-                model=model, dataset=dataset, num_virtual_tokens=whole(tokens), epochs=whole(epochs),
-                learning_rate=lr, batch_size=whole(batch), seed=whole(seed), init=INITS.get(init, init),
-                init_text=session.act.prompt if use_text else None, acts=tuple(acts),
-            )
-        except ValueError as e:  # TuneConfig names the bad setting
-            raise gr.Error(str(e)) from e
-        with user_errors():
-            train_rows, held = split_rows(rows(), config)
-        per_epoch = math.ceil(len(train_rows) / config.batch_size)
-        if per_epoch * config.epochs > max_steps and config.epochs > 1:
-            config.epochs = max(1, max_steps // per_epoch)
-            notes.append(f"epochs cut to {config.epochs} to stay within {max_steps:,} steps")
-        step_cap = min(max_steps, per_epoch * config.epochs)
-        if step_cap < per_epoch * config.epochs:
-            notes.append(f"this run stops after {max_steps:,} steps (one epoch is {per_epoch:,} steps)")
-
-        what = acts[0] if len(acts) == 1 else f"{len(acts)} acts" if acts else "all acts"
-        log = deque((f"note: {n}" for n in notes), maxlen=10)
-        points: list[tuple[int, float, str]] = []
-        session.stop = stop = threading.Event()
-        running[request.session_hash] = stop
-        try:
-            with user_errors():
-                for event in train(base(), train_rows, config, held, stop):
-                    if isinstance(event, Start):
-                        log.append(f"training on {event.train_rows} acts, {event.held_out_rows} held out, "
-                                   f"{event.total_steps:,} steps")
-                        progress = f"step 0 / {step_cap:,} · starting"
-                    elif isinstance(event, Step):
-                        at = event.step
-                        points.append((event.step, event.loss, "train"))
-                        progress = (f"step {event.step:,} / {step_cap:,} · epoch {event.epoch} / {config.epochs} · "
-                                    f"{event.tokens_per_s:,.0f} tokens/s · ETA {duration(event.eta)}")
-                        if event.step >= step_cap:
-                            stop.set()
-                    elif isinstance(event, EpochEnd):
-                        if event.held_out_loss is not None:
-                            points.append((at, event.held_out_loss, "held-out"))
-                        if event.epoch == 1 and event.base_held_out_loss is not None:
-                            points += [(0, event.base_held_out_loss, "base held-out"),
-                                       (step_cap, event.base_held_out_loss, "base held-out")]
-                        log.append(f"epoch {event.epoch}: train {event.train_loss:.3f}, "
-                                   f"held-out {loss_text(event.held_out_loss)} ({duration(event.elapsed)})")
-                    elif isinstance(event, Done):
-                        session.soft = event.soft
-                        session.remember(event.soft, what, per_epoch)
-                        held_loss = event.soft.meta["metrics"]["held_out_loss"]
-                        how = "stopped" if event.stopped and event.steps < step_cap else "done"
-                        log.append(f"{how} after {event.steps:,} steps in {duration(event.elapsed)}; "
-                                   f"held-out loss {loss_text(held_loss)}. Try it in Compare, keep it in Adapters.")
-                        progress = f"step {event.steps:,} / {step_cap:,} · {how}"
-                    yield chart(points), progress, "\n".join(log)
-        finally:
-            running.pop(request.session_hash, None)
-
-    def stop_run(session: Session) -> str:
-        if session.stop is None or session.stop.is_set():
-            return "nothing is training in this session"
-        session.stop.set()
-        return "stopping after this step…"
-
-    def on_close(request: gr.Request):
-        """The tab closed (or the client went away): stop its run, remove its download folder."""
-        if request and request.session_hash in running:
-            running[request.session_hash].set()
-        if request and request.session_hash in session_dirs:
-            shutil.rmtree(session_dirs.pop(request.session_hash), ignore_errors=True)
-
-    # --- Compare ---
-    def refresh_choices(session: Session, current: str | None = None):
-        choices = adapter_choices(session)
-        value = current if current in choices else (choices[0] if choices else None)
-        return gr.Dropdown(choices=choices, value=value)
-
-    def pick_soft(adapter, session: Session) -> SoftPrompt:
-        """This session's run or a saved adapter, by the name a dropdown (or a client) sent."""
-        if not (adapter := checked_name(adapter)):
-            raise gr.Error("train or pick an adapter first")
-        if adapter == SESSION_RUN:
-            if session.soft is None:
-                raise gr.Error("this session has no run yet: train or pick an adapter first")
-            return session.soft
-        with user_errors():
-            return adapters.load(adapter, root, base())
-
-    def generate(text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session):
-        soft = pick_soft(adapter, session)
-        with user_errors():
-            decoding = Decoding(
-                max_new_tokens=whole(max_new), do_sample=mode == "sample", temperature=temperature,
-                top_p=top_p, top_k=whole(top_k), repetition_penalty=penalty, seed=whole(seed),
-            )
-            yield from stream_pair(base(), soft, text, decoding)
-
-    # --- Evaluate ---
-    def evaluate_run(adapter, n_acts, max_new, session: Session, progress=gr.Progress()):
-        soft = pick_soft(adapter, session)
-        n_acts, max_new = whole(n_acts), whole(max_new)
-        with user_errors():
-            decoding = Decoding(max_new_tokens=max_new)
-            held = held_out_for(soft, rows(), dataset)
-            if not held:
-                raise gr.Error("there are no held-out acts to evaluate on (this adapter was trained on every act)")
-            progress(0, desc="held-out perplexity")
-            metrics = evaluate.compare(base(), soft, encode_rows(base(), held, soft.config))
-            picked, scored = held[:n_acts], []
-            for result in evaluate.iter_rouge(base(), soft, picked, decoding):  # one act (base and tuned) at a time
-                scored.append(result)
-                progress((len(scored), len(picked)), desc="ROUGE-L: generating", unit="acts")
-        ppl = pd.DataFrame([["base", metrics["base"].perplexity], ["tuned", metrics["tuned"].perplexity]],
-                           columns=["model", "perplexity"])
-        mean = {side: sum(r[f"{side}_rouge"] for r in scored) / len(scored) if scored else None
-                for side in ("base", "tuned")}
-        rouge = pd.DataFrame([["base", mean["base"]], ["tuned", mean["tuned"]]] if scored else [],
-                             columns=["model", "ROUGE-L"])
-        short = f" (only {len(held)} held-out acts)" if n_acts > len(held) else ""
-        summary = (f"**Held-out perplexity** over {len(held)} acts ({metrics['base'].tokens:,} tokens): "
-                   f"base {metrics['base'].perplexity:.2f}, tuned {metrics['tuned'].perplexity:.2f}.  \n"
-                   + (f"**ROUGE-L** of greedy continuations against the real prompt, {len(scored)} acts{short}: "
-                      f"base {mean['base']:.3f}, tuned {mean['tuned']:.3f}." if scored else "ROUGE-L: skipped (0 acts)."))
-        return ppl, rouge, summary, rouge_frame(scored)
-
-    def token_view(adapter, session: Session):
-        soft = pick_soft(adapter, session)
-        note = ""
-        with user_errors():
-            act = session.act
-            if act is None:
-                act = (held_out_for(soft, rows(), dataset) or list(rows()))[0]
-                note = "No act picked in the Dataset tab; showing a held-out act. "
-            try:
-                gains = evaluate.token_gains(base(), soft, act.prompt)
-            except ValueError as e:  # a one-token prompt
-                raise gr.Error(str(e)) from e
-        return gain_scores(gains), gains_summary(act.act, gains, note)
-
-    def nearest_view(adapter, session: Session) -> pd.DataFrame:
-        soft = pick_soft(adapter, session)
-        with user_errors():
-            return nearest_frame(evaluate.nearest_tokens(base(), soft, k=5))
-
-    # --- Sweep and history ---
-    def sweep_run(grid_text, rouge_acts, lr, batch, seed, session: Session, request: gr.Request):
-        try:
-            grid = sweep.parse_grid(grid_text)
-        except ValueError as e:
-            raise gr.Error(str(e)) from e
-        if len(grid) > MAX_CELLS:
-            raise gr.Error(f"the grid has {len(grid)} cells; this server runs at most {MAX_CELLS} per sweep")
-        try:
-            config = TuneConfig(model=model, dataset=dataset, learning_rate=lr, batch_size=whole(batch), seed=whole(seed))
-        except ValueError as e:  # TuneConfig names the bad setting
-            raise gr.Error(str(e)) from e
-        for t, e in grid:  # run_sweep checks these too, but by then the answer is a stream that has begun
-            try:
-                dataclasses.replace(config, num_virtual_tokens=t, epochs=e)
-            except ValueError as err:
-                raise gr.Error(f"grid cell {sweep.label(t, e)}: {err}") from err
-        if (longest := max(e for _, e in grid)) > max_epochs:
-            raise gr.Error(f"a grid cell asks for {longest} epochs; this server allows at most {max_epochs}")
-        with user_errors():
-            train_rows, _ = split_rows(rows(), config)
-        per_epoch = math.ceil(len(train_rows) / config.batch_size)
-        needed = per_epoch * sum(e for _, e in grid)
-        if needed > max_steps:
-            raise gr.Error(f"this sweep needs {needed:,} steps; this server allows {max_steps:,} per run: "
-                           f"use fewer cells or epochs, or a bigger batch")
-
-        labels = [sweep.label(t, e) for t, e in grid]
-        series = ["base held-out"] + [f"{name} {kind}" for name in labels for kind in ("train", "held-out")]
-        palette = {**colours(series[1:]), "base held-out": SERIES["base held-out"]}
-        points: list[tuple[int, float, str]] = []
-        results: list[sweep.CellResult] = []
-        done_before = total = at = sent = 0
-        n_rouge = whole(rouge_acts)
-        progress, table, csv_file = "starting", sweep_frame([]), None
-        session.stop = stop = threading.Event()
-        running[request.session_hash] = stop
-        try:
-            with user_errors():
-                for event in sweep.run_sweep(base(), rows(), config, grid, stop, n_rouge):
-                    if isinstance(event, sweep.SweepStart):
-                        total = event.total_steps
-                        progress = f"step 0 / {total:,} · {len(grid)} cells · {event.held_out_rows} held-out acts"
-                    elif isinstance(event, sweep.CellEvent):
-                        inner, name = event.event, event.label
-                        if isinstance(inner, Step):
-                            at = inner.step
-                            points.append((at, inner.loss, f"{name} train"))
-                            progress = (f"step {done_before + at:,} / {total:,} · cell {name} "
-                                        f"({event.cell + 1} / {len(grid)}) · epoch {inner.epoch} · ETA {duration(inner.eta)}")
-                        elif isinstance(inner, EpochEnd) and inner.held_out_loss is not None:
-                            points.append((at, inner.held_out_loss, f"{name} held-out"))
-                            if event.cell == 0 and inner.epoch == 1:
-                                points += [(0, inner.base_held_out_loss, "base held-out"),
-                                           (per_epoch * longest, inner.base_held_out_loss, "base held-out")]
-                        elif isinstance(inner, Done):
-                            done_before += inner.steps
-                            if n_rouge:
-                                progress = f"cell {name}: scoring ROUGE-L on up to {n_rouge} held-out acts…"
-                    elif isinstance(event, sweep.CellResult):
-                        results.append(event)
-                        session.soft = event.soft  # the last cell becomes this session's run
-                        session.remember(event.soft, "sweep", event.steps_per_epoch)
-                        table = sweep_frame(results)
-                    elif isinstance(event, sweep.SweepDone):
-                        how = "stopped" if event.stopped else "done"
-                        csv_file = str(sweep.write_csv(event.results, session_dir(request) / "sweep.csv"))
-                        progress = (f"{how}: {len(event.results)} of {len(grid)} cells in "
-                                    f"{duration(sum(r.seconds for r in event.results))} of training"
-                                    + ("; the last cell is now this session's run" if event.results else ""))
-                    # the first update carries the data alone, so the map that follows rebuilds with it (see `colours`)
-                    plot = gr.LinePlot(curves(points, series), **({"color_map": palette} if sent else {}))
-                    sent += 1
-                    yield plot, progress, table, csv_file
-        finally:
-            running.pop(request.session_hash, None)
-
-    def show_history(session: Session):
-        table, (frame, palette) = history_frame(session.runs), history_frames(session.runs)
-        yield table, gr.LinePlot(frame)  # the data first, then the same data with its colours (see `colours`)
-        yield table, gr.LinePlot(frame, color_map=palette)
-
-    def export_history(session: Session, request: gr.Request) -> str:
-        if not session.runs:
-            raise gr.Error("no runs yet: train or sweep first")
-        return str(write_history_csv(session.runs, session_dir(request) / "history.csv"))
-
-    # --- Adapters ---
-    def refreshed(session: Session, name: str | None = None, message: str = ""):
-        names = [a["name"] for a in adapters.list_adapters(root)]
-        return (adapters_frame(root), gr.Dropdown(choices=names, value=name if name in names else None),
-                refresh_choices(session, name), message)
-
-    def save_run(name: str, session: Session):
-        if session.soft is None:
-            raise gr.Error("train something first: this session has no run to save")
-        with user_errors(), disk_errors():
-            folder = adapters.save(session.soft, name, root, **caps)
-        return refreshed(session, folder.name, f"saved as **{folder.name}**")
-
-    def adapter_details(name: str | None) -> dict:
-        if not (name := checked_name(name)):
-            return {}
-        found = [a for a in adapters.list_adapters(root) if a["name"] == name]
-        return found[0] if found else {}
-
-    def adapter_row(evt: gr.SelectData) -> str:
-        return evt.row_value[0]
-
-    def download(name: str | None, request: gr.Request) -> str:
-        if not (name := checked_name(name)):
-            raise gr.Error("pick an adapter to download")
-        if name not in [a["name"] for a in adapters.list_adapters(root)]:  # only real adapter folders
-            raise gr.Error(f"no adapter named {name!r}")
-        return str(zip_adapter(root / name, session_dir(request)))
-
-    def upload(path: str | None, name: str, session: Session):
-        if not path:
-            raise gr.Error("choose a .zip of a PEFT prompt-tuning adapter")
-        if os.path.getsize(path) > MAX_UPLOAD_BYTES:
-            raise gr.Error(f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MB; an adapter zip is far smaller")
-        name = name.strip() or Path(path).stem
-        with tempfile.TemporaryDirectory(prefix="tuning-upload-") as tmp, user_errors(), disk_errors():
-            soft = adapters.load_folder(unzip_safely(path, Path(tmp)), base())
-            folder = adapters.save(soft, name, root, **caps)
-        return refreshed(session, folder.name, f"uploaded as **{folder.name}**")
-
-    def delete(name: str | None, session: Session):
-        if not (name := checked_name(name)):
-            raise gr.Error("pick an adapter to delete")
-        with user_errors():
-            adapters.delete(name, root)
-        return refreshed(session, None, f"deleted **{name}**")
-
-    # ------------------------------------------------------------------ layout
+    ctx = Context(model, dataset, Path(adapters_dir), max(1, min(int(max_epochs), 50)), max_steps, max_adapters,
+                  max_adapter_bytes, Jobs(grace=reattach_grace))
     # delete_cache: Gradio's copies of uploads and download zips go after an hour (and at restart).
     with gr.Blocks(title="Prompt tuning, visible", delete_cache=(600, 3600)) as demo:
         session = gr.State(Session())
-        gr.Markdown(f"# Prompt tuning, visible\nTrain a soft prompt for **{model}** on an act from "
-                    f"**{dataset}**, watch the loss fall, then compare base and tuned answers.")
+        browser = gr.BrowserState(None, storage_key="prompt-tuning-browser")
+        gr.Markdown(header(ctx))
         status = gr.Markdown()
         with gr.Tabs():
             with gr.Tab("Dataset"):
-                search = Text(label="Search acts", max_length=MAX_FIELD_CHARS, placeholder="rapper, terminal, poet…")
-                acts_table = gr.Dataframe(label="Acts (click a row to pick it)", interactive=False,
-                                          column_widths=["25%", "65%", "10%"], max_height=420)
-                act_name = Text(label="Act (or type a name and press Enter)", max_length=MAX_FIELD_CHARS)
-                full_prompt = gr.Textbox(label="Whole prompt", lines=6, interactive=False)
+                data = dataset_tab(ctx)
             with gr.Tab("Train"):
-                train_act = gr.Markdown(act_line(None))
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        preset = gr.Radio(list(PRESETS), label="Presets")
-                        tokens = Slider(1, 100, value=20, step=1, label="Virtual tokens")
-                        epochs = Slider(1, max_epochs, value=min(10, max_epochs), step=1, label="Epochs")
-                        with gr.Row():
-                            lr = Number(0.03, label="Learning rate")  # TuneConfig checks the range
-                            batch = Slider(1, 64, value=4, step=1, label="Batch size")
-                        init = gr.Radio(list(INITS), value="random", label="Start the prompt from")
-                        data = gr.Radio(list(DATA_CHOICES), value=DATA_CHOICES[0], label="Train on")
-                        chosen = gr.Dropdown([], multiselect=True, label="Selected acts")
-                        seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
-                        with gr.Row():
-                            start = gr.Button("Train", variant="primary")
-                            stop = gr.Button("Stop", variant="stop")
-                    with gr.Column(scale=2):
-                        plot = gr.LinePlot(chart([]), x="step", y="loss", color="series", height=360, elem_id="loss-plot",
-                                           color_map=SERIES,
-                                           title="Loss per token (nats)")
-                        progress = gr.Markdown("not started", elem_id="progress")
-                        log = gr.Textbox(label="Log", lines=8, interactive=False)
-            with gr.Tab("Compare") as compare_tab:
-                compare_act = gr.Markdown(act_line(None))
-                with gr.Row():
-                    text = Text("I want you to act as a rapper.", label="Input", max_length=MAX_INPUT_CHARS, lines=2, scale=3, elem_id="compare-input")
-                    adapter = gr.Dropdown([], label="Adapter", scale=1, allow_custom_value=True, elem_id="compare-adapter")
-                with gr.Accordion("Decoding", open=False):
-                    with gr.Row():
-                        max_new = Slider(1, 512, value=64, step=1, label="Max new tokens")
-                        mode = gr.Radio(["greedy", "sample"], value="greedy", label="Decoding")
-                        gen_seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
-                    with gr.Row():
-                        temperature = Slider(0.05, 2.0, value=0.8, step=0.05, label="Temperature")
-                        top_p = Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
-                        top_k = Slider(0, 200, value=50, step=1, label="Top-k (0: off)")
-                        penalty = Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
-                go = gr.Button("Generate", variant="primary")
-                with gr.Row():
-                    base_out = gr.Textbox(label="Base", lines=10, elem_id="base-output")
-                    tuned_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output")
-                gr.Examples(["I want you to act as a rapper.", "I want you to act as a linux terminal. ls -la",
-                             "I want you to act as a travel guide. I am in Rome."], inputs=text)
-            with gr.Tab("Evaluate") as evaluate_tab:
-                gr.Markdown("The difference in numbers, on acts the prompt never trained on: held-out perplexity "
-                            "(lower is better) and ROUGE-L of greedy continuations of *I want you to act as a "
-                            "&lt;act&gt;.* against the dataset's real prompt (higher is better).")
-                with gr.Row():
-                    eval_adapter = gr.Dropdown([], label="Adapter", allow_custom_value=True, elem_id="eval-adapter")
-                    rouge_acts = Number(5, precision=0, minimum=0, maximum=20, label="Held-out acts for ROUGE-L (0: skip)")
-                    eval_new = Slider(1, 256, value=64, step=1, label="Max new tokens per continuation")
-                evaluate_btn = gr.Button("Evaluate", variant="primary")
-                with gr.Row():
-                    ppl_plot = gr.BarPlot(x="model", y="perplexity", color="model", title="Held-out perplexity",
-                                          color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, None], height=260)
-                    rouge_plot = gr.BarPlot(x="model", y="ROUGE-L", color="model", title="ROUGE-L (mean over acts)",
-                                            color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, 1], height=260)
-                eval_summary = gr.Markdown(elem_id="eval-summary")
-                rouge_table = gr.Dataframe(label="Per held-out act", interactive=False, wrap=True, max_height=360,
-                                           column_widths=["14%", "35%", "35%", "8%", "8%"])
-                gr.Markdown("### Per token: the current act's real prompt\n"
-                            "Each token is coloured by how much more likely the tuned model makes it than the base "
-                            f"model: **red: more likely**, **purple: less likely**, full colour at ±{GAIN_SCALE:g} nats "
-                            f"(about {math.exp(GAIN_SCALE):.0f}× the probability). The first token is not scored: "
-                            "the base model has nothing to predict it from.")
-                gains = gr.HighlightedText(label="Tuned vs base, per token", show_legend=True, elem_id="token-gains")
-                gains_text = gr.Markdown()
-                gr.Markdown("### What the prompt learned\nEach virtual token's nearest vocabulary tokens by cosine "
-                            "similarity to the model's input embeddings. Trained prompts usually sit far from every "
-                            "real token (0.1–0.3 is common): read it as a hint, not a translation.")
-                nearest_table = gr.Dataframe(label="Nearest tokens", interactive=False, max_height=360)
-            with gr.Tab("Sweep & history") as history_tab:
-                gr.Markdown("Reproduce the seed's experiment: one soft prompt per *tokens × epochs* cell, trained on all "
-                            "training acts with the Train tab's learning rate, batch size and seed, on the same split. "
-                            "The default grid is the seed's two runs.")
-                with gr.Row():
-                    grid = Text("5x5, 20x10", label="Grid (tokens x epochs, comma-separated)", max_length=MAX_FIELD_CHARS)
-                    sweep_rouge = Number(0, precision=0, minimum=0, maximum=10, label="Held-out acts for ROUGE-L (0: skip)")
-                with gr.Row():
-                    sweep_btn = gr.Button("Run sweep", variant="primary")
-                    sweep_stop = gr.Button("Stop sweep", variant="stop")
-                sweep_plot = gr.LinePlot(curves([], []), x="step", y="loss", color="series", height=360,
-                                         title="Loss per token (nats), every cell", elem_id="sweep-plot")
-                sweep_progress = gr.Markdown("not started", elem_id="sweep-progress")
-                sweep_table = gr.Dataframe(label="Results", interactive=False)
-                sweep_csv = gr.File(label="Results (.csv)", interactive=False)
-                gr.Markdown(f"### Run history (this browser session, last {MAX_HISTORY} runs)")
-                history_table = gr.Dataframe(label="Runs", interactive=False, wrap=True)
-                history_plot = gr.LinePlot(curves([], []), x="step", y="loss", color="series", height=360,
-                                           title="Training loss per step, every run", elem_id="history-plot")
-                with gr.Row():
-                    history_btn = gr.Button("Refresh history")
-                    export_btn = gr.Button("Export history .csv")
-                history_csv = gr.File(label="History (.csv)", interactive=False)
-            with gr.Tab("Adapters") as adapters_tab:
-                adapters_table = gr.Dataframe(label="Saved adapters (click a row)", interactive=False)
-                with gr.Row():
-                    picked = gr.Dropdown([], label="Adapter", allow_custom_value=True)
-                    download_btn, delete_btn = gr.Button("Download .zip"), gr.Button("Delete", variant="stop")
-                zip_out = gr.File(label="Download", interactive=False)
-                details = gr.JSON(label="Config and metrics")
-                with gr.Row():
-                    save_name = Text(max_length=MAX_FIELD_CHARS, label="Save this session's run as", placeholder="rapper-20x10")
-                    save_btn = gr.Button("Save")
-                with gr.Row():
-                    upload_file = gr.File(label="Upload a PEFT prompt-tuning adapter (.zip)", file_types=[".zip"])
-                    upload_name = Text(label="Name (default: the file name)", max_length=MAX_FIELD_CHARS)
-                    upload_btn = gr.Button("Upload")
-                adapter_msg = gr.Markdown()
+                train_ = train_tab(ctx, session)
+            with gr.Tab("Compare") as tab:
+                compare = compare_tab(ctx, session, tab)
+            with gr.Tab("Evaluate") as tab:
+                eval_adapter = evaluate_tab(ctx, session, tab)
+            with gr.Tab("Sweep & history") as tab:
+                sweeps = sweep_tab(ctx, session, tab, train_)
+            with gr.Tab("Adapters") as tab:
+                adapters_table, save_run_choice = adapters_tab(ctx, session, tab)
 
-        # ------------------------------------------------------------------ wiring
-        demo.load(load_page, None, [acts_table, chosen, status, adapters_table], api_name="load_page")
-        search.change(search_acts, search, acts_table, api_name="search_acts")
-        acts_table.select(row_act, None, act_name, api_name="pick_row").then(
-            select_act, [act_name, session], [full_prompt, train_act, compare_act, text], api_name="select_act")
-        act_name.submit(select_act, [act_name, session], [full_prompt, train_act, compare_act, text],
-                        api_name="select_act_by_name")
-
-        preset.input(set_preset, preset, [tokens, epochs], api_name="set_preset")
-        start.click(train_run, [tokens, epochs, lr, batch, init, data, chosen, seed, session],
-                    [plot, progress, log], api_name="train", concurrency_limit=1, concurrency_id="train").then(
-            refresh_choices, [session, adapter], adapter, api_name="after_train").then(
-            show_history, session, [history_table, history_plot], api_name="history_after_train")
-        stop.click(stop_run, session, progress, api_name="stop")
-        demo.unload(on_close)
-
-        compare_tab.select(refresh_choices, [session, adapter], adapter, api_name="adapter_choices")
-        go.click(generate, [text, adapter, max_new, mode, temperature, top_p, top_k, penalty, gen_seed, session],
-                 [base_out, tuned_out], api_name="generate", concurrency_limit=4, concurrency_id="generate")
-
-        evaluate_tab.select(refresh_choices, [session, eval_adapter], eval_adapter, api_name="eval_adapter_choices")
-        evaluate_btn.click(evaluate_run, [eval_adapter, rouge_acts, eval_new, session],
-                           [ppl_plot, rouge_plot, eval_summary, rouge_table], api_name="evaluate",
-                           concurrency_limit=4, concurrency_id="generate").success(
-            token_view, [eval_adapter, session], [gains, gains_text], api_name="token_gains").success(
-            nearest_view, [eval_adapter, session], nearest_table, api_name="nearest_tokens")
-
-        history_tab.select(show_history, session, [history_table, history_plot], api_name="history")
-        sweep_btn.click(sweep_run, [grid, sweep_rouge, lr, batch, seed, session],
-                        [sweep_plot, sweep_progress, sweep_table, sweep_csv], api_name="sweep",
-                        concurrency_limit=1, concurrency_id="train").then(
-            show_history, session, [history_table, history_plot], api_name="history_after_sweep")
-        sweep_stop.click(stop_run, session, sweep_progress, api_name="stop_sweep")
-        history_btn.click(show_history, session, [history_table, history_plot], api_name="refresh_history")
-        export_btn.click(export_history, session, history_csv, api_name="export_history")
-
-        listing = [adapters_table, picked, adapter, adapter_msg]
-        adapters_tab.select(refreshed, [session, picked], listing, api_name="list_adapters")
-        adapters_table.select(adapter_row, None, picked, api_name="pick_adapter_row")
-        picked.change(adapter_details, picked, details, api_name="adapter_details")
-        save_btn.click(save_run, [save_name, session], listing, api_name="save_adapter")
-        download_btn.click(download, picked, zip_out, api_name="download_adapter")
-        upload_btn.click(upload, [upload_file, upload_name, session], listing, api_name="upload_adapter")
-        delete_btn.click(delete, [picked, session], listing, api_name="delete_adapter")
+        # the links between tabs: an act picked in Dataset shows in Train and Compare; a finished run shows everywhere
+        demo.load(bind(attach, ctx), [browser, session], [session, browser], api_name=False).then(
+            bind(reattach, ctx), session, [train_.plot, train_.progress, train_.log], api_name=False)
+        demo.load(bind(load_page, ctx), None, [data.acts_table, train_.chosen, status, adapters_table],
+                  api_name="load_page")
+        picked = [data.full_prompt, train_.act, compare.act, compare.text]
+        data.acts_table.select(first_cell, None, data.act_name, api_name="pick_row").then(
+            bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act")
+        data.act_name.submit(bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act_by_name")
+        for done in (train_.trained, sweeps.swept):
+            done.then(bind(refresh_choices, ctx), [session, compare.adapter], compare.adapter, api_name=False).then(
+                bind(refresh_choices, ctx), [session, eval_adapter], eval_adapter, api_name=False)
+        train_.trained.then(bind(show_history, ctx), session, sweeps.history, api_name="history_after_train")
+        demo.unload(bind(on_close, ctx))
     # A full queue answers "Queue is full" at once, rather than letting waits grow without end.
     return demo.queue(max_size=max_queue, default_concurrency_limit=4)
 
@@ -959,7 +1192,7 @@ def _env_int(name: str, default: int | None) -> int | None:
     return int(value) if value else default
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.environ.get("TUNING_MODEL", DEFAULT_MODEL))
     parser.add_argument("--dataset", default=os.environ.get("TUNING_DATASET", DEFAULT_DATASET))
@@ -976,7 +1209,12 @@ if __name__ == "__main__":
                         help="total size of the saved adapters, in bytes")
     parser.add_argument("--max-queue", type=int, default=_env_int("TUNING_MAX_QUEUE", 64),
                         help="events waiting at once; one more is answered 'queue is full'")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args()
     app = build_app(args.model, args.dataset, args.adapters_dir, args.max_epochs, args.max_steps,
                     args.max_adapters, args.max_adapter_bytes, args.max_queue)
     # Load the base model while the page comes up, so the first Train click does not wait for it.

@@ -115,7 +115,7 @@ def test_selecting_an_act_prefills_compare(client):
     prompt, train_line, compare_line, text = client.predict("rapper", api_name="/select_act")
     assert prompt.startswith("I want you to act as a rapper.")
     assert "Rapper" in train_line and train_line == compare_line
-    assert text == "I want you to act as a rapper."
+    assert text == "I want you to act as a Rapper."  # evaluate.act_instruction: the act as the dataset names it
 
 
 def test_presets_set_both_sliders(client):
@@ -129,7 +129,7 @@ def test_training_streams_the_chart_and_finishes(client):
     series = {row[2] for row in plot["data"] if row[1] is not None}  # each series also has one empty row
     assert series == {"train", "held-out", "base held-out"}
     assert progress == "step 6 / 6 · done"  # 11 training acts in batches of 4, two epochs
-    assert "epoch 2:" in log and "done after 6 steps" in log
+    assert "epoch 2:" in log and "done: 6 steps" in log
     steps = [len(points(u[0], "train")) for u in updates]
     assert steps == sorted(steps) and steps[-1] == 6  # the chart grows with every step
 
@@ -138,17 +138,18 @@ def test_training_on_the_current_act_only(client):
     client.predict("Poet", api_name="/select_act")
     *_, log = client.predict(*train_args(data="only the current act", init="text: the current act's prompt"),
                              api_name="/train")
-    assert "training on 1 acts" in log
+    assert "training on 1 act," in log
 
 
 def test_stop_keeps_the_partial_run_for_compare(client):
     job = client.submit(*train_args(epochs=50, batch=1), api_name="/train")
     for n, _ in enumerate(job, start=1):
         if n == 3:  # Start and two steps
-            assert client.predict(api_name="/stop") == "stopping after this step…"
+            assert client.predict(api_name="/stop").startswith("stopping after this step…")
             break
     plot, progress, log = job.result(timeout=30)
-    assert "stopped" in progress and "stopped after" in log
+    assert "stopped at step" in progress and "the prompt so far is kept" in progress
+    assert "the prompt as it was after step" in log
     assert 2 <= len(points(plot, "train")) < 550
     base_text, tuned_text = generate(client)
     assert base_text and tuned_text
@@ -172,9 +173,13 @@ def test_compare_without_an_adapter_asks_for_one(client):
 
 
 def test_save_list_download_upload_delete(trained, tmp_path):
-    table, picked, compare, message = trained.predict("my rapper!", api_name="/save_adapter")
-    assert message == "saved as **my-rapper**" and picked["value"] == "my-rapper"
-    assert [app.SESSION_RUN, "my-rapper"] == [c[0] for c in compare["choices"]]
+    table, picked, message = trained.predict("my rapper!", api_name="/save_adapter")
+    assert message.startswith("saved #1 ") and message.endswith(" as **my-rapper**") and picked["value"] == "my-rapper"
+    compare = trained.predict(app.SESSION_RUN, api_name="/adapter_choices")  # every run by name, then the adapters
+    assert [c[0] for c in compare["choices"]][1:] == ["my-rapper"] and compare["choices"][0][0].startswith("#1 ")
+    _, _, message = trained.predict("my rapper!", api_name="/save_adapter")
+    assert message.endswith(" as **my-rapper-2** (**my-rapper** was taken)")  # nothing is overwritten
+    trained.predict("my-rapper-2", api_name="/delete_adapter")
     assert table["data"][0][:3] == ["my-rapper", 5, 2]
     assert trained.predict("my-rapper", api_name="/adapter_details")["num_virtual_tokens"] == 5
 
@@ -187,9 +192,10 @@ def test_save_list_download_upload_delete(trained, tmp_path):
     assert message == "uploaded as **copy**"
     assert generate(trained, adapter="copy") == generate(trained, adapter="my-rapper")
 
-    *_, message = trained.predict("copy", api_name="/delete_adapter")
+    _, _, message, download, details = trained.predict("copy", api_name="/delete_adapter")
     table, *_ = trained.predict(api_name="/list_adapters")
     assert message == "deleted **copy**" and "copy" not in [r[0] for r in table["data"]]
+    assert download is None and not details  # nothing offers the deleted adapter any more
     trained.predict("my-rapper", api_name="/delete_adapter")
 
 
@@ -209,7 +215,7 @@ def test_adapter_names_cannot_leave_the_folder(client):
 
 @pytest.mark.parametrize("settings, message", [
     (dict(tokens=0), "less than minimum value 1"),  # the slider's own check
-    (dict(lr=20), "learning_rate must be from"),  # TuneConfig's
+    (dict(lr=20), "Learning rate must be from"),  # TuneConfig's, named by the label
     (dict(data="selected acts"), "choose at least one act"),
     (dict(data="selected acts", acts=["Nobody"]), "not in the list of choices"),
 ])

@@ -73,7 +73,7 @@ def trained(client):
 
 
 def test_gain_scores_keep_the_sign_and_saturate_at_the_scale():
-    assert app.gain_scores([(" rapper", 3.1), (".", -0.5), (" a", 0.0)]) == [(" rapper", 1.0), (".", -0.25), (" a", 0.0)]
+    assert app.gain_scores([(" rapper", 3.1), (".", -0.5), (" a", 0.0)]) == [(" rapper", 1.0), (".", -0.5), (" a", 0.0)]
 
 
 def test_history_keeps_the_last_runs_with_unique_labels():
@@ -84,7 +84,9 @@ def test_history_keeps_the_last_runs_with_unique_labels():
     for _ in range(app.MAX_HISTORY + 2):
         session.remember(soft, "Poet", steps_per_epoch=2)
     assert len(session.runs) == app.MAX_HISTORY
-    assert session.runs[0].label == "#3 Poet 5×1" and session.runs[-1].label == f"#{app.MAX_HISTORY + 2} Poet 5×1"
+    assert session.runs[0].name.startswith("#3 Poet 5×1 · ")  # the time of day follows: names stay unique
+    assert session.runs[-1].name.startswith(f"#{app.MAX_HISTORY + 2} Poet 5×1 · ")
+    assert session.run(app.SESSION_RUN) is session.runs[-1] and session.run(session.runs[0].name) is session.runs[0]
 
 
 # --- Evaluate --------------------------------------------------------------------------
@@ -92,13 +94,13 @@ def test_history_keeps_the_last_runs_with_unique_labels():
 
 def test_evaluate_compares_held_out_perplexity_and_rouge(trained):
     ppl, rouge, summary, rows = trained.predict(app.SESSION_RUN, 5, 8, api_name="/evaluate")
-    bars = {model: value for model, value in ppl["data"]}
+    bars = {model: value for _, model, value in ppl["data"]}
     assert set(bars) == {"base", "tuned"} and all(math.isfinite(v) and v > 1 for v in bars.values())
     assert bars["base"] != bars["tuned"]
     acts = table(rows)
     assert len(acts) == 1 and "only 1 held-out acts" in summary  # the fixture holds one act out
     assert all(0 <= r[k] <= 1 for r in acts for k in ("base ROUGE-L", "tuned ROUGE-L"))
-    assert [m for m, _ in rouge["data"]] == ["base", "tuned"]
+    assert [m for _, m, _ in rouge["data"]] == ["base", "tuned"]
 
 
 def test_evaluate_uses_the_held_out_acts_the_adapter_recorded(trained, server):
@@ -169,11 +171,11 @@ def test_sweep_streams_every_cell_and_ends_with_a_table_and_a_csv(client):
 def test_history_grows_with_each_run_and_exports_them_all(client):
     client.predict(*train_args(), api_name="/train")
     runs, _ = client.predict(api_name="/history")
-    assert [r["run"] for r in table(runs)] == ["#1 all acts 5×2"]
+    assert [r["run"].split(" · ")[0] for r in table(runs)] == ["#1 all acts 5×2"]
     client.predict(*sweep_args(grid="4x1"), api_name="/sweep")
     runs, plot = client.predict(api_name="/history")
-    labels = ["#1 all acts 5×2", "#2 sweep 4×1"]
-    assert [r["run"] for r in table(runs)] == labels
+    labels = [r["run"] for r in table(runs)]
+    assert [name.split(" · ")[0] for name in labels] == ["#1 all acts 5×2", "#2 sweep 4×1"]
     curves = series(plot)
     assert len(curves[labels[0]]) == 6 and len(curves[labels[1]]) == 3
     with open(client.predict(api_name="/export_history"), newline="") as f:
@@ -192,9 +194,9 @@ def test_export_without_runs_says_so(client):
 @pytest.mark.parametrize("grid, message", [
     ("5x5, twenty", "grid cell 'twenty' is not TOKENSxEPOCHS"),
     ("", "the grid is empty"),
-    ("0x1", "grid cell 0×1: num_virtual_tokens must be from 1 to 100"),
-    ("5x51", "grid cell 5×51: epochs must be from 1 to 50"),
-    ("5x4", "a grid cell asks for 4 epochs; this server allows at most 3"),
+    ("0x1", "grid cell 0×1: Virtual tokens must be from 1 to 100"),
+    ("5x51", "grid cell 5×51: Epochs must be from 1 to 50"),
+    ("5x4", "grid cell 5×4 asks for 4 epochs; this server allows at most 3"),
     ("5x3, 5x3", "this sweep needs 18 steps; this server allows 10"),
     (";" * 300, "at most 200"),
 ])

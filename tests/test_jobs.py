@@ -1,0 +1,116 @@
+"""Jobs that outlive a tab (tuning.jobs): followers, the one training slot, stop after the last follower left."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tuning.jobs import Job, Jobs
+
+
+def counting(n: int, pause: float = 0.01, started: list | None = None):
+    """An event source yielding 1..n, checking its stop flag between events as train() does."""
+    def events(stop: threading.Event):
+        if started is not None:
+            started.append(time.perf_counter())
+        for i in range(1, n + 1):
+            if stop.is_set():
+                return
+            time.sleep(pause)
+            yield i
+    return events
+
+
+def test_a_job_keeps_every_event_for_any_follower():
+    seen = []
+    job = Job("a", "count", counting(5), seen.append).start()
+    assert job.join(timeout=10)
+    assert job.events == [1, 2, 3, 4, 5] == seen and job.finished and job.error is None
+    assert job.wait(0, timeout=0.1) == 5  # a late follower (a reloaded tab) gets them all at once
+
+
+def test_an_error_is_kept_for_the_followers_to_word():
+    def broken(stop):
+        yield 1
+        raise ValueError("the loss became nan")
+
+    job = Job("a", "broken", broken).start()
+    assert job.join(timeout=10)
+    assert job.events == [1] and isinstance(job.error, ValueError) and job.finished
+
+
+def test_one_owner_runs_one_job_at_a_time():
+    jobs = Jobs()
+    jobs.start(Job("a", "a training", counting(1000)))
+    with pytest.raises(RuntimeError, match="this browser is already running a training"):
+        jobs.start(Job("a", "another", counting(1)))
+    jobs.start(Job("b", "b's", counting(1)))  # another browser is fine
+    assert jobs.stop("a") is not None and jobs.running("a").join(timeout=10)
+    assert jobs.running("a") is None and jobs.stop("a") is None
+
+
+def test_the_slot_lets_one_training_run_at_a_time_and_says_the_second_waits():
+    jobs, waited, started = Jobs(), [], []
+    first = jobs.start(Job("a", "first", counting(20, 0.02, started), slot=jobs.slot))
+    time.sleep(0.1)
+    second = jobs.start(Job("b", "second", counting(3, 0.0, started), slot=jobs.slot, on_wait=lambda: waited.append(1)))
+    assert first.join(timeout=10) and second.join(timeout=10)
+    assert waited == [1] and second.events == [1, 2, 3]
+    assert started[1] >= started[0] + 20 * 0.02 * 0.9  # the second began only after the first ended
+
+
+def test_a_job_stopped_while_it_waits_for_the_slot_never_starts():
+    jobs, started = Jobs(), []
+    jobs.start(Job("a", "first", counting(1000, 0.01), slot=jobs.slot))
+    second = jobs.start(Job("b", "second", counting(3, 0.0, started), slot=jobs.slot))
+    time.sleep(0.1)
+    second.stop.set()
+    assert second.join(timeout=5) and second.events == [] and started == []
+    jobs.stop("a")
+
+
+def test_a_job_stops_after_its_last_follower_left_for_the_grace():
+    jobs = Jobs(grace=0.2)
+    job = jobs.start(Job("a", "long", counting(10_000, 0.005)))
+    jobs.follow(job, "tab-1")
+    jobs.follow(job, "tab-2")
+    jobs.leave("tab-1")
+    time.sleep(0.4)
+    assert not job.stop.is_set()  # tab-2 still follows
+    jobs.leave("tab-2")
+    left_at = len(job.events)
+    assert job.join(timeout=5)
+    assert len(job.events) - left_at <= 0.2 / 0.005 + 10  # it ran on for the grace, then stopped
+
+
+def test_a_reload_within_the_grace_keeps_the_job_running():
+    jobs = Jobs(grace=0.3)
+    job = jobs.start(Job("a", "long", counting(10_000, 0.005)))
+    jobs.follow(job, "old-tab")
+    jobs.close("old-tab")  # the page unloads …
+    jobs.follow(job, "new-tab")  # … and the reloaded page re-attaches at once
+    time.sleep(0.6)
+    assert not job.stop.is_set() and not job.finished
+    jobs.stop("a")
+    assert job.join(timeout=5)
+
+
+def test_each_owner_keeps_its_state_and_the_least_recent_goes_first():
+    jobs = Jobs(max_owners=2)
+    a = jobs.state("a", dict)
+    assert jobs.state("a", dict) is a
+    jobs.state("b", dict)
+    jobs.state("a", dict)  # a is now the most recent
+    jobs.state("c", dict)
+    assert jobs.state("a", dict) is a and jobs.state("b", lambda: "new") == "new"
+
+
+def test_a_sessions_folder_holds_its_last_download_and_goes_with_it():
+    jobs = Jobs()
+    first = jobs.folder("s")
+    second = jobs.folder("s")
+    assert not first.exists() and second.is_dir()
+    jobs.close("s")
+    assert not second.exists()

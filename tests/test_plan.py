@@ -1,0 +1,70 @@
+"""Planning a run or a sweep before it starts (tuning.plan): steps, caps, notes, errors by label."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuning.config import TuneConfig
+from tuning.data import Row
+from tuning.plan import PlanError, checked_config, estimate_seconds, plan_run, plan_sweep, plural
+
+ROWS = [Row(f"Act {i}", f"I want you to act as act {i}. " + "word " * i, f"act {i}") for i in range(40)]
+
+
+def test_plural_says_one_act_and_two_acts():
+    assert [plural(1, "act"), plural(2, "act"), plural(2000, "step")] == ["1 act", "2 acts", "2,000 steps"]
+
+
+def test_a_run_within_the_caps_is_planned_as_asked():
+    plan = plan_run(ROWS, TuneConfig(epochs=3, batch_size=4), max_steps=2000, max_epochs=50)
+    assert len(plan.train_rows) + len(plan.held_out_rows) == 40 and plan.held_out_rows
+    assert plan.steps_per_epoch == -(-len(plan.train_rows) // 4)
+    assert plan.step_cap == plan.planned_steps == 3 * plan.steps_per_epoch and plan.notes == ()
+
+
+def test_epochs_that_need_too_many_steps_are_cut_with_a_note():
+    plan = plan_run(ROWS, TuneConfig(epochs=10, batch_size=4), max_steps=20)  # 36 rows: 9 steps an epoch
+    assert plan.config.epochs == 2 and plan.step_cap == 18
+    assert plan.notes == ("epochs cut from 10 to 2 to stay within 20 steps",)
+
+
+def test_one_epoch_longer_than_the_cap_stops_at_the_cap():
+    plan = plan_run(ROWS, TuneConfig(epochs=1, batch_size=1), max_steps=5)
+    assert plan.config.epochs == 1 and plan.step_cap == 5
+    assert plan.notes == ("this run stops after 5 steps (one epoch is 36 steps)",)
+
+
+def test_more_epochs_than_the_server_runs_are_refused_not_clamped():
+    with pytest.raises(PlanError, match="Epochs: 50 is more than this server runs \\(3\\)"):
+        plan_run(ROWS, TuneConfig(epochs=50), max_epochs=3)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(learning_rate=20.0), "^Learning rate must be from"),
+    (dict(num_virtual_tokens=0), "^Virtual tokens must be from 1 to 100"),
+    (dict(batch_size=2.5), "^Batch size must be a whole number"),
+])
+def test_config_errors_name_the_setting_by_its_label(settings, message):
+    with pytest.raises(PlanError, match=message):
+        checked_config(**settings)
+
+
+def test_a_sweep_is_checked_whole_before_anything_trains():
+    plan = plan_sweep(ROWS, TuneConfig(batch_size=4), [(5, 2), (20, 3)], max_steps=100, max_epochs=3, max_cells=4)
+    assert plan.total_steps == 5 * plan.steps_per_epoch and plan.longest_epochs == 3
+    with pytest.raises(PlanError, match="grid cell 0×1: Virtual tokens must be from 1 to 100"):
+        plan_sweep(ROWS, TuneConfig(), [(5, 1), (0, 1)])
+    with pytest.raises(PlanError, match="grid cell 5×4 asks for 4 epochs; this server allows at most 3"):
+        plan_sweep(ROWS, TuneConfig(), [(5, 4)], max_epochs=3)
+    with pytest.raises(PlanError, match="the grid has 3 cells; this server runs at most 2"):
+        plan_sweep(ROWS, TuneConfig(), [(1, 1)] * 3, max_cells=2)
+    with pytest.raises(PlanError, match="this sweep needs 27 steps; this server allows 10"):
+        plan_sweep(ROWS, TuneConfig(batch_size=4), [(5, 1), (5, 2)], max_steps=10)
+    with pytest.raises(PlanError, match="the grid is empty"):
+        plan_sweep(ROWS, TuneConfig(), [])
+
+
+def test_an_estimate_needs_a_measured_speed():
+    assert estimate_seconds(1000, None) is None
+    assert estimate_seconds(1000, 500.0) == 2.0
+    assert estimate_seconds(900, 300.0, held_out_share=0.3) == pytest.approx(3.3)

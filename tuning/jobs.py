@@ -1,0 +1,176 @@
+"""Long jobs that outlive the browser tab that started them, and the one training slot.
+
+A `Job` runs an event generator (a training, a sweep) in its own thread and keeps every
+event it yielded, so any number of followers can read them: the tab that pressed Train,
+and after a reload the same browser's new tab, which replays the events and goes on from
+there. `Jobs` is the process's registry: at most one running job per owner (a browser), one
+training at a time on the machine (the slot: two trainings on 2 cores each run at half
+speed), followers per job, and a stop when the last follower has been gone for `grace`
+seconds (a closed tab frees the slot; a reload re-attaches within the grace).
+
+What it does not do: know about Gradio, words or charts. Events are handed to `on_event`
+(the app folds them into a `progress.RunView`) in the job's thread, under the job's lock.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+
+class Job:
+    """`events(stop)` run in a daemon thread once `start()` is called; `wait()` for news, `stop` to end it."""
+
+    def __init__(self, owner: str, label: str, events: Callable[[threading.Event], Iterable[Any]],
+                 on_event: Callable[[Any], None] = lambda e: None, slot: threading.Lock | None = None,
+                 on_wait: Callable[[], None] = lambda: None, view: Any = None):
+        self.owner, self.label = owner, label
+        self.view = view  # what followers read under `lock` (the app's progress.RunView)
+        self.stop = threading.Event()
+        self.events: list[Any] = []
+        self.error: BaseException | None = None
+        self.finished = False
+        self.followers: set[str] = set()
+        self.lock = threading.Condition()
+        self._make, self._on_event, self._slot, self._on_wait = events, on_event, slot, on_wait
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"job-{label}")
+
+    def start(self) -> "Job":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            if self._slot is not None and not self._slot.acquire(blocking=False):
+                with self.lock:
+                    self._on_wait()  # "waiting for the training slot"
+                    self.lock.notify_all()
+                while not self._slot.acquire(timeout=0.5):
+                    if self.stop.is_set():
+                        return
+            try:
+                for event in self._make(self.stop):
+                    with self.lock:
+                        self.events.append(event)
+                        self._on_event(event)
+                        self.lock.notify_all()
+            finally:
+                if self._slot is not None:
+                    self._slot.release()
+        except BaseException as e:  # handed to the followers, who word it
+            self.error = e
+        finally:
+            with self.lock:
+                self.finished = True
+                self.lock.notify_all()
+
+    def wait(self, seen: int, timeout: float = 1.0) -> int:
+        """Block until there are more than `seen` events, the job ended, or `timeout` passed; the event count."""
+        with self.lock:
+            self.lock.wait_for(lambda: len(self.events) > seen or self.finished, timeout=timeout)
+            return len(self.events)
+
+    def join(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for the thread to end; True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class Jobs:
+    """The process's running jobs (one per owner), followers, the training slot and per-session folders."""
+
+    def __init__(self, grace: float = 10.0, max_owners: int = 256):
+        self.grace = grace  # seconds a job runs on with nobody following (a reload re-attaches meanwhile)
+        self.slot = threading.Lock()  # one training at a time
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._folders: dict[str, str] = {}
+        self._owners: OrderedDict[str, Any] = OrderedDict()  # owner -> its state, least recently used first
+        self._max_owners = max_owners
+
+    # --- jobs
+    def start(self, job: Job) -> Job:
+        """Register and start `job`; RuntimeError when its owner already runs one."""
+        with self._lock:
+            current = self._jobs.get(job.owner)
+            if current is not None and not current.finished:
+                raise RuntimeError(f"this browser is already running {current.label}")
+            self._jobs[job.owner] = job
+        return job.start()
+
+    def running(self, owner: str | None) -> Job | None:
+        """The owner's job while it runs (a finished one is forgotten)."""
+        with self._lock:
+            job = self._jobs.get(owner) if owner else None
+            if job is not None and job.finished:
+                del self._jobs[owner]
+                return None
+            return job
+
+    def stop(self, owner: str | None) -> Job | None:
+        """Ask the owner's running job to stop after its current step; the job, or None if none runs."""
+        job = self.running(owner)
+        if job is not None:
+            job.stop.set()
+        return job
+
+    def follow(self, job: Job, session: str) -> None:
+        with job.lock:
+            job.followers.add(session)
+
+    def leave(self, session: str) -> None:
+        """`session` is gone (its tab closed): a job left with no follower stops after `grace` seconds."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            with job.lock:
+                if session not in job.followers:
+                    continue
+                job.followers.discard(session)
+                orphaned = not job.followers
+            if orphaned:
+                timer = threading.Timer(self.grace, self._stop_if_orphaned, args=(job,))
+                timer.daemon = True
+                timer.start()
+
+    @staticmethod
+    def _stop_if_orphaned(job: Job) -> None:
+        with job.lock:
+            if not job.followers:
+                job.stop.set()
+
+    # --- what each owner (browser) keeps between reloads
+    def state(self, owner: str, make: Callable[[], Any]) -> Any:
+        """The owner's state, made with `make()` the first time; the least recently used owner goes past `max_owners`."""
+        with self._lock:
+            if owner not in self._owners:
+                self._owners[owner] = make()
+                while len(self._owners) > self._max_owners:
+                    self._owners.popitem(last=False)
+            self._owners.move_to_end(owner)
+            return self._owners[owner]
+
+    # --- per-session folders for downloads
+    def folder(self, session: str) -> Path:
+        """A fresh folder for this session's next download; the previous one is removed.
+
+        Gradio copies a returned file into its own cache to serve it, so ours holds the last file only.
+        """
+        with self._lock:
+            old = self._folders.pop(session, None)
+            self._folders[session] = new = tempfile.mkdtemp(prefix="tuning-session-")
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        return Path(new)
+
+    def close(self, session: str) -> None:
+        """The session ended: leave its jobs and remove its folder."""
+        self.leave(session)
+        with self._lock:
+            old = self._folders.pop(session, None)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)

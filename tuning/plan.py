@@ -1,0 +1,168 @@
+"""Plan a run or a sweep before it starts: which rows, how many steps, what a server's caps change.
+
+The app and the CLI both need the same answers before the first step ("how many steps is
+this?", "does it fit this server?", "about how long?"), and they used to compute them in
+three places. `plan_run` and `plan_sweep` compute them once, check everything a visitor can
+get wrong, and return the notes a front end shows ("epochs cut to 41 to stay within 2,000
+steps"). Errors are `PlanError`, one sentence naming the setting by the label a person sees.
+
+What it does not do: train (train.py), load rows or models (data.py, model.py), or word
+anything beyond the notes and errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from .config import TuneConfig
+from .data import Row
+from .train import split_rows
+
+# The words a person sees for each TuneConfig field: errors name these, not the code's names.
+LABELS = {
+    "num_virtual_tokens": "Virtual tokens",
+    "epochs": "Epochs",
+    "learning_rate": "Learning rate",
+    "batch_size": "Batch size",
+    "seed": "Seed",
+    "init": "Start the prompt from",
+    "init_text": "Init text",
+    "max_length": "Max length",
+    "held_out_fraction": "Held-out fraction",
+    "precision": "Precision",
+}
+
+
+class PlanError(ValueError):
+    """A run or sweep that cannot start as asked; the message is one sentence a person can act on."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    config: TuneConfig  # after the server's caps (epochs may be fewer than asked)
+    train_rows: tuple[Row, ...]
+    held_out_rows: tuple[Row, ...]
+    steps_per_epoch: int
+    step_cap: int  # the run stops here even if epochs are left (a server's max steps)
+    notes: tuple[str, ...]  # what the caps changed, in words
+
+    @property
+    def planned_steps(self) -> int:
+        return min(self.step_cap, self.steps_per_epoch * self.config.epochs)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    config: TuneConfig  # the settings every cell shares
+    grid: tuple[tuple[int, int], ...]  # (virtual tokens, epochs) per cell
+    train_rows: tuple[Row, ...]
+    held_out_rows: tuple[Row, ...]
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * sum(e for _, e in self.grid)
+
+    @property
+    def longest_epochs(self) -> int:
+        return max(e for _, e in self.grid)
+
+
+def plural(n: int, word: str) -> str:
+    """1, 'act' -> '1 act'; 2, 'act' -> '2 acts'; 2000, 'step' -> '2,000 steps'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def config_error(error: ValueError) -> PlanError:
+    """TuneConfig's message with the field named by its label: 'learning_rate must be …' -> 'Learning rate must be …'."""
+    text = str(error)
+    for field, label in LABELS.items():
+        text = re.sub(rf"\b{field}\b", label, text)
+    return PlanError(text[:1].upper() + text[1:])
+
+
+def checked_config(**settings) -> TuneConfig:
+    """TuneConfig(**settings), its ValueError turned into a PlanError naming the setting's label."""
+    try:
+        return TuneConfig(**settings)
+    except ValueError as e:
+        raise config_error(e) from None
+
+
+def plan_run(rows: Sequence[Row], config: TuneConfig, max_steps: int | None = None,
+             max_epochs: int | None = None) -> RunPlan:
+    """Split `rows` as `config` says and fit the run to a server's caps.
+
+    Epochs over `max_epochs` are refused (the visitor typed a number the server will not run);
+    a run whose epochs need more than `max_steps` steps gets fewer epochs, and a single epoch
+    longer than `max_steps` is cut at `max_steps`; each change is a note.
+
+    >>> plan = plan_run(rows, TuneConfig(epochs=10), max_steps=100)   # doctest: +SKIP
+    >>> plan.steps_per_epoch, plan.config.epochs, plan.notes          # 47 steps an epoch
+    (47, 2, ('epochs cut from 10 to 2 to stay within 100 steps',))
+    """
+    if max_epochs is not None and config.epochs > max_epochs:
+        raise PlanError(f"Epochs: {config.epochs:,} is more than this server runs ({max_epochs})")
+    train_rows, held = split_rows(rows, config)  # DataError (one sentence) for unknown acts
+    if not train_rows:
+        raise PlanError("there are no acts to train on")
+    per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    notes = []
+    if max_steps is not None and per_epoch * config.epochs > max_steps and config.epochs > 1:
+        epochs = max(1, max_steps // per_epoch)
+        notes.append(f"epochs cut from {config.epochs} to {epochs} to stay within {plural(max_steps, 'step')}")
+        config = dataclasses.replace(config, epochs=epochs)  # replace() checks the config again
+    step_cap = per_epoch * config.epochs
+    if max_steps is not None and step_cap > max_steps:
+        notes.append(f"this run stops after {plural(max_steps, 'step')} (one epoch is {plural(per_epoch, 'step')})")
+        step_cap = max_steps
+    return RunPlan(config, tuple(train_rows), tuple(held), per_epoch, step_cap, tuple(notes))
+
+
+def plan_sweep(rows: Sequence[Row], config: TuneConfig, grid: Sequence[tuple[int, int]],
+               max_steps: int | None = None, max_epochs: int | None = None,
+               max_cells: int | None = None) -> SweepPlan:
+    """Check every cell of a sweep before the first one trains, and the whole sweep against the caps.
+
+    Refused (PlanError): an empty grid, more than `max_cells` cells, a cell TuneConfig refuses
+    ("grid cell 0×5: Virtual tokens must be from 1 to 100, got 0"), a cell over `max_epochs`,
+    a sweep needing more than `max_steps` steps in all.
+    """
+    if not grid:
+        raise PlanError("the grid is empty; give cells like 5x5, 20x10")
+    if max_cells is not None and len(grid) > max_cells:
+        raise PlanError(f"the grid has {len(grid)} cells; this server runs at most {max_cells} per sweep")
+    for tokens, epochs in grid:
+        try:
+            dataclasses.replace(config, num_virtual_tokens=tokens, epochs=epochs)
+        except ValueError as e:
+            raise PlanError(f"grid cell {tokens}×{epochs}: {config_error(e)}") from None
+        if max_epochs is not None and epochs > max_epochs:
+            raise PlanError(f"grid cell {tokens}×{epochs} asks for {epochs} epochs; this server allows at most {max_epochs}")
+    train_rows, held = split_rows(rows, config)
+    plan = SweepPlan(config, tuple(map(tuple, grid)), tuple(train_rows), tuple(held),
+                     math.ceil(len(train_rows) / config.batch_size))
+    if max_steps is not None and plan.total_steps > max_steps:
+        raise PlanError(f"this sweep needs {plan.total_steps:,} steps; this server allows {max_steps:,}: "
+                        f"use fewer cells or epochs, or a bigger batch")
+    return plan
+
+
+def train_tokens(rows: Sequence[Row], count_tokens) -> int:
+    """Text tokens one epoch trains on: `count_tokens(prompt)` summed, plus one end token a row."""
+    return sum(count_tokens(r.prompt) + 1 for r in rows)
+
+
+def estimate_seconds(tokens: int, tokens_per_s: float | None, held_out_share: float = 0.0) -> float | None:
+    """Seconds to train `tokens` text tokens at a measured speed; None when nothing was measured yet.
+
+    `held_out_share`: held-out tokens per training token scored at each epoch end (a forward
+    pass only, about a third of a training step's work per token).
+    """
+    if not tokens_per_s or tokens_per_s <= 0:
+        return None
+    return tokens * (1 + held_out_share / 3) / tokens_per_s

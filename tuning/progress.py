@@ -1,0 +1,221 @@
+"""Training events -> what a person watches: chart points, log lines, one progress line.
+
+`RunView` folds `train()`'s events (Start, Step, EpochEnd, Done) into the three things the app
+shows while a run goes on, so that the same events always read the same way, whether they
+arrive live, are replayed to a tab that re-attached after a reload, or come from a test.
+It is a plain object over plain events: no widgets, no threads.
+
+Also here, because the app, the sweep and the CLI all print them: `number`, `duration`,
+`held_out_points` (where an epoch's held-out loss sits on the step axis).
+
+What it does not do: run anything, or choose colours (a front end's business).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .plan import plural
+from .train import Done, EpochEnd, Start, Step
+
+SERIES = ("train", "held-out", "base held-out")  # the series of one run's chart, in legend order
+
+
+def number(value: float | None, spec: str = ".3f") -> str:
+    """None -> '–' (nothing measured); 3.14159 -> '3.142'; (3.14159, '.2f') -> '3.14'."""
+    return "–" if value is None else format(value, spec)
+
+
+def duration(seconds: float) -> str:
+    """45 -> '45s', 130 -> '2m 10s', 3720 -> '1h 2m'."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60}m"
+
+
+def held_out_points(history: dict, steps_per_epoch: int, series: str = "held-out") -> list[tuple[int, float, str]]:
+    """Each epoch's held-out loss at the step that ended the epoch (the run's last step for a cut epoch).
+
+    >>> held_out_points({"step": [1, 2, 3], "epoch": [1, 2], "held_out_loss": [3.0, None]}, 2)
+    [(2, 3.0, 'held-out')]
+    """
+    last = history["step"][-1] if history["step"] else 0
+    return [(min(e * steps_per_epoch, last), loss, series)
+            for e, loss in zip(history["epoch"], history["held_out_loss"]) if loss is not None]
+
+
+@dataclass
+class RunView:
+    """One run as a person sees it. Feed it every event in order with `add`; read the fields.
+
+    `step_cap`: where the run will stop (a server's cap may end it before its last epoch);
+    `epochs`, `batch_size`: the run's settings (for the progress line and the time estimate).
+    """
+
+    step_cap: int
+    epochs: int
+    batch_size: int = 4
+    notes: tuple[str, ...] = ()
+    points: list[tuple[int, float, str]] = field(default_factory=list)  # (step, loss, series)
+    log: list[str] = field(default_factory=list)
+    progress: str = "waiting to start"
+    finished: bool = False
+    stopped: bool = False
+    stopping: bool = False  # Stop was pressed; the run ends after its current step
+    step: int = 0
+    _held_rows: int = 0
+    _step_elapsed: float = 0.0  # seconds since the start at the last Step
+    _eval_seconds: list[float] = field(default_factory=list)  # each epoch end's scoring time
+    _epochs_scored: int = 0
+
+    def __post_init__(self) -> None:
+        self.log = [f"note: {n}" for n in self.notes]
+
+    # --- events in
+    def add(self, event) -> None:
+        if isinstance(event, Start):
+            self._held_rows = event.held_out_rows
+            self.log.append(f"training on {plural(event.train_rows, 'act')}, {event.held_out_rows:,} held out, "
+                            f"{plural(self.step_cap, 'step')}")
+            self.progress = f"step 0 / {self.step_cap:,} · starting"
+        elif isinstance(event, Step):
+            self.step, self._step_elapsed = event.step, event.elapsed
+            self.points.append((event.step, event.loss, "train"))
+            self.progress = (f"step {event.step:,} / {self.step_cap:,} · epoch {event.epoch} / {self.epochs} · "
+                             f"{event.tokens_per_s:,.0f} tokens/s · about {duration(self.eta())} left")
+        elif isinstance(event, EpochEnd):
+            self._eval_seconds.append(max(0.0, event.elapsed - self._step_elapsed))
+            self._epochs_scored = event.epoch
+            if event.held_out_loss is not None:
+                self.points.append((self.step, event.held_out_loss, "held-out"))
+            if event.base_held_out_loss is not None and not self._has("base held-out"):
+                self._base_line(event.base_held_out_loss)
+            self.log.append(f"epoch {event.epoch}: train {event.train_loss:.3f}, held-out "
+                            f"{number(event.held_out_loss)} ({duration(event.elapsed)})")
+        elif isinstance(event, Done):
+            self._done(event)
+        if self.stopping and not self.finished:
+            self.progress = f"stopping after this step… (step {self.step:,} / {self.step_cap:,})"
+
+    def request_stop(self) -> None:
+        """Stop was pressed: say so until the run has ended (no progress line overwrites it)."""
+        if not self.finished:
+            self.stopping = True
+            self.progress = f"stopping after this step… (step {self.step:,} / {self.step_cap:,})"
+
+    # --- what the time estimate knows
+    def eta(self) -> float:
+        """Seconds left: the remaining steps at the mean step time, plus the held-out scoring still to come.
+
+        Each epoch end scores the held-out rows (the first also scores the base model on them).
+        Until one has been measured, its cost is guessed from the step time: a forward pass over
+        the held-out rows costs about a third of training steps over as many rows.
+        """
+        if not self.step:
+            return 0.0
+        train_seconds = self._step_elapsed - sum(self._eval_seconds)
+        per_step = max(train_seconds, 0.0) / self.step
+        if self._eval_seconds:  # the first epoch end scored twice (tuned and base)
+            per_scoring = self._eval_seconds[-1] if len(self._eval_seconds) > 1 else self._eval_seconds[0] / 2
+        else:
+            per_scoring = per_step * math.ceil(self._held_rows / max(1, self.batch_size)) / 3
+        planned_epochs = min(self.epochs, math.ceil(self.step_cap / max(1, self._steps_per_epoch())))
+        scorings = max(0, planned_epochs - self._epochs_scored) + (0 if self._epochs_scored else 1)
+        scorings = scorings if self._held_rows else 0
+        return (self.step_cap - self.step) * per_step + scorings * per_scoring
+
+    def _steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.step_cap / self.epochs))
+
+    # --- helpers
+    def _has(self, series: str) -> bool:
+        return any(s == series for _, _, s in self.points)
+
+    def _base_line(self, loss: float) -> None:
+        self.points += [(0, loss, "base held-out"), (self.step_cap, loss, "base held-out")]
+
+    def _done(self, event: Done) -> None:
+        self.finished, self.stopped, self.stopping = True, event.stopped, False
+        metrics = event.soft.meta["metrics"]
+        # A stopped run's prompt was scored once more at the stop (train() does that): draw it.
+        held, base_held = metrics.get("held_out_loss"), metrics.get("base_held_out_loss")
+        last_held = next((p for p in reversed(self.points) if p[2] == "held-out"), None)
+        if held is not None and (last_held is None or last_held[0] != event.steps):
+            self.points.append((event.steps, held, "held-out"))
+        if base_held is not None and not self._has("base held-out"):
+            self._base_line(base_held)
+        if event.stopped and event.steps < self.step_cap:
+            self.log.append(f"stopped at step {event.steps:,} of {self.step_cap:,} after {duration(event.elapsed)}: "
+                            f"the prompt as it was after step {event.steps:,} is kept (held-out loss {number(held)}).")
+            self.progress = f"stopped at step {event.steps:,} / {self.step_cap:,} · the prompt so far is kept"
+        else:
+            self.log.append(f"done: {plural(event.steps, 'step')} in {duration(event.elapsed)}; "
+                            f"held-out loss {number(held)}.")
+            self.progress = f"step {event.steps:,} / {self.step_cap:,} · done"
+
+
+@dataclass
+class SweepView:
+    """A sweep as a person sees it: every cell's curves on one step axis, the results so far, one progress line."""
+
+    cells: int
+    x_end: int = 0  # the longest cell's last step: where the base model's line ends
+    rouge_acts: int = 0
+    points: list[tuple[int, float, str]] = field(default_factory=list)
+    results: list = field(default_factory=list)  # sweep.CellResult, in order
+    progress: str = "waiting to start"
+    finished: bool = False
+    stopping: bool = False
+    total: int = 0
+    _done_before: int = 0  # steps of the finished cells
+    _step: int = 0
+    _seconds_before: float = 0.0
+
+    def add(self, event) -> None:
+        from .sweep import CellEvent, CellResult, SweepDone, SweepStart
+
+        if isinstance(event, SweepStart):
+            self.total = event.total_steps
+            self.progress = (f"step 0 / {self.total:,} · {plural(self.cells, 'cell')} · "
+                             f"{plural(event.held_out_rows, 'held-out act')}")
+        elif isinstance(event, CellEvent):
+            self._cell_event(event)
+        elif isinstance(event, CellResult):
+            self.results.append(event)
+        elif isinstance(event, SweepDone):
+            self.finished, how = True, "stopped" if event.stopped else "done"
+            seconds = sum(r.seconds for r in event.results)
+            self.progress = f"{how}: {len(event.results)} of {plural(self.cells, 'cell')} in {duration(seconds)} of training"
+        if self.stopping and not self.finished:
+            self.progress = f"stopping after this step… (step {self._done_before + self._step:,} / {self.total:,})"
+
+    def _cell_event(self, event) -> None:
+        inner, name = event.event, event.label
+        if isinstance(inner, Step):
+            self._step = inner.step
+            self.points.append((inner.step, inner.loss, f"{name} train"))
+            done = self._done_before + inner.step
+            per_step = (self._seconds_before + inner.elapsed) / done
+            self.progress = (f"step {done:,} / {self.total:,} · cell {name} ({event.cell + 1} / {self.cells}) · "
+                             f"epoch {inner.epoch} · about {duration((self.total - done) * per_step)} left")
+        elif isinstance(inner, EpochEnd):
+            if inner.held_out_loss is not None:
+                self.points.append((self._step, inner.held_out_loss, f"{name} held-out"))
+            if inner.base_held_out_loss is not None and not any(s == "base held-out" for _, _, s in self.points):
+                self.points += [(0, inner.base_held_out_loss, "base held-out"),
+                                (self.x_end, inner.base_held_out_loss, "base held-out")]
+        elif isinstance(inner, Done):
+            self._done_before += inner.steps
+            self._seconds_before += inner.elapsed
+            self._step = 0
+            if self.rouge_acts:
+                self.progress = f"cell {name}: scoring ROUGE-L on up to {plural(self.rouge_acts, 'held-out act')}…"
+
+    def request_stop(self) -> None:
+        if not self.finished:
+            self.stopping = True
+            self.progress = f"stopping after this step… (step {self._done_before + self._step:,} / {self.total:,})"
