@@ -49,13 +49,15 @@ from tuning.data import DataError, Row, find_act, load_rows
 from tuning.generate import Decoding, GenerationError, stream_pair
 from tuning.jobs import Job, Jobs
 from tuning.model import ModelError, SoftPrompt, load_base
-from tuning.plan import PlanError, checked_config, plan_run, plan_sweep, plural
+from tuning.plan import PlanError, checked_config, config_error, plan_run, plan_sweep, plural
 from tuning.progress import SERIES, RunView, SweepView, duration, held_out_points, number
-from tuning.train import Done, EpochEnd, Step, TrainingError, encode_rows, held_out_for, train
+from tuning.train import (Done, Step, TrainingError, encode_rows, held_out_for, resume_config, resume_note, train,
+                          trained_so_far)
 
 log = logging.getLogger("tuning.app")
 
 SESSION_RUN = "this session's run"  # API alias for the newest run of the session
+NEW_PROMPT = "a new prompt"  # the Train tab's "Continue from" when nothing is resumed
 INITS = {"random": "random", "text: the current act's prompt": "text", "sampled vocabulary": "sample_vocab"}
 DATA_CHOICES = ("all training acts", "only the current act", "selected acts")
 COLOURS = {"train": "#2563eb", "held-out": "#ea580c", "base held-out": "#9ca3af"}  # one run's chart
@@ -545,9 +547,14 @@ def dataset_tab(ctx: Context) -> DatasetTab:
 # 4b. the Train tab
 
 
+def prompt_names(session: Session, listing: list[dict]) -> list[str]:
+    """This session's runs (newest first), then the saved adapters."""
+    return [r.name for r in reversed(session.runs)] + [a["name"] for a in listing]
+
+
 def run_choices(session: Session, listing: list[dict], current: str | None = None) -> gr.Dropdown:
-    """This session's runs (newest first) and the saved adapters; keeps `current` when it is still there."""
-    choices = [r.name for r in reversed(session.runs)] + [a["name"] for a in listing]
+    """The tuned prompts a visitor can pick; keeps `current` when it is still there, else the newest."""
+    choices = prompt_names(session, listing)
     if current == SESSION_RUN and session.runs:
         current = session.runs[-1].name
     return gr.Dropdown(choices=choices, value=current if current in choices else (choices[0] if choices else None))
@@ -612,20 +619,41 @@ def start_job(ctx: Context, job: Job) -> Job:
         raise gr.Error(f"{e}: stop it first, or wait for it to end") from None
 
 
+def resumed(ctx: Context, session: Session, resume, epochs, lr, batch) -> tuple[SoftPrompt, str, TuneConfig] | None:
+    """(prompt, its name, the settings) when the visitor continues a prompt; None for a new one."""
+    name = checked_name(resume, "Continue from")
+    if name in (None, NEW_PROMPT):
+        return None
+    soft = pick_soft(ctx, name, session)
+    with user_errors():
+        try:
+            return soft, name, resume_config(soft, whole(epochs), learning_rate=lr, batch_size=whole(batch))
+        except ValueError as e:
+            raise config_error(e) from None
+
+
 def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, seed, session: Session,
-                   request: gr.Request):
+                   request: gr.Request, resume=NEW_PROMPT):
     """Plan the run, start it in the job registry, then stream it (a reloaded page re-attaches with `reattach`)."""
-    config = train_config(ctx, session, tokens, epochs, lr, batch, init, data, chosen, seed)
+    continued = resumed(ctx, session, resume, epochs, lr, batch)
+    config = continued[2] if continued else train_config(ctx, session, tokens, epochs, lr, batch, init, data, chosen, seed)
     with user_errors():
         plan = plan_run(ctx.rows(), config, ctx.max_steps, ctx.max_epochs)
         base = ctx.base()
+        before = trained_so_far(continued[0]) if continued else (0, 0)
     acts = plan.config.acts
     what = acts[0] if len(acts) == 1 else plural(len(acts), "act") if acts else "all acts"
-    view = RunView(plan.step_cap, plan.config.epochs, plan.config.batch_size, plan.notes)
+    view = RunView(before[0] + plan.step_cap, before[1] + plan.config.epochs, plan.config.batch_size, plan.notes)
+    if continued:
+        view.continue_from(continued[0].meta["history"], plan.steps_per_epoch)
+        if note := resume_note(continued[0]):
+            view.log.append(f"note: {note}")
+        what = f"{continued[1].split(' · ')[0]} continued"
 
     def events(stop: threading.Event):
-        for event in train(base, plan.train_rows, plan.config, plan.held_out_rows, stop):
-            if isinstance(event, Step) and event.step >= plan.step_cap:
+        resume = dict(resume=continued[0], resume_name=continued[1]) if continued else {}
+        for event in train(base, plan.train_rows, plan.config, plan.held_out_rows, stop, **resume):
+            if isinstance(event, Step) and event.step >= view.step_cap:
                 stop.set()  # the server's step cap
             if isinstance(event, Done):
                 session.remember(event.soft, what, plan.steps_per_epoch)
@@ -671,7 +699,12 @@ class TrainTab(NamedTuple):
     log: gr.Textbox
 
 
-def train_tab(ctx: Context, session: gr.State) -> TrainTab:
+def resume_choices(ctx: Context, session: Session, current: str | None = None) -> gr.Dropdown:
+    choices = [NEW_PROMPT] + prompt_names(session, ctx.adapters())
+    return gr.Dropdown(choices=choices, value=current if current in choices else NEW_PROMPT)
+
+
+def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
     act = gr.Markdown(act_line(None))
     with gr.Row():
         with gr.Column(scale=1):
@@ -686,6 +719,9 @@ def train_tab(ctx: Context, session: gr.State) -> TrainTab:
             data = gr.Radio(list(DATA_CHOICES), value=DATA_CHOICES[0], label="Train on")
             chosen = gr.Dropdown([], multiselect=True, label="Selected acts")
             seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
+            resume = gr.Dropdown([NEW_PROMPT], value=NEW_PROMPT, label="Continue from", allow_custom_value=True,
+                                 info="a run or saved adapter trains *Epochs* more epochs, with its own acts and "
+                                      "size and this tab's learning rate and batch size")
             with gr.Row():
                 start = gr.Button("Train", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
@@ -696,9 +732,12 @@ def train_tab(ctx: Context, session: gr.State) -> TrainTab:
             progress = gr.Markdown("not started: set the prompt's size and press Train", elem_id="progress")
             log_box = gr.Textbox(label="Log", lines=8, max_lines=30, interactive=False, autoscroll=True)
     preset.input(bind(set_preset, ctx), preset, [tokens, epochs], api_name="set_preset")
-    trained = start.click(bind(start_training, ctx), [tokens, epochs, lr, batch, init, data, chosen, seed, session],
+    trained = start.click(bind(start_training, ctx),
+                          [tokens, epochs, lr, batch, init, data, chosen, seed, session, resume],
                           [plot, progress, log_box], api_name="train", concurrency_limit=8, concurrency_id="train")
     stop.click(bind(stop_run, ctx), session, progress, api_name="stop")
+    for event in (tab.select, trained.then):
+        event(bind(resume_choices, ctx), [session, resume], resume, api_name=False)
     return TrainTab(act, chosen, lr, batch, seed, trained, plot, progress, log_box)
 
 
@@ -1153,8 +1192,8 @@ def build_app(
         with gr.Tabs():
             with gr.Tab("Dataset"):
                 data = dataset_tab(ctx)
-            with gr.Tab("Train"):
-                train_ = train_tab(ctx, session)
+            with gr.Tab("Train") as tab:
+                train_ = train_tab(ctx, session, tab)
             with gr.Tab("Compare") as tab:
                 compare = compare_tab(ctx, session, tab)
             with gr.Tab("Evaluate") as tab:

@@ -3,7 +3,10 @@
 A saved adapter is `root/<name>/` holding what PEFT itself writes and reads
 (`adapter_config.json`, `adapter_model.safetensors` with the one key `prompt_embeddings`,
 shape `[num_virtual_tokens, hidden]`, float32), so `PeftModel.from_pretrained(model, folder)`
-loads it, plus our `tuning_meta.json` (dataset, acts, loss history, metrics, created time).
+loads it, plus our `tuning_meta.json` (dataset, acts, loss history, metrics, created time)
+and, when known, `tuning_optimizer.safetensors`: AdamW's state after the last step (`exp_avg`,
+`exp_avg_sq` shaped like the prompt, `step` a scalar; float32), so training can be resumed.
+PEFT ignores both files; a folder without the optimizer file loads with `optimizer_state=None`.
 
 Saving is atomic: a crash mid-save leaves the previous adapter intact and no partial folder.
 Loading reads safetensors only (never pickle) and checks every field a hostile or broken
@@ -41,6 +44,9 @@ META_FILE = "tuning_meta.json"
 CONFIG_FILE = "adapter_config.json"  # PEFT's names
 WEIGHTS_FILE = "adapter_model.safetensors"
 WEIGHTS_KEY = "prompt_embeddings"  # the only key PEFT 0.21 writes and reads for prompt tuning (tuners_utils.BasePromptEncoder)
+OPTIMIZER_FILE = "tuning_optimizer.safetensors"
+OPTIMIZER_KEYS = ("exp_avg", "exp_avg_sq", "step")
+MAX_OPTIMIZER_STEP = 2**24  # AdamW keeps `step` as float32, exact for whole numbers up to here
 MAX_NAME = 64
 MAX_VIRTUAL_TOKENS = 100  # TuneConfig's limit
 
@@ -95,6 +101,9 @@ def save(
         raise AdapterError(
             f"the config says {soft.config.num_virtual_tokens} virtual tokens but the prompt has {embeddings.shape[0]}"
         )
+    optimizer_state = None
+    if soft.optimizer_state is not None:
+        optimizer_state = _check_optimizer_state(soft.optimizer_state, tuple(embeddings.shape))
     created = soft.meta.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = {
         "format": 1,
@@ -130,6 +139,8 @@ def save(
     try:
         peft_config.save_pretrained(str(tmp))
         save_file({WEIGHTS_KEY: embeddings}, str(tmp / WEIGHTS_FILE))
+        if optimizer_state is not None:
+            save_file(optimizer_state, str(tmp / OPTIMIZER_FILE))
         (tmp / META_FILE).write_text(meta_text, encoding="utf-8")
         for file in tmp.iterdir():
             _fsync(file)
@@ -170,7 +181,8 @@ def load_folder(folder: Path | str, base: Base | None = None) -> SoftPrompt:
     """Validate and load any PEFT prompt-tuning folder (ours, or one PEFT wrote, or an upload).
 
     Returns a SoftPrompt with float32 CPU embeddings `[num_virtual_tokens, token_dim]`. A folder
-    without tuning_meta.json gets a TuneConfig built from adapter_config.json and empty meta.
+    without tuning_meta.json gets a TuneConfig built from adapter_config.json and empty meta; one
+    without tuning_optimizer.safetensors gets `optimizer_state=None` (resuming it starts a fresh AdamW).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -196,6 +208,7 @@ def load_folder(folder: Path | str, base: Base | None = None) -> SoftPrompt:
         )
     if base is not None and token_dim != base.hidden_size:
         raise AdapterError(f"this adapter's hidden size is {token_dim}, the loaded model's is {base.hidden_size}")
+    optimizer_state = _read_optimizer(folder, (v, token_dim))
 
     base_model = cfg.get("base_model_name_or_path") or "unknown"
     meta: dict = {}
@@ -220,7 +233,7 @@ def load_folder(folder: Path | str, base: Base | None = None) -> SoftPrompt:
 
     if base is not None and base_model != "unknown" and base_model != base.model_id:
         raise AdapterError(f"adapter was trained on {base_model}, the loaded model is {base.model_id}")
-    return SoftPrompt(embeddings, base_model, config, meta)
+    return SoftPrompt(embeddings, base_model, config, meta, optimizer_state)
 
 
 def list_adapters(root: Path | str = DEFAULT_ROOT) -> list[dict]:
@@ -364,6 +377,57 @@ def _read_prompt(folder: Path) -> torch.Tensor:
     if not torch.isfinite(tensor).all():
         raise AdapterError("the prompt tensor contains NaN or infinity")
     return tensor
+
+
+def _read_optimizer(folder: Path, shape: tuple[int, int]) -> dict[str, torch.Tensor] | None:
+    """AdamW's state from tuning_optimizer.safetensors, checked against the prompt's `shape`; None without the file.
+
+    The size is capped before anything is read (the tensors' bytes plus a small header), so an
+    upload cannot make us read more than the adapter's own size twice over. Never unpickles.
+    """
+    path = folder / OPTIMIZER_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not path.is_file():
+        raise AdapterError(f"{OPTIMIZER_FILE} must be a plain file")
+    cap = 2 * shape[0] * shape[1] * 4 + 4 + 4096  # two float32 moments, a float32 step, the JSON header
+    if path.stat().st_size > cap:
+        raise AdapterError(f"{OPTIMIZER_FILE} is {path.stat().st_size} bytes; for this prompt it is at most {cap}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            if keys != set(OPTIMIZER_KEYS):
+                raise AdapterError(f"{OPTIMIZER_FILE} must hold exactly the keys {list(OPTIMIZER_KEYS)}, found {sorted(keys)}")
+            state = {k: f.get_tensor(k) for k in OPTIMIZER_KEYS}
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"{OPTIMIZER_FILE} is not a readable safetensors file: {e}") from e
+    return _check_optimizer_state(state, shape)
+
+
+def _check_optimizer_state(state: dict, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Float32 CPU copies of AdamW's `exp_avg`, `exp_avg_sq` (both `shape`) and scalar `step`, or AdapterError.
+
+    Every check that keeps a resumed run sane: exact keys, float32, the prompt's shape, finite,
+    no negative second moment (its square root is taken), a whole step count of at least 1.
+    """
+    if not isinstance(state, dict) or set(state) != set(OPTIMIZER_KEYS):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise AdapterError(f"the optimizer state must hold exactly {list(OPTIMIZER_KEYS)}, found {found}")
+    for key in OPTIMIZER_KEYS:
+        value = state[key]
+        want = () if key == "step" else shape
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
+            raise AdapterError(f"the optimizer state's {key} must be a float32 tensor")
+        if tuple(value.shape) != want:
+            raise AdapterError(f"the optimizer state's {key} is {list(value.shape)}, expected {list(want)}")
+        if not torch.isfinite(value).all():
+            raise AdapterError(f"the optimizer state's {key} contains NaN or infinity")
+    if (state["exp_avg_sq"] < 0).any():
+        raise AdapterError("the optimizer state's exp_avg_sq has negative numbers; a second moment cannot")
+    step = state["step"].item()
+    if step != int(step) or not 1 <= step <= MAX_OPTIMIZER_STEP:
+        raise AdapterError(f"the optimizer state's step must be a whole number from 1 to {MAX_OPTIMIZER_STEP}, got {step:g}")
+    return {k: state[k].detach().to("cpu").contiguous().clone() for k in OPTIMIZER_KEYS}
 
 
 def _fsync(path: Path) -> None:

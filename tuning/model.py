@@ -70,12 +70,18 @@ class SoftPrompt:
 
     `meta` holds what produced it (dataset, acts, loss history, held-out metrics, created
     time); adapters.py writes it next to PEFT's files.
+
+    `optimizer_state` is AdamW's state for the prompt after its last step, so a resumed run
+    continues the same optimizer (train.py `train(resume=...)`): `exp_avg` and `exp_avg_sq`
+    `[num_virtual_tokens, hidden]` float32 on the CPU, and `step` a float32 scalar tensor (torch's
+    own type for it). None when unknown (an older adapter, or one trained elsewhere).
     """
 
     embeddings: torch.Tensor
     base_model: str
     config: TuneConfig
     meta: dict = field(default_factory=dict)
+    optimizer_state: dict[str, torch.Tensor] | None = None
 
     @property
     def num_virtual_tokens(self) -> int:

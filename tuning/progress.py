@@ -68,9 +68,11 @@ class RunView:
     stopping: bool = False  # Stop was pressed; the run ends after its current step
     step: int = 0
     _held_rows: int = 0
+    _resumed_at: int = 0  # steps the prompt had trained before this run (a resumed adapter)
     _step_elapsed: float = 0.0  # seconds since the start at the last Step
     _eval_seconds: list[float] = field(default_factory=list)  # each epoch end's scoring time
     _epochs_scored: int = 0
+    _epochs_before: int = 0  # epochs of a resumed prompt's earlier runs
 
     def __post_init__(self) -> None:
         self.log = [f"note: {n}" for n in self.notes]
@@ -78,10 +80,12 @@ class RunView:
     # --- events in
     def add(self, event) -> None:
         if isinstance(event, Start):
-            self._held_rows = event.held_out_rows
+            self._held_rows, self._resumed_at = event.held_out_rows, event.resumed_at
+            self.step = max(self.step, event.resumed_at)
+            more = f" more, from step {event.resumed_at:,}" if event.resumed_at else ""
             self.log.append(f"training on {plural(event.train_rows, 'act')}, {event.held_out_rows:,} held out, "
-                            f"{plural(self.step_cap, 'step')}")
-            self.progress = f"step 0 / {self.step_cap:,} · starting"
+                            f"{plural(self.step_cap - event.resumed_at, 'step')}{more}")
+            self.progress = f"step {self.step:,} / {self.step_cap:,} · starting"
         elif isinstance(event, Step):
             self.step, self._step_elapsed = event.step, event.elapsed
             self.points.append((event.step, event.loss, "train"))
@@ -115,21 +119,33 @@ class RunView:
         Until one has been measured, its cost is guessed from the step time: a forward pass over
         the held-out rows costs about a third of training steps over as many rows.
         """
-        if not self.step:
+        done = self.step - self._resumed_at
+        if done <= 0:
             return 0.0
         train_seconds = self._step_elapsed - sum(self._eval_seconds)
-        per_step = max(train_seconds, 0.0) / self.step
+        per_step = max(train_seconds, 0.0) / done
         if self._eval_seconds:  # the first epoch end scored twice (tuned and base)
             per_scoring = self._eval_seconds[-1] if len(self._eval_seconds) > 1 else self._eval_seconds[0] / 2
         else:
             per_scoring = per_step * math.ceil(self._held_rows / max(1, self.batch_size)) / 3
         planned_epochs = min(self.epochs, math.ceil(self.step_cap / max(1, self._steps_per_epoch())))
-        scorings = max(0, planned_epochs - self._epochs_scored) + (0 if self._epochs_scored else 1)
+        scored_before = self._epochs_before if self._resumed_at else 0
+        scorings = max(0, planned_epochs - max(self._epochs_scored, scored_before))
+        scorings += 0 if self._eval_seconds else 1  # the first epoch end of a run also scores the base model
         scorings = scorings if self._held_rows else 0
         return (self.step_cap - self.step) * per_step + scorings * per_scoring
 
     def _steps_per_epoch(self) -> int:
         return max(1, math.ceil(self.step_cap / self.epochs))
+
+    def continue_from(self, history: dict, steps_per_epoch: int) -> None:
+        """Draw a resumed prompt's earlier curve first, so its history continues on the same chart."""
+        self.points += [(s, loss, "train") for s, loss in zip(history["step"], history["train_loss"])]
+        self.points += held_out_points(history, steps_per_epoch)
+        self.step = history["step"][-1] if history["step"] else 0
+        self._epochs_before = history["epoch"][-1] if history["epoch"] else 0
+        self.log.append(f"continuing a prompt trained for {plural(self.step, 'step')} "
+                        f"({plural(self._epochs_before, 'epoch')})")
 
     # --- helpers
     def _has(self, series: str) -> bool:
@@ -144,18 +160,18 @@ class RunView:
         # A stopped run's prompt was scored once more at the stop (train() does that): draw it.
         held, base_held = metrics.get("held_out_loss"), metrics.get("base_held_out_loss")
         last_held = next((p for p in reversed(self.points) if p[2] == "held-out"), None)
-        if held is not None and (last_held is None or last_held[0] != event.steps):
-            self.points.append((event.steps, held, "held-out"))
+        if held is not None and (last_held is None or last_held[0] != self.step):
+            self.points.append((self.step, held, "held-out"))
         if base_held is not None and not self._has("base held-out"):
             self._base_line(base_held)
-        if event.stopped and event.steps < self.step_cap:
-            self.log.append(f"stopped at step {event.steps:,} of {self.step_cap:,} after {duration(event.elapsed)}: "
-                            f"the prompt as it was after step {event.steps:,} is kept (held-out loss {number(held)}).")
-            self.progress = f"stopped at step {event.steps:,} / {self.step_cap:,} · the prompt so far is kept"
+        if event.stopped and self.step < self.step_cap:
+            self.log.append(f"stopped at step {self.step:,} of {self.step_cap:,} after {duration(event.elapsed)}: "
+                            f"the prompt as it was after step {self.step:,} is kept (held-out loss {number(held)}).")
+            self.progress = f"stopped at step {self.step:,} / {self.step_cap:,} · the prompt so far is kept"
         else:
             self.log.append(f"done: {plural(event.steps, 'step')} in {duration(event.elapsed)}; "
                             f"held-out loss {number(held)}.")
-            self.progress = f"step {event.steps:,} / {self.step_cap:,} · done"
+            self.progress = f"step {self.step:,} / {self.step_cap:,} · done"
 
 
 @dataclass

@@ -6,6 +6,10 @@ model and yields `Start`, `Step`, `EpochEnd` and finally `Done` (which carries t
 assertions. Stopping is a `threading.Event` checked between steps; what was learned so far
 comes back in `Done(stopped=True)`. A NaN/inf loss raises `TrainingError` and returns nothing.
 
+Resuming: `train(..., resume=soft)` starts from a saved prompt and its AdamW state and trains
+`config.epochs` more epochs; step and epoch numbers, and the loss history, continue the saved
+ones (`resume_config` plans such a run, `resume_note` says when the optimizer starts fresh).
+
 What it does not do: load models or data (model.py, data.py), save files (adapters.py).
 
 Choices, each measured or explained in README "Performance":
@@ -55,13 +59,14 @@ class Start:
     train_rows: int
     held_out_rows: int
     train_tokens: int  # real text tokens per epoch
+    resumed_at: int = 0  # steps done before this run (a resumed adapter's); steps count on from here
 
 
 @dataclass
 class Step:
-    step: int  # 1-based, across epochs
-    total_steps: int
-    epoch: int  # 1-based
+    step: int  # 1-based, across epochs (and across runs, when resuming)
+    total_steps: int  # the last step's number
+    epoch: int  # 1-based (continuing a resumed adapter's)
     loss: float  # mean cross-entropy per token of this batch
     tokens: int  # real text tokens trained on so far
     tokens_per_s: float
@@ -84,7 +89,7 @@ class EpochEnd:
 class Done:
     soft: SoftPrompt
     stopped: bool  # True when asked to stop before the last step
-    steps: int
+    steps: int  # taken by this run (a resumed adapter's earlier steps not counted)
     elapsed: float
 
 
@@ -244,42 +249,156 @@ def init_prompt(base: Base, config: TuneConfig, fallback_text: str | None = None
         return PromptEmbedding(peft_config, table).embedding.weight.detach().float().cpu().clone()
 
 
+HISTORY_KEYS = ("step", "train_loss", "epoch", "held_out_loss", "epoch_train_loss")
+
+
+def trained_so_far(soft: SoftPrompt) -> tuple[int, int]:
+    """(steps, epochs) `soft` has trained, read from its loss history; (0, 0) when it has none.
+
+    A run stopped mid-epoch counts all its steps but only its finished epochs, so resuming it
+    starts the next epoch after the last finished one. A history that is not the shape train()
+    writes (an edited or foreign tuning_meta.json) is refused: its numbers cannot be continued.
+    """
+    history = _saved_history(soft)
+    return (history["step"][-1] if history["step"] else 0), (history["epoch"][-1] if history["epoch"] else 0)
+
+
+def resume_config(soft: SoftPrompt, epochs: int, **changes) -> TuneConfig:
+    """The settings for `train(..., resume=soft)`: the adapter's own, `epochs` more epochs, and `changes`.
+
+    `epochs` counts the new epochs only; the saved ones plus these must stay within TuneConfig's
+    cap. `changes` may set other fields (learning_rate, batch_size, dataset, ...), not the
+    number of virtual tokens, which is the prompt's shape. Re-validated like any TuneConfig.
+
+    >>> resume_config(soft_trained_10_epochs, 5, learning_rate=0.01).epochs   # doctest: +SKIP
+    5
+    """
+    config = dataclasses.replace(soft.config, epochs=epochs, **changes)
+    _check_resume(soft, config)
+    return config
+
+
+def resume_note(soft: SoftPrompt) -> str | None:
+    """One sentence for the user when resuming `soft` cannot continue its optimizer; None when it can."""
+    if soft.optimizer_state is not None:
+        return None
+    return ("this adapter has no saved optimizer state (it is older or was trained elsewhere), "
+            "so training continues from its prompt with a fresh AdamW optimizer")
+
+
+def _saved_history(soft: SoftPrompt) -> dict[str, list]:
+    """`soft`'s loss history as train() writes it, checked; every key empty when it has none."""
+    history = soft.meta.get("history")
+    if not history:
+        return {k: [] for k in HISTORY_KEYS}
+    bad = TrainingError("this adapter's loss history is not in the form training writes, so it cannot be continued")
+    if not isinstance(history, dict) or not all(isinstance(history.get(k, []), list) for k in HISTORY_KEYS):
+        raise bad
+    history = {k: list(history.get(k, [])) for k in HISTORY_KEYS}
+    whole = [n for k in ("step", "epoch") for n in history[k]]
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in whole):
+        raise bad
+    if len(history["step"]) != len(history["train_loss"]) or not (
+        len(history["epoch"]) == len(history["held_out_loss"]) == len(history["epoch_train_loss"])
+    ):
+        raise bad
+    return history
+
+
+def _check_resume(soft: SoftPrompt, config: TuneConfig, base: Base | None = None) -> tuple[int, int]:
+    """Refuse to resume `soft` with `config` (on `base`) when the prompt does not fit; (steps, epochs) it did."""
+    if config.num_virtual_tokens != soft.num_virtual_tokens:
+        raise TrainingError(
+            f"the adapter has {soft.num_virtual_tokens} virtual tokens but the settings say "
+            f"{config.num_virtual_tokens}; a resumed prompt keeps its length"
+        )
+    if base is not None and soft.embeddings.shape[1] != base.hidden_size:
+        raise TrainingError(
+            f"the adapter's hidden size is {soft.embeddings.shape[1]}, the loaded model's is {base.hidden_size}"
+        )
+    if base is not None and soft.base_model not in ("unknown", base.model_id):
+        raise TrainingError(f"the adapter was trained on {soft.base_model}, the loaded model is {base.model_id}")
+    state = soft.optimizer_state
+    if state is not None and (set(state) != {"exp_avg", "exp_avg_sq", "step"}
+                              or any(state[k].shape != soft.embeddings.shape for k in ("exp_avg", "exp_avg_sq"))):
+        raise TrainingError("the adapter's optimizer state does not have its prompt's shape")
+    steps, epochs = trained_so_far(soft)
+    try:
+        dataclasses.replace(config, epochs=epochs + config.epochs)  # the total the result will record
+    except ValueError:
+        raise TrainingError(
+            f"the adapter has trained {epochs} epochs; {config.epochs} more would make {epochs + config.epochs}, "
+            "over the limit of 50"
+        ) from None
+    return steps, epochs
+
+
 def train(
     base: Base,
     train_rows: Sequence[Row],
     config: TuneConfig,
     held_out_rows: Sequence[Row] = (),
     stop: threading.Event | None = None,
+    resume: SoftPrompt | None = None,
+    resume_name: str | None = None,
 ) -> Iterator[Event]:
     """Prompt-tune `base` on `train_rows`; yields Start, then Step per batch and EpochEnd per epoch, then Done.
+
+    With `resume`, training continues that prompt (and its optimizer state, when it has one)
+    for `config.epochs` more epochs: steps and epochs are numbered on from its history, the
+    result's history is the old one followed by the new, its config records the epochs of
+    both runs, and `meta["resumed"]` lists each resume (from `resume_name`, at which step).
+    Refused (TrainingError) when the prompt does not fit `config` or `base`.
 
     >>> for event in train(base, rows, TuneConfig(epochs=1)):   # doctest: +SKIP
     ...     if isinstance(event, Step): print(event.step, event.loss)
     """
     if not train_rows:
         raise TrainingError("there are no rows to train on")
+    done_steps, done_epochs = _check_resume(resume, config, base) if resume is not None else (0, 0)
     t0 = time.perf_counter()
     device = base.device
     rank, world = data_parallel()
     data = encode_rows(base, train_rows, config)
     held = encode_rows(base, held_out_rows, config) if held_out_rows else []
     rng = random.Random(config.seed)
+    lengths = [len(r) for r in data]
+    # A resumed run replays the saved epochs' shuffles, so on the same rows it sees the batch
+    # order a single longer run would have seen next, not epoch 1's order again.
+    for _ in range(done_epochs):
+        length_batches(lengths, config.batch_size, rng)
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    total = steps_per_epoch * config.epochs
+    planned = steps_per_epoch * config.epochs  # this run's steps
+    total = done_steps + planned  # the last step's number
 
-    prompt = torch.nn.Parameter(init_prompt(base, config, train_rows[0].prompt).to(device))
+    if resume is None:
+        prompt = torch.nn.Parameter(init_prompt(base, config, train_rows[0].prompt).to(device))
+    else:
+        prompt = torch.nn.Parameter(resume.embeddings.detach().to(device, torch.float32).clone())
     optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=0.0)
-    # Linear decay to zero over the planned steps, as PEFT's prompt-tuning examples do.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
+    if resume is not None and resume.optimizer_state is not None:
+        # AdamW's moments and step count carry on, so the first resumed step is the one the saved
+        # run would have taken next (scaled by the new learning rate), not a fresh Adam's first
+        # sign-like step of size lr on every number. load_state_dict puts each tensor where
+        # AdamW wants it (the moments on the prompt's device, `step` as it keeps it).
+        saved = optimizer.state_dict()
+        saved["state"] = {0: {k: v.detach().clone() for k, v in resume.optimizer_state.items()}}
+        optimizer.load_state_dict(saved)
+    # Linear decay to zero over this run's steps, as PEFT's prompt-tuning examples do. A resumed
+    # run starts a fresh decay from config.learning_rate: the saved run's own schedule ended at
+    # zero, so continuing it would not move the prompt; restarting it is a warm restart (SGDR),
+    # and a lower --learning-rate makes the restart gentler.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / planned))
 
     base_held = None
-    yield Start(total, len(data), len(held), sum(len(r) for r in data))
+    yield Start(total, len(data), len(held), sum(lengths), resumed_at=done_steps)
 
-    history = {"step": [], "train_loss": [], "epoch": [], "held_out_loss": [], "epoch_train_loss": []}
-    step, tokens_done, train_time, stopped = 0, 0, 0.0, False
-    for epoch in range(1, config.epochs + 1):
+    history = _saved_history(resume) if resume is not None else {k: [] for k in HISTORY_KEYS}
+    epochs_before = len(history["epoch"])
+    step, tokens_done, train_time, stopped = done_steps, 0, 0.0, False
+    for epoch in range(done_epochs + 1, done_epochs + config.epochs + 1):
         epoch_loss, epoch_tokens = 0.0, 0
-        for batch in length_batches([len(r) for r in data], config.batch_size, rng):
+        for batch in length_batches(lengths, config.batch_size, rng):
             if _any_process(stop is not None and stop.is_set(), world, device):
                 stopped = True
                 break
@@ -311,7 +430,7 @@ def train(
             yield Step(
                 step=step, total_steps=total, epoch=epoch, loss=loss.item(), tokens=tokens_done,
                 tokens_per_s=tokens_done / train_time, elapsed=time.perf_counter() - t0,
-                eta=(total - step) * train_time / step,
+                eta=(total - step) * train_time / (step - done_steps),
             )
         if stopped:
             break
@@ -323,19 +442,27 @@ def train(
         history["epoch_train_loss"].append(epoch_loss / epoch_tokens)
         yield EpochEnd(epoch, epoch_loss / epoch_tokens, held_loss, base_held, time.perf_counter() - t0)
 
-    if step == 0:
+    if step == done_steps:
         raise TrainingError("training was stopped before the first step; there is nothing to keep")
-    last_held = next((x for x in reversed(history["held_out_loss"]) if x is not None), None)
+    # this run's measurements only: a resumed adapter's older ones scored another prompt
+    last_held = next((x for x in reversed(history["held_out_loss"][epochs_before:]) if x is not None), None)
     if stopped and held:  # the kept prompt is not the one the last epoch measured
         last_held = mean_loss(base, prompt.detach(), held, config.batch_size)
         if base_held is None:
             base_held = mean_loss(base, None, held, config.batch_size)
     elapsed = time.perf_counter() - t0
     cfg = base.model.config
+    state = optimizer.state[prompt]
     soft = SoftPrompt(
         embeddings=prompt.detach().float().cpu().clone(),
         base_model=base.model_id,
-        config=config,
+        # a resumed prompt records every epoch it has had, so labels like "20x15" stay true
+        config=config if resume is None else dataclasses.replace(config, epochs=done_epochs + config.epochs),
+        optimizer_state={
+            "exp_avg": state["exp_avg"].detach().float().cpu().clone(),
+            "exp_avg_sq": state["exp_avg_sq"].detach().float().cpu().clone(),
+            "step": torch.as_tensor(state["step"]).detach().float().cpu().reshape(()).clone(),
+        },
         meta={
             "dataset": config.dataset,
             "acts": [r.act for r in train_rows],
@@ -357,4 +484,30 @@ def train(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    yield Done(soft=soft, stopped=stopped, steps=step, elapsed=elapsed)
+    if resume is not None:
+        soft.meta = _resumed_meta(resume, soft.meta, resume_name, done_steps, done_epochs, config.epochs)
+    yield Done(soft=soft, stopped=stopped, steps=step - done_steps, elapsed=elapsed)
+
+
+def _resumed_meta(resume: SoftPrompt, meta: dict, name: str | None, steps: int, epochs: int, more: int) -> dict:
+    """A resumed run's meta: this run's, over the saved one's other keys, with acts merged and the resume listed.
+
+    `acts` becomes every act either run trained on and `held_out_acts` drops them, so evaluating
+    the result never scores an act it trained on. `resumed` gains one entry per resume.
+    """
+    old = resume.meta
+
+    def texts(value) -> list[str]:  # tuning_meta.json may come from an upload: take lists of text only
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    acts = list(dict.fromkeys(texts(old.get("acts")) + meta["acts"]))
+    trained = set(acts)
+    resumed = [r for r in old.get("resumed", []) if isinstance(r, dict)] if isinstance(old.get("resumed"), list) else []
+    resumed.append({
+        "from": name, "at_step": steps, "at_epoch": epochs, "epochs": more,
+        "fresh_optimizer": resume.optimizer_state is None, "created": meta["created"],
+    })
+    return {
+        **old, **meta, "acts": acts, "held_out_acts": [a for a in meta["held_out_acts"] if a not in trained],
+        "resumed": resumed,
+    }

@@ -1,0 +1,99 @@
+"""A reload loses nothing: the app's callbacks called directly (no server), as two tabs of one browser would."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+import app
+from app_fixtures import write_assets
+from tuning.jobs import Jobs
+
+TRAIN = dict(tokens=5, epochs=50, lr=0.1, batch=1, init="random", data="all training acts", chosen=[], seed=0)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    model, dataset = write_assets(tmp_path)
+    return app.Context(model, dataset, tmp_path / "adapters", jobs=Jobs(grace=5.0))
+
+
+def tab(name: str):
+    return SimpleNamespace(session_hash=name)
+
+
+def train_steps(update) -> int:
+    chart, _, _ = update
+    return int((chart["series"] == "train").sum() - 1)  # one empty row per series
+
+
+def test_a_reloaded_page_re_attaches_to_the_running_training_and_can_stop_it(ctx):
+    session, browser = app.attach(ctx, None, app.Session())
+    first = app.start_training(ctx, *TRAIN.values(), session, tab("tab-1"))
+    for update in first:
+        if train_steps(update) >= 3:
+            break
+    app.on_close(ctx, tab("tab-1"))  # the page reloads: the old tab goes …
+    first.close()
+    again, same = app.attach(ctx, browser, app.Session())  # … and the new one brings the browser's id
+    assert again is session and same == browser
+    follower = app.reattach(ctx, again, tab("tab-2"))
+    chart, progress, log = next(follower)
+    assert train_steps((chart, progress, log)) >= 3  # the chart so far, replayed
+    assert progress.startswith("step ") and "training on 11 acts" in log
+    assert app.stop_run(ctx, again, tab("tab-2")).startswith("stopping after this step…")
+    *_, (chart, progress, log) = follower
+    assert progress.startswith("stopped at step") and "is kept" in log
+    assert len(again.runs) == 1 and again.runs[0].soft.meta["stopped"]
+
+
+def test_a_closed_tab_with_no_reload_stops_its_training_after_the_grace(ctx):
+    ctx = app.Context(ctx.model, ctx.dataset, ctx.root, jobs=Jobs(grace=0.5))
+    session, _ = app.attach(ctx, None, app.Session())
+    first = app.start_training(ctx, *TRAIN.values(), session, tab("tab-1"))
+    next(first)
+    job = ctx.jobs.running(session.owner)
+    app.on_close(ctx, tab("tab-1"))
+    first.close()
+    closed_at = len(job.events)
+    assert job.join(timeout=30), "the abandoned run never stopped"
+    steps_after = len(job.events) - closed_at
+    assert job.stop.is_set() and steps_after < 550  # it stopped long before its 550 steps
+    assert session.runs and session.runs[-1].soft.meta["stopped"]
+
+
+def test_a_second_training_from_the_same_browser_is_refused_while_one_runs(ctx):
+    session, _ = app.attach(ctx, None, app.Session())
+    first = app.start_training(ctx, *TRAIN.values(), session, tab("tab-1"))
+    next(update for update in first if train_steps(update) >= 1)
+    with pytest.raises(app.gr.Error, match="this browser is already running a training"):
+        next(app.start_training(ctx, *TRAIN.values(), session, tab("tab-2")))
+    app.stop_run(ctx, session, tab("tab-1"))
+    list(first)
+
+
+def test_resuming_a_run_continues_its_steps_and_its_chart(ctx):
+    session, _ = app.attach(ctx, None, app.Session())
+    *_, (chart, progress, log) = app.start_training(ctx, **{**TRAIN, "epochs": 2, "batch": 4}, session=session,
+                                                    request=tab("t"))
+    assert progress == "step 6 / 6 · done"
+    first = session.runs[-1]
+    *_, (chart, progress, log) = app.start_training(ctx, **{**TRAIN, "epochs": 1, "batch": 4}, session=session,
+                                                    request=tab("t"), resume=first.name)
+    assert progress == "step 9 / 9 · done"
+    assert "continuing a prompt trained for 6 steps (2 epochs)" in log
+    steps = chart[chart["series"] == "train"]["step"].dropna().tolist()
+    assert steps[1:] == list(range(1, 10))  # the old curve, then the new steps after it
+    resumed = session.runs[-1]
+    assert resumed.soft.config.epochs == 3 and resumed.name.startswith("#2 ") and " continued 5×3 · " in resumed.name
+    assert resumed.soft.meta["history"]["step"] == list(range(1, 10))
+
+
+def test_resuming_past_the_epoch_cap_is_refused_by_label(ctx):
+    session, _ = app.attach(ctx, None, app.Session())
+    list(app.start_training(ctx, **{**TRAIN, "epochs": 2, "batch": 4}, session=session, request=tab("t")))
+    with pytest.raises(app.gr.Error, match="[Ee]pochs"):
+        next(app.start_training(ctx, **{**TRAIN, "epochs": 49, "batch": 4}, session=session, request=tab("t"),
+                                resume=session.runs[-1].name))
