@@ -189,21 +189,27 @@ def bind(fn: Callable, ctx: Context) -> Callable:
 # textbox's max length) do not bind a raw API call, which can send any JSON in any field.
 
 
+def refuse(message: str) -> gr.Error:
+    """The one sentence a visitor sees; the server logs that line, not a traceback (it is not our bug)."""
+    log.info("refused: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
 @contextlib.contextmanager
 def user_errors():
     """Turn an error the user can fix into one sentence on the page (and one log line); our own bugs still raise."""
     try:
         yield
     except USER_ERRORS as e:
-        log.info("refused: %s", e)
-        raise gr.Error(str(e)) from None
+        raise refuse(str(e)) from None
     except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
         if "out of memory" not in str(e).lower():
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the failed run's blocks back, so the next request can have them
         log.warning("out of memory: %s", str(e)[:200])
-        raise gr.Error("out of memory: try fewer virtual tokens, a smaller batch or a shorter run") from None
+        raise gr.Error("out of memory: try fewer virtual tokens, a smaller batch or a shorter run",
+                       print_exception=False) from None
 
 
 @contextlib.contextmanager
@@ -213,7 +219,8 @@ def disk_errors():
         yield
     except OSError as e:
         log.warning("write failed: %s", e)
-        raise gr.Error(f"the server could not write the adapter ({e.strerror or e}); nothing was changed") from None
+        raise gr.Error(f"the server could not write the adapter ({e.strerror or e}); nothing was changed",
+                       print_exception=False) from None
 
 
 def checked_text(value, label: str, max_chars: int) -> str:
@@ -224,24 +231,24 @@ def checked_text(value, label: str, max_chars: int) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise gr.Error(f"{label} must be text, got {type(value).__name__}")
+        raise refuse(f"{label} must be text, got {type(value).__name__}")
     if len(value) > max_chars:
-        raise gr.Error(f"{label} is {len(value):,} characters; this server takes at most {max_chars:,}")
+        raise refuse(f"{label} is {len(value):,} characters; this server takes at most {max_chars:,}")
     if "\x00" in value:
-        raise gr.Error(f"{label} contains a NUL character; remove it and try again")
+        raise refuse(f"{label} contains a NUL character; remove it and try again")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: JSON can carry one, nothing after this can
-        raise gr.Error(f"{label} contains broken Unicode (a lone surrogate); paste it again as plain text") from None
+        raise refuse(f"{label} contains broken Unicode (a lone surrogate); paste it again as plain text") from None
     return value
 
 
 def checked_number(value, label: str) -> float | int:
     """`value` if it is a finite int or float; 'abc', True, None, NaN, infinity -> gr.Error."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise gr.Error(f"{label} must be a number, got {value!r}"[:200])
+        raise refuse(f"{label} must be a number, got {value!r}"[:200])
     if not math.isfinite(value):
-        raise gr.Error(f"{label} must be a finite number, got {value}")
+        raise refuse(f"{label} must be a finite number, got {value}")
     return value
 
 
@@ -270,7 +277,7 @@ def in_range(component, payload, preprocess):
     try:
         return preprocess(value)
     except gr.Error as e:
-        raise gr.Error(f"{component.label}: {e.message}") from None
+        raise refuse(f"{component.label}: {e.message}") from None
 
 
 class Slider(gr.Slider):
@@ -319,8 +326,12 @@ def loss_frame(points: list[tuple[int, float, str]], series) -> pd.DataFrame:
 
     The empty rows are a workaround: Gradio 6's LinePlot fixes its colour legend from the first
     value it shows, so a series that appears later (held-out after epoch 1) would never be drawn.
+    A series with one point so far (the first held-out loss, a 1-step run) is drawn flat from
+    step 0: the LinePlot draws no line through a lone point, and shows points only on hover.
     """
-    frame = pd.DataFrame([(0, math.nan, s) for s in series] + points, columns=["step", "loss", "series"])
+    counts = pd.Series([s for _, _, s in points], dtype=str).value_counts()
+    lone = [(0, y, s) for x, y, s in points if counts.get(s) == 1 and x > 0]
+    frame = pd.DataFrame([(0, math.nan, s) for s in series] + lone + points, columns=["step", "loss", "series"])
     return frame.astype({"step": int, "loss": float, "series": str})
 
 
@@ -564,12 +575,12 @@ def train_config(ctx: Context, session: Session, tokens, epochs, lr, batch, init
     """The widgets' values as a checked TuneConfig; one sentence naming the field by its label when one is wrong."""
     chosen = chosen or []
     if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
-        raise gr.Error("selected acts must be a list of act names")
+        raise refuse("selected acts must be a list of act names")
     if data == "only the current act" and not session.act:
-        raise gr.Error("pick an act in the Dataset tab first (or train on all acts)")
+        raise refuse("pick an act in the Dataset tab first (or train on all acts)")
     acts = [session.act.act] if data == "only the current act" else chosen if data == "selected acts" else []
     if data == "selected acts" and not acts:
-        raise gr.Error("choose at least one act for 'selected acts'")
+        raise refuse("choose at least one act for 'selected acts'")
     use_text = INITS.get(init) == "text" and session.act
     with user_errors():
         return checked_config(
@@ -608,15 +619,20 @@ def follow(ctx: Context, job: Job, session_hash: str, render: Callable):
 
 
 def run_update(view: RunView) -> tuple:
-    """(chart, progress line, log) of a training."""
-    return loss_frame(list(view.points), SERIES), view.progress, "\n".join(view.log)
+    """(chart, progress line, log) of a training.
+
+    The step axis spans the whole planned run (at least 20 steps, so its ticks are whole steps):
+    the curve grows left to right, and how far along the run is shows at a glance.
+    """
+    chart = gr.LinePlot(loss_frame(list(view.points), SERIES), x_lim=[0, max(view.step_cap, 20)])
+    return chart, view.progress, "\n".join(view.log)
 
 
 def start_job(ctx: Context, job: Job) -> Job:
     try:
         return ctx.jobs.start(job)
     except RuntimeError as e:  # this browser already runs one
-        raise gr.Error(f"{e}: stop it first, or wait for it to end") from None
+        raise refuse(f"{e}: stop it first, or wait for it to end") from None
 
 
 def resumed(ctx: Context, session: Session, resume, epochs, lr, batch) -> tuple[SoftPrompt, str, TuneConfig] | None:
@@ -728,7 +744,7 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
         with gr.Column(scale=2):
             plot = gr.LinePlot(loss_frame([], SERIES), x="step", y="loss", color="series", height=360,
                                elem_id="loss-plot", color_map=COLOURS, title="Loss per token (nats)",
-                               x_title="training step", y_axis_format=".2f")
+                               x_title="training step")
             progress = gr.Markdown("not started: set the prompt's size and press Train", elem_id="progress")
             log_box = gr.Textbox(label="Log", lines=8, max_lines=30, interactive=False, autoscroll=True)
     preset.input(bind(set_preset, ctx), preset, [tokens, epochs], api_name="set_preset")
@@ -748,11 +764,11 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
 def pick_soft(ctx: Context, name, session: Session) -> SoftPrompt:
     """A run of this session or a saved adapter, by the name a dropdown (or a client) sent."""
     if not (name := checked_name(name)):
-        raise gr.Error("train or pick an adapter first")
+        raise refuse("train or pick an adapter first")
     if name == SESSION_RUN or name.startswith("#"):  # run names start with '#', adapter names cannot
         run = session.run(name)
         if run is None:
-            raise gr.Error("this session has no run yet: train or pick an adapter first" if name == SESSION_RUN
+            raise refuse("this session has no run yet: train or pick an adapter first" if name == SESSION_RUN
                            else f"this session has no run named {name!r} (runs are kept until the server restarts)")
         return run.soft
     with user_errors():
@@ -819,7 +835,7 @@ def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progr
     with user_errors():
         base, held = ctx.base(), held_out_for(soft, ctx.rows(), ctx.dataset)
         if not held:
-            raise gr.Error("there are no held-out acts to evaluate on (this adapter was trained on every act)")
+            raise refuse("there are no held-out acts to evaluate on (this adapter was trained on every act)")
         progress(0, desc="held-out perplexity")
         metrics = evaluate.compare(base, soft, encode_rows(base, held, soft.config), soft.config.batch_size)
         picked, scored = held[:n_acts], []
@@ -847,7 +863,7 @@ def token_view(ctx: Context, adapter, session: Session):
         try:
             gains = evaluate.token_gains(ctx.base(), soft, act.prompt)
         except ValueError as e:  # a one-token prompt
-            raise gr.Error(str(e)) from None
+            raise refuse(str(e)) from None
     return gain_scores(gains), gains_summary(act.act, gains, note)
 
 
@@ -978,7 +994,7 @@ def show_history(ctx: Context, session: Session):
 
 def export_history(ctx: Context, session: Session, request: gr.Request) -> str:
     if not session.runs:
-        raise gr.Error("no runs yet: train or sweep first")
+        raise refuse("no runs yet: train or sweep first")
     return str(write_history_csv(session.runs, ctx.jobs.folder(request.session_hash) / "history.csv"))
 
 
@@ -1054,10 +1070,10 @@ def run_names(session: Session, current: str | None = None) -> gr.Dropdown:
 def save_run(ctx: Context, name: str, run_name: str | None = None, session: Session | None = None):
     """Keep a run of this session (the newest unless `run_name` says) under `name`, or a name made from the run."""
     if not session.runs:
-        raise gr.Error("train something first: this session has no run to save")
+        raise refuse("train something first: this session has no run to save")
     run = session.run(checked_name(run_name, "the run") or SESSION_RUN)
     if run is None:
-        raise gr.Error(f"this session has no run named {run_name!r}")
+        raise refuse(f"this session has no run named {run_name!r}")
     c = run.soft.config
     wanted = name.strip() or f"{run.name.split(' ', 1)[1].rsplit(' · ', 1)[0]}-{c.num_virtual_tokens}x{c.epochs}"
     with user_errors(), disk_errors():
@@ -1076,17 +1092,17 @@ def adapter_details(ctx: Context, name: str | None) -> dict:
 
 def download(ctx: Context, name: str | None, request: gr.Request) -> str:
     if not (name := checked_name(name)):
-        raise gr.Error("pick an adapter to download")
+        raise refuse("pick an adapter to download")
     if name not in [a["name"] for a in ctx.adapters()]:  # only real adapter folders
-        raise gr.Error(f"no adapter named {name!r}")
+        raise refuse(f"no adapter named {name!r}")
     return str(zip_adapter(ctx.root / name, ctx.jobs.folder(request.session_hash)))
 
 
 def upload(ctx: Context, path: str | None, name: str, session: Session):
     if not path:
-        raise gr.Error("choose a .zip of a PEFT prompt-tuning adapter")
+        raise refuse("choose a .zip of a PEFT prompt-tuning adapter")
     if os.path.getsize(path) > MAX_UPLOAD_BYTES:
-        raise gr.Error(f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MB; an adapter zip is far smaller")
+        raise refuse(f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MB; an adapter zip is far smaller")
     with tempfile.TemporaryDirectory(prefix="tuning-upload-") as tmp, user_errors(), disk_errors():
         wanted = adapters.sanitize_name(name.strip() or Path(path).stem)
         soft = adapters.load_folder(unzip_safely(path, Path(tmp)), ctx.base())
@@ -1099,13 +1115,13 @@ def upload(ctx: Context, path: str | None, name: str, session: Session):
 def ask_delete(ctx: Context, name: str | None):
     """First click on Delete: name what would go, and show the confirming buttons."""
     if not (name := checked_name(name)):
-        raise gr.Error("pick an adapter to delete")
+        raise refuse("pick an adapter to delete")
     return gr.Row(visible=True), f"Delete **{name}** for every visitor of this server? This cannot be undone."
 
 
 def delete(ctx: Context, name: str | None, session: Session):
     if not (name := checked_name(name)):
-        raise gr.Error("pick an adapter to delete")
+        raise refuse("pick an adapter to delete")
     with user_errors():
         adapters.delete(name, ctx.root)
     return (*listing_update(ctx, None, f"deleted **{name}**"), gr.Row(visible=False), None, {})
