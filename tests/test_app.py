@@ -26,6 +26,7 @@ def generate(client, text="I want you to act as a rapper.", adapter=app.SESSION_
 
 
 def points(plot: dict, series: str) -> list:
+    plot = plot.get("value", plot)  # an update that also sets the step axis carries the data under "value"
     return [row for row in plot["data"] if row[2] == series and row[1] is not None]
 
 
@@ -126,7 +127,8 @@ def test_training_streams_the_chart_and_finishes(client):
     updates = list(client.submit(*train_args(), api_name="/train"))
     assert len(updates) >= 5  # start, steps, epoch ends, done
     plot, progress, log = updates[-1]
-    series = {row[2] for row in plot["data"] if row[1] is not None}  # each series also has one empty row
+    series = {row[2] for row in plot["value"]["data"] if row[1] is not None}  # each series also has one empty row
+    assert plot["x_lim"] == [0, 20]  # the step axis spans the planned run, at least 20 steps
     assert series == {"train", "held-out", "base held-out"}
     assert progress == "step 6 / 6 · done"  # 11 training acts in batches of 4, two epochs
     assert "epoch 2:" in log and "done: 6 steps" in log

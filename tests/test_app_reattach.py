@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 import app
@@ -24,9 +25,12 @@ def tab(name: str):
     return SimpleNamespace(session_hash=name)
 
 
+def frame(chart) -> pd.DataFrame:
+    return chart.constructor_args["value"]  # a LinePlot update: the data and the step axis
+
+
 def train_steps(update) -> int:
-    chart, _, _ = update
-    return int((chart["series"] == "train").sum() - 1)  # one empty row per series
+    return int((frame(update[0])["series"] == "train").sum() - 1)  # one empty row per series
 
 
 def test_a_reloaded_page_re_attaches_to_the_running_training_and_can_stop_it(ctx):
@@ -84,7 +88,9 @@ def test_resuming_a_run_continues_its_steps_and_its_chart(ctx):
                                                     request=tab("t"), resume=first.name)
     assert progress == "step 9 / 9 · done"
     assert "continuing a prompt trained for 6 steps (2 epochs)" in log
-    steps = chart[chart["series"] == "train"]["step"].dropna().tolist()
+    data = frame(chart)
+    steps = data[data["series"] == "train"]["step"].dropna().tolist()
+    assert chart.constructor_args["x_lim"] == [0, 20]
     assert steps[1:] == list(range(1, 10))  # the old curve, then the new steps after it
     resumed = session.runs[-1]
     assert resumed.soft.config.epochs == 3 and resumed.name.startswith("#2 ") and " continued 5×3 · " in resumed.name
