@@ -40,6 +40,78 @@ def test_generate_prints_base_and_tuned_side_by_side(trained, capsys):
     assert header.startswith("base") and "| tuned (cli-run)" in header
 
 
+@pytest.fixture(scope="module")
+def two_adapters(trained):
+    """Adapters "A" (the trained prompt) and "B" (its negation) next to cli-run, and "foreign", made for another model."""
+    import dataclasses
+
+    from tuning import adapters
+
+    soft = adapters.load("cli-run", trained)
+    adapters.save(soft, "A", trained)
+    adapters.save(dataclasses.replace(soft, embeddings=-soft.embeddings), "B", trained)
+    adapters.save(dataclasses.replace(soft, base_model="another/model"), "foreign", trained)
+    return trained
+
+
+def generate_args(adapters_dir, *adapter_names, extra=()):
+    names = [a for name in adapter_names for a in ("--adapter", name)]
+    return ["--adapters-dir", str(adapters_dir), "generate", "I want you to act as a poet.", *names,
+            "--max-new-tokens", "8", "--precision", "fp32", *extra]
+
+
+def test_generate_compares_two_adapters_in_three_columns(two_adapters, capsys):
+    assert main(generate_args(two_adapters, "A", "B")) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("base") and "| tuned (A)" in header and header.rstrip().endswith("| tuned (B)")
+
+
+def test_generate_json_is_one_object_keyed_by_adapter_name(two_adapters, capsys):
+    import json
+
+    from tuning import adapters
+    from tuning.generate import Decoding, generate
+    from tuning.model import load_base
+
+    assert main(generate_args(two_adapters, "A", "B", extra=["--json"])) == 0
+    result = json.loads(capsys.readouterr().out)  # fails on anything else printed to stdout
+    assert list(result) == ["base", "A", "B"] and all(isinstance(v, str) for v in result.values())
+    base = load_base(adapters.load("A", two_adapters).base_model, "fp32")
+    decoding = Decoding(max_new_tokens=8)
+    assert result["base"] == generate(base, None, "I want you to act as a poet.", decoding)
+    assert result["B"] == generate(base, adapters.load("B", two_adapters, base=base), "I want you to act as a poet.", decoding)
+    assert result["A"] != result["B"]
+
+
+def test_generate_json_with_one_adapter(two_adapters, capsys):
+    import json
+
+    assert main(generate_args(two_adapters, "A", extra=["--json", "--sample", "--seed", "3"])) == 0
+    assert list(json.loads(capsys.readouterr().out)) == ["base", "A"]
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["A", "B", "cli-run"], "error: give one or two adapters to compare with the base model, got 3"),
+        (["A", "A"], "error: the adapter 'A' is named twice"),
+        (["A", "missing"], "error: no adapter named 'missing'"),
+        (["A", "foreign"], "error: 'A' was trained on "),
+        (["base"], "error: --json names the base model's text 'base'"),
+    ],
+)
+def test_generate_refuses_bad_adapter_choices_in_one_line(two_adapters, names, message, capsys):
+    assert main(generate_args(two_adapters, *names, extra=["--json"])) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert captured.out == "" and len(err) == 1 and err[0].startswith(message)
+
+
+def test_generate_with_a_foreign_adapter_for_a_named_model_is_refused(two_adapters, tiny_model_dir, capsys):
+    assert main(generate_args(two_adapters, "foreign", extra=["--model", str(tiny_model_dir)])) == 1
+    assert capsys.readouterr().err.strip() == f"error: adapter was trained on another/model, the loaded model is {tiny_model_dir}"
+
+
 def test_eval_prints_base_and_tuned_perplexity(trained, capsys):
     assert main(["--adapters-dir", str(trained), "eval", "--adapter", "cli-run", "--precision", "fp32"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -110,6 +182,15 @@ def test_side_by_side_wraps_two_columns():
     lines = text.splitlines()
     assert lines[0] == "base                 | tuned"
     assert all(len(line) <= 43 for line in lines) and len(lines) > 4
+
+
+def test_side_by_side_wraps_three_columns():
+    text = side_by_side(("base", "a " * 30), ("tuned (A)", ""), ("tuned (B)", "b\n\nc"), width=50)
+    lines = text.splitlines()
+    assert lines[0] == "base           | tuned (A)      | tuned (B)"
+    assert lines[2] == "a a a a a a a  | (nothing)      | b"
+    assert lines[4] == "a a a a a a a  |                | c"
+    assert all(len(line) <= 50 for line in lines) and len(lines) == 2 + 5
 
 
 def test_first_ctrl_c_asks_to_stop_and_the_second_aborts():

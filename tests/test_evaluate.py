@@ -9,8 +9,10 @@ import torch
 from conftest import ACTS, CORPUS
 
 from tuning.data import Row
-from tuning.evaluate import act_instruction, nearest_tokens, rouge_compare, rouge_l, token_gains
-from tuning.generate import Decoding
+from tuning.evaluate import (
+    act_instruction, base_continuations, nearest_tokens, rouge_compare, rouge_l, token_gains,
+)
+from tuning.generate import Decoding, generate
 from tuning.model import token_losses
 
 
@@ -24,6 +26,7 @@ from tuning.model import token_losses
         ("the cat sat on the mat", "the cat is on the mat", 5 / 6),
         ("a b", "a b c d", 2 * (1 * 0.5) / 1.5),  # precision 1, recall 1/2
         ("", "anything", 0.0),
+        ("\n\nthe cat sat", "the cat sat", 1.0),  # leading new lines (which display_text drops) do not count
     ],
 )
 def test_rouge_l_known_answers(candidate, reference, expected):
@@ -55,6 +58,35 @@ def test_rouge_compare_scores_base_and_tuned_per_row(base):
         scores = [r[f"{name}_rouge"] for r in result["rows"]]
         assert all(0.0 <= s <= 1.0 for s in scores)
         assert result[name] == pytest.approx(sum(scores) / 2)
+
+
+def test_rouge_scores_each_continuation_decoded_alone(base):
+    # Alone, not in a batch with the other model's row: in bf16 the batch can change a greedy text.
+    rows = [Row(act, prompt, act.lower()) for act, prompt in list(ACTS.items())[:2]]
+    soft = torch.randn(3, base.hidden_size, generator=torch.Generator().manual_seed(0))
+    decoding = Decoding(max_new_tokens=8)
+    result = rouge_compare(base, soft, rows, decoding)
+    for r in result["rows"]:
+        assert r["base_text"] == generate(base, None, r["input"], decoding)
+        assert r["tuned_text"] == generate(base, soft, r["input"], decoding)
+    assert [r["base_text"] for r in result["rows"]] == base_continuations(base, rows, decoding)
+
+
+def test_given_base_continuations_are_scored_instead_of_decoded(base):
+    rows = [Row(act, prompt, act.lower()) for act, prompt in list(ACTS.items())[:2]]
+    given = ["You will come up with powerful lyrics", "nothing alike"]
+    result = rouge_compare(base, None, rows, Decoding(max_new_tokens=4), base_texts=given)
+    assert [r["base_text"] for r in result["rows"]] == given
+    reference = ACTS["Rapper"].removeprefix("I want you to act as a rapper. ")  # the words after the instruction
+    expected = rouge_l(given[0], reference)
+    assert expected > 0 and result["rows"][0]["base_rouge"] == pytest.approx(expected)
+    assert result["rows"][1]["base_rouge"] == 0.0
+
+
+def test_base_continuations_must_match_the_rows(base):
+    rows = [Row(act, prompt, act.lower()) for act, prompt in list(ACTS.items())[:2]]
+    with pytest.raises(ValueError, match="1 base continuations were given for 2 rows"):
+        rouge_compare(base, None, rows, Decoding(max_new_tokens=4), base_texts=["one"])
 
 
 def test_token_gains_sum_to_the_loss_difference(base):

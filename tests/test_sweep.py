@@ -6,7 +6,7 @@ import csv
 import math
 
 import pytest
-from conftest import ACTS
+from conftest import ACTS, make_base
 
 from tuning.cli import main
 from tuning.config import TuneConfig
@@ -63,6 +63,30 @@ def test_each_result_has_finite_metrics_and_its_prompt(events):
         numbers = [result.held_out_ppl_base, result.held_out_ppl_tuned, result.rouge_base, result.rouge_tuned, result.seconds]
         assert all(isinstance(x, float) and math.isfinite(x) for x in numbers)
         assert result.soft.num_virtual_tokens == tokens and result.history["train_loss"]
+
+
+def test_the_base_rouge_column_is_the_same_in_every_cell(tokenizer):
+    # A sweep reported base ROUGE-L 0.149 in one cell and 0.127 in another with the same base
+    # model: the base continuation was decoded in one batch with each cell's tuned row, and in
+    # bf16 a GPT-2-sized model's base row rounds differently next to prompts of different
+    # lengths (generate.py). Tiny models round the same here, so this one exaggerates the effect:
+    # its next token is " you" when the batch's width (padding included) is even, "." when odd.
+    # Next to a 2- and a 3-token prompt its base text differed (3 against 2 "you"s in 5 tokens),
+    # and so did base ROUGE-L (0.139 against 0.130) before the base was decoded once, alone.
+    own = make_base(tokenizer, seed=4)
+    (you,), (dot,) = own.encode(" you"), own.encode(".")
+
+    def by_batch_width(module, args, kwargs, output):
+        width = kwargs["cache"].get_seq_length()
+        output.logits[:, -1, you if width % 2 == 0 else dot] += 100.0
+        return output
+
+    own.model.register_forward_hook(by_batch_width, with_kwargs=True)
+    done = list(run_sweep(own, ROWS, CONFIG, [(2, 1), (3, 1)], rouge_rows=2, decoding=Decoding(max_new_tokens=5)))[-1]
+    first, second = done.results
+    assert first.rouge_base == second.rouge_base > 0
+    assert [r["base_text"] for r in first.rouge_acts] == [r["base_text"] for r in second.rouge_acts]
+    assert [r["act"] for r in first.rouge_acts] == [r["act"] for r in second.rouge_acts] and len(first.rouge_acts) == 2
 
 
 def test_a_set_stop_trains_nothing(base):

@@ -24,17 +24,19 @@ _SPECIAL = {"acts", "text_only"}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    # A flag left out is absent from the parsed args (SUPPRESS), not set to its default: TuneConfig
+    # fills in its defaults for a new run, and `train --resume` keeps the adapter's own settings.
     for f in dataclasses.fields(TuneConfig):
         if f.name in _SPECIAL:
             continue
         kind = {int: int, float: float}.get(type(f.default), str)
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
             help=f"{f.metadata.get('help', '')} (default: {f.default})",
         )
-    parser.add_argument("--act", dest="acts", action="append", default=[], metavar="ACT",
+    parser.add_argument("--act", dest="acts", action="append", default=argparse.SUPPRESS, metavar="ACT",
                         help="train on this act only; repeat for several (default: all training acts)")
-    parser.add_argument("--all-types", dest="text_only", action="store_false",
+    parser.add_argument("--all-types", dest="text_only", action="store_false", default=argparse.SUPPRESS,
                         help="keep rows of every `type` (default: TEXT rows only when the column exists)")
 
 
@@ -57,12 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="prompt-tune and save an adapter", description="Prompt-tune a model and save the adapter.")
     _add_config_flags(p)
-    p.add_argument("--name", help="adapter name (default: from the acts, tokens and epochs)")
+    p.add_argument("--name", help="adapter name (default: from the acts, tokens and epochs; with --resume, NAME)")
+    p.add_argument("--resume", metavar="NAME",
+                   help="continue training saved adapter NAME (its prompt and optimizer state) for --epochs more "
+                        "epochs, with its own settings unless flags change them; saved back under NAME (or --name)")
 
-    p = sub.add_parser("generate", help="print base and tuned continuations side by side")
+    p = sub.add_parser("generate", help="print base and tuned continuations side by side",
+                       description="Continue TEXT with the base model and one or two adapters, in one batch, "
+                                   "with the same decoding settings and seed for every column.")
     p.add_argument("text", help="input text, e.g. 'I want you to act as a rapper.'")
-    p.add_argument("--adapter", required=True, help="name of a saved adapter")
-    p.add_argument("--model", help="model to load (default: the adapter's base model)")
+    p.add_argument("--adapter", action="append", required=True, metavar="NAME",
+                   help="name of a saved adapter; give it twice to compare two adapters with the base model")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object {"base": ..., "<adapter>": ...} and nothing else on stdout')
+    p.add_argument("--model", help="model to load (default: the adapters' base model)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     _add_decoding_flags(p)
 
@@ -126,11 +136,21 @@ def cmd_train(args) -> int:
     from . import adapters
     from .data import load_rows
     from .model import load_base
-    from .train import Done, EpochEnd, Start, Step, data_parallel, split_rows, train
+    from .train import (
+        Done, EpochEnd, Start, Step, data_parallel, resume_config, resume_note, split_rows, train, trained_so_far,
+    )
 
     names = {f.name for f in dataclasses.fields(TuneConfig)}
-    config = TuneConfig(**{k: v for k, v in vars(args).items() if k in names})
-    name = adapters.sanitize_name(args.name or _default_name(config))
+    given = {k: v for k, v in vars(args).items() if k in names}  # only the flags typed (see _add_config_flags)
+    resume = None
+    if args.resume:
+        if given.keys() & {"init", "init_text"}:
+            raise ValueError("--init and --init-text do not apply to --resume: training continues the adapter's prompt")
+        resume = adapters.load(args.resume, args.adapters_dir)
+        config = resume_config(resume, given.pop("epochs", TuneConfig().epochs), **given)
+    else:
+        config = TuneConfig(**given)
+    name = adapters.sanitize_name(args.name or args.resume or _default_name(config))
     rows = load_rows(config.dataset, config.text_only)
     train_rows, held = split_rows(rows, config)
     # Under `accelerate launch` every process trains its share; only the first one talks and saves.
@@ -141,19 +161,24 @@ def cmd_train(args) -> int:
             print(f"data parallel: {world} processes share every batch of {config.batch_size} rows", file=sys.stderr)
         print(f"loading {config.model} ...", file=sys.stderr)
     base = load_base(config.model, config.precision)
+    if resume is not None and main_process:
+        steps, epochs = trained_so_far(resume)
+        print(f"resuming {args.resume} at step {steps} (epoch {epochs}) for {config.epochs} more epochs")
+        if note := resume_note(resume):
+            print(f"note: {note}")
 
     # First Ctrl-C: stop after the current step and keep what was learned. Second: abort.
     stop, restore_ctrl_c = ctrl_c_stops()
     bar = None
     try:
-        for event in train(base, train_rows, config, held, stop):
+        for event in train(base, train_rows, config, held, stop, resume=resume, resume_name=args.resume):
             if isinstance(event, Done):
                 done = event
             elif not main_process:
                 continue
             elif isinstance(event, Start):
                 tqdm.write(f"{event.train_rows} training rows, {event.held_out_rows} held-out rows")
-                bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True)
+                bar = tqdm(total=event.total_steps, initial=event.resumed_at, unit="step", dynamic_ncols=True)
             elif isinstance(event, Step):
                 bar.update(1)
                 bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.3f}", tok_s=f"{event.tokens_per_s:.0f}")
@@ -169,7 +194,8 @@ def cmd_train(args) -> int:
         return 0
     path = adapters.save(done.soft, name, args.adapters_dir)
     state = "stopped early" if done.stopped else "finished"
-    print(f"{state} after {done.steps} steps in {done.elapsed:.1f} s; saved adapter {name!r} to {path}")
+    steps = f"{done.steps} more steps ({done.soft.meta['steps']} in all)" if resume is not None else f"{done.steps} steps"
+    print(f"{state} after {steps} in {done.elapsed:.1f} s; saved adapter {name!r} to {path}")
     return 0
 
 
@@ -183,37 +209,63 @@ def _load_adapter_and_base(args):
 
 
 def cmd_generate(args) -> int:
-    from .generate import Decoding, stream_pair
+    import contextlib
+    import json
 
-    soft, base = _load_adapter_and_base(args)
-    names = {f.name for f in dataclasses.fields(Decoding)}
-    decoding = Decoding(**{k: v for k, v in vars(args).items() if k in names})
-    base_text = tuned_text = ""
-    for base_text, tuned_text in stream_pair(base, soft, args.text, decoding):
-        pass
-    print(side_by_side(("base", base_text), (f"tuned ({args.adapter})", tuned_text)))
+    from . import adapters
+    from .generate import Decoding, stream_compare
+    from .model import load_base
+
+    names = args.adapter
+    if len(names) > 2:
+        raise ValueError(f"give one or two adapters to compare with the base model, got {len(names)}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"the adapter {names[0]!r} is named twice; give two different adapters")
+    if args.json and "base" in names:
+        raise ValueError("--json names the base model's text 'base'; rename the adapter called 'base' to compare it")
+    fields = {f.name for f in dataclasses.fields(Decoding)}
+    decoding = Decoding(**{k: v for k, v in vars(args).items() if k in fields})
+    softs = [adapters.load(name, args.adapters_dir) for name in names]
+    if args.model is None and len({s.base_model for s in softs}) > 1:
+        raise ValueError(f"{names[0]!r} was trained on {softs[0].base_model} and {names[1]!r} on "
+                         f"{softs[1].base_model}; compare adapters of one base model")
+    # stdout carries the result only (one JSON object with --json): whatever a library prints goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        base = load_base(args.model or softs[0].base_model, args.precision)
+        softs = [adapters.load(name, args.adapters_dir, base=base) for name in names]  # checked against the model
+        texts = ("",) * (1 + len(softs))
+        for texts in stream_compare(base, softs, args.text, decoding):
+            pass
+    if args.json:
+        print(json.dumps({"base": texts[0], **dict(zip(names, texts[1:]))}))
+    else:
+        print(side_by_side(("base", texts[0]), *((f"tuned ({name})", text) for name, text in zip(names, texts[1:]))))
     return 0
 
 
-def side_by_side(left: tuple[str, str], right: tuple[str, str], width: int | None = None) -> str:
-    """Two titled texts as two wrapped columns.
+def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
+    """Titled texts as wrapped columns side by side, `width` characters in all (default: the terminal's).
 
     >>> print(side_by_side(("a", "one two"), ("b", "three"), width=23))
     a          | b
     ---------- | ----------
     one two    | three
+    >>> print(side_by_side(("a", "x"), ("b", ""), ("c", "z"), width=36))
+    a          | b          | c
+    ---------- | ---------- | ----------
+    x          | (nothing)  | z
     """
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 160)
-    col = max((width - 3) // 2, 10)
+    col = max((width - 3 * (len(columns) - 1)) // len(columns), 10)
 
     def lines(title, text):
         body = [w for para in (text.strip() or "(nothing)").splitlines() for w in (textwrap.wrap(para, col) or [""])]
         return [title[:col], "-" * col] + body
 
-    a, b = lines(*left), lines(*right)
-    a += [""] * (len(b) - len(a))
-    b += [""] * (len(a) - len(b))
-    return "\n".join(f"{x:<{col}} | {y}".rstrip() for x, y in zip(a, b))
+    blocks = [lines(*column) for column in columns]
+    height = max(len(b) for b in blocks)
+    blocks = [b + [""] * (height - len(b)) for b in blocks]
+    return "\n".join(" | ".join(f"{x:<{col}}" for x in row).rstrip() for row in zip(*blocks))
 
 
 def cmd_eval(args) -> int:

@@ -5,7 +5,8 @@
   the first one from; the tuned model would have its soft prompt). Rows are batched by
   length, without gradients.
 - `rouge_compare` / `iter_rouge`: ROUGE-L of greedy continuations of "I want you to act as
-  a <act>." against the act's real prompt, base vs tuned.
+  a <act>." against the act's real prompt, base vs tuned. Each continuation is decoded
+  alone, so a score never depends on what else shared its batch (see generate.py on bf16).
 - `token_gains`: how much more (or less) likely the tuned model makes each token of a text.
 - `nearest_tokens`: the vocabulary tokens each virtual token lies closest to.
 
@@ -22,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .data import Row
-from .generate import Decoding, stream_pair
+from .generate import Decoding, generate
 from .model import Base, SoftPrompt, token_losses
 
 
@@ -123,22 +124,42 @@ def _reference(prompt: str, instruction: str) -> list[str]:
     return words[len(head):] if words[: len(head)] == head and len(words) > len(head) else words
 
 
+def base_continuations(base: Base, rows: Sequence[Row], decoding: Decoding | None = None) -> list[str]:
+    """The base model's continuation of `act_instruction(row.act)` for each row, each decoded alone.
+
+    A sweep decodes these once and passes them to every cell's `rouge_compare(base_texts=...)`:
+    its base column is then the same in every cell by construction.
+    """
+    decoding = decoding or Decoding(max_new_tokens=64)
+    return [generate(base, None, act_instruction(row.act), decoding) for row in rows]
+
+
 def iter_rouge(
-    base: Base, soft: SoftPrompt | torch.Tensor | None, rows: Sequence[Row], decoding: Decoding | None = None
+    base: Base,
+    soft: SoftPrompt | torch.Tensor | None,
+    rows: Sequence[Row],
+    decoding: Decoding | None = None,
+    base_texts: Sequence[str] | None = None,
 ) -> Iterator[dict]:
-    """For each row, continue `act_instruction(row.act)` with base and tuned (one batch of two) and score both.
+    """For each row, continue `act_instruction(row.act)` with base and tuned and score both.
 
     Yields one dict per row, in order: {"act", "input", "base_text", "tuned_text",
     "base_rouge", "tuned_rouge"}. The reference is the row's prompt without its opening
     instruction when it has one (see `_reference`), so neither model is scored on words it
     was given. Greedy decoding of 64 new tokens unless `decoding` says otherwise.
+
+    Each continuation is decoded alone (`generate`), not next to the other one: in bf16 a
+    row's greedy text can change with the batch it shares (generate.py), and a score must
+    not. `base_texts` (from `base_continuations`, same rows and decoding) skips decoding the
+    base model again. Texts are shown without leading whitespace, which ROUGE-L ignores anyway.
     """
     decoding = decoding or Decoding(max_new_tokens=64)
-    for row in rows:
+    if base_texts is not None and len(base_texts) != len(rows):
+        raise ValueError(f"{len(base_texts)} base continuations were given for {len(rows)} rows")
+    for i, row in enumerate(rows):
         instruction = act_instruction(row.act)
-        base_text = tuned_text = ""
-        for base_text, tuned_text in stream_pair(base, soft, instruction, decoding):
-            pass
+        base_text = generate(base, None, instruction, decoding) if base_texts is None else base_texts[i]
+        tuned_text = generate(base, soft, instruction, decoding)
         reference = _reference(row.prompt, instruction)
         yield {
             "act": row.act,
@@ -156,15 +177,17 @@ def rouge_compare(
     rows: Sequence[Row],
     decoding: Decoding | None = None,
     progress: Callable[[int, int], None] | None = None,
+    base_texts: Sequence[str] | None = None,
 ) -> dict:
     """Mean ROUGE-L of base and tuned generations over `rows`: {"base": float, "tuned": float, "rows": [...]}.
 
     "rows" holds `iter_rouge`'s dicts. `progress(done, total)` is called after each row, for a bar.
+    `base_texts`: the base continuations already decoded (`base_continuations`), see `iter_rouge`.
     """
     if not rows:
         raise ValueError("there are no held-out acts to generate for")
     scored = []
-    for result in iter_rouge(base, soft, rows, decoding):
+    for result in iter_rouge(base, soft, rows, decoding, base_texts):
         scored.append(result)
         if progress is not None:
             progress(len(scored), len(rows))

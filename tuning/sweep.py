@@ -7,8 +7,14 @@ finally `SweepDone`. `write_csv()` and `plot()` turn the results into a table an
 the loss curves overlaid.
 
 All cells share one split (it depends on the seed and the held-out fraction only), so their
-numbers are comparable. What it does not do: save the prompts (each `CellResult` carries its
-`SoftPrompt`; adapters.save keeps one), or run as several processes.
+numbers are comparable. The base model's ROUGE-L continuations are decoded once per sweep and
+scored in every cell, so the base column is identical across cells by construction. (Decoded
+in one batch with each cell's tuned row, it was not: in bf16 the base row's greedy text
+depends on its batch, see generate.py, and a sweep reported base 0.149 in one cell, 0.127 in
+another.)
+
+What it does not do: save the prompts (each `CellResult` carries its `SoftPrompt`;
+adapters.save keeps one), or run as several processes.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Iterator, Sequence
 
 from .config import TuneConfig
 from .data import Row
-from .evaluate import rouge_compare
+from .evaluate import base_continuations, rouge_compare
 from .generate import Decoding
 from .model import Base, SoftPrompt
 from .train import Done, Event, Start, TrainingError, split_rows, train
@@ -63,6 +69,7 @@ class CellResult:
     stopped: bool
     history: dict  # train()'s loss history: step, train_loss, epoch, held_out_loss, epoch_train_loss
     soft: SoftPrompt
+    rouge_acts: list[dict] | None = None  # evaluate.iter_rouge's per-act dicts (texts and scores), with ROUGE-L
 
 
 @dataclass
@@ -73,8 +80,8 @@ class SweepDone:
 
 SweepEvent = SweepStart | CellEvent | CellResult | SweepDone
 
-# The columns of write_csv, in order: CellResult's fields without the history and the prompt.
-CSV_FIELDS = [f.name for f in dataclasses.fields(CellResult) if f.name not in ("history", "soft")]
+# The columns of write_csv, in order: CellResult's fields without the history, the prompt and the texts.
+CSV_FIELDS = [f.name for f in dataclasses.fields(CellResult) if f.name not in ("history", "soft", "rouge_acts")]
 
 
 def parse_grid(text: str) -> list[tuple[int, int]]:
@@ -112,8 +119,10 @@ def run_sweep(
     """Train one prompt per (num_virtual_tokens, epochs) cell of `grid`, with every other setting from `config`.
 
     `rouge_rows`: also score ROUGE-L on the first this many held-out acts (0: skip it; greedy,
-    `decoding` or 64 new tokens per act, two continuations per act). `stop` ends the current
-    cell after its step (its result is still yielded, marked stopped) and skips the rest.
+    `decoding` or 64 new tokens per act). The base continuations are decoded once, after the
+    first cell, and each cell's tuned continuations alone, so no score depends on a batch.
+    `stop` ends the current cell after its step (its result is still yielded, marked stopped)
+    and skips the rest.
 
     >>> for event in run_sweep(base, rows, TuneConfig(seed=0)):   # doctest: +SKIP
     ...     if isinstance(event, CellResult): print(event.label, event.held_out_ppl_tuned)
@@ -130,6 +139,8 @@ def run_sweep(
     yield SweepStart(steps_per_epoch * sum(c.epochs for c in configs), labels, len(train_rows), len(held))
 
     results: list[CellResult] = []
+    rouge_held = held[:rouge_rows]
+    base_texts: list[str] | None = None  # decoded once, when the first cell is scored
     for index, (cell_config, name) in enumerate(zip(configs, labels)):
         if stop is not None and stop.is_set():
             break
@@ -151,15 +162,17 @@ def run_sweep(
         metrics = done.soft.meta["metrics"]
         base_loss, tuned_loss = metrics["base_held_out_loss"], metrics["held_out_loss"]
         rouge = None
-        if rouge_rows and held:
-            rouge = rouge_compare(base, done.soft, held[:rouge_rows], decoding)
+        if rouge_held:
+            if base_texts is None:
+                base_texts = base_continuations(base, rouge_held, decoding)
+            rouge = rouge_compare(base, done.soft, rouge_held, decoding, base_texts=base_texts)
         results.append(CellResult(
             label=name, num_virtual_tokens=cell_config.num_virtual_tokens, epochs=cell_config.epochs,
             held_out_ppl_base=None if base_loss is None else math.exp(base_loss),
             held_out_ppl_tuned=None if tuned_loss is None else math.exp(tuned_loss),
             rouge_base=None if rouge is None else rouge["base"], rouge_tuned=None if rouge is None else rouge["tuned"],
             seconds=done.elapsed, steps=done.steps, steps_per_epoch=steps_per_epoch, stopped=done.stopped,
-            history=done.soft.meta["history"], soft=done.soft,
+            history=done.soft.meta["history"], soft=done.soft, rouge_acts=None if rouge is None else rouge["rows"],
         ))
         yield results[-1]
         if done.stopped:
