@@ -164,11 +164,6 @@ def save(
     return target
 
 
-def folder(name: str, root: Path | str = DEFAULT_ROOT) -> Path:
-    """`root/<name>` for a sanitized name that stays inside root; "../app.py", "/etc/passwd", "user/repo" -> AdapterError."""
-    return _adapter_dir(name, Path(root))
-
-
 def load(name: str, root: Path | str = DEFAULT_ROOT, base: Base | None = None) -> SoftPrompt:
     """Load `root/<name>/`; `name` must be a sanitized name. With `base`, also check it fits that model."""
     folder = _adapter_dir(name, Path(root))
@@ -252,7 +247,7 @@ def list_adapters(root: Path | str = DEFAULT_ROOT) -> list[dict]:
         try:
             if sanitize_name(name) != name:
                 continue
-            soft = load_folder(folder)
+            soft = load_folder(folder)  # every check a load makes: only loadable adapters are listed
         except AdapterError:
             continue
         files = [f for f in folder.iterdir() if f.is_file() and not f.is_symlink()]

@@ -17,7 +17,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from .config import TuneConfig
+from .config import PRECISIONS, TuneConfig
 
 # flags that are not a plain "--field value" of TuneConfig
 _SPECIAL = {"acts", "text_only"}
@@ -73,14 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help='print one JSON object {"base": ..., "<adapter>": ...} and nothing else on stdout')
     p.add_argument("--model", help="model to load (default: the adapters' base model)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     _add_decoding_flags(p)
 
     p = sub.add_parser("eval", help="held-out loss and perplexity, base vs tuned")
     p.add_argument("--adapter", required=True, help="name of a saved adapter")
     p.add_argument("--model", help="model to load (default: the adapter's base model)")
     p.add_argument("--dataset", help="dataset (default: the adapter's)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rouge", type=int, default=0, metavar="N",
                    help="also ROUGE-L of greedy generations on up to N held-out acts, base vs tuned (default: 0, off)")

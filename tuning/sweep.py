@@ -200,6 +200,8 @@ def plot(results: Sequence[CellResult], path: str | Path) -> Path:
     """
     import matplotlib
 
+    from .progress import held_out_points
+
     matplotlib.use("Agg")  # no display: the CLI runs on servers, the app renders the file
     import matplotlib.pyplot as plt
 
@@ -210,7 +212,7 @@ def plot(results: Sequence[CellResult], path: str | Path) -> Path:
         for r in results:
             h = r.history
             line, = ax.plot(h["step"], h["train_loss"], linewidth=1, alpha=0.6, label=f"{r.label} train")
-            held = [(e * r.steps_per_epoch, loss) for e, loss in zip(h["epoch"], h["held_out_loss"]) if loss is not None]
+            held = [(step, loss) for step, loss, _ in held_out_points(h, r.steps_per_epoch)]
             if held:
                 ax.plot(*zip(*held), marker="o", color=line.get_color(), label=f"{r.label} held-out")
         base_losses = {round(math.log(r.held_out_ppl_base), 6) for r in results if r.held_out_ppl_base is not None}
@@ -229,14 +231,13 @@ def plot(results: Sequence[CellResult], path: str | Path) -> Path:
 
 
 def format_table(results: Sequence[CellResult]) -> str:
-    """The results as a fixed-width text table (the CLI prints it).
+    """The results as a fixed-width text table (the CLI prints it); '–' where nothing was measured.
 
     >>> print(format_table([]).splitlines()[0])
     cell     tokens epochs  ppl base ppl tuned rouge base rouge tuned  seconds
     """
 
-    def number(value, spec):
-        return "-" if value is None else format(value, spec)
+    from .progress import number  # one way to print a number that may not be measured, app and CLI alike
 
     lines = [f"{'cell':8} {'tokens':>6} {'epochs':>6} {'ppl base':>9} {'ppl tuned':>9} {'rouge base':>10} {'rouge tuned':>11} {'seconds':>8}"]
     for r in results:
