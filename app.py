@@ -42,15 +42,15 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from tuning import adapters, evaluate, sweep
+from tuning import adapters, evaluate, reference, sweep
 from tuning.adapters import AdapterError
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig
 from tuning.data import DataError, Row, find_act, load_rows
-from tuning.generate import Decoding, GenerationError, stream_pair
+from tuning.generate import Decoding, GenerationError, stream_compare
 from tuning.jobs import Job, Jobs
 from tuning.model import ModelError, SoftPrompt, load_base
 from tuning.plan import PlanError, checked_config, config_error, plan_run, plan_sweep, plural
-from tuning.progress import SERIES, RunView, SweepView, duration, held_out_points, number
+from tuning.progress import SERIES, ReferenceView, RunView, SweepView, duration, held_out_points, number
 from tuning.train import (Done, Step, TrainingError, encode_rows, held_out_for, resume_config, resume_note, train,
                           trained_so_far)
 
@@ -58,6 +58,8 @@ log = logging.getLogger("tuning.app")
 
 SESSION_RUN = "this session's run"  # API alias for the newest run of the session
 NEW_PROMPT = "a new prompt"  # the Train tab's "Continue from" when nothing is resumed
+NO_PROMPT = "(none)"  # Compare's second prompt, off
+REFERENCE_OWNER = "reference adapters"  # the job registry's owner of the background reference training
 INITS = {"random": "random", "text: the current act's prompt": "text", "sampled vocabulary": "sample_vocab"}
 DATA_CHOICES = ("all training acts", "only the current act", "selected acts")
 COLOURS = {"train": "#2563eb", "held-out": "#ea580c", "base held-out": "#9ca3af"}  # one run's chart
@@ -775,53 +777,96 @@ def pick_soft(ctx: Context, name, session: Session) -> SoftPrompt:
         return adapters.load(name, ctx.root, ctx.base())
 
 
-def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session):
-    soft = pick_soft(ctx, adapter, session)
+def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session,
+             adapter_b=NO_PROMPT):
+    """Base, prompt A and (unless NO_PROMPT) prompt B continue `text` in one batch, same decoding and seed."""
+    prompts = [pick_soft(ctx, adapter, session)]
+    if checked_name(adapter_b, "the second prompt") not in (None, NO_PROMPT):
+        prompts.append(pick_soft(ctx, adapter_b, session))
     with user_errors():
         decoding = Decoding(
             max_new_tokens=whole(max_new), do_sample=mode == "sample", temperature=temperature,
             top_p=top_p, top_k=whole(top_k), repetition_penalty=penalty, seed=whole(seed),
         )
-        yield from stream_pair(ctx.base(), soft, text, decoding)
+        for texts in stream_compare(ctx.base(), prompts, text, decoding):
+            yield (*texts, "") if len(texts) == 2 else texts
 
 
 def refresh_choices(ctx: Context, session: Session, current: str | None = None) -> gr.Dropdown:
     return run_choices(session, ctx.adapters(), current)
 
 
+def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str | None = None):
+    """Both prompt dropdowns; a visitor's picks stay, else the reference adapters (the seed's finding) open."""
+    listing = ctx.adapters()
+    names = prompt_names(session, listing)
+    refs = [name for name in (reference.name(ctx.model, ctx.dataset, *cell) for cell in reference.GRID) if name in names]
+    a = a if a in names else refs[0] if refs else names[0] if names else None
+    b = b if b in names or b == NO_PROMPT else refs[1] if len(refs) > 1 and a == refs[0] else NO_PROMPT
+    return gr.Dropdown(choices=names, value=a), gr.Dropdown(choices=[NO_PROMPT] + names, value=b)
+
+
+def column_label(name: str | None) -> gr.Textbox:
+    return gr.Textbox(label="Tuned" if name in (None, NO_PROMPT) else f"Tuned: {name}")
+
+
+def reference_status(ctx: Context):
+    """The reference adapters' progress while they train (then the timer stops and Compare opens on them)."""
+    job = ctx.jobs.running(REFERENCE_OWNER)
+    if job is None or not isinstance(job.view, ReferenceView):
+        return "", gr.Timer(active=False)
+    with job.lock:
+        return f"⏳ {job.view.line(job.paused)}", gr.Timer(active=True)
+
+
 class CompareTab(NamedTuple):
     act: gr.Markdown
     text: gr.Textbox
-    adapter: gr.Dropdown
+    adapters: list  # [prompt A, prompt B]
 
 
-def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
-    act = gr.Markdown(act_line(None))
-    with gr.Row():
-        text = Text("I want you to act as a rapper.", label="Input", max_length=MAX_INPUT_CHARS, lines=2, scale=3,
-                    elem_id="compare-input")
-        adapter = gr.Dropdown([], label="Tuned prompt (a run of this session or a saved adapter)", scale=1,
-                              allow_custom_value=True, elem_id="compare-adapter")
-    with gr.Accordion("Decoding", open=False):
+def decoding_controls() -> list:
+    with gr.Accordion("Decoding (the same for every column)", open=False):
         with gr.Row():
             max_new = Slider(1, 512, value=64, step=1, label="Max new tokens")
             mode = gr.Radio(["greedy", "sample"], value="greedy", label="Decoding")
-            gen_seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
+            seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
         with gr.Row():
             temperature = Slider(0.05, 2.0, value=0.8, step=0.05, label="Temperature")
             top_p = Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
             top_k = Slider(0, 200, value=50, step=1, label="Top-k (0: off)")
             penalty = Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
+    return [max_new, mode, temperature, top_p, top_k, penalty, seed]
+
+
+def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
+    act = gr.Markdown(act_line(None))
+    status = gr.Markdown(elem_id="reference-status")
+    with gr.Row():
+        text = Text("I want you to act as a rapper.", label="Input", max_length=MAX_INPUT_CHARS, lines=2, scale=2,
+                    elem_id="compare-input")
+        a = gr.Dropdown([], label="Tuned prompt", scale=1, allow_custom_value=True, elem_id="compare-adapter",
+                        info="a run of this session or a saved adapter")
+        b = gr.Dropdown([NO_PROMPT], value=NO_PROMPT, label="Second tuned prompt", scale=1, allow_custom_value=True,
+                        elem_id="compare-adapter-b", info="optional: three columns")
+    decoding = decoding_controls()
     go = gr.Button("Generate", variant="primary")
     with gr.Row():
         base_out = gr.Textbox(label="Base", lines=10, elem_id="base-output")
-        tuned_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output")
+        a_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output")
+        b_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output-b")
     gr.Examples(["I want you to act as a rapper.", "I want you to act as a linux terminal. ls -la",
                  "I want you to act as a travel guide. I am in Rome."], inputs=text)
-    tab.select(bind(refresh_choices, ctx), [session, adapter], adapter, api_name="adapter_choices")
-    go.click(bind(generate, ctx), [text, adapter, max_new, mode, temperature, top_p, top_k, penalty, gen_seed, session],
-             [base_out, tuned_out], api_name="generate", concurrency_limit=4, concurrency_id="generate")
-    return CompareTab(act, text, adapter)
+    timer = gr.Timer(2.0, active=ctx.jobs.running(REFERENCE_OWNER) is not None)
+    timer.tick(bind(reference_status, ctx), None, [status, timer], api_name=False).then(
+        bind(compare_choices, ctx), [session, a, b], [a, b], api_name=False)
+    tab.select(bind(compare_choices, ctx), [session, a, b], [a, b], api_name="compare_choices").then(
+        bind(reference_status, ctx), None, [status, timer], api_name=False)
+    a.change(column_label, a, a_out, api_name=False)
+    b.change(column_label, b, b_out, api_name=False)
+    go.click(bind(generate, ctx), [text, a, *decoding, session, b], [base_out, a_out, b_out], api_name="generate",
+             concurrency_limit=4, concurrency_id="generate")
+    return CompareTab(act, text, [a, b])
 
 
 # ---------------------------------------------------------------------------------------
@@ -1046,6 +1091,15 @@ def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> 
 # 4f. the Adapters tab
 
 
+def own_name(name: str) -> str:
+    """A visitor's adapter name, sanitized; the reference adapters' prefix is the server's own."""
+    name = adapters.sanitize_name(name)
+    if reference.is_reference(name):
+        raise AdapterError(f"names starting with {reference.PREFIX!r} are kept for the reference adapters; "
+                           "choose another name")
+    return name
+
+
 def free_name(name: str, taken: set[str]) -> str:
     """`name`, or the first of name-2, name-3, … that is free: nothing is overwritten by accident."""
     n, candidate = 2, name
@@ -1077,7 +1131,7 @@ def save_run(ctx: Context, name: str, run_name: str | None = None, session: Sess
     c = run.soft.config
     wanted = name.strip() or f"{run.name.split(' ', 1)[1].rsplit(' · ', 1)[0]}-{c.num_virtual_tokens}x{c.epochs}"
     with user_errors(), disk_errors():
-        wanted = adapters.sanitize_name(wanted.replace("×", "x"))
+        wanted = own_name(wanted.replace("×", "x"))
         final = free_name(wanted, {a["name"] for a in ctx.adapters()})
         folder = adapters.save(run.soft, final, ctx.root, overwrite=False, **ctx.caps)
     note = f" (**{wanted}** was taken)" if folder.name != wanted else ""
@@ -1104,7 +1158,7 @@ def upload(ctx: Context, path: str | None, name: str, session: Session):
     if os.path.getsize(path) > MAX_UPLOAD_BYTES:
         raise refuse(f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MB; an adapter zip is far smaller")
     with tempfile.TemporaryDirectory(prefix="tuning-upload-") as tmp, user_errors(), disk_errors():
-        wanted = adapters.sanitize_name(name.strip() or Path(path).stem)
+        wanted = own_name(name.strip() or Path(path).stem)
         soft = adapters.load_folder(unzip_safely(path, Path(tmp)), ctx.base())
         folder = adapters.save(soft, free_name(wanted, {a["name"] for a in ctx.adapters()}), ctx.root,
                                overwrite=False, **ctx.caps)
@@ -1116,12 +1170,16 @@ def ask_delete(ctx: Context, name: str | None):
     """First click on Delete: name what would go, and show the confirming buttons."""
     if not (name := checked_name(name)):
         raise refuse("pick an adapter to delete")
+    if reference.is_reference(name):
+        raise refuse("the reference adapters belong to this server; they cannot be deleted here")
     return gr.Row(visible=True), f"Delete **{name}** for every visitor of this server? This cannot be undone."
 
 
 def delete(ctx: Context, name: str | None, session: Session):
     if not (name := checked_name(name)):
         raise refuse("pick an adapter to delete")
+    if reference.is_reference(name):
+        raise refuse("the reference adapters belong to this server; they cannot be deleted here")
     with user_errors():
         adapters.delete(name, ctx.root)
     return (*listing_update(ctx, None, f"deleted **{name}**"), gr.Row(visible=False), None, {})
@@ -1170,6 +1228,22 @@ def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
 # 5. the app
 
 
+def start_references(ctx: Context) -> Job:
+    """Train the missing reference adapters in the background; visitors' trainings go first (Slot)."""
+    def events(stop: threading.Event):
+        try:
+            if not reference.missing(ctx.root, ctx.model, ctx.dataset):
+                return
+            base, rows = load_base(ctx.model), dataset_rows(ctx.dataset)
+            yield from reference.train_references(base, rows, ctx.model, ctx.dataset, ctx.root, stop)
+        except (*USER_ERRORS, OSError) as e:  # no model or dataset yet: the visitors' own clicks will say why
+            log.warning("reference adapters not trained: %s", e)
+
+    view = ReferenceView()
+    return ctx.jobs.start(Job(REFERENCE_OWNER, "the reference adapters", events, view.add, ctx.jobs.slot,
+                              view=view, background=True))
+
+
 def on_close(ctx: Context, request: gr.Request) -> None:
     """A tab closed (or a client went away): its runs stop after the grace, its download folder goes."""
     if request is not None:
@@ -1191,14 +1265,18 @@ def build_app(
     max_adapter_bytes: int = 500 * 2**20,
     max_queue: int = 64,
     reattach_grace: float = 10.0,
+    reference_adapters: bool = False,
 ) -> gr.Blocks:
     """The app, its queue configured: at most `max_queue` waiting events, 4 generations at once, one training.
 
     `max_adapters` and `max_adapter_bytes` cap what all visitors together may keep in `adapters_dir`;
     a training whose tab has closed stops `reattach_grace` seconds later unless a reload re-attaches.
+    `reference_adapters`: train the seed's two runs in the background now, if they are not saved yet.
     """
     ctx = Context(model, dataset, Path(adapters_dir), max(1, min(int(max_epochs), 50)), max_steps, max_adapters,
                   max_adapter_bytes, Jobs(grace=reattach_grace))
+    if reference_adapters:
+        start_references(ctx)
     # delete_cache: Gradio's copies of uploads and download zips go after an hour (and at restart).
     with gr.Blocks(title="Prompt tuning, visible", delete_cache=(600, 3600)) as demo:
         session = gr.State(Session())
@@ -1229,7 +1307,7 @@ def build_app(
             bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act")
         data.act_name.submit(bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act_by_name")
         for done in (train_.trained, sweeps.swept):
-            done.then(bind(refresh_choices, ctx), [session, compare.adapter], compare.adapter, api_name=False).then(
+            done.then(bind(compare_choices, ctx), [session, *compare.adapters], compare.adapters, api_name=False).then(
                 bind(refresh_choices, ctx), [session, eval_adapter], eval_adapter, api_name=False)
         train_.trained.then(bind(show_history, ctx), session, sweeps.history, api_name="history_after_train")
         demo.unload(bind(on_close, ctx))
@@ -1264,6 +1342,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="total size of the saved adapters, in bytes")
     parser.add_argument("--max-queue", type=int, default=_env_int("TUNING_MAX_QUEUE", 64),
                         help="events waiting at once; one more is answered 'queue is full'")
+    parser.add_argument("--no-reference-adapters", dest="reference_adapters", action="store_false",
+                        default=os.environ.get("TUNING_REFERENCE_ADAPTERS", "1") != "0",
+                        help="do not train the reference adapters (the seed's 5x5 and 20x10) at start "
+                             "(also TUNING_REFERENCE_ADAPTERS=0)")
     return parser.parse_args(argv)
 
 
@@ -1271,7 +1353,8 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args()
     app = build_app(args.model, args.dataset, args.adapters_dir, args.max_epochs, args.max_steps,
-                    args.max_adapters, args.max_adapter_bytes, args.max_queue)
+                    args.max_adapters, args.max_adapter_bytes, args.max_queue,
+                    reference_adapters=args.reference_adapters)
     # Load the base model while the page comes up, so the first Train click does not wait for it.
     # A failure here is not cached: the first request that needs the model tries again and says why.
     threading.Thread(target=warm_up, args=(args.model,), daemon=True, name="load-base").start()

@@ -22,7 +22,10 @@ def train_args(**kw):
 
 
 def generate(client, text="I want you to act as a rapper.", adapter=app.SESSION_RUN, **kw):
-    return client.predict(text, adapter, *{**GREEDY, **kw}.values(), api_name="/generate")
+    """(base, tuned) of a two-column compare (the third column stays empty)."""
+    base, tuned, third = client.predict(text, adapter, *{**GREEDY, **kw}.values(), api_name="/generate")
+    assert third == ""
+    return base, tuned
 
 
 def points(plot: dict, series: str) -> list:
@@ -167,6 +170,18 @@ def test_compare_after_training_differs_from_base(trained):
     assert generate(trained, mode="sample", seed=1) == generate(trained, mode="sample", seed=1)
 
 
+def test_compare_three_columns_in_one_batch_each_as_it_would_be_alone(trained):
+    table, picked, message = trained.predict("three-a", api_name="/save_adapter")
+    args = dict(max_new=8, mode="sample", temperature=0.8, top_p=0.95, top_k=50, penalty=1.0, seed=3)
+    base, a, b = trained.predict("I want you to act as a poet.", "three-a", *args.values(), app.SESSION_RUN,
+                                 api_name="/generate")
+    assert base and a and b and a == b  # the same prompt twice: the same text, whatever its batch neighbours
+    alone = trained.predict("I want you to act as a poet.", "three-a", *args.values(), app.NO_PROMPT,
+                            api_name="/generate")
+    assert alone == (base, a, "")
+    trained.predict("three-a", api_name="/delete_adapter")
+
+
 def test_compare_without_an_adapter_asks_for_one(client):
     with pytest.raises(AppError, match="train or pick an adapter first"):
         generate(client, adapter=None)
@@ -177,7 +192,7 @@ def test_compare_without_an_adapter_asks_for_one(client):
 def test_save_list_download_upload_delete(trained, tmp_path):
     table, picked, message = trained.predict("my rapper!", api_name="/save_adapter")
     assert message.startswith("saved #1 ") and message.endswith(" as **my-rapper**") and picked["value"] == "my-rapper"
-    compare = trained.predict(app.SESSION_RUN, api_name="/adapter_choices")  # every run by name, then the adapters
+    compare, _ = trained.predict(app.SESSION_RUN, None, api_name="/compare_choices")  # every run by name, then adapters
     assert [c[0] for c in compare["choices"]][1:] == ["my-rapper"] and compare["choices"][0][0].startswith("#1 ")
     _, _, message = trained.predict("my rapper!", api_name="/save_adapter")
     assert message.endswith(" as **my-rapper-2** (**my-rapper** was taken)")  # nothing is overwritten

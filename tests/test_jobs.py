@@ -114,3 +114,38 @@ def test_a_sessions_folder_holds_its_last_download_and_goes_with_it():
     assert not first.exists() and second.is_dir()
     jobs.close("s")
     assert not second.exists()
+
+
+def test_a_background_job_hands_the_slot_to_a_visitor_between_two_steps_and_resumes_after():
+    jobs, log = Jobs(), []
+
+    def stamped(name, n, pause):
+        def events(stop):
+            for i in range(n):
+                if stop.is_set():
+                    return
+                log.append((name, "start"))
+                time.sleep(pause)
+                log.append((name, "end"))
+                yield i
+        return events
+
+    background = jobs.start(Job("reference", "references", stamped("bg", 40, 0.01), slot=jobs.slot, background=True))
+    time.sleep(0.1)
+    visitor = jobs.start(Job("a", "visitor", stamped("visitor", 5, 0.02), slot=jobs.slot))
+    assert visitor.join(timeout=10) and background.join(timeout=10)
+    assert len(background.events) == 40 and len(visitor.events) == 5  # both finished, nothing lost
+    first, last = log.index(("visitor", "start")), len(log) - 1 - log[::-1].index(("visitor", "end"))
+    assert all(name == "visitor" for name, _ in log[first:last + 1])  # no background step ran meanwhile
+    assert ("bg", "start") in log[:first] and ("bg", "start") in log[last:]  # it ran before and after
+
+
+def test_a_background_job_waits_while_visitors_train():
+    jobs = Jobs()
+    visitor = jobs.start(Job("a", "visitor", counting(20, 0.01), slot=jobs.slot))
+    time.sleep(0.05)
+    waited = []
+    background = jobs.start(Job("reference", "references", counting(3, 0.0), slot=jobs.slot, background=True,
+                                on_wait=lambda: waited.append(len(visitor.events))))
+    assert visitor.join(timeout=10) and background.join(timeout=10)
+    assert waited and waited[0] < 20 and background.events == [1, 2, 3]

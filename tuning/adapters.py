@@ -48,6 +48,7 @@ OPTIMIZER_FILE = "tuning_optimizer.safetensors"
 OPTIMIZER_KEYS = ("exp_avg", "exp_avg_sq", "step")
 MAX_OPTIMIZER_STEP = 2**24  # AdamW keeps `step` as float32, exact for whole numbers up to here
 MAX_NAME = 64
+RESERVED_PREFIX = "reference-"  # the reference adapters (reference.py): outside the caps, not a visitor's to change
 MAX_VIRTUAL_TOKENS = 100  # TuneConfig's limit
 
 _swap_lock = threading.Lock()  # two sessions saving the same name: the last one wins, cleanly
@@ -299,11 +300,14 @@ def _check_config(cfg: dict) -> None:
 
 
 def _check_room(root: Path, name: str, new_bytes: int, max_count: int | None, max_bytes: int | None) -> None:
-    """Refuse a save that would leave more than `max_count` adapters or `max_bytes` bytes under root."""
+    """Refuse a save that would leave more than `max_count` adapters or `max_bytes` bytes under root.
+
+    The reference adapters (names starting with RESERVED_PREFIX) are the server's own: not counted.
+    """
     if max_count is None and max_bytes is None:
         return
-    others = [d for d in root.iterdir() if d.name != name and not d.name.startswith(".") and d.is_dir()
-              and not d.is_symlink()]
+    others = [d for d in root.iterdir() if d.name != name and not d.name.startswith((".", RESERVED_PREFIX))
+              and d.is_dir() and not d.is_symlink()]
     if max_count is not None and len(others) + 1 > max_count:
         raise AdapterError(f"this server keeps at most {max_count} adapters; delete one before saving another")
     used = sum(f.stat().st_size for d in others for f in d.iterdir() if f.is_file() and not f.is_symlink())

@@ -17,7 +17,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from .config import PRECISIONS, TuneConfig
+from .config import DEFAULT_DATASET, DEFAULT_MODEL, PRECISIONS, TuneConfig
 
 # flags that are not a plain "--field value" of TuneConfig
 _SPECIAL = {"acts", "text_only"}
@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reproduce the seed's experiment: one prompt per virtual tokens x epochs cell, "
                                    "held-out perplexity (and ROUGE-L) base vs tuned; writes sweep.csv and sweep.png.")
     _add_sweep_flags(p)
+
+    p = sub.add_parser("reference", help="train the reference adapters (the seed's 5x5 and 20x10) if missing",
+                       description="Train the seed's two runs on all training acts (seed 0, default recipe) and keep "
+                                   "them as reference-5x5-... and reference-20x10-... for this model and dataset; "
+                                   "the app opens Compare on them. Saved ones are not trained again.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id, folder or .gguf (default: {DEFAULT_MODEL})")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"Hub id or file (default: {DEFAULT_DATASET})")
 
     sub.add_parser("list", help="list saved adapters")
     p = sub.add_parser("delete", help="delete a saved adapter")
@@ -403,10 +410,51 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def cmd_reference(args) -> int:
+    from tqdm import tqdm
+
+    from . import reference
+    from .data import load_rows
+    from .model import load_base
+    from .train import Start, Step
+
+    todo = reference.missing(args.adapters_dir, args.model, args.dataset)
+    for cell in reference.GRID:
+        if cell not in todo:
+            print(f"{reference.name(args.model, args.dataset, *cell)}: already saved")
+    if not todo:
+        return 0
+    rows = load_rows(args.dataset)
+    print(f"loading {args.model} ...", file=sys.stderr)
+    base = load_base(args.model)
+    stop, restore_ctrl_c = ctrl_c_stops()
+    bar = None
+    try:
+        for event in reference.train_references(base, rows, args.model, args.dataset, args.adapters_dir, stop, todo):
+            if isinstance(event, reference.ReferenceSaved):
+                bar.close()
+                tqdm.write(f"saved {event.name} to {event.folder}")
+            elif isinstance(event.event, Start):
+                bar = tqdm(total=event.event.total_steps, desc=f"reference {event.label}", unit="step",
+                           dynamic_ncols=True)
+            elif isinstance(event.event, Step):
+                bar.update(1)
+                bar.set_postfix(loss=f"{event.event.loss:.3f}", tok_s=f"{event.event.tokens_per_s:.0f}")
+    finally:
+        restore_ctrl_c()
+        if bar is not None:
+            bar.close()
+    missing = reference.missing(args.adapters_dir, args.model, args.dataset)
+    if missing:
+        print("stopped: " + ", ".join(reference.name(args.model, args.dataset, *c) for c in missing) + " not saved")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench,
-               "sweep": cmd_sweep,
+               "sweep": cmd_sweep, "reference": cmd_reference,
                "list": cmd_list, "delete": cmd_delete}
     try:
         return command[args.command](args)

@@ -22,13 +22,58 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 
+class Slot:
+    """One training at a time on this machine. Visitors wait their turn; a background job (the
+    reference adapters) takes the slot only while no visitor waits, and gives it back between two
+    of its steps as soon as one does (`Job(background=True)`).
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._busy = False
+        self._visitors_waiting = 0
+
+    def acquire(self, stop: threading.Event, background: bool = False,
+                on_wait: Callable[[], None] = lambda: None) -> bool:
+        """Wait for the slot (calling `on_wait` once if it must); False when `stop` is set first."""
+        with self._cond:
+            if not background:
+                self._visitors_waiting += 1
+            try:
+                told = False
+                while self._busy or (background and self._visitors_waiting):
+                    if stop.is_set():
+                        return False
+                    if not told:
+                        on_wait()
+                        told = True
+                    self._cond.wait(timeout=0.5)
+                self._busy = True
+                return True
+            finally:
+                if not background:
+                    self._visitors_waiting -= 1
+
+    def release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    @property
+    def wanted(self) -> bool:
+        """A visitor is waiting for the slot."""
+        return self._visitors_waiting > 0
+
+
 class Job:
     """`events(stop)` run in a daemon thread once `start()` is called; `wait()` for news, `stop` to end it."""
 
     def __init__(self, owner: str, label: str, events: Callable[[threading.Event], Iterable[Any]],
-                 on_event: Callable[[Any], None] = lambda e: None, slot: threading.Lock | None = None,
-                 on_wait: Callable[[], None] = lambda: None, view: Any = None):
+                 on_event: Callable[[Any], None] = lambda e: None, slot: Slot | None = None,
+                 on_wait: Callable[[], None] = lambda: None, view: Any = None, background: bool = False):
         self.owner, self.label = owner, label
+        self.background = background  # yields the slot to visitors between its events
+        self.paused = False  # a background job waiting for visitors' trainings to end
         self.view = view  # what followers read under `lock` (the app's progress.RunView)
         self.stop = threading.Event()
         self.events: list[Any] = []
@@ -44,29 +89,39 @@ class Job:
         return self
 
     def _run(self) -> None:
+        held = False
         try:
-            if self._slot is not None and not self._slot.acquire(blocking=False):
+            if self._slot is not None:
+                held = self._slot.acquire(self.stop, self.background, self._waiting)
+                if not held:
+                    return
+            for event in self._make(self.stop):
                 with self.lock:
-                    self._on_wait()  # "waiting for the training slot"
+                    self.events.append(event)
+                    self._on_event(event)
                     self.lock.notify_all()
-                while not self._slot.acquire(timeout=0.5):
-                    if self.stop.is_set():
-                        return
-            try:
-                for event in self._make(self.stop):
-                    with self.lock:
-                        self.events.append(event)
-                        self._on_event(event)
-                        self.lock.notify_all()
-            finally:
-                if self._slot is not None:
+                if held and self.background and self._slot.wanted:
+                    # A visitor waits: hand over between two steps; the generator simply waits here.
                     self._slot.release()
+                    held = False
+                    self.paused = True
+                    held = self._slot.acquire(self.stop, background=True)
+                    self.paused = False
+                    if not held:
+                        return
         except BaseException as e:  # handed to the followers, who word it
             self.error = e
         finally:
+            if held:
+                self._slot.release()
             with self.lock:
                 self.finished = True
                 self.lock.notify_all()
+
+    def _waiting(self) -> None:
+        with self.lock:
+            self._on_wait()  # "waiting for the training slot"
+            self.lock.notify_all()
 
     def wait(self, seen: int, timeout: float = 1.0) -> int:
         """Block until there are more than `seen` events, the job ended, or `timeout` passed; the event count."""
@@ -85,7 +140,7 @@ class Jobs:
 
     def __init__(self, grace: float = 10.0, max_owners: int = 256):
         self.grace = grace  # seconds a job runs on with nobody following (a reload re-attaches meanwhile)
-        self.slot = threading.Lock()  # one training at a time
+        self.slot = Slot()  # one training at a time
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._folders: dict[str, str] = {}

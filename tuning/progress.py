@@ -235,3 +235,33 @@ class SweepView:
         if not self.finished:
             self.stopping = True
             self.progress = f"stopping after this step… (step {self._done_before + self._step:,} / {self.total:,})"
+
+
+@dataclass
+class ReferenceView:
+    """The reference adapters' training as one line: "reference 20×10: step 120 / 480, about 3m 00s left"."""
+
+    run: RunView | None = None
+    label: str = ""
+    saved: list[str] = field(default_factory=list)
+    finished: bool = False
+
+    def add(self, event) -> None:
+        from .reference import ReferenceSaved
+
+        if isinstance(event, ReferenceSaved):
+            self.saved.append(event.name)
+            return
+        if isinstance(event.event, Start):
+            self.label, self.run = event.label, RunView(event.event.total_steps, event.cell[1])
+        self.run.add(event.event)
+
+    def line(self, paused: bool = False) -> str:
+        if self.run is None:
+            return "reference adapters: loading the model…"
+        if self.run.finished:
+            return f"reference {self.label}: saved"
+        where = f"reference {self.label}: step {self.run.step:,} / {self.run.step_cap:,}"
+        if paused:
+            return where + ", paused while a visitor trains"
+        return where + (f", about {duration(self.run.eta())} left" if self.run.step else ", starting")
