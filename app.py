@@ -552,7 +552,7 @@ def dataset_tab(ctx: Context) -> DatasetTab:
                               column_widths=["25%", "65%", "10%"], max_height=420)
     act_name = Text(label="Act (or type a name and press Enter)", max_length=MAX_FIELD_CHARS)
     full_prompt = gr.Textbox(label="Whole prompt", lines=6, interactive=False)
-    search.change(bind(search_acts, ctx), search, acts_table, api_name="search_acts")
+    search.change(bind(search_acts, ctx), search, acts_table, api_name="search_acts", api_visibility="undocumented")
     return DatasetTab(act_name, acts_table, full_prompt)
 
 
@@ -749,11 +749,11 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
                                x_title="training step")
             progress = gr.Markdown("not started: set the prompt's size and press Train", elem_id="progress")
             log_box = gr.Textbox(label="Log", lines=8, max_lines=30, interactive=False, autoscroll=True)
-    preset.input(bind(set_preset, ctx), preset, [tokens, epochs], api_name="set_preset")
+    preset.input(bind(set_preset, ctx), preset, [tokens, epochs], api_name="set_preset", api_visibility="undocumented")
     trained = start.click(bind(start_training, ctx),
                           [tokens, epochs, lr, batch, init, data, chosen, seed, session, resume],
-                          [plot, progress, log_box], api_name="train", concurrency_limit=8, concurrency_id="train")
-    stop.click(bind(stop_run, ctx), session, progress, api_name="stop")
+                          [plot, progress, log_box], api_name="train", api_visibility="undocumented", concurrency_limit=8, concurrency_id="train")
+    stop.click(bind(stop_run, ctx), session, progress, api_name="stop", api_visibility="undocumented")
     for event in (tab.select, trained.then):
         event(bind(resume_choices, ctx), [session, resume], resume, api_name=False)
     return TrainTab(act, chosen, lr, batch, seed, trained, plot, progress, log_box)
@@ -860,11 +860,11 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
     timer = gr.Timer(2.0, active=ctx.jobs.running(REFERENCE_OWNER) is not None)
     timer.tick(bind(reference_status, ctx), None, [status, timer], api_name=False).then(
         bind(compare_choices, ctx), [session, a, b], [a, b], api_name=False)
-    tab.select(bind(compare_choices, ctx), [session, a, b], [a, b], api_name="compare_choices").then(
+    tab.select(bind(compare_choices, ctx), [session, a, b], [a, b], api_name="compare_choices", api_visibility="undocumented").then(
         bind(reference_status, ctx), None, [status, timer], api_name=False)
     a.change(column_label, a, a_out, api_name=False)
     b.change(column_label, b, b_out, api_name=False)
-    go.click(bind(generate, ctx), [text, a, *decoding, session, b], [base_out, a_out, b_out], api_name="generate",
+    go.click(bind(generate, ctx), [text, a, *decoding, session, b], [base_out, a_out, b_out], api_name="generate", api_visibility="undocumented",
              concurrency_limit=4, concurrency_id="generate")
     return CompareTab(act, text, [a, b])
 
@@ -873,10 +873,11 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
 # 4d. the Evaluate tab
 
 
-def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progress=gr.Progress()):
-    """Held-out perplexity (scored exactly as training scores it, so the numbers match the run history) and ROUGE-L."""
-    soft = pick_soft(ctx, adapter, session)
-    n_acts, max_new = whole(n_acts), whole(max_new)
+def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, progress) -> tuple:
+    """(perplexity metrics, held-out rows, ROUGE-L rows) of `soft` on the acts it never trained on.
+
+    Perplexity is scored exactly as training scores it (its batch size), so it matches the run history.
+    """
     with user_errors():
         base, held = ctx.base(), held_out_for(soft, ctx.rows(), ctx.dataset)
         if not held:
@@ -887,8 +888,19 @@ def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progr
         for result in evaluate.iter_rouge(base, soft, picked, Decoding(max_new_tokens=max_new)):
             scored.append(result)
             progress((len(scored), len(picked)), desc="ROUGE-L: generating", unit="acts")
-    ppl = {side: metrics[side].perplexity for side in ("base", "tuned")}
-    mean = {side: sum(r[f"{side}_rouge"] for r in scored) / len(scored) if scored else None for side in ("base", "tuned")}
+    return metrics, held, scored
+
+
+def mean_rouge(scored: list[dict]) -> dict[str, float | None]:
+    return {side: sum(r[f"{side}_rouge"] for r in scored) / len(scored) if scored else None for side in ("base", "tuned")}
+
+
+def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progress=gr.Progress()):
+    """Held-out perplexity and ROUGE-L, base vs tuned: bars, a summary and a table per act."""
+    soft = pick_soft(ctx, adapter, session)
+    n_acts, max_new = whole(n_acts), whole(max_new)
+    metrics, held, scored = held_out_scores(ctx, soft, n_acts, max_new, progress)
+    ppl, mean = {side: metrics[side].perplexity for side in ("base", "tuned")}, mean_rouge(scored)
     short = f" (only {len(held)} held-out acts)" if n_acts > len(held) else ""
     summary = (f"**Held-out perplexity** over {plural(len(held), 'act')} ({plural(metrics['base'].tokens, 'token')}): "
                f"base {ppl['base']:.2f}, tuned {ppl['tuned']:.2f}.  \n"
@@ -950,12 +962,12 @@ def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> gr.Dropdown:
                 "the model's input embeddings. Trained prompts usually sit far from every real token (0.1–0.3 is "
                 "common): read it as a hint, not a translation.")
     nearest_table = gr.Dataframe(label="Nearest tokens", interactive=False, max_height=360)
-    tab.select(bind(refresh_choices, ctx), [session, adapter], adapter, api_name="eval_adapter_choices")
+    tab.select(bind(refresh_choices, ctx), [session, adapter], adapter, api_name="eval_adapter_choices", api_visibility="undocumented")
     go.click(bind(evaluate_run, ctx), [adapter, rouge_acts, max_new, session],
-             [ppl_plot, rouge_plot, summary, rouge_table], api_name="evaluate",
+             [ppl_plot, rouge_plot, summary, rouge_table], api_name="evaluate", api_visibility="undocumented",
              concurrency_limit=4, concurrency_id="generate").success(
-        bind(token_view, ctx), [adapter, session], [gains, gains_text], api_name="token_gains").success(
-        bind(nearest_view, ctx), [adapter, session], nearest_table, api_name="nearest_tokens")
+        bind(token_view, ctx), [adapter, session], [gains, gains_text], api_name="token_gains", api_visibility="undocumented").success(
+        bind(nearest_view, ctx), [adapter, session], nearest_table, api_name="nearest_tokens", api_visibility="undocumented")
     return adapter
 
 
@@ -1075,15 +1087,15 @@ def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> 
     history_csv = gr.File(label="History (.csv)", interactive=False)
 
     estimate_inputs = [grid, train.lr, train.batch, train.seed, session]
-    gr.on([tab.select, grid.change], bind(sweep_estimate, ctx), estimate_inputs, estimate, api_name="sweep_estimate")
+    gr.on([tab.select, grid.change], bind(sweep_estimate, ctx), estimate_inputs, estimate, api_name="sweep_estimate", api_visibility="undocumented")
     history = [history_table, history_plot]
-    tab.select(bind(show_history, ctx), session, history, api_name="history")
+    tab.select(bind(show_history, ctx), session, history, api_name="history", api_visibility="undocumented")
     swept = go.click(bind(start_sweep, ctx), [grid, rouge, train.lr, train.batch, train.seed, session],
-                     [plot, progress, table, csv_out], api_name="sweep", concurrency_limit=8, concurrency_id="train")
-    swept.then(bind(show_history, ctx), session, history, api_name="history_after_sweep")
-    stop.click(bind(stop_run, ctx), session, progress, api_name="stop_sweep")
-    refresh.click(bind(show_history, ctx), session, history, api_name="refresh_history")
-    export.click(bind(export_history, ctx), session, history_csv, api_name="export_history")
+                     [plot, progress, table, csv_out], api_name="sweep", api_visibility="undocumented", concurrency_limit=8, concurrency_id="train")
+    swept.then(bind(show_history, ctx), session, history, api_name="history_after_sweep", api_visibility="undocumented")
+    stop.click(bind(stop_run, ctx), session, progress, api_name="stop_sweep", api_visibility="undocumented")
+    refresh.click(bind(show_history, ctx), session, history, api_name="refresh_history", api_visibility="undocumented")
+    export.click(bind(export_history, ctx), session, history_csv, api_name="export_history", api_visibility="undocumented")
     return SweepTab(history, swept)
 
 
@@ -1198,7 +1210,7 @@ def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
     details = gr.JSON(label="Config and metrics")
     gr.Markdown("### Keep a run")
     with gr.Row():
-        run = gr.Dropdown([], label="Run of this session", scale=2)
+        run = gr.Dropdown([], label="Run of this session", scale=2, allow_custom_value=True)  # save_run checks it
         save_name = Text(max_length=MAX_FIELD_CHARS, label="Save as (default: from the run)", placeholder="rapper-20x10")
         save_btn = gr.Button("Save")
     save_msg = gr.Markdown()
@@ -1209,19 +1221,135 @@ def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
         upload_btn = gr.Button("Upload")
     upload_msg = gr.Markdown()
 
-    tab.select(bind(listing_update, ctx), None, [table, picked, message], api_name="list_adapters").then(
-        run_names, [session, run], run, api_name="run_choices")
-    table.select(first_cell, None, picked, api_name="pick_adapter_row")
-    picked.change(bind(adapter_details, ctx), picked, details, api_name="adapter_details")
-    save_btn.click(bind(save_run, ctx), [save_name, run, session], [table, picked, save_msg], api_name="save_adapter")
-    download_btn.click(bind(download, ctx), picked, zip_out, api_name="download_adapter")
+    tab.select(bind(listing_update, ctx), None, [table, picked, message], api_name="list_adapters", api_visibility="undocumented").then(
+        run_names, [session, run], run, api_name="run_choices", api_visibility="undocumented")
+    table.select(first_cell, None, picked, api_name="pick_adapter_row", api_visibility="undocumented")
+    picked.change(bind(adapter_details, ctx), picked, details, api_name="adapter_details", api_visibility="undocumented")
+    save_btn.click(bind(save_run, ctx), [save_name, run, session], [table, picked, save_msg], api_name="save_adapter", api_visibility="undocumented")
+    download_btn.click(bind(download, ctx), picked, zip_out, api_name="download_adapter", api_visibility="undocumented")
     upload_btn.click(bind(upload, ctx), [upload_file, upload_name, session], [table, picked, upload_msg],
-                     api_name="upload_adapter")
-    delete_btn.click(bind(ask_delete, ctx), picked, [confirm, confirm_text], api_name="ask_delete")
+                     api_name="upload_adapter", api_visibility="undocumented")
+    delete_btn.click(bind(ask_delete, ctx), picked, [confirm, confirm_text], api_name="ask_delete", api_visibility="undocumented")
     yes.click(bind(delete, ctx), [picked, session], [table, picked, message, confirm, zip_out, details],
-              api_name="delete_adapter")
+              api_name="delete_adapter", api_visibility="undocumented")
     no.click(lambda: gr.Row(visible=False), None, confirm, api_name=False)
     return table, run
+
+
+# ---------------------------------------------------------------------------------------
+# 4g. the documented API, which `--mcp` also serves as MCP tools (the tabs' own events stay
+# callable by gradio_client but undocumented: they return widgets, not answers)
+
+
+def list_acts(ctx: Context, search: str = "") -> list[dict]:
+    """List the dataset's acts (roles) a prompt can be tuned for.
+
+    Args:
+        search: only acts whose name or prompt contains this text (any case); empty for all.
+
+    Returns:
+        One {"act", "words"} per act: its name and its prompt's length in words.
+    """
+    frame = acts_frame(ctx.rows(), checked_text(search, "search", MAX_FIELD_CHARS))
+    return [{"act": act, "words": int(words)} for act, words in zip(frame["act"], frame["words"])]
+
+
+def list_saved_adapters(ctx: Context) -> list[dict]:
+    """List the saved prompt-tuning adapters (trained soft prompts) on this server, newest first.
+
+    Returns:
+        One {"name", "virtual_tokens", "epochs", "held_out_loss", "created", "base_model", "reference"} per adapter.
+    """
+    return [{"name": a["name"], "virtual_tokens": a["num_virtual_tokens"], "epochs": a["config"].get("epochs"),
+             "held_out_loss": a["metrics"].get("held_out_loss"), "created": a["created"],
+             "base_model": short_name(a["base_model"]), "reference": reference.is_reference(a["name"])}
+            for a in ctx.adapters()]
+
+
+def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "", max_new_tokens: int = 64) -> dict:
+    """Continue a text with the base model and with one or two tuned prompts, greedy, in one batch.
+
+    Args:
+        text: the input, e.g. "I want you to act as a rapper."
+        adapter: a saved adapter's name (see list_saved_adapters)
+        second_adapter: another saved adapter's name for a third column; empty for none
+        max_new_tokens: how many tokens each continuation may have, 1-512
+
+    Returns:
+        {"base": text, <adapter>: text[, <second_adapter>: text]}
+    """
+    names = [checked_name(adapter, "adapter")] + ([checked_name(second_adapter)] if second_adapter else [])
+    if None in names:
+        raise refuse("name a saved adapter (see list_saved_adapters)")
+    text = checked_text(text, "the input", MAX_INPUT_CHARS)
+    with user_errors():
+        prompts = [adapters.load(name, ctx.root, ctx.base()) for name in names]
+        texts = ()
+        for texts in stream_compare(ctx.base(), prompts, text, Decoding(max_new_tokens=whole(max_new_tokens))):
+            pass
+    return dict(zip(["base", *names], texts))
+
+
+def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, epochs: int = 10,
+                  learning_rate: float = 0.03, save_as: str = "", request: gr.Request = None) -> dict:
+    """Prompt-tune the base model and save the adapter; returns when training is done, with its metrics.
+
+    Args:
+        acts: act names to train on, comma-separated (see list_acts); empty for all training acts
+        num_virtual_tokens: the soft prompt's length, 1-100
+        epochs: passes over the training acts
+        learning_rate: AdamW's step size, 1e-3 to 3e-1 is the useful range
+        save_as: the adapter's name; empty for one made from the settings
+
+    Returns:
+        {"adapter", "steps", "seconds", "held_out_loss", "base_held_out_loss", "held_out_perplexity",
+        "base_held_out_perplexity", "stopped"}
+    """
+    chosen = [a.strip() for a in checked_text(acts, "acts", MAX_INPUT_CHARS).split(",") if a.strip()]
+    session = Session()
+    updates = start_training(ctx, num_virtual_tokens, epochs, learning_rate, 4, "random",
+                             "selected acts" if chosen else DATA_CHOICES[0], chosen, 0, session, request)
+    for _ in updates:
+        pass
+    run = session.runs[-1]
+    wanted = checked_text(save_as, "save_as", MAX_FIELD_CHARS).strip() or \
+        f"{chosen[0] if len(chosen) == 1 else 'acts' if chosen else 'all'}-{num_virtual_tokens}x{run.soft.config.epochs}"
+    with user_errors(), disk_errors():
+        folder = adapters.save(run.soft, free_name(own_name(wanted), {a["name"] for a in ctx.adapters()}),
+                               ctx.root, overwrite=False, **ctx.caps)
+    m = run.soft.meta["metrics"]
+    return {"adapter": folder.name, "steps": run.soft.meta["steps"], "seconds": run.soft.meta["train_seconds"],
+            "held_out_loss": m["held_out_loss"], "base_held_out_loss": m["base_held_out_loss"],
+            "held_out_perplexity": perplexity(m["held_out_loss"]),
+            "base_held_out_perplexity": perplexity(m["base_held_out_loss"]), "stopped": run.soft.meta["stopped"]}
+
+
+def evaluate_adapter(ctx: Context, adapter: str, rouge_acts: int = 3) -> dict:
+    """Score a saved adapter against the base model on the acts it never trained on.
+
+    Args:
+        adapter: a saved adapter's name (see list_saved_adapters)
+        rouge_acts: how many held-out acts to also score by ROUGE-L of greedy continuations, 0-20 (0: skip)
+
+    Returns:
+        {"held_out_acts", "tokens", "perplexity": {"base", "tuned"}, "rouge_l": {"base", "tuned"}, "acts_scored"}
+    """
+    if not (name := checked_name(adapter, "adapter")):
+        raise refuse("name a saved adapter (see list_saved_adapters)")
+    with user_errors():
+        soft = adapters.load(name, ctx.root, ctx.base())
+    n = checked_number(rouge_acts, "rouge_acts")
+    if not 0 <= n <= 20:
+        raise refuse(f"rouge_acts must be from 0 to 20, got {n}")
+    metrics, held, scored = held_out_scores(ctx, soft, whole(n), 64, lambda *args, **kwargs: None)
+    return {"held_out_acts": len(held), "tokens": metrics["base"].tokens,
+            "perplexity": {side: metrics[side].perplexity for side in ("base", "tuned")},
+            "rouge_l": mean_rouge(scored), "acts_scored": [r["act"] for r in scored]}
+
+
+def api_endpoints(ctx: Context) -> None:
+    for fn in (list_acts, list_saved_adapters, compare_texts, train_adapter, evaluate_adapter):
+        gr.api(bind(fn, ctx), api_name=fn.__name__)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1301,16 +1429,17 @@ def build_app(
         demo.load(bind(attach, ctx), [browser, session], [session, browser], api_name=False).then(
             bind(reattach, ctx), session, [train_.plot, train_.progress, train_.log], api_name=False)
         demo.load(bind(load_page, ctx), None, [data.acts_table, train_.chosen, status, adapters_table],
-                  api_name="load_page")
+                  api_name="load_page", api_visibility="undocumented")
         picked = [data.full_prompt, train_.act, compare.act, compare.text]
-        data.acts_table.select(first_cell, None, data.act_name, api_name="pick_row").then(
-            bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act")
-        data.act_name.submit(bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act_by_name")
+        data.acts_table.select(first_cell, None, data.act_name, api_name="pick_row", api_visibility="undocumented").then(
+            bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act", api_visibility="undocumented")
+        data.act_name.submit(bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act_by_name", api_visibility="undocumented")
         for done in (train_.trained, sweeps.swept):
             done.then(bind(compare_choices, ctx), [session, *compare.adapters], compare.adapters, api_name=False).then(
                 bind(refresh_choices, ctx), [session, eval_adapter], eval_adapter, api_name=False)
-        train_.trained.then(bind(show_history, ctx), session, sweeps.history, api_name="history_after_train")
+        train_.trained.then(bind(show_history, ctx), session, sweeps.history, api_name="history_after_train", api_visibility="undocumented")
         demo.unload(bind(on_close, ctx))
+        api_endpoints(ctx)
     # A full queue answers "Queue is full" at once, rather than letting waits grow without end.
     return demo.queue(max_size=max_queue, default_concurrency_limit=4)
 
@@ -1342,6 +1471,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="total size of the saved adapters, in bytes")
     parser.add_argument("--max-queue", type=int, default=_env_int("TUNING_MAX_QUEUE", 64),
                         help="events waiting at once; one more is answered 'queue is full'")
+    parser.add_argument("--mcp", action="store_true",
+                        help="also serve the documented API as MCP tools (Gradio's mcp_server) at /gradio_api/mcp/")
     parser.add_argument("--no-reference-adapters", dest="reference_adapters", action="store_false",
                         default=os.environ.get("TUNING_REFERENCE_ADAPTERS", "1") != "0",
                         help="do not train the reference adapters (the seed's 5x5 and 20x10) at start "
@@ -1358,4 +1489,5 @@ if __name__ == "__main__":
     # Load the base model while the page comes up, so the first Train click does not wait for it.
     # A failure here is not cached: the first request that needs the model tries again and says why.
     threading.Thread(target=warm_up, args=(args.model,), daemon=True, name="load-base").start()
-    app.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES,
+               mcp_server=args.mcp)

@@ -13,7 +13,8 @@ import app
 from app_fixtures import serve, served  # noqa: F401  (the module-scoped server fixture)
 from tuning.adapters import AdapterError
 
-TRAIN = dict(tokens=5, epochs=2, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0)
+TRAIN = dict(tokens=5, epochs=2, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0,
+             resume="a new prompt")  # the tabs' events are undocumented: a client sends every input
 GREEDY = dict(max_new=16, mode="greedy", temperature=0.8, top_p=0.95, top_k=50, penalty=1.0, seed=0)
 
 
@@ -23,7 +24,7 @@ def train_args(**kw):
 
 def generate(client, text="I want you to act as a rapper.", adapter=app.SESSION_RUN, **kw):
     """(base, tuned) of a two-column compare (the third column stays empty)."""
-    base, tuned, third = client.predict(text, adapter, *{**GREEDY, **kw}.values(), api_name="/generate")
+    base, tuned, third = client.predict(text, adapter, *{**GREEDY, **kw}.values(), app.NO_PROMPT, api_name="/generate")
     assert third == ""
     return base, tuned
 
@@ -171,7 +172,7 @@ def test_compare_after_training_differs_from_base(trained):
 
 
 def test_compare_three_columns_in_one_batch_each_as_it_would_be_alone(trained):
-    table, picked, message = trained.predict("three-a", api_name="/save_adapter")
+    table, picked, message = trained.predict("three-a", app.SESSION_RUN, api_name="/save_adapter")
     args = dict(max_new=8, mode="sample", temperature=0.8, top_p=0.95, top_k=50, penalty=1.0, seed=3)
     base, a, b = trained.predict("I want you to act as a poet.", "three-a", *args.values(), app.SESSION_RUN,
                                  api_name="/generate")
@@ -190,11 +191,11 @@ def test_compare_without_an_adapter_asks_for_one(client):
 
 
 def test_save_list_download_upload_delete(trained, tmp_path):
-    table, picked, message = trained.predict("my rapper!", api_name="/save_adapter")
+    table, picked, message = trained.predict("my rapper!", app.SESSION_RUN, api_name="/save_adapter")
     assert message.startswith("saved #1 ") and message.endswith(" as **my-rapper**") and picked["value"] == "my-rapper"
     compare, _ = trained.predict(app.SESSION_RUN, None, api_name="/compare_choices")  # every run by name, then adapters
     assert [c[0] for c in compare["choices"]][1:] == ["my-rapper"] and compare["choices"][0][0].startswith("#1 ")
-    _, _, message = trained.predict("my rapper!", api_name="/save_adapter")
+    _, _, message = trained.predict("my rapper!", app.SESSION_RUN, api_name="/save_adapter")
     assert message.endswith(" as **my-rapper-2** (**my-rapper** was taken)")  # nothing is overwritten
     trained.predict("my-rapper-2", api_name="/delete_adapter")
     assert table["data"][0][:3] == ["my-rapper", 5, 2]

@@ -21,7 +21,8 @@ from conftest import make_tokenizer
 from tuning import adapters
 from tuning.model import SoftPrompt
 
-TRAIN = dict(tokens=5, epochs=2, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0)
+TRAIN = dict(tokens=5, epochs=2, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0,
+             resume="a new prompt")  # the tabs' events are undocumented: a client sends every input
 
 
 def train_args(**kw):
@@ -104,7 +105,7 @@ def test_evaluate_compares_held_out_perplexity_and_rouge(trained):
 
 
 def test_evaluate_uses_the_held_out_acts_the_adapter_recorded(trained, server):
-    trained.predict("three-held", api_name="/save_adapter")
+    trained.predict("three-held", app.SESSION_RUN, api_name="/save_adapter")
     meta_path = Path(server[1]) / "adapters" / "three-held" / adapters.META_FILE
     record = json.loads(meta_path.read_text())
     record["meta"]["held_out_acts"] = ["Poet", "Chef", "Doctor"]
@@ -239,7 +240,8 @@ def test_sweep_and_history_charts_draw_every_series_in_a_browser(server):
         for runs in (2, 4):
             page.get_by_role("button", name="Run sweep").click()
             sync_api.expect(page.locator("#sweep-progress")).to_contain_text("done: 2 of 2 cells", timeout=60_000)
-            sync_api.expect(page.locator("#history-plot").get_by_text(f"#{runs} sweep 3×2")).to_be_visible()  # legend
+            sync_api.expect(page.locator("#history-plot").get_by_text(f"#{runs} sweep 3×2")).to_be_visible(
+                timeout=30_000)  # the legend names every run
             page.wait_for_timeout(500)  # let the last data update land
             assert drawn(page, "#sweep-plot") == 5  # base held-out, and train and held-out per cell
             assert drawn(page, "#history-plot") == runs

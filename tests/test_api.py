@@ -1,0 +1,52 @@
+"""The documented API, also served as MCP tools by `python app.py --mcp`: five functions, no UI plumbing."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from app_fixtures import ACTS, free_port, write_assets
+
+TOOLS = {"list_acts", "list_saved_adapters", "compare_texts", "train_adapter", "evaluate_adapter"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import app
+
+    folder = tmp_path_factory.mktemp("api")
+    model, dataset = write_assets(folder)
+    demo = app.build_app(model=model, dataset=dataset, adapters_dir=folder / "adapters")
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                mcp_server=True)
+    yield demo.local_url
+    demo.close()
+
+
+def test_the_mcp_schema_lists_the_five_tools_with_their_docs(server):
+    tools = {t["name"]: t for t in httpx.get(server + "gradio_api/mcp/schema", timeout=30).json()}
+    assert set(tools) == TOOLS  # the tabs' events (charts, dropdowns) stay out
+    train = tools["train_adapter"]
+    assert train["description"].startswith("Prompt-tune the base model and save the adapter")
+    assert train["inputSchema"]["properties"]["num_virtual_tokens"]["description"] == "the soft prompt's length, 1-100"
+
+
+def test_the_documented_api_is_the_same_five(server):
+    endpoints = set(Client(server, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert endpoints == {"/" + t for t in TOOLS}
+
+
+def test_train_then_list_compare_and_evaluate_through_the_api(server):
+    client = Client(server, verbose=False)
+    acts = client.predict("", api_name="/list_acts")
+    assert len(acts) == 12 and {"act": "Rapper", "words": len(ACTS["Rapper"].split())} in acts
+    done = client.predict("", 3, 1, 0.1, "api-run", api_name="/train_adapter")
+    assert done["adapter"] == "api-run" and done["steps"] == 3 and not done["stopped"]
+    assert done["held_out_perplexity"] > 1 and done["base_held_out_perplexity"] > 1
+    assert [a["name"] for a in client.predict(api_name="/list_saved_adapters")] == ["api-run"]
+    texts = client.predict("I want you to act as a poet.", "api-run", "", 6, api_name="/compare_texts")
+    assert set(texts) == {"base", "api-run"} and texts["base"] != texts["api-run"]
+    scores = client.predict("api-run", 1, api_name="/evaluate_adapter")
+    assert scores["held_out_acts"] == 1 and scores["perplexity"]["tuned"] == pytest.approx(done["held_out_perplexity"])
+    assert len(scores["acts_scored"]) == 1 and 0 <= scores["rouge_l"]["tuned"] <= 1
