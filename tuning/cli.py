@@ -109,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id, folder or .gguf (default: {DEFAULT_MODEL})")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"Hub id or file (default: {DEFAULT_DATASET})")
 
+    _add_share_commands(sub)
+
+    p = sub.add_parser("acts", help="list the dataset's acts: name and prompt length in words",
+                       description="List the acts (roles) of a dataset, one line each with its prompt's length in "
+                                   "words. Without the Hub the default dataset is read from the snapshot shipped "
+                                   "with this package, and the last line says so.")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"Hub id or file (default: {DEFAULT_DATASET})")
+    p.add_argument("--search", default="", metavar="TEXT",
+                   help="only acts whose name or prompt contains TEXT, ignoring case")
+    p.add_argument("--all-types", dest="text_only", action="store_false",
+                   help="keep rows of every `type` (default: TEXT rows only when the column exists)")
+
     sub.add_parser("list", help="list saved adapters")
     p = sub.add_parser("delete", help="delete a saved adapter")
     p.add_argument("name")
@@ -387,6 +399,23 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_acts(args) -> int:
+    from .data import SNAPSHOT_DATE, load_rows, matching, source_note
+
+    rows = load_rows(args.dataset, args.text_only)
+    shown = matching(rows, args.search)
+    width = max((len(r.act) for r in shown), default=3)
+    for row in shown:
+        print(f"{row.act:<{width}}  {len(row.prompt.split()):>5} words")
+    where = args.dataset
+    if source_note(args.dataset):
+        where = (f"the snapshot of {args.dataset} shipped with this package (CC0, {SNAPSHOT_DATE}; "
+                 "the Hub could not be reached)")
+    found = f"{len(shown)} of {len(rows)} acts match {args.search.strip()!r}" if args.search.strip() else f"{len(rows)} acts"
+    print(f"{found} from {where}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from . import adapters
 
@@ -451,11 +480,109 @@ def cmd_reference(args) -> int:
     return 0
 
 
+# --- sharing: push, pull, report (tuning/hub.py, tuning/report.py)
+
+
+def _add_share_commands(sub) -> None:
+    def measured(p: argparse.ArgumentParser) -> None:  # what computing a report needs
+        p.add_argument("--model", help="model to load (default: the adapter's base model)")
+        p.add_argument("--dataset", help="dataset whose held-out acts are scored (default: the adapter's)")
+        p.add_argument("--precision", default="auto", choices=PRECISIONS)
+        p.add_argument("--samples", type=int, default=3, metavar="N",
+                       help="held-out acts decoded for ROUGE-L and base-vs-tuned samples (default: 3; 0: none)")
+        p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per sample (default: 64)")
+
+    p = sub.add_parser("push", help="upload an adapter with its model card and run report to the Hugging Face Hub",
+                       description="Upload saved adapter NAME to the Hub model repo ID (created if missing): PEFT's "
+                                   "files, tuning_meta.json and the optimizer state, README.md (the model card), "
+                                   "loss.png and report.html. The token comes from HF_TOKEN or `hf auth login`.")
+    p.add_argument("name", help="name of a saved adapter")
+    p.add_argument("--repo", required=True, metavar="ID", help="Hub repo id, e.g. your-name/poet-20x10")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its setting)")
+    p.add_argument("--base-model", metavar="ID",
+                   help="Hub id of the base model, when the adapter was trained from a local copy of it")
+    measured(p)
+
+    p = sub.add_parser("pull", help="download an adapter from the Hugging Face Hub and save it",
+                       description="Download a PEFT prompt-tuning adapter from Hub repo ID (or a local folder laid "
+                                   "out as one): only its adapter files, checked like an upload, saved under a free "
+                                   "name. A token from HF_TOKEN or `hf auth login` is used for private repos.")
+    p.add_argument("repo", metavar="ID", help="Hub repo id (owner/name) or a local folder")
+    p.add_argument("--name", help="save as this name (default: the repo's last part; a taken name gets -2, -3, ...)")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
+
+    p = sub.add_parser("report", help="write a self-contained run report (report.html) and model card (README.md)",
+                       description="Score saved adapter NAME against its base model on held-out acts and write "
+                                   "DIR/report.html (one file, no network, images inline), DIR/README.md (the model "
+                                   "card) and DIR/loss.png.")
+    p.add_argument("name", help="name of a saved adapter")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
+    measured(p)
+
+
+def _token() -> str | None:
+    """The user's Hugging Face token: HF_TOKEN, else the stored login; None without either. Never printed."""
+    from huggingface_hub import get_token
+
+    return get_token()  # reads HF_TOKEN first, then the file `hf auth login` wrote
+
+
+def _report_inputs(args):
+    """(soft, base, rows, dataset) for a report on args.name, as `eval` loads them."""
+    from . import adapters
+    from .data import load_rows
+    from .model import load_base
+
+    soft = adapters.load(args.name, args.adapters_dir)
+    if args.samples < 0:
+        raise ValueError(f"--samples must be 0 or more, got {args.samples}")
+    print(f"loading {args.model or soft.base_model} ...", file=sys.stderr)
+    base = load_base(args.model or soft.base_model, args.precision)
+    soft = adapters.load(args.name, args.adapters_dir, base=base)  # checked against the model
+    dataset = args.dataset or soft.config.dataset
+    return soft, base, load_rows(dataset, soft.config.text_only), dataset
+
+
+def cmd_push(args) -> int:
+    from . import hub
+    from .generate import Decoding
+
+    token = _token()
+    if not token:
+        raise ValueError("pushing needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
+    soft, base, rows, dataset = _report_inputs(args)
+    url = hub.push(args.name, args.repo, token, args.adapters_dir, private=args.private, base=base, rows=rows,
+                   dataset=dataset, base_model=args.base_model, decoding=Decoding(max_new_tokens=args.max_new_tokens),
+                   samples=args.samples)
+    print(f"pushed {args.name!r} to {url}")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from . import hub
+
+    folder = hub.pull(args.repo, _token(), args.adapters_dir, name=args.name, revision=args.revision)
+    print(f"saved adapter {folder.name!r} to {folder}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .generate import Decoding
+    from .report import build_report
+
+    soft, base, rows, dataset = _report_inputs(args)
+    html_path, card_path = build_report(base, soft, rows, dataset, args.name, args.out,
+                                        Decoding(max_new_tokens=args.max_new_tokens), args.samples)
+    print(f"wrote {html_path} and {card_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench,
                "sweep": cmd_sweep, "reference": cmd_reference,
-               "list": cmd_list, "delete": cmd_delete}
+               "list": cmd_list, "delete": cmd_delete, "acts": cmd_acts,
+               "push": cmd_push, "pull": cmd_pull, "report": cmd_report}
     try:
         return command[args.command](args)
     except (ValueError, RuntimeError, OSError) as e:

@@ -10,6 +10,11 @@ message is one sentence for the user (with the line number for a broken CSV row)
 Both schemas load: `act, prompt` (the 2025-01 snapshot) and `act, prompt, for_devs, type[, contributor]`;
 with a `type` column, only TEXT rows are kept unless `text_only=False`.
 
+Offline: when the Hub cannot be reached, the default dataset (`fka/awesome-chatgpt-prompts`)
+loads from the copy shipped in `snapshot/` (CC0, see its LICENSE) and `source_note()` says so;
+any other Hub dataset fails with one sentence. `hub_reachable()` asks the Hub once, for a few
+seconds, and remembers a failure for a minute, so a page that loads on every click waits once.
+
 What it does not do: tokenize (train.py), download anything but the dataset itself, or
 repair a broken file; a file we cannot read faithfully is an error, not a guess.
 """
@@ -23,12 +28,24 @@ import json
 import math
 import random
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .config import DEFAULT_DATASET
+
 SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 BOM = b"\xef\xbb\xbf"
+
+# f/awesome-chatgpt-prompts' prompts.csv as of 2025-11 (CC0): the schema the Hub serves today
+# (act, prompt, for_devs, type), 221 TEXT rows. Shipped in the package so a first start
+# without the Hub still has a dataset; it is never used for any other dataset id.
+SNAPSHOT = Path(__file__).parent / "snapshot" / "awesome-chatgpt-prompts.csv"
+SNAPSHOT_DATE = "2025-11"
+HUB_PROBE_S = 4.0  # how long to wait for the Hub's first answer before calling it unreachable (seconds)
+HUB_RETRY_S = 60.0  # after the Hub could not be reached, loaders skip it this long, then ask again (seconds)
 
 
 class DataError(ValueError):
@@ -147,16 +164,109 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list[Any]]]:
     return _from_columns(frame.to_dict("list"), path.name)
 
 
+class _Unreachable(Exception):
+    """The Hub could not be reached (no connection, a timeout, offline mode); the message says how."""
+
+
 def _read_hub(source: str) -> tuple[list[str], list[list[Any]]]:
+    # With HF_HUB_OFFLINE set, `datasets` fails at once or reads its own cache (a Space's
+    # preloaded copy): let it. Otherwise ask first: its download retries for ~30 s without a network.
+    if not offline_mode() and not hub_reachable(source, "dataset"):
+        raise _Unreachable("the Hub could not be reached (no connection)")
     import datasets  # slow to import, and only this path needs it
 
     try:
         dataset = datasets.load_dataset(source, split="train")
     except Exception as e:  # offline, unknown id, no train split, gated: all the user's to fix
+        if is_connection_error(e):
+            _remember_hub_down()
+            raise _Unreachable(_first_line(e)) from None
         raise DataError(
             f"could not load the dataset '{source}' from the Hugging Face Hub: {_first_line(e)}"
         ) from None
     return _from_columns(dataset.to_dict(), source)
+
+
+# ---------------------------------------------------------------------------------------
+# is the Hub there? asked once, a failure remembered for HUB_RETRY_S
+
+_now = time.monotonic  # a module attribute so tests can move the clock
+_hub_down_at: float | None = None  # _now() when the Hub last could not be reached
+_snapshot_notes: dict[str, str] = {}  # dataset id -> the note, while its rows came from SNAPSHOT
+
+
+def offline_mode() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: the Hub libraries then use their cache only."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode()
+
+
+def _remember_hub_down() -> None:
+    global _hub_down_at
+    _hub_down_at = _now()
+
+
+def hub_reachable(repo_id: str, repo_type: str = "model") -> bool:
+    """Whether the Hugging Face Hub answers a question about `repo_id` within HUB_PROBE_S seconds.
+
+    Any answer counts, "not found" included (the loader then says what is wrong); no answer,
+    a server error or offline mode (HF_HUB_OFFLINE) is False. After a False the Hub is not asked
+    again for HUB_RETRY_S seconds: every call returns False at once. One short request, no
+    retries: `datasets` and `transformers` retry for ~30 s before they give up, on every call.
+    """
+    global _hub_down_at
+    if _hub_down_at is not None and _now() - _hub_down_at < HUB_RETRY_S:
+        return False
+    answered = _ask_hub(repo_id, repo_type)
+    _hub_down_at = None if answered else _now()
+    return answered
+
+
+def _ask_hub(repo_id: str, repo_type: str) -> bool:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    answer: list[bool] = []
+
+    def ask() -> None:
+        try:
+            HfApi().repo_info(repo_id, repo_type=repo_type, timeout=HUB_PROBE_S)
+            answer.append(True)
+        except HfHubHTTPError as e:  # 401, 404, gated: the Hub answered; 5xx: it cannot serve now
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            answer.append(status is not None and status < 500)
+        except Exception:  # no route, DNS, a timeout, offline mode: whatever it is, no answer
+            answer.append(False)
+
+    # A thread with a deadline, not only the request's timeout: name resolution is outside
+    # httpx's timeout and can hang far longer where no DNS server answers.
+    thread = threading.Thread(target=ask, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_S)
+    return bool(answer) and answer[0]
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether `error`, or an error that caused it, says the Hub could not be reached (not that it refused)."""
+    import httpx2  # huggingface_hub's HTTP client; its errors are not OSErrors
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (ConnectionError, TimeoutError, httpx2.TransportError)):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def source_note(dataset: str) -> str | None:
+    """One line for the user when the last `load_rows(dataset)` read the shipped snapshot, else None.
+
+    >>> source_note("fka/awesome-chatgpt-prompts")  # doctest: +SKIP
+    'Offline: using the snapshot of fka/awesome-chatgpt-prompts shipped with this app (CC0, 2025-11, 221 acts)'
+    """
+    return _snapshot_notes.get(dataset)
 
 
 def _from_objects(objects: list[dict]) -> tuple[list[str], list[list[Any]]]:
@@ -195,9 +305,12 @@ def load_rows(source: str, text_only: bool = True) -> list[Row]:
 
     `source`: "fka/awesome-chatgpt-prompts", "prompts.csv", "~/data/prompts.jsonl", ...
     `text_only`: when the data has a `type` column, keep only rows of type TEXT.
+    When the Hub cannot be reached, `DEFAULT_DATASET` loads from the shipped `SNAPSHOT` and
+    `source_note(source)` says so; any other Hub id raises DataError.
     """
     if not source or not source.strip():
         raise DataError("no dataset given; name a Hub dataset or a .csv, .json, .jsonl or .parquet file")
+    from_snapshot = False  # set when the Hub could not be reached and the shipped copy stands in
     if _is_local(source):
         try:
             path = Path(source).expanduser()
@@ -215,7 +328,14 @@ def load_rows(source: str, text_only: bool = True) -> list[Row]:
         columns, records = readers[suffix](path)
     else:
         name = source
-        columns, records = _read_hub(source)
+        try:
+            columns, records = _read_hub(source)
+        except _Unreachable as e:
+            # Only the default dataset has a shipped copy; any other id must not turn silently into it.
+            if source != DEFAULT_DATASET:
+                raise DataError(f"could not load the dataset '{source}' from the Hugging Face Hub: {e}") from None
+            columns, records = _read_csv(SNAPSHOT)
+            from_snapshot = True
 
     if not columns:  # "[]", or a Parquet file with no columns
         raise DataError(f"{name} has no rows with both an act and a prompt")
@@ -251,7 +371,18 @@ def load_rows(source: str, text_only: bool = True) -> list[Row]:
         rows.append(Row(act=display, prompt=prompt, group=normalise(act)))
     if not rows:
         raise DataError(f"{name} has no rows with both an act and a prompt")
+    if from_snapshot:
+        _snapshot_notes[source] = (f"Offline: using the snapshot of {source} shipped with this app "
+                                   f"(CC0, {SNAPSHOT_DATE}, {len(rows)} acts)")
+    else:
+        _snapshot_notes.pop(source, None)
     return rows
+
+
+def matching(rows: Sequence[Row], query: str) -> list[Row]:
+    """The rows whose act or prompt contains `query`, ignoring case; all of them for an empty query."""
+    q = query.strip().casefold()
+    return [r for r in rows if not q or q in r.act.casefold() or q in r.prompt.casefold()]
 
 
 def split_by_act(

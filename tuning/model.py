@@ -16,12 +16,14 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .config import DEFAULT_MODEL, PRECISIONS, TuneConfig
+from .data import hub_reachable, is_connection_error, offline_mode
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -147,18 +149,42 @@ def _fuse_gelu(model: torch.nn.Module) -> None:
 
 
 _load_lock = threading.Lock()
+DOWNLOAD_RETRY_S = 60.0  # after a Hub model could not be downloaded, the same error at once this long (seconds)
+_now = time.monotonic  # a module attribute so tests can move the clock
+_download_failures: dict[str, tuple[float, str]] = {}  # model id -> (_now() when it failed, the sentence)
 
 
 def load_base(model_id: str = DEFAULT_MODEL, precision: str = "auto", device: str | None = None) -> Base:
     """Load a causal LM by Hub id, local folder or `.gguf` file, once per process (cached).
 
+    A Hub id that cannot be downloaded (no connection, HF_HUB_OFFLINE) fails within a few
+    seconds with one sentence that names `--model PATH`; for DOWNLOAD_RETRY_S seconds after,
+    the same id fails at once with the same sentence, then the Hub is asked again. Files already
+    in the local Hugging Face cache load without the Hub.
+
     >>> base = load_base("openai-community/gpt2")          # doctest: +SKIP
     >>> base.max_positions, base.precision                  # doctest: +SKIP
     (1024, 'bf16')
     """
+    _raise_if_failed_recently(model_id)  # at once, even while another load holds the lock
     # One lock: two sessions asking at once must not load the weights twice.
     with _load_lock:
+        _raise_if_failed_recently(model_id)  # it may have failed while this call waited
         return _load_base_cached(model_id, precision, device)
+
+
+def _raise_if_failed_recently(model_id: str) -> None:
+    failed = _download_failures.get(model_id)
+    if failed is not None and _now() - failed[0] < DOWNLOAD_RETRY_S:
+        raise ModelError(failed[1])
+
+
+def _download_failed(model_id: str, why: str) -> ModelError:
+    """The one sentence for a Hub model that could not be downloaded, remembered for DOWNLOAD_RETRY_S."""
+    message = (f"could not download {model_id} from the Hugging Face Hub ({why}); start with a local model: "
+               "--model PATH (a folder saved with save_pretrained, or a .gguf file)")
+    _download_failures[model_id] = (_now(), message)
+    return ModelError(message)
 
 
 @functools.lru_cache(maxsize=2)
@@ -184,10 +210,21 @@ def _load_base_cached(model_id: str, precision: str, device: str | None) -> Base
         raise ModelError(f"no model folder at {model_id}")
     elif path.exists() and not path.is_dir():
         raise ModelError(f"{model_id} is a file; give a model folder, a .gguf file or a Hub id")
+    hub_id = not path.exists()  # what is left once folders and files are handled
+    offline = offline_mode()
+    if hub_id and not offline and not hub_reachable(model_id, "model"):
+        # No Hub: the local cache, if it has the files, instead of ~30 s of retries that end in the same error.
+        kwargs["local_files_only"] = True
+        # transformers 5.24 does not pass local_files_only on to its look-up of a PEFT adapter
+        # config, which then retries the Hub for ~25 s even though the model is in the cache.
+        model_kwargs["adapter_kwargs"] = {"local_files_only": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[resolved], **kwargs, **model_kwargs)
     except (OSError, ValueError) as e:  # not found, no network, gated repo, not a causal LM
+        cannot_reach = offline or kwargs.get("local_files_only") or is_connection_error(e)
+        if hub_id and isinstance(e, OSError) and cannot_reach:
+            raise _download_failed(model_id, "HF_HUB_OFFLINE is set" if offline else "no connection") from None
         raise ModelError(f"could not load the model {model_id!r}: {str(e).strip().splitlines()[0]}") from e
     return from_model(model.to(dev), tokenizer, model_id, resolved)
 
