@@ -42,10 +42,10 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from tuning import adapters, evaluate, reference, sweep
+from tuning import adapters, evaluate, hub, reference, report, sweep
 from tuning.adapters import AdapterError
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig
-from tuning.data import DataError, Row, find_act, load_rows
+from tuning.data import DataError, Row, find_act, load_rows, source_note
 from tuning.generate import Decoding, GenerationError, stream_compare
 from tuning.jobs import Job, Jobs
 from tuning.model import ModelError, SoftPrompt, load_base
@@ -60,11 +60,12 @@ SESSION_RUN = "this session's run"  # API alias for the newest run of the sessio
 NEW_PROMPT = "a new prompt"  # the Train tab's "Continue from" when nothing is resumed
 NO_PROMPT = "(none)"  # Compare's second prompt, off
 REFERENCE_OWNER = "reference adapters"  # the job registry's owner of the background reference training
+HIDDEN = {"api_visibility": "undocumented"}  # the tabs' events: callable by clients, not the documented API (4g)
 INITS = {"random": "random", "text: the current act's prompt": "text", "sampled vocabulary": "sample_vocab"}
 DATA_CHOICES = ("all training acts", "only the current act", "selected acts")
 COLOURS = {"train": "#2563eb", "held-out": "#ea580c", "base held-out": "#9ca3af"}  # one run's chart
 PRESETS = {"5 tokens × 5 epochs": (5, 5), "20 tokens × 10 epochs": (20, 10)}
-USER_ERRORS = (DataError, ModelError, AdapterError, GenerationError, TrainingError, PlanError)
+USER_ERRORS = (DataError, ModelError, AdapterError, GenerationError, TrainingError, PlanError, hub.HubError)
 MAX_UPLOAD_BYTES = 50 * 2**20  # uncompressed; a GPT-2 prompt of 100 tokens is 300 KB
 MAX_UPLOAD_FILES = 16
 MAX_ZIP_ENTRIES = 64  # files and folders together: a zip of a million empty folders is a bomb too
@@ -81,10 +82,21 @@ PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#c
 # 1. what the process shares, what a browser keeps
 
 
-@functools.lru_cache(maxsize=4)
+_rows: dict[str, tuple[Row, ...]] = {}
+
+
 def dataset_rows(source: str) -> tuple[Row, ...]:
-    """The dataset's rows, read once per process (a failed read is retried next time)."""
-    return tuple(load_rows(source))
+    """The dataset's rows, read once per process (a failed read is retried next time).
+
+    Rows from the shipped snapshot (the Hub did not answer) are not kept: the next call asks the
+    Hub again, at most once a minute (data.load_rows), so a server that comes online gets the real ones.
+    """
+    if source not in _rows:
+        rows = tuple(load_rows(source))
+        if source_note(source) is not None:
+            return rows
+        _rows[source] = rows
+    return _rows[source]
 
 
 def short_name(source: str) -> str:
@@ -104,6 +116,7 @@ class Context:
     max_adapters: int = 200  # all visitors together
     max_adapter_bytes: int = 500 * 2**20
     jobs: Jobs = field(default_factory=Jobs)
+    hub_model: str | None = None  # the Hub id of `model` when it is a local copy: model cards must name one
 
     def base(self):
         with user_errors():
@@ -522,7 +535,7 @@ def attach(ctx: Context, browser_id: str | None, session: Session):
 def load_page(ctx: Context):
     try:
         rows = dataset_rows(ctx.dataset)
-        table, names, status = acts_frame(rows), [r.act for r in rows], ""
+        table, names, status = acts_frame(rows), [r.act for r in rows], source_note(ctx.dataset) or ""
     except DataError as e:
         gr.Warning(str(e))
         table, names, status = acts_frame([]), [], f"⚠️ {e}"
@@ -552,7 +565,7 @@ def dataset_tab(ctx: Context) -> DatasetTab:
                               column_widths=["25%", "65%", "10%"], max_height=420)
     act_name = Text(label="Act (or type a name and press Enter)", max_length=MAX_FIELD_CHARS)
     full_prompt = gr.Textbox(label="Whole prompt", lines=6, interactive=False)
-    search.change(bind(search_acts, ctx), search, acts_table, api_name="search_acts", api_visibility="undocumented")
+    search.change(bind(search_acts, ctx), search, acts_table, api_name="search_acts", **HIDDEN)
     return DatasetTab(act_name, acts_table, full_prompt)
 
 
@@ -749,11 +762,11 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
                                x_title="training step")
             progress = gr.Markdown("not started: set the prompt's size and press Train", elem_id="progress")
             log_box = gr.Textbox(label="Log", lines=8, max_lines=30, interactive=False, autoscroll=True)
-    preset.input(bind(set_preset, ctx), preset, [tokens, epochs], api_name="set_preset", api_visibility="undocumented")
+    preset.input(bind(set_preset, ctx), preset, [tokens, epochs], api_name="set_preset", **HIDDEN)
     trained = start.click(bind(start_training, ctx),
                           [tokens, epochs, lr, batch, init, data, chosen, seed, session, resume],
-                          [plot, progress, log_box], api_name="train", api_visibility="undocumented", concurrency_limit=8, concurrency_id="train")
-    stop.click(bind(stop_run, ctx), session, progress, api_name="stop", api_visibility="undocumented")
+                          [plot, progress, log_box], api_name="train", **HIDDEN, concurrency_limit=8, concurrency_id="train")
+    stop.click(bind(stop_run, ctx), session, progress, api_name="stop", **HIDDEN)
     for event in (tab.select, trained.then):
         event(bind(resume_choices, ctx), [session, resume], resume, api_name=False)
     return TrainTab(act, chosen, lr, batch, seed, trained, plot, progress, log_box)
@@ -860,11 +873,11 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
     timer = gr.Timer(2.0, active=ctx.jobs.running(REFERENCE_OWNER) is not None)
     timer.tick(bind(reference_status, ctx), None, [status, timer], api_name=False).then(
         bind(compare_choices, ctx), [session, a, b], [a, b], api_name=False)
-    tab.select(bind(compare_choices, ctx), [session, a, b], [a, b], api_name="compare_choices", api_visibility="undocumented").then(
+    tab.select(bind(compare_choices, ctx), [session, a, b], [a, b], api_name="compare_choices", **HIDDEN).then(
         bind(reference_status, ctx), None, [status, timer], api_name=False)
     a.change(column_label, a, a_out, api_name=False)
     b.change(column_label, b, b_out, api_name=False)
-    go.click(bind(generate, ctx), [text, a, *decoding, session, b], [base_out, a_out, b_out], api_name="generate", api_visibility="undocumented",
+    go.click(bind(generate, ctx), [text, a, *decoding, session, b], [base_out, a_out, b_out], api_name="generate", **HIDDEN,
              concurrency_limit=4, concurrency_id="generate")
     return CompareTab(act, text, [a, b])
 
@@ -962,12 +975,12 @@ def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> gr.Dropdown:
                 "the model's input embeddings. Trained prompts usually sit far from every real token (0.1–0.3 is "
                 "common): read it as a hint, not a translation.")
     nearest_table = gr.Dataframe(label="Nearest tokens", interactive=False, max_height=360)
-    tab.select(bind(refresh_choices, ctx), [session, adapter], adapter, api_name="eval_adapter_choices", api_visibility="undocumented")
+    tab.select(bind(refresh_choices, ctx), [session, adapter], adapter, api_name="eval_adapter_choices", **HIDDEN)
     go.click(bind(evaluate_run, ctx), [adapter, rouge_acts, max_new, session],
-             [ppl_plot, rouge_plot, summary, rouge_table], api_name="evaluate", api_visibility="undocumented",
+             [ppl_plot, rouge_plot, summary, rouge_table], api_name="evaluate", **HIDDEN,
              concurrency_limit=4, concurrency_id="generate").success(
-        bind(token_view, ctx), [adapter, session], [gains, gains_text], api_name="token_gains", api_visibility="undocumented").success(
-        bind(nearest_view, ctx), [adapter, session], nearest_table, api_name="nearest_tokens", api_visibility="undocumented")
+        bind(token_view, ctx), [adapter, session], [gains, gains_text], api_name="token_gains", **HIDDEN).success(
+        bind(nearest_view, ctx), [adapter, session], nearest_table, api_name="nearest_tokens", **HIDDEN)
     return adapter
 
 
@@ -1087,15 +1100,15 @@ def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> 
     history_csv = gr.File(label="History (.csv)", interactive=False)
 
     estimate_inputs = [grid, train.lr, train.batch, train.seed, session]
-    gr.on([tab.select, grid.change], bind(sweep_estimate, ctx), estimate_inputs, estimate, api_name="sweep_estimate", api_visibility="undocumented")
+    gr.on([tab.select, grid.change], bind(sweep_estimate, ctx), estimate_inputs, estimate, api_name="sweep_estimate", **HIDDEN)
     history = [history_table, history_plot]
-    tab.select(bind(show_history, ctx), session, history, api_name="history", api_visibility="undocumented")
+    tab.select(bind(show_history, ctx), session, history, api_name="history", **HIDDEN)
     swept = go.click(bind(start_sweep, ctx), [grid, rouge, train.lr, train.batch, train.seed, session],
-                     [plot, progress, table, csv_out], api_name="sweep", api_visibility="undocumented", concurrency_limit=8, concurrency_id="train")
-    swept.then(bind(show_history, ctx), session, history, api_name="history_after_sweep", api_visibility="undocumented")
-    stop.click(bind(stop_run, ctx), session, progress, api_name="stop_sweep", api_visibility="undocumented")
-    refresh.click(bind(show_history, ctx), session, history, api_name="refresh_history", api_visibility="undocumented")
-    export.click(bind(export_history, ctx), session, history_csv, api_name="export_history", api_visibility="undocumented")
+                     [plot, progress, table, csv_out], api_name="sweep", **HIDDEN, concurrency_limit=8, concurrency_id="train")
+    swept.then(bind(show_history, ctx), session, history, api_name="history_after_sweep", **HIDDEN)
+    stop.click(bind(stop_run, ctx), session, progress, api_name="stop_sweep", **HIDDEN)
+    refresh.click(bind(show_history, ctx), session, history, api_name="refresh_history", **HIDDEN)
+    export.click(bind(export_history, ctx), session, history_csv, api_name="export_history", **HIDDEN)
     return SweepTab(history, swept)
 
 
@@ -1197,11 +1210,88 @@ def delete(ctx: Context, name: str | None, session: Session):
     return (*listing_update(ctx, None, f"deleted **{name}**"), gr.Row(visible=False), None, {})
 
 
+def repo_suggestion(ctx: Context, name: str | None, profile: gr.OAuthProfile | None = None) -> str:
+    """`<user>/<adapter>` for a logged-in visitor, so Push needs one click."""
+    return f"{profile.username}/{name}" if profile is not None and name else ""
+
+
+def push_adapter(ctx: Context, name, repo_id, private: bool, oauth_token: gr.OAuthToken | None = None) -> str:
+    """Push a saved adapter with the visitor's own Hub login, used for this call only (never logged or kept)."""
+    if oauth_token is None:
+        raise refuse("log in with Hugging Face (the button above) to push to your account; off a Space, use "
+                     "python -m tuning push NAME --repo ID")
+    if not (name := checked_name(name)):
+        raise refuse("pick an adapter to push")
+    repo_id = checked_text(repo_id, "Hub repo", MAX_FIELD_CHARS).strip()
+    with user_errors():
+        url = hub.push(name, repo_id, oauth_token.token, ctx.root, private=bool(private), base=ctx.base(),
+                       rows=ctx.rows(), dataset=ctx.dataset, base_model=ctx.hub_model)
+    return f"pushed **{name}** to [{repo_id}]({url}) with its model card and report"
+
+
+def pull_adapter(ctx: Context, repo_id, name, oauth_token: gr.OAuthToken | None = None):
+    """Load an adapter from a Hub repo: only its adapter files, each checked as an upload is."""
+    repo_id = checked_text(repo_id, "Hub repo", MAX_FIELD_CHARS).strip()
+    wanted = checked_text(name, "Name", MAX_FIELD_CHARS).strip()
+    with user_errors(), disk_errors():
+        folder = hub.pull(repo_id, oauth_token.token if oauth_token is not None else None, ctx.root,
+                          own_name(wanted) if wanted else None, base=ctx.base(), **ctx.caps)
+    return listing_update(ctx, folder.name, f"loaded **{repo_id}** as **{folder.name}**")
+
+
+def report_download(ctx: Context, soft: SoftPrompt, name: str, request: gr.Request) -> str:
+    with user_errors():
+        html, _ = report.build_report(ctx.base(), soft, ctx.rows(), ctx.dataset, name,
+                                      ctx.jobs.folder(request.session_hash))
+    return str(html)
+
+
+def adapter_report(ctx: Context, name, session: Session, request: gr.Request) -> str:
+    """The run report (one self-contained .html) of a saved adapter."""
+    if not (name := checked_name(name)):
+        raise refuse("pick an adapter for its report")
+    return report_download(ctx, pick_soft(ctx, name, session), name, request)
+
+
+def run_report(ctx: Context, run_name, session: Session, request: gr.Request) -> str:
+    """The run report of a run of this session, saved or not."""
+    run = session.run(checked_name(run_name, "the run") or SESSION_RUN)
+    if run is None:
+        raise refuse("train something first: this session has no run to report on")
+    return report_download(ctx, run.soft, run.name, request)
+
+
+def hub_section(ctx: Context, picked: gr.Dropdown, table: gr.Dataframe) -> None:
+    on_space = bool(os.environ.get("SPACE_ID"))  # Hugging Face sets it; OAuth login exists only there
+    gr.Markdown("### The Hugging Face Hub\nPush a saved adapter to your account (its PEFT files, a model card and "
+                "the run report), or load one from any repo. " + (
+                    "Log in to push; loading needs no login." if on_space else
+                    "Pushing needs a Hugging Face login, which only a Space offers its visitors: here, use "
+                    "`python -m tuning push NAME --repo ID`. Loading needs no login."))
+    if on_space:
+        gr.LoginButton()
+    with gr.Row():
+        repo = Text(label="Push to repo", placeholder="your-name/rapper-20x10", max_length=MAX_FIELD_CHARS, scale=2)
+        private = gr.Checkbox(label="private", value=False)
+        push_btn = gr.Button("Push to the Hub")
+    push_msg = gr.Markdown()
+    with gr.Row():
+        source = Text(label="Load from repo", placeholder="someone/their-prompt", max_length=MAX_FIELD_CHARS, scale=2)
+        pull_name = Text(label="Save as (default: the repo's name)", max_length=MAX_FIELD_CHARS)
+        pull_btn = gr.Button("Load from the Hub")
+    pull_msg = gr.Markdown()
+    picked.change(bind(repo_suggestion, ctx), picked, repo, api_name=False)
+    push_btn.click(bind(push_adapter, ctx), [picked, repo, private], push_msg, api_name="push_adapter", **HIDDEN)
+    pull_btn.click(bind(pull_adapter, ctx), [source, pull_name], [table, picked, pull_msg], api_name="pull_adapter",
+                   **HIDDEN)
+
+
 def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
     table = gr.Dataframe(label="Saved adapters (click a row)", interactive=False)
     with gr.Row():
         picked = gr.Dropdown([], label="Adapter", allow_custom_value=True, scale=2)
-        download_btn, delete_btn = gr.Button("Download .zip"), gr.Button("Delete…", variant="stop")
+        download_btn, report_btn = gr.Button("Download .zip"), gr.Button("Report .html")
+        delete_btn = gr.Button("Delete…", variant="stop")
     with gr.Row(visible=False) as confirm:
         confirm_text = gr.Markdown()
         yes, no = gr.Button("Yes, delete", variant="stop"), gr.Button("Cancel")
@@ -1212,26 +1302,30 @@ def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
     with gr.Row():
         run = gr.Dropdown([], label="Run of this session", scale=2, allow_custom_value=True)  # save_run checks it
         save_name = Text(max_length=MAX_FIELD_CHARS, label="Save as (default: from the run)", placeholder="rapper-20x10")
-        save_btn = gr.Button("Save")
+        save_btn, run_report_btn = gr.Button("Save"), gr.Button("Report .html")
     save_msg = gr.Markdown()
+    run_report_out = gr.File(label="Run report", interactive=False)
     gr.Markdown("### Bring one in")
     with gr.Row():
         upload_file = gr.File(label="Upload a PEFT prompt-tuning adapter (.zip)", file_types=[".zip"])
         upload_name = Text(label="Name (default: the file name)", max_length=MAX_FIELD_CHARS)
         upload_btn = gr.Button("Upload")
     upload_msg = gr.Markdown()
+    hub_section(ctx, picked, table)
 
-    tab.select(bind(listing_update, ctx), None, [table, picked, message], api_name="list_adapters", api_visibility="undocumented").then(
-        run_names, [session, run], run, api_name="run_choices", api_visibility="undocumented")
-    table.select(first_cell, None, picked, api_name="pick_adapter_row", api_visibility="undocumented")
-    picked.change(bind(adapter_details, ctx), picked, details, api_name="adapter_details", api_visibility="undocumented")
-    save_btn.click(bind(save_run, ctx), [save_name, run, session], [table, picked, save_msg], api_name="save_adapter", api_visibility="undocumented")
-    download_btn.click(bind(download, ctx), picked, zip_out, api_name="download_adapter", api_visibility="undocumented")
+    tab.select(bind(listing_update, ctx), None, [table, picked, message], api_name="list_adapters", **HIDDEN).then(
+        run_names, [session, run], run, api_name="run_choices", **HIDDEN)
+    table.select(first_cell, None, picked, api_name="pick_adapter_row", **HIDDEN)
+    picked.change(bind(adapter_details, ctx), picked, details, api_name="adapter_details", **HIDDEN)
+    save_btn.click(bind(save_run, ctx), [save_name, run, session], [table, picked, save_msg], api_name="save_adapter", **HIDDEN)
+    download_btn.click(bind(download, ctx), picked, zip_out, api_name="download_adapter", **HIDDEN)
+    report_btn.click(bind(adapter_report, ctx), [picked, session], zip_out, api_name="adapter_report", **HIDDEN)
+    run_report_btn.click(bind(run_report, ctx), [run, session], run_report_out, api_name="run_report", **HIDDEN)
     upload_btn.click(bind(upload, ctx), [upload_file, upload_name, session], [table, picked, upload_msg],
-                     api_name="upload_adapter", api_visibility="undocumented")
-    delete_btn.click(bind(ask_delete, ctx), picked, [confirm, confirm_text], api_name="ask_delete", api_visibility="undocumented")
+                     api_name="upload_adapter", **HIDDEN)
+    delete_btn.click(bind(ask_delete, ctx), picked, [confirm, confirm_text], api_name="ask_delete", **HIDDEN)
     yes.click(bind(delete, ctx), [picked, session], [table, picked, message, confirm, zip_out, details],
-              api_name="delete_adapter", api_visibility="undocumented")
+              api_name="delete_adapter", **HIDDEN)
     no.click(lambda: gr.Row(visible=False), None, confirm, api_name=False)
     return table, run
 
@@ -1394,15 +1488,17 @@ def build_app(
     max_queue: int = 64,
     reattach_grace: float = 10.0,
     reference_adapters: bool = False,
+    hub_model: str | None = None,
 ) -> gr.Blocks:
     """The app, its queue configured: at most `max_queue` waiting events, 4 generations at once, one training.
 
     `max_adapters` and `max_adapter_bytes` cap what all visitors together may keep in `adapters_dir`;
     a training whose tab has closed stops `reattach_grace` seconds later unless a reload re-attaches.
     `reference_adapters`: train the seed's two runs in the background now, if they are not saved yet.
+    `hub_model`: the Hub id of `model` when that is a local copy, for the model cards of pushed adapters.
     """
     ctx = Context(model, dataset, Path(adapters_dir), max(1, min(int(max_epochs), 50)), max_steps, max_adapters,
-                  max_adapter_bytes, Jobs(grace=reattach_grace))
+                  max_adapter_bytes, Jobs(grace=reattach_grace), hub_model)
     if reference_adapters:
         start_references(ctx)
     # delete_cache: Gradio's copies of uploads and download zips go after an hour (and at restart).
@@ -1429,15 +1525,15 @@ def build_app(
         demo.load(bind(attach, ctx), [browser, session], [session, browser], api_name=False).then(
             bind(reattach, ctx), session, [train_.plot, train_.progress, train_.log], api_name=False)
         demo.load(bind(load_page, ctx), None, [data.acts_table, train_.chosen, status, adapters_table],
-                  api_name="load_page", api_visibility="undocumented")
+                  api_name="load_page", **HIDDEN)
         picked = [data.full_prompt, train_.act, compare.act, compare.text]
-        data.acts_table.select(first_cell, None, data.act_name, api_name="pick_row", api_visibility="undocumented").then(
-            bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act", api_visibility="undocumented")
-        data.act_name.submit(bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act_by_name", api_visibility="undocumented")
+        data.acts_table.select(first_cell, None, data.act_name, api_name="pick_row", **HIDDEN).then(
+            bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act", **HIDDEN)
+        data.act_name.submit(bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act_by_name", **HIDDEN)
         for done in (train_.trained, sweeps.swept):
             done.then(bind(compare_choices, ctx), [session, *compare.adapters], compare.adapters, api_name=False).then(
                 bind(refresh_choices, ctx), [session, eval_adapter], eval_adapter, api_name=False)
-        train_.trained.then(bind(show_history, ctx), session, sweeps.history, api_name="history_after_train", api_visibility="undocumented")
+        train_.trained.then(bind(show_history, ctx), session, sweeps.history, api_name="history_after_train", **HIDDEN)
         demo.unload(bind(on_close, ctx))
         api_endpoints(ctx)
     # A full queue answers "Queue is full" at once, rather than letting waits grow without end.
@@ -1471,6 +1567,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="total size of the saved adapters, in bytes")
     parser.add_argument("--max-queue", type=int, default=_env_int("TUNING_MAX_QUEUE", 64),
                         help="events waiting at once; one more is answered 'queue is full'")
+    parser.add_argument("--hub-model", default=os.environ.get("TUNING_HUB_MODEL"),
+                        help="the Hub id of --model when it is a local copy (pushed model cards name it)")
     parser.add_argument("--mcp", action="store_true",
                         help="also serve the documented API as MCP tools (Gradio's mcp_server) at /gradio_api/mcp/")
     parser.add_argument("--no-reference-adapters", dest="reference_adapters", action="store_false",
@@ -1485,7 +1583,7 @@ if __name__ == "__main__":
     args = parse_args()
     app = build_app(args.model, args.dataset, args.adapters_dir, args.max_epochs, args.max_steps,
                     args.max_adapters, args.max_adapter_bytes, args.max_queue,
-                    reference_adapters=args.reference_adapters)
+                    reference_adapters=args.reference_adapters, hub_model=args.hub_model)
     # Load the base model while the page comes up, so the first Train click does not wait for it.
     # A failure here is not cached: the first request that needs the model tries again and says why.
     threading.Thread(target=warm_up, args=(args.model,), daemon=True, name="load-base").start()

@@ -1,0 +1,86 @@
+"""The Adapters tab's Hub and report actions, called as the app calls them, with the Hub faked at HfApi."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import huggingface_hub
+import pytest
+
+import app
+from app_fixtures import write_assets
+from test_hub import FakeHfApi
+from tuning.jobs import Jobs
+
+TOKEN = "hf_visitor_secret_0123456789"  # a visitor's login, faked: it must never be logged, kept or shown
+TRAIN = dict(tokens=3, epochs=1, lr=0.1, batch=4, init="random", data="all training acts", chosen=[], seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("app-hub")
+    model, dataset = write_assets(folder)
+    ctx = app.Context(model, dataset, folder / "adapters", jobs=Jobs(), hub_model="openai-community/gpt2")
+    session = app.Session()
+    list(app.start_training(ctx, *TRAIN.values(), session, SimpleNamespace(session_hash="s")))
+    app.save_run(ctx, "poet", app.SESSION_RUN, session)
+    return ctx, session, folder
+
+
+def oauth() -> gr.OAuthToken:
+    return gr.OAuthToken(token=TOKEN, scope="write-repos manage-repos", expires_at=0)
+
+
+def test_push_needs_the_visitors_login(trained):
+    ctx, _, _ = trained
+    with pytest.raises(gr.Error, match="log in with Hugging Face"):
+        app.push_adapter(ctx, "poet", "someone/poet", False, None)
+
+
+def test_the_repo_is_prefilled_for_a_logged_in_visitor(trained):
+    ctx, _, _ = trained
+    assert app.repo_suggestion(ctx, "poet", SimpleNamespace(username="ada")) == "ada/poet"
+    assert app.repo_suggestion(ctx, "poet", None) == ""
+
+
+def test_push_then_pull_with_the_token_used_for_that_call_only(trained, monkeypatch, tmp_path, caplog, capsys):
+    ctx, session, folder = trained
+    FakeHfApi.calls, FakeHfApi.keep = [], tmp_path / "uploaded"
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    caplog.set_level(logging.DEBUG)
+    message = app.push_adapter(ctx, "poet", "ada/poet", True, oauth())
+    assert message.startswith("pushed **poet** to [ada/poet](")
+    assert ("init", {"token": TOKEN}) in FakeHfApi.calls  # the visitor's token, for this call
+    create = next(kw for name, kw in FakeHfApi.calls if name == "create_repo")
+    assert create["repo_id"] == "ada/poet" and create["private"] is True
+    # pulled back from a folder laid out as the repo: every upload check, a free name, nothing overwritten
+    table, picked, message = app.pull_adapter(ctx, str(FakeHfApi.keep), "poet", None)
+    assert picked.value == "poet-2" and message == f"loaded **{FakeHfApi.keep}** as **poet-2**"
+    out = capsys.readouterr()
+    assert TOKEN not in caplog.text + out.out + out.err
+    for path in [*folder.rglob("*"), *tmp_path.rglob("*")]:
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), f"the token was written to {path}"
+    shutil.rmtree(ctx.root / "poet-2")
+
+
+def test_a_pulled_name_cannot_take_the_reference_prefix(trained, tmp_path):
+    ctx, _, _ = trained
+    with pytest.raises(gr.Error, match="kept for the reference adapters"):
+        app.pull_adapter(ctx, str(ctx.root / "poet"), "reference-5x5-x", None)
+
+
+def test_reports_for_a_saved_adapter_and_for_a_run(trained):
+    ctx, session, _ = trained
+    request = SimpleNamespace(session_hash="s")
+    for report in (lambda: app.adapter_report(ctx, "poet", session, request),
+                   lambda: app.run_report(ctx, session.runs[-1].name, session, request)):
+        path = report()  # the session's folder holds its last download only: read it now
+        html = Path(path).read_text(encoding="utf-8")
+        assert Path(path).name == "report.html" and len(html) > 5_000 and "data:image/png;base64," in html
+    with pytest.raises(gr.Error, match="no run to report on"):
+        app.run_report(ctx, app.SESSION_RUN, app.Session(), request)
