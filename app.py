@@ -815,7 +815,9 @@ def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str
     names = prompt_names(session, listing)
     refs = [name for name in (reference.name(ctx.model, ctx.dataset, *cell) for cell in reference.GRID) if name in names]
     a = a if a in names else refs[0] if refs else names[0] if names else None
-    b = b if b in names or b == NO_PROMPT else refs[1] if len(refs) > 1 and a == refs[0] else NO_PROMPT
+    b = b if b in names else NO_PROMPT
+    if len(refs) == 2 and a == refs[0] and b == NO_PROMPT:  # the second reference just arrived: both side by side
+        b = refs[1]
     return gr.Dropdown(choices=names, value=a), gr.Dropdown(choices=[NO_PROMPT] + names, value=b)
 
 
@@ -829,7 +831,7 @@ def reference_status(ctx: Context):
     if job is None or not isinstance(job.view, ReferenceView):
         return "", gr.Timer(active=False)
     with job.lock:
-        return f"⏳ {job.view.line(job.paused)}", gr.Timer(active=True)
+        return job.view.line(job.paused), gr.Timer(active=True)
 
 
 class CompareTab(NamedTuple):
@@ -871,8 +873,8 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
     gr.Examples(["I want you to act as a rapper.", "I want you to act as a linux terminal. ls -la",
                  "I want you to act as a travel guide. I am in Rome."], inputs=text)
     timer = gr.Timer(2.0, active=ctx.jobs.running(REFERENCE_OWNER) is not None)
-    timer.tick(bind(reference_status, ctx), None, [status, timer], api_name=False).then(
-        bind(compare_choices, ctx), [session, a, b], [a, b], api_name=False)
+    timer.tick(bind(reference_status, ctx), None, [status, timer], api_name=False, show_progress="hidden").then(
+        bind(compare_choices, ctx), [session, a, b], [a, b], api_name=False, show_progress="hidden")
     tab.select(bind(compare_choices, ctx), [session, a, b], [a, b], api_name="compare_choices", **HIDDEN).then(
         bind(reference_status, ctx), None, [status, timer], api_name=False)
     a.change(column_label, a, a_out, api_name=False)
@@ -1296,7 +1298,7 @@ def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
         confirm_text = gr.Markdown()
         yes, no = gr.Button("Yes, delete", variant="stop"), gr.Button("Cancel")
     message = gr.Markdown(elem_id="adapter-message")
-    zip_out = gr.File(label="Download", interactive=False)
+    zip_out = gr.File(label="Download", interactive=False, height=90)
     details = gr.JSON(label="Config and metrics")
     gr.Markdown("### Keep a run")
     with gr.Row():
@@ -1304,7 +1306,7 @@ def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
         save_name = Text(max_length=MAX_FIELD_CHARS, label="Save as (default: from the run)", placeholder="rapper-20x10")
         save_btn, run_report_btn = gr.Button("Save"), gr.Button("Report .html")
     save_msg = gr.Markdown()
-    run_report_out = gr.File(label="Run report", interactive=False)
+    run_report_out = gr.File(label="Run report", interactive=False, height=90)
     gr.Markdown("### Bring one in")
     with gr.Row():
         upload_file = gr.File(label="Upload a PEFT prompt-tuning adapter (.zip)", file_types=[".zip"])

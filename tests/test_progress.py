@@ -88,3 +88,16 @@ def test_a_run_that_reaches_the_servers_step_cap_is_done_not_stopped():
     view.add(step(2, 1.0, total=10))
     view.add(done(2, stopped=True, held=None, base_held=None))
     assert view.progress == "step 2 / 2 · done"
+
+
+def test_the_reference_line_says_what_is_saved_where_the_run_is_and_when_it_waits():
+    from tuning.progress import ReferenceView
+    from tuning.reference import ReferenceEvent, ReferenceSaved
+
+    view = ReferenceView()
+    assert view.line() == "Training the reference adapters: loading the model…"
+    view.add(ReferenceSaved("5×5", "reference-5x5-gpt2-abc123", None))
+    view.add(ReferenceEvent((20, 10), "reference-20x10-gpt2-abc123", Start(480, 189, 20, 9000)))
+    view.add(ReferenceEvent((20, 10), "reference-20x10-gpt2-abc123", step(120, 60.0, total=480)))
+    assert view.line().startswith("Training the reference adapters (5×5 saved): 20×10 at step 120 / 480, about ")
+    assert view.line(paused=True).endswith("20×10 at step 120 / 480, paused while a visitor trains")

@@ -257,11 +257,14 @@ class ReferenceView:
         self.run.add(event.event)
 
     def line(self, paused: bool = False) -> str:
+        """What Compare says while the references train, e.g. "Training the reference adapters (5×5 saved): …"."""
+        saved = f" ({', '.join(n.split('-')[1].replace('x', '×') for n in self.saved)} saved)" if self.saved else ""
+        head = f"Training the reference adapters{saved}: "
         if self.run is None:
-            return "reference adapters: loading the model…"
+            return head + "loading the model…"
         if self.run.finished:
-            return f"reference {self.label}: saved"
-        where = f"reference {self.label}: step {self.run.step:,} / {self.run.step_cap:,}"
+            return head + f"{self.label} done, saving…"
+        where = head + f"{self.label} at step {self.run.step:,} / {self.run.step_cap:,}"
         if paused:
             return where + ", paused while a visitor trains"
         return where + (f", about {duration(self.run.eta())} left" if self.run.step else ", starting")
