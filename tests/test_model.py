@@ -205,3 +205,18 @@ def test_gpt2_gelu_is_swapped_for_the_fused_one_with_the_same_outputs(tokenizer)
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
         assert torch.allclose(plain(ids).logits, fused(ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("flags, kind, auto", [
+    ("fpu avx512f avx512bw amx_bf16 amx_tile avx512_bf16", "amx", "bf16"),
+    ("fpu avx512f avx512bw avx512_bf16", "avx512_bf16", "bf16"),
+    ("fpu avx512f avx512bw avx512_vnni", "other", "fp32"),  # bf16 only emulated: 4x slower than fp32
+    ("fpu avx2 fma", "other", "fp32"),
+])
+def test_auto_precision_on_a_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch, flags, kind, auto):
+    import tuning.model
+
+    info = f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    assert tuning.model.cpu_kind(info) == kind
+    monkeypatch.setattr(tuning.model, "cpu_kind", lambda cpuinfo=None: kind)
+    assert resolve_precision("auto", torch.device("cpu")) == auto

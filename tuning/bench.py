@@ -135,7 +135,7 @@ def report(r: dict) -> str:
     """The results as Markdown, ready for README "Performance"."""
     m, seed, ours, fp32, gen = r["machine"], r["seed"], r["ours"], r["ours_fp32"], r["generation"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} torch threads), torch {m['torch']}, "
+        f"Machine: {m['cpu']} ({m['cpu_kind']}), {m['cores']} cores ({m['threads']} torch threads), torch {m['torch']}, "
         f"transformers {m['transformers']}; matmul 2048^3: bf16 {r['matmul_gflops']['bf16']:.0f} GFLOP/s, "
         f"fp32 {r['matmul_gflops']['fp32']:.0f} GFLOP/s. Model: GPT-2-124M shape ({ours['n_params'] / 1e6:.1f}M "
         "parameters), random weights.",
@@ -175,7 +175,9 @@ def machine() -> dict:
         cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name:")), cpu)
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    from .model import cpu_kind
+
+    return {"cpu": cpu, "cpu_kind": cpu_kind(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "platform": platform.platform()}
 
 
