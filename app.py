@@ -633,13 +633,18 @@ def follow(ctx: Context, job: Job, session_hash: str, render: Callable):
             raise job.error
 
 
+def step_axis(last_step: int) -> list[int]:
+    """A chart's step axis: the whole planned run, at least 20 steps (fewer would get ticks at half steps)."""
+    return [0, max(last_step, 20)]
+
+
 def run_update(view: RunView) -> tuple:
     """(chart, progress line, log) of a training.
 
     The step axis spans the whole planned run (at least 20 steps, so its ticks are whole steps):
     the curve grows left to right, and how far along the run is shows at a glance.
     """
-    chart = gr.LinePlot(loss_frame(list(view.points), SERIES), x_lim=[0, max(view.step_cap, 20)])
+    chart = gr.LinePlot(loss_frame(list(view.points), SERIES), x_lim=step_axis(view.step_cap))
     return chart, view.progress, "\n".join(view.log)
 
 
@@ -963,9 +968,9 @@ def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> gr.Dropdown:
         max_new = Slider(1, 256, value=64, step=1, label="Max new tokens per continuation")
     go = gr.Button("Evaluate", variant="primary")
     with gr.Row():
-        ppl_plot = gr.BarPlot(x="label", y="perplexity", color="model", title="Held-out perplexity",
+        ppl_plot = gr.BarPlot(x="label", y="perplexity", color="model", title="Held-out perplexity", x_title=" ",
                               color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, None], height=260)
-        rouge_plot = gr.BarPlot(x="label", y="ROUGE-L", color="model", title="ROUGE-L (mean over acts)",
+        rouge_plot = gr.BarPlot(x="label", y="ROUGE-L", color="model", title="ROUGE-L (mean over acts)", x_title=" ",
                                 color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, 1], height=260)
     summary = gr.Markdown(elem_id="eval-summary")
     rouge_table = gr.Dataframe(label="Per held-out act", interactive=False, wrap=True, max_height=360,
@@ -1051,7 +1056,8 @@ def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: S
         if view.finished and view.results and csv_file is None:
             csv_file = str(sweep.write_csv(view.results, ctx.jobs.folder(request.session_hash) / "sweep.csv"))
         # the first update carries the data alone, so the map that follows rebuilds with it (see `colours`)
-        plot = gr.LinePlot(loss_frame(list(view.points), series), **({"color_map": palette} if sent else {}))
+        plot = gr.LinePlot(loss_frame(list(view.points), series), x_lim=step_axis(view.x_end),
+                           **({"color_map": palette} if sent else {}))
         sent += 1
         return plot, view.progress, sweep_frame(list(view.results)), csv_file
 
@@ -1060,8 +1066,9 @@ def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: S
 
 def show_history(ctx: Context, session: Session):
     table, (frame, palette) = history_frame(session.runs), history_chart(session.runs)
-    yield table, gr.LinePlot(frame)  # the data first, then the same data with its colours (see `colours`)
-    yield table, gr.LinePlot(frame, color_map=palette)
+    axis = step_axis(max((r.soft.meta["history"]["step"][-1] for r in session.runs), default=0))
+    yield table, gr.LinePlot(frame, x_lim=axis)  # the data first, then the same data with its colours (`colours`)
+    yield table, gr.LinePlot(frame, color_map=palette, x_lim=axis)
 
 
 def export_history(ctx: Context, session: Session, request: gr.Request) -> str:
@@ -1090,16 +1097,17 @@ def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> 
                        y_axis_format=".2f", title="Loss per token (nats), every cell", elem_id="sweep-plot")
     progress = gr.Markdown("not started", elem_id="sweep-progress")
     table = gr.Dataframe(sweep_frame([]), label="Results", interactive=False)
-    csv_out = gr.File(label="Results (.csv)", interactive=False)
+    csv_out = gr.File(label="Results (.csv)", interactive=False, height=90)
     gr.Markdown(f"### Run history (this browser, last {MAX_HISTORY} runs)")
-    history_table = gr.Dataframe(history_frame([]), label="Runs", interactive=False, wrap=True)
+    history_table = gr.Dataframe(history_frame([]), label="Runs", interactive=False, wrap=True,
+                                 column_widths=["17%", "29%", "7%", "9%", "9%", "10%", "10%", "9%"])
     history_plot = gr.LinePlot(loss_frame([], []), x="step", y="loss", color="series", height=360,
                                x_title="training step", y_axis_format=".2f",
                                title="Training loss per step, every run", elem_id="history-plot")
     with gr.Row():
         refresh = gr.Button("Refresh history")
         export = gr.Button("Export history .csv")
-    history_csv = gr.File(label="History (.csv)", interactive=False)
+    history_csv = gr.File(label="History (.csv)", interactive=False, height=90)
 
     estimate_inputs = [grid, train.lr, train.batch, train.seed, session]
     gr.on([tab.select, grid.change], bind(sweep_estimate, ctx), estimate_inputs, estimate, api_name="sweep_estimate", **HIDDEN)
