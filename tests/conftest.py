@@ -2,10 +2,14 @@
 
 Tiny models use `initializer_range=0.2`: with GPT-2's default 0.02 a random model repeats
 one token forever, and a generation test would pass even on a broken cache path.
+
+`need()` is the one way a test skips for something the machine lacks (a browser, Open MPI,
+../shared data, real weights): a skip locally, a failure under CI, which must provide them all.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,21 @@ CORPUS = [
     "I want you to act as a poet. You will create poems that evoke emotions.",
     "I want you to act as a storyteller. You will come up with entertaining stories.",
 ]
+
+
+def need(present: bool, what: str) -> None:
+    """Skip the calling test unless `present`; under CI (`CI=true`) fail it instead.
+
+    CI installs the browser, Open MPI and the real weights and has ../shared, so a skip there
+    means its setup broke and the tests meant to catch a bug there ran nothing.
+
+    >>> need(shutil.which("mpirun") is not None, "needs Open MPI's mpirun")   # doctest: +SKIP
+    """
+    if present:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what}; CI=true, where a missing dependency is a failure, not a skip", pytrace=False)
+    pytest.skip(what)
 
 
 def make_tokenizer():

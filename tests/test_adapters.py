@@ -16,7 +16,22 @@ from tuning.adapters import AdapterError, META_FILE, delete, list_adapters, load
 from tuning.config import TuneConfig
 from tuning.model import SoftPrompt
 
-HOSTILE_NAMES = ["../app.py", "/etc/passwd", "a/../../x", "https://x", "user/repo", "..", ".", "", ".hidden", "a b"]
+# Each hostile name, and where it would lead from <tmp>/adapters if it were used as a path
+# ("{tmp}" is the test's folder): the test plants a real adapter there, so a broken guard
+# would load or delete it instead of failing for want of a folder.
+HOSTILE_NAMES = {
+    "../outside": "outside",
+    "{tmp}/outside": "outside",
+    "/etc/passwd": None,  # outside the test's folder: nothing planted
+    "a/../../outside": "outside",
+    "https://x": "adapters/https:/x",
+    "user/repo": "adapters/user/repo",
+    "..": ".",  # the test's folder itself
+    ".": "adapters",  # the adapters folder itself
+    "": "adapters",
+    ".hidden": "adapters/.hidden",
+    "a b": "adapters/a b",
+}
 
 
 def make_soft(v: int = 5, hidden: int = 64, base_model: str = "tiny-gpt2", **meta) -> SoftPrompt:
@@ -239,12 +254,24 @@ def test_sanitize_name_refuses_names_with_nothing_left(raw):
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
 @pytest.mark.parametrize("action", [load, delete])
-def test_hostile_names_are_refused(tmp_path, action, name):
+def test_hostile_names_are_refused_and_what_they_point_at_survives(tmp_path, action, name):
     root = tmp_path / "adapters"
-    save(make_soft(), "victim", root)
+    victim = make_soft()
+    save(victim, "victim", root)
+    target = HOSTILE_NAMES[name]
+    planted = tmp_path / target if target else None
+    if planted is not None and planted not in (tmp_path, root):  # an adapter, under a name save() would clean
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        save(make_soft(v=3), "planted", tmp_path / "stash").rename(planted)
+    if planted is not None:
+        (planted / "sentinel.txt").write_text(f"planted for {name!r}")
     with pytest.raises(AdapterError, match="not a valid adapter name"):
-        action(name, root)
-    assert (root / "victim").is_dir()
+        action(name.format(tmp=tmp_path), root)
+    assert torch.equal(load("victim", root).embeddings, victim.embeddings)
+    if planted is not None:
+        assert (planted / "sentinel.txt").read_text() == f"planted for {name!r}"
+        if planted not in (tmp_path, root):
+            assert load_folder(planted).num_virtual_tokens == 3
 
 
 @pytest.mark.parametrize("action", [load, delete])

@@ -1,13 +1,25 @@
-"""`python -m tuning bench`: the machinery, on a tiny GPT-2 for 1 + 1 steps (no timing assertions)."""
+"""`python -m tuning bench`: the machinery, on a tiny GPT-2 for 1 + 1 steps (no timing assertions).
+
+Every figure is checked against numbers the test works out itself (the token count from the
+tokenizer, the ratios from the raw times, the parameter count from the model), never against
+the bench's own report.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from tuning import bench
 from tuning.cli import main
+from tuning.config import TuneConfig
 
-from conftest import TOKENIZER_DIR, make_tokenizer
+from conftest import TOKENIZER_DIR, make_tokenizer, need
+
+TINY = dict(n_positions=128, n_embd=32, n_layer=2, n_head=2)  # GPT2Config overrides, with the vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +34,14 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def result(tokenizer_dir, tiny_csv, monkeypatch_module):
     monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")
-    tiny = dict(vocab_size=len(make_tokenizer()), n_positions=128, n_embd=32, n_layer=2, n_head=2)
     lines = []
-    r = bench.run(steps=1, warmup=1, dataset=tiny_csv, tokenizer_dir=tokenizer_dir, model_config=tiny,
+    r = bench.run(steps=1, warmup=1, dataset=tiny_csv, tokenizer_dir=tokenizer_dir, model_config=tiny_config(),
                   new_tokens=4, repeats=1, out=lines.append)
     return r, lines
+
+
+def tiny_config() -> dict:
+    return dict(vocab_size=len(make_tokenizer()), **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +50,38 @@ def monkeypatch_module():
         yield mp
 
 
-def test_every_training_part_reports_throughput_and_memory(result):
+def test_every_part_counts_the_text_tokens_of_the_same_timed_rows(result, tiny_csv, tokenizer_dir):
+    # Recounted here: each timed row's prompt tokens, cut where either recipe cuts them (the seed
+    # recipe at its context less its 20 virtual tokens, ours at TuneConfig's max_length).
+    r, _ = result
+    job = bench.Job(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=1, warmup=1)
+    timed = bench._training_rows(job)[2]
+    keep = min(TINY["n_positions"] - 20, TuneConfig().max_length)
+    tokens = sum(min(len(make_tokenizer()(row.prompt)["input_ids"]), keep) for row in timed)
+    assert len(timed) == 8 and tokens > 8
+    for part in ("seed", "ours", "ours_fp32"):
+        assert (r[part]["rows"], r[part]["tokens"]) == (8, tokens), part
+
+
+def test_each_part_trains_one_epoch_of_the_timed_rows_in_its_own_batches(result):
+    r, _ = result
+    assert (r["seed"]["precision"], r["seed"]["batch_size"], r["seed"]["steps"]) == ("fp32", 8, 1)
+    ours = TuneConfig().batch_size
+    assert (r["ours"]["batch_size"], r["ours"]["steps"]) == (ours, math.ceil(8 / ours))
+    assert (r["ours_fp32"]["precision"], r["ours_fp32"]["steps"]) == ("fp32", math.ceil(8 / ours))
+
+
+def test_throughput_is_the_counted_work_over_the_timed_seconds(result):
     r, _ = result
     for part in ("seed", "ours", "ours_fp32"):
-        assert r[part]["tokens"] > 0 and r[part]["tokens_per_s"] > 0 and r[part]["positions_per_s"] > 0
-        assert r[part]["peak_mb"] > 0
-    assert r["seed"]["batch_size"] == 8 and r["seed"]["precision"] == "fp32"
-    assert r["ours_fp32"]["precision"] == "fp32"
-
-
-def test_every_part_trains_on_the_same_rows(result):
-    # One epoch over the same 1 x 8 timed rows (the tiny file repeats to give enough).
-    r, _ = result
-    assert r["seed"]["rows"] == r["ours"]["rows"] == r["ours_fp32"]["rows"] == 8
-    assert r["seed"]["tokens"] == r["ours"]["tokens"] == r["ours_fp32"]["tokens"]
-    assert r["seed"]["steps"] == 1 and r["ours"]["steps"] == 8 // r["ours"]["batch_size"]
+        p = r[part]
+        assert p["seconds"] > 0 and p["peak_mb"] > 0
+        assert p["tokens_per_s"] == pytest.approx(p["tokens"] / p["seconds"])
+        # every text token is a position; no row holds more than the model's context
+        positions = round(p["positions_per_s"] * p["seconds"])  # a count, back from the rate
+        assert p["tokens"] < positions <= p["rows"] * TINY["n_positions"], part
+    # the seed recipe (PEFT) runs its 20 virtual tokens in front of every row
+    assert round(r["seed"]["positions_per_s"] * r["seed"]["seconds"]) >= r["seed"]["tokens"] + 8 * 20
 
 
 def test_rows_are_drawn_from_the_training_split_and_never_held_out(tiny_csv, tokenizer_dir):
@@ -68,27 +100,53 @@ def test_timed_rows_do_not_repeat_while_the_split_has_enough(tiny_csv, tokenizer
     config, *_ = bench._training_rows(job)
     n = len(split_rows(load_rows(str(tiny_csv)), config)[0])
     assert bench._cycle(list("abc"), 2) == ["a", "b"] and bench._cycle(list("abc"), 7) == list("abcabca")
-    assert n < 8  # the tiny file is repeated ...
+    assert n < 8  # the tiny file is repeated
+
+
+def test_timed_rows_of_the_real_snapshot_are_all_distinct(tokenizer_dir):
     real = bench.DEFAULT_DATASET
-    if real.exists():  # ... the real one is not: 23 x 8 = 184 distinct rows of its 189
-        job = bench.Job(str(real), str(tokenizer_dir), {}, steps=23, warmup=2)
-        _, warm, timed, _ = bench._training_rows(job)
-        assert len({r.act for r in timed}) == len(timed) == 184 and len(warm) == 16
+    need(real.is_file(), f"needs the dataset snapshot {real}")
+    job = bench.Job(str(real), str(tokenizer_dir), {}, steps=23, warmup=2)
+    _, warm, timed, _ = bench._training_rows(job)
+    assert len({r.act for r in timed}) == len(timed) == 184 and len(warm) == 16  # 23 x 8 of its 189
 
 
-def test_ratios_and_ceiling_are_computed(result):
+def test_speed_up_is_the_ratio_of_the_two_times_on_the_same_tokens(result):
     r, _ = result
-    assert r["speedup"] > 0 and r["generation_ratio"] > 0
-    assert r["matmul_gflops"]["bf16"] > 0 and r["matmul_gflops"]["fp32"] > 0
-    assert r["ceiling_positions_per_s"] > 0 and r["ceiling_fraction"] > 0
-    assert r["held_out_loss_rel_diff"] >= 0
+    seed, ours = r["seed"], r["ours"]
+    assert r["speedup"] == pytest.approx(seed["seconds"] / ours["seconds"])
+    gen = r["generation"]
+    assert gen["single_s"] > 0 and r["generation_ratio"] == pytest.approx(gen["pair_s"] / gen["single_s"])
 
 
-def test_prints_a_markdown_table(result):
+def test_the_ceiling_is_the_matmul_rate_over_four_flops_per_parameter(result):
+    r, _ = result
+    n_params = sum(p.numel() for p in GPT2LMHeadModel(GPT2Config(**tiny_config())).parameters())
+    ours = r["ours"]
+    assert ours["n_params"] == n_params
+    rate = r["matmul_gflops"]["bf16" if ours["precision"] == "bf16" else "fp32"] * 1e9
+    assert r["ceiling_positions_per_s"] == pytest.approx(rate / (4 * n_params))
+    assert r["ceiling_fraction"] == pytest.approx(ours["positions_per_s"] / r["ceiling_positions_per_s"])
+
+
+def test_held_out_losses_are_an_untrained_models_and_their_gap_is_relative(result):
+    r, _ = result
+    ours, fp32 = r["ours"]["held_out_loss"], r["ours_fp32"]["held_out_loss"]
+    # random weights and one step: about the loss of a uniform guess over the vocabulary
+    assert abs(fp32 - math.log(len(make_tokenizer()))) < 1.0
+    assert r["held_out_loss_rel_diff"] == pytest.approx(abs(ours - fp32) / fp32)
+
+
+def test_the_results_are_plain_json(result):
+    r, _ = result  # what `bench --json` writes: no NaN, nothing json cannot hold
+    assert json.loads(json.dumps(r, allow_nan=False)) == r
+
+
+def test_prints_a_markdown_table_with_the_measured_speed_up(result):
     r, lines = result
     table = lines[-1]
-    assert table == bench.report(r)
-    assert "| seed recipe (Trainer + PEFT) | fp32 | 8 |" in table and "speed-up" in table
+    assert "| seed recipe (Trainer + PEFT) | fp32 | 8 | 1 |" in table
+    assert f"**{r['seed']['seconds'] / r['ours']['seconds']:.1f}x**" in table
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path, capsys):

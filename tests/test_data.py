@@ -1,7 +1,7 @@
 """tuning/data.py: loading both dataset schemas, hostile files, the split by act, finding acts.
 
 Offline: the Hub path is exercised with a fake `datasets` module; the real snapshots in
-../shared/data are used when present and the tests on them skip otherwise.
+../shared/data are used when present and the tests on them skip otherwise (fail under CI: conftest.need).
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import pytest
 
 from tuning.data import DataError, Row, find_act, load_rows, select, split_by_act
 
+from conftest import need
+
 SNAPSHOTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "awesome-chatgpt-prompts"
 OLD = SNAPSHOTS / "prompts-2025-01.csv"  # act,prompt
 NEW = SNAPSHOTS / "prompts-2025-11.csv"  # act,prompt,for_devs,type
 
 
 def snapshot(path: Path) -> str:
-    if not path.is_file():
-        pytest.skip(f"{path} is not here")
+    need(path.is_file(), f"needs the dataset snapshot {path}")
     return str(path)
 
 

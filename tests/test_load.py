@@ -11,13 +11,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from gradio_client import Client
 
 import app
 import tuning.train
-from app_fixtures import serve
+from app_fixtures import Client, serve
 
-TRAIN = dict(tokens=5, epochs=1, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0)
+TRAIN = dict(tokens=5, epochs=1, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0,
+             resume=app.NEW_PROMPT)
 TEXTS = ["I want you to act as a rapper.", "I want you to act as a poet.", "I want you to act as a chef."]
 
 
@@ -26,7 +26,7 @@ def train_args(**kw):
 
 
 def generate(client, adapter, seed, text):
-    return client.predict(text, adapter, 16, "sample", 0.9, 0.95, 50, 1.0, seed, api_name="/generate")
+    return client.predict(text, adapter, 16, "sample", 0.9, 0.95, 50, 1.0, seed, app.NO_PROMPT, api_name="/generate")
 
 
 def rss_mb() -> float:
@@ -63,7 +63,7 @@ def test_eight_clients_generating_while_others_train_each_get_their_own_answer(s
     setup = Client(server, verbose=False)
     for name, seed in (("a", 1), ("b", 2), ("c", 3)):
         setup.predict(*train_args(seed=seed), api_name="/train")
-        setup.predict(name, api_name="/save_adapter")
+        setup.predict(name, None, api_name="/save_adapter")
     own = [Client(server, verbose=False) for _ in range(2)]
     for client, seed in zip(own, (4, 5)):
         client.predict(*train_args(seed=seed, tokens=7), api_name="/train")
@@ -87,7 +87,7 @@ def test_eight_clients_generating_while_others_train_each_get_their_own_answer(s
     grown = rss_mb() - before
 
     assert results == alone  # nobody saw another session's adapter, run or output
-    assert all("done after 6 steps" in log for log in logs)
+    assert all("done: 6 steps" in log for log in logs)
     assert most[0] == 1  # the training slot was taken by one run at a time
     assert grown < 300, f"memory grew by {grown:.0f} MB"
     for c in {*clients, *own, *trainers, setup}:
