@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from gradio_client import Client
 
-from app_fixtures import ACTS, free_port, write_assets
+from app_fixtures import ACTS, Client, free_port, write_assets
 
 TOOLS = {"list_acts", "list_saved_adapters", "compare_texts", "train_adapter", "evaluate_adapter"}
 

@@ -6,11 +6,11 @@ import stat
 import zipfile
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 import app
-from app_fixtures import serve, served  # noqa: F401  (the module-scoped server fixture)
+from app_fixtures import Client, serve, served  # noqa: F401  (Client: predict waits at most 120 s)
 from tuning.adapters import AdapterError
 
 TRAIN = dict(tokens=5, epochs=2, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0,

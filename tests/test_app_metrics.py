@@ -12,12 +12,11 @@ import math
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 import app
-from app_fixtures import ACTS, serve
-from conftest import make_tokenizer
+from app_fixtures import ACTS, Client, serve
+from conftest import make_tokenizer, need
 from tuning import adapters
 from tuning.model import SoftPrompt
 
@@ -222,9 +221,11 @@ def capped_server(tmp_path_factory):
 def test_sweep_and_history_charts_draw_every_series_in_a_browser(server):
     """Gradio 6's LinePlot keeps its first legend unless the colour map changes after the data (app.colours)."""
     chromium = Path("/usr/bin/chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not chromium.exists():
-        pytest.skip("needs /usr/bin/chromium")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api = None
+    need(sync_api is not None and chromium.exists(), "needs Playwright and /usr/bin/chromium")
 
     def drawn(page, chart: str) -> int:  # one path per series; a drawn one has segments
         paths = page.locator(f"{chart} svg .mark-line path").evaluate_all("ps => ps.map(p => p.getAttribute('d') || '')")

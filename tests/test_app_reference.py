@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from app_fixtures import serve
+from app_fixtures import Client, serve
 from tuning import reference
 
-TRAIN = [5, 2, 0.1, 4, "random", "all training acts", [], 0]
+TRAIN = [5, 2, 0.1, 4, "random", "all training acts", [], 0, "a new prompt"]
 
 
 def losses(plot) -> list[float]:

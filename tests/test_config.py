@@ -11,6 +11,8 @@ def test_defaults_are_valid():
     config = TuneConfig()
     assert (config.num_virtual_tokens, config.epochs) == (20, 10)
     assert config.model == "openai-community/gpt2" and config.dataset == "fka/awesome-chatgpt-prompts"
+    # the recipe README "Quality" measured on SmolLM2
+    assert config.init == "instruction"
 
 
 @pytest.mark.parametrize(
@@ -32,6 +34,12 @@ def test_defaults_are_valid():
         ("model", "  ", "model must be a non-empty"),
         ("init_text", "", "init_text must be non-empty"),
         ("seed", -1, "seed must be from 0"),
+        ("warmup_fraction", -0.1, "warmup_fraction must be from 0 to 0.5"),
+        ("warmup_fraction", 0.6, "warmup_fraction must be from 0 to 0.5"),
+        ("warmup_fraction", float("nan"), "warmup_fraction must be a finite number"),
+        ("weight_decay", -0.01, "weight_decay must be from 0 to 1"),
+        ("weight_decay", 2.0, "weight_decay must be from 0 to 1"),
+        ("weight_decay", "0.1", "weight_decay must be a finite number"),
     ],
 )
 def test_bad_values_name_the_field(field, value, message):

@@ -10,7 +10,7 @@ from conftest import ACTS, CORPUS
 
 from tuning.data import Row
 from tuning.evaluate import (
-    act_instruction, base_continuations, nearest_tokens, rouge_compare, rouge_l, token_gains,
+    act_instruction, base_continuations, nearest_tokens, repeated_ngrams, rouge_compare, rouge_l, token_gains,
 )
 from tuning.generate import Decoding, generate
 from tuning.model import token_losses
@@ -31,6 +31,22 @@ from tuning.model import token_losses
 )
 def test_rouge_l_known_answers(candidate, reference, expected):
     assert rouge_l(candidate, reference) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "text, n, expected",
+    [
+        ("a b c d a b c d", 4, 1 / 5),  # five 4-grams, "a b c d" is seen twice
+        ("I am a poet. I am a poet. I am a poet.", 4, 5 / 9),  # 9 four-grams, only the first 4 are new
+        ("the quick brown fox jumps over the lazy dog", 4, 0.0),
+        ("The Cat sat. the cat SAT!", 3, 1 / 4),  # case and punctuation do not count
+        ("too short", 4, 0.0),  # no 4-gram at all
+        ("", 4, 0.0),
+        ("a a a a", 1, 3 / 4),
+    ],
+)
+def test_repeated_ngrams_known_answers(text, n, expected):
+    assert repeated_ngrams(text, n) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

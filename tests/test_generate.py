@@ -239,10 +239,31 @@ def test_prompt_of_the_wrong_width_is_refused(base):
         generate(base, torch.zeros(4, base.hidden_size + 1), TEXT)
 
 
+def ngrams(ids, n):
+    return [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+
+
+@pytest.mark.parametrize("with_prompt", [False, True])
+def test_no_repeat_ngram_size_never_repeats_a_3_gram(base, soft, with_prompt):
+    prompt = soft if with_prompt else None
+    ids = base.encode(TEXT)
+    free = last(stream_ids(base, [prompt], ids, Decoding(max_new_tokens=60)))[0]
+    assert len(set(ngrams(free, 3))) < len(ngrams(free, 3))  # the tiny model loops when left alone
+    out = last(stream_ids(base, [prompt], ids, Decoding(max_new_tokens=60, no_repeat_ngram_size=3)))[0]
+    assert len(out) >= 20 and len(set(ngrams(out, 3))) == len(ngrams(out, 3))
+
+
+def test_no_repeat_ngram_size_holds_per_row_in_a_batch(base, soft):
+    rows = last(stream_ids(base, [None, soft], base.encode(TEXT), Decoding(max_new_tokens=40, no_repeat_ngram_size=2)))
+    for out in rows:
+        assert len(set(ngrams(out, 2))) == len(ngrams(out, 2))
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("max_new_tokens", 0), ("max_new_tokens", 1.5), ("temperature", 0.0), ("temperature", float("nan")),
-     ("top_p", 1.5), ("top_k", -1), ("repetition_penalty", 0.5), ("seed", -1), ("do_sample", "yes")],
+     ("top_p", 1.5), ("top_k", -1), ("repetition_penalty", 0.5), ("no_repeat_ngram_size", -1),
+     ("no_repeat_ngram_size", 2.0), ("seed", -1), ("do_sample", "yes")],
 )
 def test_bad_decoding_settings_are_refused(field, value):
     with pytest.raises(GenerationError, match=field):

@@ -13,7 +13,8 @@ from tuning.config import TuneConfig
 from tuning.data import Row
 from tuning.generate import generate
 from tuning.train import (
-    Done, EpochEnd, Start, Step, TrainingError, encode_rows, init_prompt, length_batches, split_rows, train,
+    Done, EpochEnd, Start, Step, TrainingError, encode_rows, init_prompt, length_batches, lr_factor, split_rows,
+    train,
 )
 
 from conftest import CORPUS
@@ -124,6 +125,14 @@ def test_text_init_defaults_to_the_first_rows_prompt(base):
     assert torch.allclose(events[-1].soft.embeddings, first, atol=1e-3)
 
 
+def test_instruction_init_is_the_generic_instruction_whatever_the_rows_or_init_text(base):
+    ids = base.encode("I want you to act as")
+    expected = base.model.get_input_embeddings().weight[(ids * 12)[:12]].float()
+    cfg = config(init="instruction", num_virtual_tokens=12)
+    assert torch.equal(init_prompt(base, cfg, fallback_text=ROWS[1].prompt), expected)
+    assert torch.equal(init_prompt(base, config(init="instruction", num_virtual_tokens=12, init_text="Hello")), expected)
+
+
 def test_sample_vocab_init_takes_rows_of_the_embedding_table(base):
     prompt = init_prompt(base, config(init="sample_vocab"))
     table = base.model.get_input_embeddings().weight
@@ -134,10 +143,55 @@ def test_random_init_is_seeded_and_leaves_the_global_rng_alone(base):
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = init_prompt(base, config(seed=1))
+    a = init_prompt(base, config(seed=1, init="random"))
     after = torch.rand(1)
-    assert torch.equal(a, init_prompt(base, config(seed=1)))
+    assert torch.equal(a, init_prompt(base, config(seed=1, init="random")))
+    assert not torch.equal(a, init_prompt(base, config(seed=2, init="random")))
     assert torch.equal(before, after)
+
+
+def recorded_rates(monkeypatch) -> list[float]:
+    """Make train()'s AdamW record the learning rate of every step it takes."""
+    rates: list[float] = []
+
+    class Recording(torch.optim.AdamW):
+        def step(self, closure=None):
+            rates.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    return rates
+
+
+def test_learning_rate_warms_up_then_decays_to_zero(base, monkeypatch):
+    rates = recorded_rates(monkeypatch)
+    run(base, epochs=5, batch_size=-(-len(ROWS) // 2), learning_rate=0.1, warmup_fraction=0.2)  # 10 steps, 2 warm-up
+    assert rates == pytest.approx([0.05, 0.1, 0.1, 0.0875, 0.075, 0.0625, 0.05, 0.0375, 0.025, 0.0125])
+
+
+def test_without_warmup_the_first_step_uses_the_full_rate(base, monkeypatch):
+    rates = recorded_rates(monkeypatch)
+    run(base, epochs=2, batch_size=-(-len(ROWS) // 2), learning_rate=0.1, warmup_fraction=0.0)  # 4 steps
+    assert rates == pytest.approx([0.1, 0.075, 0.05, 0.025])
+
+
+@pytest.mark.parametrize("steps, fraction, warmup", [(100, 0.1, 10), (7, 0.5, 4), (480, 0.0, 0), (3, 0.1, 0)])
+def test_lr_factor_peaks_after_the_warmup_and_ends_at_zero(steps, fraction, warmup):
+    f = lr_factor(steps, fraction)
+    assert [f(s) for s in range(warmup)] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+    assert f(warmup) == 1.0 and f(steps) == 0.0
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_weight_decay_shrinks_the_prompt_by_lr_times_decay(base, decay):
+    # One step on every row: AdamW's own update is the same with or without decay (same
+    # gradient at the same start), decoupled decay then takes lr * decay * prompt off on top.
+    one_step = dict(epochs=1, batch_size=len(ROWS), learning_rate=0.1, init="sample_vocab")
+    plain = run(base, **one_step)[-1].soft.embeddings
+    decayed = run(base, weight_decay=decay, **one_step)[-1].soft.embeddings
+    start = init_prompt(base, config(**one_step))
+    assert torch.allclose(decayed, plain - 0.1 * decay * start, atol=1e-6)
+    assert torch.equal(decayed, plain) == (decay == 0.0)
 
 
 def test_rows_end_with_eos_and_long_rows_are_cut_to_the_context(base):
