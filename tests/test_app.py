@@ -254,3 +254,27 @@ def test_the_page_renders_when_the_dataset_cannot_be_loaded(tmp_path):
             client.predict("Rapper", api_name="/select_act")
     finally:
         demo.close()
+
+
+def test_refused_inputs_log_one_line_and_no_traceback(served, capfd):  # noqa: F811
+    from test_hardening import raw_call
+
+    calls = [("train", [*train_args(lr=20)]), ("train", [*train_args(tokens="x")]),
+             ("generate", ["hi", "../app.py", *GREEDY.values(), app.NO_PROMPT]),
+             ("delete_adapter", ["../../etc/passwd"]), ("select_act", ["no such act"]),
+             ("train_adapter", ["", 0, 1, 0.1, ""])]
+    for api_name, data in calls:
+        event, message = raw_call(served, api_name, data)
+        assert event == "error" and message, (api_name, event, message)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+
+
+def test_evaluate_and_the_run_history_give_the_same_perplexities(trained):
+    ppl, *_ = trained.predict(app.SESSION_RUN, 0, 8, api_name="/evaluate")
+    runs, _ = trained.predict(api_name="/history")
+    last = runs["data"][-1]
+    columns = runs["headers"]
+    history = {"tuned": last[columns.index("held-out ppl")], "base": last[columns.index("base held-out ppl")]}
+    evaluated = {model: f"{value:.2f}" for _, model, value in ppl["data"]}
+    assert evaluated == history  # one definition: scored as training scores it
