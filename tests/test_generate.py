@@ -59,7 +59,7 @@ def test_cached_greedy_matches_uncached_reference(base, soft, with_prompt):
     prompt = soft if with_prompt else None
     ids = base.encode(TEXT)
     expected = reference_greedy(base, prompt, ids, 24)
-    (got,) = last(stream_ids(base, [prompt], ids, Decoding(max_new_tokens=24)))
+    (got,) = last(stream_ids(base, [prompt], ids, Decoding(max_new_tokens=24, no_repeat_ngram_size=0)))
     assert got == expected
 
 
@@ -74,7 +74,7 @@ def test_cached_greedy_in_bf16_picks_an_uncached_argmax_at_every_step(base_bf16,
     tol = 0.1
     prompt = soft if with_prompt else None
     ids = base_bf16.encode(TEXT)
-    (got,) = last(stream_ids(base_bf16, [prompt], ids, Decoding(max_new_tokens=24)))
+    (got,) = last(stream_ids(base_bf16, [prompt], ids, Decoding(max_new_tokens=24, no_repeat_ngram_size=0)))
     assert len(got) >= 12 and len(set(got)) >= 6  # long and varied enough to catch a wrong cache
     with torch.no_grad():
         for k, token in enumerate(got):
@@ -244,12 +244,12 @@ def ngrams(ids, n):
 
 
 @pytest.mark.parametrize("with_prompt", [False, True])
-def test_no_repeat_ngram_size_never_repeats_a_3_gram(base, soft, with_prompt):
+def test_default_decoding_never_repeats_a_3_gram(base, soft, with_prompt):
     prompt = soft if with_prompt else None
     ids = base.encode(TEXT)
-    free = last(stream_ids(base, [prompt], ids, Decoding(max_new_tokens=60)))[0]
+    free = last(stream_ids(base, [prompt], ids, Decoding(max_new_tokens=60, no_repeat_ngram_size=0)))[0]
     assert len(set(ngrams(free, 3))) < len(ngrams(free, 3))  # the tiny model loops when left alone
-    out = last(stream_ids(base, [prompt], ids, Decoding(max_new_tokens=60, no_repeat_ngram_size=3)))[0]
+    out = last(stream_ids(base, [prompt], ids, Decoding(max_new_tokens=60)))[0]  # no_repeat_ngram_size=3
     assert len(out) >= 20 and len(set(ngrams(out, 3))) == len(ngrams(out, 3))
 
 

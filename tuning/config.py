@@ -11,7 +11,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-INITS = ("random", "text", "sample_vocab")
+INITS = ("random", "text", "sample_vocab", "instruction")
+# init="instruction" starts the prompt from this text: every prompt of the dataset opens with it
+INSTRUCTION = "I want you to act as"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 DEFAULT_MODEL = "openai-community/gpt2"
@@ -25,15 +27,17 @@ class TuneConfig:
     dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "Hub id or local .csv/.json/.jsonl/.parquet"})
     # the soft prompt
     num_virtual_tokens: int = field(default=20, metadata={"help": "length of the soft prompt, 1-100"})
-    init: str = field(default="random", metadata={"help": "random | text | sample_vocab"})
+    init: str = field(default="instruction", metadata={"help": f"random | text | sample_vocab | instruction (the text {INSTRUCTION!r})"})
     init_text: str | None = field(default=None, metadata={"help": "text whose tokens seed the prompt (init=text); default: the act's prompt"})
     # optimisation
     epochs: int = field(default=10, metadata={"help": "passes over the training rows, 1-50"})
     learning_rate: float = field(default=3e-2, metadata={"help": "AdamW step size; 1e-3 to 3e-1 is the useful range"})
+    warmup_fraction: float = field(default=0.0, metadata={"help": "share of a run's steps over which the learning rate rises linearly to its full value, 0-0.5; then it decays linearly to 0"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on the prompt, 0-1 (0: off)"})
     batch_size: int = field(default=4, metadata={"help": "rows per step, 1-64 (rows of similar length are batched together)"})
     max_length: int = field(default=512, metadata={"help": "text tokens kept per training row (also capped by the model's context)"})
     seed: int = field(default=0, metadata={"help": "seeds the split, the init, the batch order"})
-    precision: str = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16 (auto: bf16 where the hardware has it)"})
+    precision: str = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16 (auto: bf16 where the hardware computes it natively, else fp32)"})
     # which rows
     acts: tuple[str, ...] = field(default=(), metadata={"help": "train on these acts only (default: all training acts)"})
     held_out_fraction: float = field(default=0.1, metadata={"help": "share of acts kept out of training for evaluation, 0-0.5"})
@@ -48,6 +52,8 @@ class TuneConfig:
         _int_in("seed", self.seed, 0, 2**32 - 1)
         _float_in("learning_rate", self.learning_rate, 1e-6, 10.0)
         _float_in("held_out_fraction", self.held_out_fraction, 0.0, 0.5)
+        _float_in("warmup_fraction", self.warmup_fraction, 0.0, 0.5)
+        _float_in("weight_decay", self.weight_decay, 0.0, 1.0)
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.precision not in PRECISIONS:

@@ -98,6 +98,23 @@ def rouge_l(candidate: str, reference: str) -> float:
     return _rouge_words(_words(candidate), _words(reference))
 
 
+def repeated_ngrams(text: str, n: int = 4) -> float:
+    """Share of the text's word n-grams that already appeared earlier in it: 0.0 (no loop) to nearly 1.0.
+
+    Words as ROUGE-L counts them (lowercase `\\w+`). A text with fewer than n words has no
+    n-grams and scores 0.0. Used to choose the default decoding: a greedy loop ("I am a poet.
+    I am a poet. ...") scores high, ordinary prose near 0.
+
+    >>> repeated_ngrams("a b c d a b c d")  # 5 four-grams; "a b c d" again is 1 of them
+    0.2
+    """
+    words = _words(text)
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
 def act_instruction(act: str) -> str:
     """The sentence the dataset's prompts open with, for an act's display name.
 

@@ -224,14 +224,18 @@ def init_prompt(base: Base, config: TuneConfig, fallback_text: str | None = None
     drawn uniformly from the vocabulary (PEFT's SAMPLE_VOCAB). text: embeddings of the
     text's tokens, repeated or cut to length (PEFT's TEXT logic, done here with the loaded
     tokenizer because PEFT's would load a tokenizer by name, possibly from the network).
+    instruction: text init from `config.INSTRUCTION` ("I want you to act as"), whatever
+    `init_text` says; on SmolLM2 it beat the others (README "Quality").
     """
     from peft import PromptTuningConfig
     from peft.tuners.prompt_tuning.model import PromptEmbedding
 
+    from .config import INSTRUCTION
+
     n = config.num_virtual_tokens
     table = base.model.get_input_embeddings()
-    if config.init == "text":
-        text = config.init_text or fallback_text
+    if config.init in ("text", "instruction"):
+        text = INSTRUCTION if config.init == "instruction" else config.init_text or fallback_text
         ids = base.encode(text or "")
         if not ids:
             raise TrainingError("init 'text' needs a non-empty init text")
@@ -247,6 +251,27 @@ def init_prompt(base: Base, config: TuneConfig, fallback_text: str | None = None
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(config.seed)
         return PromptEmbedding(peft_config, table).embedding.weight.detach().float().cpu().clone()
+
+
+def lr_factor(steps: int, warmup_fraction: float):
+    """The learning-rate multiplier for step s of a run of `steps`: linear warm-up from 0, then linear decay to 0.
+
+    `s` counts the steps taken so far (LambdaLR's), so step s + 1 uses factor(s). Warm-up lasts
+    `round(warmup_fraction * steps)` steps (none at 0.0) and its first step already moves the
+    prompt (1/warmup of the rate, not 0).
+
+    >>> f = lr_factor(10, 0.2)   # 2 warm-up steps
+    >>> [round(f(s), 3) for s in range(11)]
+    [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
+    """
+    warmup = round(warmup_fraction * steps)
+
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return max(0.0, 1.0 - (s - warmup) / max(1, steps - warmup))
+
+    return factor
 
 
 HISTORY_KEYS = ("step", "train_loss", "epoch", "held_out_loss", "epoch_train_loss")
@@ -375,7 +400,7 @@ def train(
         prompt = torch.nn.Parameter(init_prompt(base, config, train_rows[0].prompt).to(device))
     else:
         prompt = torch.nn.Parameter(resume.embeddings.detach().to(device, torch.float32).clone())
-    optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=config.weight_decay)
     if resume is not None and resume.optimizer_state is not None:
         # AdamW's moments and step count carry on, so the first resumed step is the one the saved
         # run would have taken next (scaled by the new learning rate), not a fresh Adam's first
@@ -384,11 +409,12 @@ def train(
         saved = optimizer.state_dict()
         saved["state"] = {0: {k: v.detach().clone() for k, v in resume.optimizer_state.items()}}
         optimizer.load_state_dict(saved)
-    # Linear decay to zero over this run's steps, as PEFT's prompt-tuning examples do. A resumed
-    # run starts a fresh decay from config.learning_rate: the saved run's own schedule ended at
-    # zero, so continuing it would not move the prompt; restarting it is a warm restart (SGDR),
-    # and a lower --learning-rate makes the restart gentler.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / planned))
+    # Linear warm-up over config.warmup_fraction of this run's steps, then linear decay to zero
+    # (README "Quality" measures both). A resumed run starts a fresh warm-up and decay from
+    # config.learning_rate: the saved run's own schedule ended at zero, so continuing it would
+    # not move the prompt; restarting it is a warm restart (SGDR), and a lower --learning-rate
+    # makes the restart gentler.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(planned, config.warmup_fraction))
 
     base_held = None
     yield Start(total, len(data), len(held), sum(lengths), resumed_at=done_steps)
