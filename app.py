@@ -61,7 +61,8 @@ NEW_PROMPT = "a new prompt"  # the Train tab's "Continue from" when nothing is r
 NO_PROMPT = "(none)"  # Compare's second prompt, off
 REFERENCE_OWNER = "reference adapters"  # the job registry's owner of the background reference training
 HIDDEN = {"api_visibility": "undocumented"}  # the tabs' events: callable by clients, not the documented API (4g)
-INITS = {"random": "random", "text: the current act's prompt": "text", "sampled vocabulary": "sample_vocab"}
+INITS = {"the words \"I want you to act as\"": "instruction", "random": "random",
+         "text: the current act's prompt": "text", "sampled vocabulary": "sample_vocab"}
 DATA_CHOICES = ("all training acts", "only the current act", "selected acts")
 COLOURS = {"train": "#2563eb", "held-out": "#ea580c", "base held-out": "#9ca3af"}  # one run's chart
 PRESETS = {"5 tokens × 5 epochs": (5, 5), "20 tokens × 10 epochs": (20, 10)}
@@ -751,7 +752,8 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
             with gr.Row():
                 lr = Number(0.03, label="Learning rate")  # TuneConfig checks the range
                 batch = Slider(1, 64, value=4, step=1, label="Batch size")
-            init = gr.Radio(list(INITS), value="random", label="Start the prompt from")
+            init = gr.Radio(list(INITS), value=next(k for k, v in INITS.items() if v == TuneConfig().init),
+                            label="Start the prompt from")
             data = gr.Radio(list(DATA_CHOICES), value=DATA_CHOICES[0], label="Train on")
             chosen = gr.Dropdown([], multiselect=True, label="Selected acts")
             seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
@@ -796,7 +798,7 @@ def pick_soft(ctx: Context, name, session: Session) -> SoftPrompt:
 
 
 def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session,
-             adapter_b=NO_PROMPT):
+             adapter_b=NO_PROMPT, no_repeat=Decoding.no_repeat_ngram_size):
     """Base, prompt A and (unless NO_PROMPT) prompt B continue `text` in one batch, same decoding and seed."""
     prompts = [pick_soft(ctx, adapter, session)]
     if checked_name(adapter_b, "the second prompt") not in (None, NO_PROMPT):
@@ -805,6 +807,7 @@ def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top
         decoding = Decoding(
             max_new_tokens=whole(max_new), do_sample=mode == "sample", temperature=temperature,
             top_p=top_p, top_k=whole(top_k), repetition_penalty=penalty, seed=whole(seed),
+            no_repeat_ngram_size=whole(no_repeat),
         )
         for texts in stream_compare(ctx.base(), prompts, text, decoding):
             yield (*texts, "") if len(texts) == 2 else texts
@@ -856,7 +859,9 @@ def decoding_controls() -> list:
             top_p = Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
             top_k = Slider(0, 200, value=50, step=1, label="Top-k (0: off)")
             penalty = Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
-    return [max_new, mode, temperature, top_p, top_k, penalty, seed]
+            no_repeat = Slider(0, 10, value=Decoding.no_repeat_ngram_size, step=1, label="No repeated n-grams (0: off)",
+                               info="no n tokens in a row twice in a column: small models loop without it")
+    return [max_new, mode, temperature, top_p, top_k, penalty, seed, no_repeat]
 
 
 def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
@@ -884,7 +889,8 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
         bind(reference_status, ctx), None, [status, timer], api_name=False)
     a.change(column_label, a, a_out, api_name=False)
     b.change(column_label, b, b_out, api_name=False)
-    go.click(bind(generate, ctx), [text, a, *decoding, session, b], [base_out, a_out, b_out], api_name="generate", **HIDDEN,
+    go.click(bind(generate, ctx), [text, a, *decoding[:-1], session, b, decoding[-1]], [base_out, a_out, b_out],
+             api_name="generate", **HIDDEN,
              concurrency_limit=4, concurrency_id="generate")
     return CompareTab(act, text, [a, b])
 

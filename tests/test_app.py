@@ -24,7 +24,8 @@ def train_args(**kw):
 
 def generate(client, text="I want you to act as a rapper.", adapter=app.SESSION_RUN, **kw):
     """(base, tuned) of a two-column compare (the third column stays empty)."""
-    base, tuned, third = client.predict(text, adapter, *{**GREEDY, **kw}.values(), app.NO_PROMPT, api_name="/generate")
+    base, tuned, third = client.predict(text, adapter, *{**GREEDY, **kw}.values(), app.NO_PROMPT, 3,
+                                        api_name="/generate")
     assert third == ""
     return base, tuned
 
@@ -174,10 +175,10 @@ def test_compare_after_training_differs_from_base(trained):
 def test_compare_three_columns_in_one_batch_each_as_it_would_be_alone(trained):
     table, picked, message = trained.predict("three-a", app.SESSION_RUN, api_name="/save_adapter")
     args = dict(max_new=8, mode="sample", temperature=0.8, top_p=0.95, top_k=50, penalty=1.0, seed=3)
-    base, a, b = trained.predict("I want you to act as a poet.", "three-a", *args.values(), app.SESSION_RUN,
+    base, a, b = trained.predict("I want you to act as a poet.", "three-a", *args.values(), app.SESSION_RUN, 3,
                                  api_name="/generate")
     assert base and a and b and a == b  # the same prompt twice: the same text, whatever its batch neighbours
-    alone = trained.predict("I want you to act as a poet.", "three-a", *args.values(), app.NO_PROMPT,
+    alone = trained.predict("I want you to act as a poet.", "three-a", *args.values(), app.NO_PROMPT, 3,
                             api_name="/generate")
     assert alone == (base, a, "")
     trained.predict("three-a", api_name="/delete_adapter")
@@ -260,7 +261,7 @@ def test_refused_inputs_log_one_line_and_no_traceback(served, capfd):  # noqa: F
     from test_hardening import raw_call
 
     calls = [("train", [*train_args(lr=20)]), ("train", [*train_args(tokens="x")]),
-             ("generate", ["hi", "../app.py", *GREEDY.values(), app.NO_PROMPT]),
+             ("generate", ["hi", "../app.py", *GREEDY.values(), app.NO_PROMPT, 3]),
              ("delete_adapter", ["../../etc/passwd"]), ("select_act", ["no such act"]),
              ("train_adapter", ["", 0, 1, 0.1, ""])]
     for api_name, data in calls:

@@ -37,7 +37,7 @@ from tuning import adapters
 TRAIN = dict(tokens=5, epochs=1, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0,
              resume=app.NEW_PROMPT)
 GREEDY = dict(max_new=8, mode="greedy", temperature=0.8, top_p=0.95, top_k=50, penalty=1.0, seed=0,
-              adapter_b=app.NO_PROMPT)
+              adapter_b=app.NO_PROMPT, no_repeat=3)
 SAVED = "saved"  # an adapter the module fixture trains and saves once
 GRACE = 1.0  # seconds a run goes on once its tab is gone (a reload re-attaches meanwhile); the app's default is 10
 

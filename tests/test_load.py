@@ -26,7 +26,8 @@ def train_args(**kw):
 
 
 def generate(client, adapter, seed, text):
-    return client.predict(text, adapter, 16, "sample", 0.9, 0.95, 50, 1.0, seed, app.NO_PROMPT, api_name="/generate")
+    return client.predict(text, adapter, 16, "sample", 0.9, 0.95, 50, 1.0, seed, app.NO_PROMPT, 3,
+                          api_name="/generate")
 
 
 def rss_mb() -> float:
