@@ -333,7 +333,7 @@ def cmd_bench(args) -> int:
 
 # the TuneConfig fields a sweep varies nothing of but lets the user set
 _SWEEP_FIELDS = ("model", "dataset", "precision", "learning_rate", "batch_size", "seed", "held_out_fraction",
-                 "max_length", "init")
+                 "max_length", "init", "warmup_fraction", "weight_decay")
 
 
 def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
