@@ -4,7 +4,8 @@
   tokens of each row: every token after the first (the base model has no context to predict
   the first one from; the tuned model would have its soft prompt). Rows are batched by
   length, without gradients.
-- `rouge_compare` / `iter_rouge`: ROUGE-L of greedy continuations of "I want you to act as
+- `rouge_compare` / `iter_rouge`: ROUGE-L of continuations (the default decoding: greedy, no
+  repeated 3-grams) of "I want you to act as
   a <act>." against the act's real prompt, base vs tuned. Each continuation is decoded
   alone, so a score never depends on what else shared its batch (see generate.py on bf16).
 - `token_gains`: how much more (or less) likely the tuned model makes each token of a text.
@@ -163,7 +164,8 @@ def iter_rouge(
     Yields one dict per row, in order: {"act", "input", "base_text", "tuned_text",
     "base_rouge", "tuned_rouge"}. The reference is the row's prompt without its opening
     instruction when it has one (see `_reference`), so neither model is scored on words it
-    was given. Greedy decoding of 64 new tokens unless `decoding` says otherwise.
+    was given. The default decoding (greedy, no repeated 3-grams, 64 new tokens) unless
+    `decoding` says otherwise.
 
     Each continuation is decoded alone (`generate`), not next to the other one: in bf16 a
     row's greedy text can change with the batch it shares (generate.py), and a score must
