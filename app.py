@@ -930,7 +930,7 @@ def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progr
     short = f" (only {len(held)} held-out acts)" if n_acts > len(held) else ""
     summary = (f"**Held-out perplexity** over {plural(len(held), 'act')} ({plural(metrics['base'].tokens, 'token')}): "
                f"base {ppl['base']:.2f}, tuned {ppl['tuned']:.2f}.  \n"
-               + (f"**ROUGE-L** of greedy continuations against the real prompt, {plural(len(scored), 'act')}{short}: "
+               + (f"**ROUGE-L** of greedy continuations (no repeated 3-grams) against the real prompt, {plural(len(scored), 'act')}{short}: "
                   f"base {mean['base']:.3f}, tuned {mean['tuned']:.3f}." if scored else "ROUGE-L: skipped (0 acts)."))
     return bars(ppl, "perplexity", ".2f"), bars(mean, "ROUGE-L", ".3f"), summary, rouge_frame(scored)
 
@@ -966,7 +966,7 @@ GAINS_HELP = (
 
 def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> gr.Dropdown:
     gr.Markdown("The difference in numbers, on acts the prompt never trained on: held-out perplexity (lower is "
-                "better; scored as training scores it, so it matches the run history) and ROUGE-L of greedy "
+                "better; scored as training scores it, so it matches the run history) and ROUGE-L of greedy (no repeated 3-grams) "
                 "continuations of *I want you to act as a &lt;act&gt;.* against the dataset's real prompt (higher is better).")
     with gr.Row():
         adapter = gr.Dropdown([], label="Tuned prompt", allow_custom_value=True, elem_id="eval-adapter")
