@@ -1141,14 +1141,6 @@ def own_name(name: str) -> str:
     return name
 
 
-def free_name(name: str, taken: set[str]) -> str:
-    """`name`, or the first of name-2, name-3, … that is free: nothing is overwritten by accident."""
-    n, candidate = 2, name
-    while candidate in taken:
-        candidate, n = f"{name}-{n}", n + 1
-    return candidate
-
-
 def listing_update(ctx: Context, name: str | None = None, message: str = "", listing: list[dict] | None = None):
     """(table, picked adapter, message) after a change: the one listing of this click."""
     listing = ctx.adapters() if listing is None else listing
@@ -1173,7 +1165,7 @@ def save_run(ctx: Context, name: str, run_name: str | None = None, session: Sess
     wanted = name.strip() or f"{run.name.split(' ', 1)[1].rsplit(' · ', 1)[0]}-{c.num_virtual_tokens}x{c.epochs}"
     with user_errors(), disk_errors():
         wanted = own_name(wanted.replace("×", "x"))
-        final = free_name(wanted, {a["name"] for a in ctx.adapters()})
+        final = adapters.free_name(wanted, {a["name"] for a in ctx.adapters()})
         folder = adapters.save(run.soft, final, ctx.root, overwrite=False, **ctx.caps)
     note = f" (**{wanted}** was taken)" if folder.name != wanted else ""
     return listing_update(ctx, folder.name, f"saved {run.name} as **{folder.name}**{note}")
@@ -1201,7 +1193,7 @@ def upload(ctx: Context, path: str | None, name: str, session: Session):
     with tempfile.TemporaryDirectory(prefix="tuning-upload-") as tmp, user_errors(), disk_errors():
         wanted = own_name(name.strip() or Path(path).stem)
         soft = adapters.load_folder(unzip_safely(path, Path(tmp)), ctx.base())
-        folder = adapters.save(soft, free_name(wanted, {a["name"] for a in ctx.adapters()}), ctx.root,
+        folder = adapters.save(soft, adapters.free_name(wanted, {a["name"] for a in ctx.adapters()}), ctx.root,
                                overwrite=False, **ctx.caps)
     note = f" (**{wanted}** was taken)" if folder.name != wanted else ""
     return listing_update(ctx, folder.name, f"uploaded as **{folder.name}**{note}")
@@ -1425,7 +1417,7 @@ def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, ep
     wanted = checked_text(save_as, "save_as", MAX_FIELD_CHARS).strip() or \
         f"{chosen[0] if len(chosen) == 1 else 'acts' if chosen else 'all'}-{num_virtual_tokens}x{run.soft.config.epochs}"
     with user_errors(), disk_errors():
-        folder = adapters.save(run.soft, free_name(own_name(wanted), {a["name"] for a in ctx.adapters()}),
+        folder = adapters.save(run.soft, adapters.free_name(own_name(wanted), {a["name"] for a in ctx.adapters()}),
                                ctx.root, overwrite=False, **ctx.caps)
     m = run.soft.meta["metrics"]
     return {"adapter": folder.name, "steps": run.soft.meta["steps"], "seconds": run.soft.meta["train_seconds"],

@@ -72,6 +72,18 @@ def sanitize_name(name: str) -> str:
     return cleaned
 
 
+def free_name(name: str, taken: set[str]) -> str:
+    """`name`, or the first of name-2, name-3, ... not in `taken`: what a save that must not overwrite uses.
+
+    >>> free_name("poet", {"poet", "poet-2"})
+    'poet-3'
+    """
+    n, candidate = 2, name
+    while candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    return candidate
+
+
 def save(
     soft: SoftPrompt,
     name: str,

@@ -139,20 +139,8 @@ def pull(
         soft = adapters.load_folder(folder, base)
         root = Path(root)
         taken = {p.name for p in root.iterdir()} if root.is_dir() else set()
-        return adapters.save(soft, free_name(wanted, taken), root, overwrite=False,
+        return adapters.save(soft, adapters.free_name(wanted, taken), root, overwrite=False,
                              max_count=max_count, max_bytes=max_bytes)
-
-
-def free_name(name: str, taken: set[str]) -> str:
-    """`name`, or the first of name-2, name-3, ... not in `taken`.
-
-    >>> free_name("poet", {"poet", "poet-2"})
-    'poet-3'
-    """
-    n, candidate = 2, name
-    while candidate in taken:
-        candidate, n = f"{name}-{n}", n + 1
-    return candidate
 
 
 def _check_repo_id(repo_id: str) -> None:
