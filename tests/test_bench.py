@@ -117,6 +117,7 @@ def test_speed_up_is_the_ratio_of_the_two_times_on_the_same_tokens(result):
     assert r["speedup"] == pytest.approx(seed["seconds"] / ours["seconds"])
     gen = r["generation"]
     assert gen["single_s"] > 0 and r["generation_ratio"] == pytest.approx(gen["pair_s"] / gen["single_s"])
+    assert r["three_columns_ratio"] == pytest.approx(gen["three_s"] / gen["single_s"])
 
 
 def test_the_ceiling_is_the_matmul_rate_over_four_flops_per_parameter(result):

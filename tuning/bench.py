@@ -127,6 +127,7 @@ def run(
     result["held_out_loss_rel_diff"] = abs(ours["held_out_loss"] - fp32["held_out_loss"]) / fp32["held_out_loss"]
     gen = result["generation"]
     result["generation_ratio"] = gen["pair_s"] / gen["single_s"]
+    result["three_columns_ratio"] = gen["three_s"] / gen["single_s"]
     out(report(result))
     return result
 
@@ -161,7 +162,8 @@ def report(r: dict) -> str:
         f"fp32 {fp32['held_out_loss']:.4f} ({100 * r['held_out_loss_rel_diff']:.2f}% apart; random weights)",
         f"- generation, {gen['new_tokens']} new tokens, greedy, {gen['precision']}, median of {gen['repeats']}: "
         f"one continuation {gen['single_s']:.2f} s, base + tuned side by side {gen['pair_s']:.2f} s "
-        f"(**{r['generation_ratio']:.2f}x**)",
+        f"(**{r['generation_ratio']:.2f}x**), base + two tuned {gen['three_s']:.2f} s "
+        f"(**{r['three_columns_ratio']:.2f}x**)",
     ]
     return "\n".join(lines)
 
@@ -387,10 +389,11 @@ def _ours(job: Job) -> dict:
 
 
 def _generation(job: Job) -> dict:
-    """Median seconds of one greedy continuation and of base + tuned side by side."""
+    """Median seconds of one continuation, of base + tuned side by side, and of base + two tuned (Compare's three
+    columns: a 20-token and a 5-token prompt, as the two reference adapters have)."""
     import statistics
 
-    from .generate import Decoding, generate, stream_pair
+    from .generate import Decoding, generate, stream_compare, stream_pair
 
     _quiet()
     base = _random_base(job, "gpt2-124m-random", job.precision)
@@ -404,10 +407,14 @@ def _generation(job: Job) -> dict:
         for _ in stream_pair(base, soft, GENERATION_TEXT, decoding):
             pass
 
-    single(), pair()  # warm-up
-    runs: dict[str, list[float]] = {"single_s": [], "pair_s": []}
-    for _ in range(job.repeats):  # interleaved, so a slow spell of a shared machine hits both alike
-        for name, fn in (("single_s", single), ("pair_s", pair)):
+    def three():
+        for _ in stream_compare(base, [soft, soft[:5]], GENERATION_TEXT, decoding):
+            pass
+
+    single(), pair(), three()  # warm-up
+    runs: dict[str, list[float]] = {"single_s": [], "pair_s": [], "three_s": []}
+    for _ in range(job.repeats):  # interleaved, so a slow spell of a shared machine hits all alike
+        for name, fn in (("single_s", single), ("pair_s", pair), ("three_s", three)):
             t = time.perf_counter()
             fn()
             runs[name].append(time.perf_counter() - t)
