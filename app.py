@@ -45,7 +45,7 @@ import torch
 from tuning import adapters, evaluate, hub, reference, report, sweep
 from tuning.adapters import AdapterError
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig
-from tuning.data import DataError, Row, find_act, load_rows, source_note
+from tuning.data import DataError, Row, find_act, load_rows, matching, source_note
 from tuning.generate import Decoding, GenerationError, stream_compare
 from tuning.jobs import Job, Jobs
 from tuning.model import ModelError, SoftPrompt, load_base
@@ -319,11 +319,10 @@ class Number(gr.Number):
 
 
 def acts_frame(rows, query: str = "") -> pd.DataFrame:
-    """Acts whose name or prompt contains `query` (any case): act, first 80 characters, words."""
-    q = (query or "").strip().casefold()
-    picked = [r for r in rows if not q or q in r.act.casefold() or q in r.prompt.casefold()]
+    """Acts whose name or prompt contains `query` (any case, data.matching): act, first 80 characters, words."""
     return pd.DataFrame(
-        [[r.act, r.prompt[:80] + ("…" if len(r.prompt) > 80 else ""), len(r.prompt.split())] for r in picked],
+        [[r.act, r.prompt[:80] + ("…" if len(r.prompt) > 80 else ""), len(r.prompt.split())]
+         for r in matching(rows, query or "")],
         columns=["act", "prompt", "words"],
     )
 
