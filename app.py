@@ -49,7 +49,8 @@ from tuning.data import DataError, Row, find_act, load_rows, matching, source_no
 from tuning.generate import Decoding, GenerationError, stream_compare
 from tuning.jobs import Job, Jobs
 from tuning.model import ModelError, SoftPrompt, load_base
-from tuning.plan import PlanError, checked_config, config_error, plan_run, plan_sweep, plural
+from tuning.plan import (PlanError, checked_config, config_error, estimate_seconds, plan_run, plan_sweep, plural,
+                         train_tokens)
 from tuning.progress import SERIES, ReferenceView, RunView, SweepView, duration, held_out_points, number
 from tuning.train import (Done, Step, TrainingError, encode_rows, held_out_for, resume_config, resume_note, train,
                           trained_so_far)
@@ -1030,10 +1031,9 @@ def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session) -
     if speed is None:
         return text + "; train once (any run) and this will say about how long it takes."
     base = ctx.base()
-    tokens = sum(len(base.encode(r.prompt)) + 1 for r in plan.train_rows)
-    held = sum(len(base.encode(r.prompt)) + 1 for r in plan.held_out_rows)
-    epochs = sum(e for _, e in plan.grid)
-    seconds = epochs * (tokens + held / 3) / speed
+    tokens, held = (train_tokens(rows, lambda text: len(base.encode(text)))
+                    for rows in (plan.train_rows, plan.held_out_rows))
+    seconds = estimate_seconds(sum(e for _, e in plan.grid) * tokens, speed, held / tokens)
     return text + f"; about {duration(seconds)} at {speed:,.0f} tokens/s (your last run's speed)."
 
 

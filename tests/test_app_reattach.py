@@ -103,3 +103,14 @@ def test_resuming_past_the_epoch_cap_is_refused_by_label(ctx):
     with pytest.raises(app.gr.Error, match="[Ee]pochs"):
         next(app.start_training(ctx, **{**TRAIN, "epochs": 49, "batch": 4}, session=session, request=tab("t"),
                                 resume=session.runs[-1].name))
+
+
+def test_the_sweep_estimate_gives_a_time_once_a_run_has_measured_the_speed(ctx):
+    session, _ = app.attach(ctx, None, app.Session())
+    before = app.sweep_estimate(ctx, "5x5, 20x10", 0.03, 4, 0, session)
+    assert before == "2 cells (5×5, 20×10): 45 steps in all; train once (any run) and this will say about how long it takes."
+    list(app.start_training(ctx, **{**TRAIN, "epochs": 1, "batch": 4}, session=session, request=tab("t")))
+    speed = session.runs[-1].soft.meta["tokens_per_s"]
+    after = app.sweep_estimate(ctx, "5x5, 20x10", 0.03, 4, 0, session)
+    assert after.startswith("2 cells (5×5, 20×10): 45 steps in all; about ")
+    assert after.endswith(f" at {speed:,.0f} tokens/s (your last run's speed).")
