@@ -220,3 +220,11 @@ def test_auto_precision_on_a_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypa
     assert tuning.model.cpu_kind(info) == kind
     monkeypatch.setattr(tuning.model, "cpu_kind", lambda cpuinfo=None: kind)
     assert resolve_precision("auto", torch.device("cpu")) == auto
+
+
+def test_the_cpu_model_is_read_from_cpuinfo():
+    from tuning.model import cpu_model
+
+    assert cpu_model("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor @ 2.50GHz\nflags\t: fpu\n") \
+        == "Intel(R) Xeon(R) Processor @ 2.50GHz"
+    assert cpu_model("processor\t: 0\n") != ""  # platform's answer, never empty

@@ -34,7 +34,6 @@ import multiprocessing
 import os
 import platform
 import resource
-import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -171,15 +170,9 @@ def report(r: dict) -> str:
 def machine() -> dict:
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name:")), cpu)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from .model import cpu_kind
+    from .model import cpu_kind, cpu_model
 
-    return {"cpu": cpu, "cpu_kind": cpu_kind(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "platform": platform.platform()}
 
 

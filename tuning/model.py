@@ -102,18 +102,30 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    import platform
+
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def cpu_kind(cpuinfo: str | None = None) -> str:
     """'amx' (Intel AMX: bf16 tiles), 'avx512_bf16' (AVX-512 with native bf16 dot products) or 'other'.
 
     Read from /proc/cpuinfo's flags (`cpuinfo` for tests); 'other' where that file does not exist.
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "other"
     flags = set()
-    for line in cpuinfo.splitlines():
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
             break

@@ -32,7 +32,7 @@ from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .data import Row
 from .evaluate import Metrics, compare, nearest_tokens, rouge_compare
 from .generate import Decoding
-from .model import Base, SoftPrompt
+from .model import Base, SoftPrompt, cpu_model
 
 CHART_FILE = "loss.png"  # next to README.md: the card shows it by this relative name
 CARD_FILE = "README.md"
@@ -201,17 +201,6 @@ def loss_chart(soft: SoftPrompt) -> bytes:
     return buffer.getvalue()
 
 
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def machine(base: Base | None = None) -> dict[str, str]:
     """Where this report was computed: CPU, cores, GPU, Python and library versions, the model's precision."""
     import os
@@ -221,7 +210,7 @@ def machine(base: Base | None = None) -> dict[str, str]:
     import transformers
 
     info = {
-        "CPU": f"{_cpu_model()} ({os.cpu_count()} cores)",
+        "CPU": f"{cpu_model()} ({os.cpu_count()} cores)",
         "GPU": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "Python": platform.python_version(),
         "torch": torch.__version__,
