@@ -833,13 +833,26 @@ def column_label(name: str | None) -> gr.Textbox:
     return gr.Textbox(label="Tuned" if name in (None, NO_PROMPT) else f"Tuned: {name}")
 
 
-def reference_status(ctx: Context):
-    """The reference adapters' progress while they train (then the timer stops and Compare opens on them)."""
+def reference_status(ctx: Context) -> tuple[str, int | None]:
+    """(the reference adapters' progress line, how many are saved so far), or ("", None) when none train."""
     job = ctx.jobs.running(REFERENCE_OWNER)
     if job is None or not isinstance(job.view, ReferenceView):
-        return "", gr.Timer(active=False)
+        return "", None
     with job.lock:
-        return job.view.line(job.paused), gr.Timer(active=True)
+        return job.view.line(job.paused), len(job.view.saved)
+
+
+def reference_tick(ctx: Context, seen: int, session: Session, a: str | None, b: str | None):
+    """Every 2 s while the references train: the progress line, and the prompt dropdowns only when one was just saved.
+
+    Offering the adapters lists them, which reads every one (its tensors included): not every
+    2 seconds for every open page. When the training has ended, the timer stops and Compare
+    opens on the references.
+    """
+    line, saved = reference_status(ctx)
+    if saved is not None and saved == seen:
+        return line, gr.Timer(active=True), seen, gr.skip(), gr.skip()
+    return (line, gr.Timer(active=saved is not None), saved or 0, *compare_choices(ctx, session, a, b))
 
 
 class CompareTab(NamedTuple):
@@ -883,10 +896,11 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
     gr.Examples(["I want you to act as a rapper.", "I want you to act as a linux terminal. ls -la",
                  "I want you to act as a travel guide. I am in Rome."], inputs=text)
     timer = gr.Timer(2.0, active=ctx.jobs.running(REFERENCE_OWNER) is not None)
-    timer.tick(bind(reference_status, ctx), None, [status, timer], api_name=False, show_progress="hidden").then(
-        bind(compare_choices, ctx), [session, a, b], [a, b], api_name=False, show_progress="hidden")
+    seen = gr.State(0)  # references saved when this page last offered its prompts
+    timer.tick(bind(reference_tick, ctx), [seen, session, a, b], [status, timer, seen, a, b], api_name=False,
+               show_progress="hidden")
     tab.select(bind(compare_choices, ctx), [session, a, b], [a, b], api_name="compare_choices", **HIDDEN).then(
-        bind(reference_status, ctx), None, [status, timer], api_name=False)
+        lambda: reference_status(ctx)[0], None, status, api_name=False)
     a.change(column_label, a, a_out, api_name=False)
     b.change(column_label, b, b_out, api_name=False)
     go.click(bind(generate, ctx), [text, a, *decoding[:-1], session, b, decoding[-1]], [base_out, a_out, b_out],

@@ -114,3 +114,28 @@ def test_the_sweep_estimate_gives_a_time_once_a_run_has_measured_the_speed(ctx):
     after = app.sweep_estimate(ctx, "5x5, 20x10", 0.03, 4, 0, session)
     assert after.startswith("2 cells (5×5, 20×10): 45 steps in all; about ")
     assert after.endswith(f" at {speed:,.0f} tokens/s (your last run's speed).")
+
+
+def test_the_reference_timer_offers_the_prompts_only_when_a_reference_was_just_saved(ctx, monkeypatch):
+    import threading
+
+    from tuning.progress import ReferenceView
+
+    listings = []
+    real = app.Context.adapters
+    monkeypatch.setattr(app.Context, "adapters", lambda self: listings.append(1) or real(self))
+    release = threading.Event()
+    view = ReferenceView()
+    job = ctx.jobs.start(app.Job(app.REFERENCE_OWNER, "references", lambda stop: iter(lambda: release.wait(5), True),
+                                 view=view))
+    session = app.Session()
+    line, timer, seen, a, b = app.reference_tick(ctx, 0, session, None, None)
+    assert line == "Training the reference adapters: loading the model…" and seen == 0
+    assert a == b == app.gr.skip() and listings == []  # nothing new: the adapters are not listed
+    view.saved.append("reference-5x5-tiny-gpt2-000000")
+    *_, seen, a, b = app.reference_tick(ctx, 0, session, None, None)
+    assert seen == 1 and listings == [1] and a.constructor_args["choices"] == []
+    release.set()
+    assert job.join(timeout=10)
+    line, timer, seen, a, b = app.reference_tick(ctx, 1, session, None, None)
+    assert line == "" and timer.constructor_args["active"] is False and listings == [1, 1]  # once more, at the end
