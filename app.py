@@ -18,6 +18,11 @@ turning events into a chart, the job registry). A training runs in a thread owne
 
 from __future__ import annotations
 
+try:  # before torch: on a ZeroGPU Space `spaces` patches it; elsewhere spaces.GPU returns the function as it is
+    import spaces
+except ImportError:  # not installed (Spaces installs its own; it is not in requirements.txt)
+    spaces = None
+
 import argparse
 import contextlib
 import csv
@@ -30,7 +35,6 @@ import secrets
 import stat
 import tempfile
 import threading
-import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -42,17 +46,17 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from tuning import adapters, evaluate, hub, reference, report, sweep
+from tuning import adapters, evaluate, gpu, hub, reference, report, sweep
 from tuning.adapters import AdapterError
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig
 from tuning.data import DataError, Row, find_act, load_rows, matching, source_note
-from tuning.generate import Decoding, GenerationError, stream_compare
+from tuning.generate import Decoding, GenerationError
 from tuning.jobs import Job, Jobs
 from tuning.model import ModelError, SoftPrompt, load_base
 from tuning.plan import (PlanError, checked_config, config_error, estimate_seconds, plan_run, plan_sweep, plural,
                          train_tokens)
 from tuning.progress import SERIES, ReferenceView, RunView, SweepView, duration, held_out_points, number
-from tuning.train import (Done, Step, TrainingError, encode_rows, held_out_for, resume_config, resume_note, train,
+from tuning.train import (Done, Step, TrainingError, held_out_for, resume_config, resume_note,
                           trained_so_far)
 
 log = logging.getLogger("tuning.app")
@@ -78,6 +82,36 @@ MAX_HISTORY = 20  # runs kept per browser; the oldest go first
 MAX_CELLS = 12  # sweep grid cells per click
 GAIN_SCALE = 1.0  # nats of per-token gain drawn at full colour: the legend's −1…+1 is in nats
 PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
+
+
+
+
+def on_gpu(fn: Callable, duration: Callable) -> Callable:
+    """`fn` as a ZeroGPU call (`spaces.GPU`, its `duration` computed from the call's arguments).
+
+    On a ZeroGPU Space the call runs in a worker that borrows a GPU; anywhere else (no `spaces`,
+    or `spaces` off ZeroGPU) it is `fn` itself. What `tuning.gpu` guarantees for it: arguments and
+    results pickle, the model moves to the GPU inside the call, a stop crosses as a file.
+    """
+    return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+
+
+# One training, one sweep, one generation, one evaluation: each owns the GPU for its call only.
+TRAIN_ON_GPU = on_gpu(gpu.train_run, gpu.train_duration)
+SWEEP_ON_GPU = on_gpu(gpu.sweep_run, gpu.sweep_duration)
+GENERATE_ON_GPU = on_gpu(gpu.generate_run, gpu.generate_duration)
+EVALUATE_ON_GPU = on_gpu(gpu.evaluate_run, gpu.evaluate_duration)
+
+
+def stoppable(stop: threading.Event, events, flag: gpu.StopFlag):
+    """Pass `events` on; a `stop` set meanwhile is handed to the run through `flag` (which a GPU worker sees)."""
+    try:
+        for event in events:
+            if stop.is_set():
+                flag.set()
+            yield event
+    finally:
+        flag.remove()
 
 
 # ---------------------------------------------------------------------------------------
@@ -678,6 +712,8 @@ def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, 
         plan = plan_run(ctx.rows(), config, ctx.max_steps, ctx.max_epochs)
         base = ctx.base()
         before = trained_so_far(continued[0]) if continued else (0, 0)
+        if gpu.zero_gpu():  # a run that would outlast one GPU call is refused now, not cut off later
+            gpu.check_fits(gpu.training_seconds(base, plan.train_rows, plan.config, plan.held_out_rows))
     acts = plan.config.acts
     what = acts[0] if len(acts) == 1 else plural(len(acts), "act") if acts else "all acts"
     view = RunView(before[0] + plan.step_cap, before[1] + plan.config.epochs, plan.config.batch_size, plan.notes)
@@ -688,10 +724,13 @@ def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, 
         what = f"{continued[1].split(' · ')[0]} continued"
 
     def events(stop: threading.Event):
+        flag = gpu.StopFlag()
         resume = dict(resume=continued[0], resume_name=continued[1]) if continued else {}
-        for event in train(base, plan.train_rows, plan.config, plan.held_out_rows, stop, **resume):
+        run = TRAIN_ON_GPU(base, plan.train_rows, plan.config, plan.held_out_rows, flag, **resume)
+        for event in stoppable(stop, run, flag):
             if isinstance(event, Step) and event.step >= view.step_cap:
                 stop.set()  # the server's step cap
+                flag.set()
             if isinstance(event, Done):
                 session.remember(event.soft, what, plan.steps_per_epoch)
             yield event
@@ -809,7 +848,7 @@ def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top
             top_p=top_p, top_k=whole(top_k), repetition_penalty=penalty, seed=whole(seed),
             no_repeat_ngram_size=whole(no_repeat),
         )
-        for texts in stream_compare(ctx.base(), prompts, text, decoding):
+        for texts in GENERATE_ON_GPU(ctx.base(), prompts, text, decoding):
             yield (*texts, "") if len(texts) == 2 else texts
 
 
@@ -923,9 +962,11 @@ def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, p
         if not held:
             raise refuse("there are no held-out acts to evaluate on (this adapter was trained on every act)")
         progress(0, desc="held-out perplexity")
-        metrics = evaluate.compare(base, soft, encode_rows(base, held, soft.config), soft.config.batch_size)
-        picked, scored = held[:n_acts], []
-        for result in evaluate.iter_rouge(base, soft, picked, Decoding(max_new_tokens=max_new)):
+        picked, scored, metrics = held[:n_acts], [], None
+        for kind, result in EVALUATE_ON_GPU(base, soft, held, picked, Decoding(max_new_tokens=max_new)):
+            if kind == "perplexity":
+                metrics = result
+                continue
             scored.append(result)
             progress((len(scored), len(picked)), desc="ROUGE-L: generating", unit="acts")
     return metrics, held, scored
@@ -1059,9 +1100,13 @@ def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: S
     n_rouge = whole(rouge_acts)
     view = SweepView(len(plan.grid), plan.steps_per_epoch * plan.longest_epochs, n_rouge)
     base, rows = ctx.base(), ctx.rows()
+    if gpu.zero_gpu():
+        with user_errors():
+            gpu.check_fits(gpu.sweep_seconds(base, rows, plan.config, plan.grid, None, n_rouge), "this sweep")
 
     def events(stop: threading.Event):
-        for event in sweep.run_sweep(base, rows, plan.config, list(plan.grid), stop, n_rouge):
+        flag = gpu.StopFlag()
+        for event in stoppable(stop, SWEEP_ON_GPU(base, rows, plan.config, list(plan.grid), flag, n_rouge), flag):
             if isinstance(event, sweep.CellResult):
                 session.remember(event.soft, "sweep", event.steps_per_epoch)
             yield event
@@ -1400,7 +1445,7 @@ def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "
     with user_errors():
         prompts = [adapters.load(name, ctx.root, ctx.base()) for name in names]
         texts = ()
-        for texts in stream_compare(ctx.base(), prompts, text, Decoding(max_new_tokens=whole(max_new_tokens))):
+        for texts in GENERATE_ON_GPU(ctx.base(), prompts, text, Decoding(max_new_tokens=whole(max_new_tokens))):
             pass
     return dict(zip(["base", *names], texts))
 

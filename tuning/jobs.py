@@ -14,6 +14,7 @@ What it does not do: know about Gradio, words or charts. Events are handed to `o
 
 from __future__ import annotations
 
+import contextvars
 import shutil
 import tempfile
 import threading
@@ -82,7 +83,11 @@ class Job:
         self.followers: set[str] = set()
         self.lock = threading.Condition()
         self._make, self._on_event, self._slot, self._on_wait = events, on_event, slot, on_wait
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"job-{label}")
+        # The thread runs in a copy of the creator's context: a job started by a request still sees
+        # that request's context variables (ZeroGPU's spaces.GPU reads the visitor's request there,
+        # to charge the visitor's quota rather than nobody's).
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), daemon=True, name=f"job-{label}")
 
     def start(self) -> "Job":
         self._thread.start()

@@ -14,9 +14,11 @@ What this file does not do: training (train.py), decoding (generate.py), files (
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,14 +34,44 @@ class ModelError(ValueError):
     """A model that cannot be loaded or used as asked; the message is one sentence for the user."""
 
 
+_bases: "weakref.WeakValueDictionary[int, Base]" = weakref.WeakValueDictionary()  # key -> loaded model
+_keys = itertools.count()
+
+
+def _loaded(key: int) -> "Base":
+    """The Base a pickled reference names (see Base.__reduce__)."""
+    base = _bases.get(key)
+    if base is None:
+        raise ModelError("this process has not loaded the model a pickled Base refers to; "
+                         "a Base can only be unpickled in the process that loaded it or a fork of it")
+    return base
+
+
 @dataclass(eq=False)
 class Base:
-    """A frozen causal LM in eval mode with its tokenizer. Shared read-only by every session."""
+    """A frozen causal LM in eval mode with its tokenizer. Shared read-only by every session.
+
+    Pickles as a reference, not as weights: a ZeroGPU call runs in a forked worker that
+    already holds the model (inherited from the server), so the argument that crosses is a
+    key into this process's loaded models (`_bases`), which the fork has too.
+    """
 
     model: torch.nn.Module
     tokenizer: object
     model_id: str
     precision: str  # the resolved one: fp32 | bf16 | fp16
+    requested_precision: str = "auto"  # what was asked (a GPU worker resolves `auto` again for its GPU)
+    key: int = field(default_factory=lambda: next(_keys), repr=False)
+
+    def __post_init__(self) -> None:
+        _bases[self.key] = self
+
+    def __reduce__(self):
+        return _loaded, (self.key,)
+
+    @staticmethod
+    def dtype_of(precision: str) -> torch.dtype:
+        return _DTYPES[precision]
 
     @property
     def device(self) -> torch.device:
@@ -98,8 +130,15 @@ def context_length(config) -> int:
     raise ModelError(f"cannot tell the context length of a {type(config).__name__} model")
 
 
+def zero_gpu() -> bool:
+    """True on a ZeroGPU Space (`spaces` reads the same variable)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
 def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """Where a model loads: the GPU when there is one, except on a ZeroGPU Space, where the server
+    process has none of its own (a decorated call borrows one: `gpu.on_accelerator` moves it there)."""
+    return torch.device("cuda") if torch.cuda.is_available() and not zero_gpu() else torch.device("cpu")
 
 
 def _cpuinfo() -> str:
@@ -167,7 +206,7 @@ def from_model(model: torch.nn.Module, tokenizer, model_id: str, precision: str 
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
         raise ModelError(f"the tokenizer of {model_id} has no end-of-text token")
-    return Base(model=model, tokenizer=tokenizer, model_id=model_id, precision=resolved)
+    return Base(model=model, tokenizer=tokenizer, model_id=model_id, precision=resolved, requested_precision=precision)
 
 
 def _fuse_gelu(model: torch.nn.Module) -> None:

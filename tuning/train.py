@@ -415,6 +415,10 @@ def train(
     # not move the prompt; restarting it is a warm restart (SGDR), and a lower --learning-rate
     # makes the restart gentler.
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(planned, config.warmup_fraction))
+    # fp16 (GPUs without bf16): the loss is scaled up before backward so small gradients through
+    # the fp16 model do not flush to zero; the prompt, its gradient and AdamW stay float32.
+    # (The data-parallel path does its own backward and all-reduce; it runs in bf16/fp32.)
+    scaler = torch.amp.GradScaler(device.type, enabled=base.precision == "fp16" and world == 1)
 
     base_held = None
     yield Start(total, len(data), len(held), sum(lengths), resumed_at=done_steps)
@@ -442,9 +446,11 @@ def train(
                 )
             if world == 1:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradient
             torch.nn.utils.clip_grad_norm_([prompt], 1.0)
-            optimizer.step()
+            scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 overflowed
+            scaler.update()
             schedule.step()
             step += 1
             tokens_done += count
@@ -488,7 +494,7 @@ def train(
             "exp_avg": state["exp_avg"].detach().float().cpu().clone(),
             "exp_avg_sq": state["exp_avg_sq"].detach().float().cpu().clone(),
             "step": torch.as_tensor(state["step"]).detach().float().cpu().reshape(()).clone(),
-        },
+        } if state else None,  # none when fp16 overflowed at every step (the scaler skipped them all)
         meta={
             "dataset": config.dataset,
             "acts": [r.act for r in train_rows],

@@ -1,0 +1,229 @@
+"""The GPU calls as a ZeroGPU Space runs them: pickled arguments and results, a forked worker, a stop that crosses.
+
+No GPU here: what can be checked without one is exactly what ZeroGPU asks of the code
+(everything pickles, the worker is a fork that finds the model it inherited, the stop reaches
+it, durations come from the planned work and runs over the cap are refused up front).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import multiprocessing
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+
+import tuning.gpu as gpu
+from tuning.config import TuneConfig
+from tuning.data import Row
+from tuning.generate import Decoding
+from tuning.model import Base, ModelError, SoftPrompt
+from tuning.plan import PlanError
+from tuning.train import Done, EpochEnd, Start, Step, train
+
+from conftest import CORPUS, need
+
+ROWS = [Row(act=f"Act {i}", prompt=t, group=f"act {i}") for i, t in enumerate(CORPUS)]
+
+
+def config(**kw) -> TuneConfig:
+    return TuneConfig(**{**dict(model="tiny-gpt2", dataset="test", num_virtual_tokens=4, epochs=2, batch_size=2,
+                                learning_rate=0.1, seed=0), **kw})
+
+
+def roundtrip(value):
+    return pickle.loads(pickle.dumps(value))
+
+
+def test_a_base_pickles_as_a_reference_to_the_loaded_model_not_its_weights(base):
+    data = pickle.dumps(base)
+    assert len(data) < 300  # a key, not 100k+ parameters
+    assert pickle.loads(data) is base
+    orphan = pickle.dumps(Base(base.model, base.tokenizer, "gone", "fp32"))  # collected once unreferenced
+    import gc
+
+    gc.collect()
+    with pytest.raises(ModelError, match="has not loaded the model"):
+        pickle.loads(orphan)
+
+
+def test_everything_a_training_call_takes_and_yields_pickles(base):
+    flag = gpu.StopFlag()
+    args = (base, ROWS[:4], config(), ROWS[4:], flag)
+    assert roundtrip(args)[0] is base
+    events = list(gpu.train_run(*args))
+    assert isinstance(events[0], Start) and isinstance(events[-1], Done)
+    copies = [roundtrip(e) for e in events]
+    assert [type(c) for c in copies] == [type(e) for e in events]
+    assert [c.loss for c in copies if isinstance(c, Step)] == [e.loss for e in events if isinstance(e, Step)]
+    soft = copies[-1].soft
+    assert soft.embeddings.device.type == "cpu" and torch.equal(soft.embeddings, events[-1].soft.embeddings)
+    assert all(t.device.type == "cpu" for t in soft.optimizer_state.values())
+
+
+def test_generation_and_evaluation_calls_pickle_their_arguments_and_results(base):
+    soft = SoftPrompt(torch.randn(4, base.hidden_size), "tiny-gpt2", config())
+    decoding = Decoding(max_new_tokens=6)
+    assert roundtrip((base, [soft], "I want you to act as a poet.", decoding))[0] is base
+    texts = list(gpu.generate_run(base, [soft], "I want you to act as a poet.", decoding))
+    assert texts and roundtrip(texts) == texts and len(texts[-1]) == 2
+    results = list(gpu.evaluate_run(base, soft, ROWS[3:], ROWS[3:4], decoding))
+    assert [kind for kind, _ in results] == ["perplexity", "rouge"]
+    metrics = roundtrip(results[0][1])
+    assert metrics["tuned"].perplexity == results[0][1]["tuned"].perplexity
+    assert roundtrip(results[1][1]) == results[1][1]
+
+
+def _worker(args, out, stop_after_first_step: bool) -> None:
+    """A ZeroGPU worker's part: unpickle the arguments, run the generator, send each event back pickled."""
+    try:
+        base, rows, cfg, held, flag = pickle.loads(args)
+        for event in gpu.train_run(base, rows, cfg, held, flag):
+            out.put(pickle.dumps(event))
+        out.put(None)
+    except BaseException as e:  # shown by the parent
+        out.put(pickle.dumps(RuntimeError(repr(e))))
+
+
+@pytest.mark.timeout(90)
+def test_a_training_runs_in_a_forked_worker_that_finds_the_inherited_model_and_sees_the_stop(base):
+    ctx = multiprocessing.get_context("fork")  # what ZeroGPU does: the worker is a fork of the server
+    out, flag = ctx.SimpleQueue(), gpu.StopFlag()
+    list(train(base, ROWS[:2], config(epochs=1)))  # the server has run torch (its OpenMP threads) before the fork
+    args = pickle.dumps((base, ROWS, config(epochs=20, batch_size=1), ROWS[:1], flag))
+    worker = ctx.Process(target=_worker, args=(args, out, True), daemon=True)
+    worker.start()
+    events = []
+    try:
+        while (item := out.get()) is not None:
+            event = pickle.loads(item)
+            assert not isinstance(event, RuntimeError), str(event)
+            events.append(event)
+            if isinstance(event, Step) and event.step == 2:
+                flag.set()  # the page pressed Stop: the worker's run ends after its current step
+    finally:
+        worker.join(timeout=60)
+        flag.remove()
+    steps = [e for e in events if isinstance(e, Step)]
+    done = events[-1]
+    assert isinstance(done, Done) and done.stopped
+    assert 2 <= len(steps) <= 3 < events[0].total_steps  # stopped within a step of the request, not 100 steps later
+    assert done.soft.embeddings.shape == (4, base.hidden_size)
+    assert worker.exitcode == 0
+
+
+def test_a_stop_flag_is_a_file_another_process_sees_and_pickles_as_its_path(tmp_path):
+    flag = gpu.StopFlag()
+    copy = roundtrip(flag)
+    assert copy.path == flag.path and not copy.is_set()
+    flag.set()
+    assert copy.is_set()
+    flag.remove()
+    assert not copy.is_set()
+
+
+def test_a_stop_through_the_flag_keeps_what_was_learned(base):
+    flag = gpu.StopFlag()
+    events = []
+    for event in gpu.train_run(base, ROWS, config(epochs=10, batch_size=1), (), flag):
+        events.append(event)
+        if isinstance(event, Step) and event.step == 3:
+            flag.set()
+    flag.remove()
+    assert events[-1].stopped and events[-1].soft.meta["steps"] == 3
+
+
+def test_training_duration_follows_the_planned_tokens_and_never_exceeds_the_cap(base, monkeypatch):
+    monkeypatch.setattr(gpu, "_measured", {})
+    monkeypatch.setattr(gpu, "DEFAULT_GPU_TOKENS_PER_S", 50.0)  # slow enough that the epochs show
+    short = gpu.training_seconds(base, ROWS, config(epochs=1), ())
+    long = gpu.training_seconds(base, ROWS, config(epochs=4), ())
+    tokens = sum(len(base.encode(r.prompt)) + 1 for r in ROWS)
+    assert short == pytest.approx(gpu.CALL_OVERHEAD_S + tokens / 50.0)
+    assert long - gpu.CALL_OVERHEAD_S == pytest.approx(4 * (short - gpu.CALL_OVERHEAD_S))
+    assert gpu.train_duration(base, ROWS, config(epochs=1), ()) == round(short * 1.5)
+    monkeypatch.setattr(gpu, "MAX_CALL_SECONDS", 20)
+    assert gpu.train_duration(base, ROWS, config(epochs=50), ()) == 20
+    gpu.note_speed(5000.0)  # a finished GPU run measured the speed: estimates go by it
+    assert gpu.training_seconds(base, ROWS, config(epochs=1), ()) == pytest.approx(gpu.CALL_OVERHEAD_S + tokens / 5000)
+
+
+def test_other_durations_grow_with_their_work_and_stay_under_the_cap(base):
+    soft = SoftPrompt(torch.randn(4, base.hidden_size), "tiny-gpt2", config())
+    few, many = Decoding(max_new_tokens=8), Decoding(max_new_tokens=512)
+    assert gpu.generate_duration(base, [soft], "x", few) < gpu.generate_duration(base, [soft], "x", many)
+    assert gpu.evaluate_duration(base, soft, ROWS, ROWS[:1], few) < gpu.evaluate_duration(base, soft, ROWS, ROWS, many)
+    one = gpu.sweep_seconds(base, ROWS, config(held_out_fraction=0.2), [(4, 1)])
+    two = gpu.sweep_seconds(base, ROWS, config(held_out_fraction=0.2), [(4, 1), (4, 2)])
+    assert two > 2 * one - gpu.CALL_OVERHEAD_S
+    for value in (gpu.generate_duration(base, [soft], "x", many), gpu.sweep_duration(base, ROWS, config(), [(4, 50)] * 9)):
+        assert 0 < value <= gpu.MAX_CALL_SECONDS
+
+
+def test_work_over_the_cap_is_refused_with_the_estimate_and_the_cap(monkeypatch):
+    monkeypatch.setattr(gpu, "MAX_CALL_SECONDS", 60)
+    gpu.check_fits(59.0)
+    with pytest.raises(PlanError, match=r"this run needs about 95 s of GPU time; .* at most 60 s"):
+        gpu.check_fits(95.0)
+
+
+def test_on_a_machine_without_a_gpu_the_model_stays_where_it_is(base):
+    assert not torch.cuda.is_available()  # this test documents the CPU case; the CUDA move runs only on a GPU
+    assert gpu.on_accelerator(base) is base and base.device.type == "cpu"
+
+
+def test_on_zero_gpu_the_server_loads_the_model_on_the_cpu(monkeypatch):
+    from tuning.model import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # ZeroGPU's server says CUDA is there
+    assert pick_device().type == "cuda"
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert pick_device().type == "cpu"  # a decorated call moves it (on_accelerator)
+
+
+def test_fp16_training_scales_the_loss_and_keeps_the_prompt_in_float32(tokenizer, monkeypatch):
+    from conftest import make_base
+
+    half = make_base(tokenizer, precision="fp16")
+    scaled = []
+    real_scale = torch.amp.GradScaler.scale
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, x: scaled.append(self.is_enabled()) or real_scale(self, x))
+    events = list(train(half, ROWS, config(epochs=2), ROWS[:1]))
+    assert scaled and all(scaled)
+    done = events[-1]
+    assert done.soft.embeddings.dtype == torch.float32
+    losses = [e.loss for e in events if isinstance(e, Step)]
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert [e.held_out_loss is not None for e in events if isinstance(e, EpochEnd)] == [True, True]
+
+
+def test_the_app_decorates_each_gpu_job_with_a_duration_computed_from_its_arguments(monkeypatch):
+    decorated = {}
+
+    def GPU(duration):
+        def wrap(fn):
+            decorated[fn] = duration
+            return fn
+        return wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=GPU))
+    import app
+
+    try:
+        importlib.reload(app)
+        assert decorated == {gpu.train_run: gpu.train_duration, gpu.sweep_run: gpu.sweep_duration,
+                             gpu.generate_run: gpu.generate_duration, gpu.evaluate_run: gpu.evaluate_duration}
+    finally:
+        monkeypatch.delitem(sys.modules, "spaces")
+        importlib.reload(app)
+
+
+def test_the_real_spaces_package_off_zero_gpu_leaves_the_functions_as_they_are(monkeypatch):
+    need(importlib.util.find_spec("spaces") is not None, "needs the spaces package (requirements-dev.txt)")
+    import spaces
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert spaces.GPU(duration=gpu.train_duration)(gpu.train_run) is gpu.train_run

@@ -1,0 +1,222 @@
+"""The work that needs an accelerator, as functions a ZeroGPU Space can run in a borrowed-GPU worker.
+
+On a ZeroGPU Space the server process has no GPU. A function decorated with `spaces.GPU`
+(app.py does it: `spaces` imports gradio, which tuning never does) borrows one per call: the
+call runs in a forked worker process, its arguments and everything it yields are pickled
+across, and the GPU goes back when it returns. Elsewhere the decorator is a no-op and these
+are plain generators. What that asks of this module, and what it guarantees:
+
+- Arguments and results pickle, and are small: rows, configs, `Decoding`, CPU tensors,
+  events. The model is not copied: a `Base` pickles as a reference that the forked worker
+  resolves to its own inherited copy (`model.Base.__reduce__`).
+- The model loads on the CPU in the server (`model.pick_device`) and moves to the GPU inside
+  the call (`on_accelerator`), in the precision `auto` picks for that GPU (bf16 on Ampere and
+  newer, fp16 with a loss scaler before).
+- A stop request crosses the process boundary as a file (`StopFlag`): a training stopped
+  from the page still ends with a Done event and keeps what it learned.
+- `*_seconds` estimate each call's GPU time from its planned tokens (ZeroGPU reserves that
+  much of the visitor's quota up front); `check_fits` refuses a run over the per-call cap,
+  before it starts, with the estimate and the cap.
+
+The GPU speeds below are assumptions until a run measures one (`note_speed`): the first
+estimate after a start uses DEFAULT_GPU_TOKENS_PER_S, later ones the last measured speed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from .config import TuneConfig
+from .data import Row
+from .model import Base, SoftPrompt, resolve_precision, zero_gpu
+
+__all__ = ["StopFlag", "on_accelerator", "zero_gpu", "check_fits"]  # and the *_run / *_duration pairs
+from .plan import PlanError, estimate_seconds, train_tokens
+
+# Seconds one decorated call may ask for; ZeroGPU refuses a call that asks more than the
+# visitor's remaining daily quota (a few minutes for a free account), so one call stays well under it.
+MAX_CALL_SECONDS = int(os.environ.get("TUNING_GPU_MAX_SECONDS", "120"))
+# Before any run has measured the GPU: useful training tokens per second assumed for the first
+# estimate (set low on purpose: an estimate too short gets the call cut off, one too long only
+# reserves more quota than it uses; ZeroGPU charges the time used).
+DEFAULT_GPU_TOKENS_PER_S = float(os.environ.get("TUNING_GPU_TOKENS_PER_S", "5000"))
+CALL_OVERHEAD_S = 15.0  # taking the GPU, moving the model onto it, the first kernels
+SECONDS_PER_NEW_TOKEN = 0.05  # one decoding step of a small model on a GPU, all rows of a batch together
+
+_measured: dict[str, float] = {}  # "train" -> tokens/s of the last finished GPU run in this process
+_move_lock = threading.Lock()
+
+
+class StopFlag:
+    """A stop request another process can see: a file that exists once set. Pickles as its path.
+
+    `threading.Event` does not cross into a ZeroGPU worker; `train` only calls `is_set()`.
+    """
+
+    def __init__(self, path: str | None = None):
+        if path is None:
+            handle, path = tempfile.mkstemp(prefix="tuning-stop-")
+            os.close(handle)
+            os.unlink(path)  # the name is ours; the file appears on set()
+        self.path = path
+
+    def set(self) -> None:
+        Path(self.path).touch()
+
+    def is_set(self) -> bool:
+        return os.path.exists(self.path)
+
+    def remove(self) -> None:
+        """Forget the request (the run is over): the file goes."""
+        Path(self.path).unlink(missing_ok=True)
+
+    def __repr__(self) -> str:
+        return f"StopFlag({self.path!r}, set={self.is_set()})"
+
+
+_forked = False  # this process is a fork (a ZeroGPU worker) of the one that imported this module
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
+
+
+def on_accelerator(base: Base) -> Base:
+    """`base` on this process's GPU when there is one and the model is still on the CPU; else `base` as it is.
+
+    Inside a ZeroGPU call this moves the worker's own copy (the server's stays on the CPU),
+    once per worker: a worker that serves the next call too finds it there already. The
+    precision is what `auto` resolves to on that GPU unless the model was loaded with a fixed one.
+    Every `*_run` calls it first.
+    """
+    if _forked:
+        # OpenMP's threads do not survive a fork: in the fork of a server that had run torch on
+        # several threads, the first multi-threaded CPU op waits for them for ever (a layer norm
+        # hung here). One CPU thread in the worker: its real work is on the GPU.
+        torch.set_num_threads(1)
+    if not torch.cuda.is_available() or base.device.type == "cuda":
+        return base
+    with _move_lock:
+        if base.device.type != "cuda":
+            device = torch.device("cuda")
+            precision = resolve_precision(base.requested_precision, device)
+            base.model.to(device=device, dtype=base.dtype_of(precision))
+            base.precision = precision
+    return base
+
+
+# --- the decorated calls: each owns the GPU for one piece of work
+
+
+def train_run(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_rows: Sequence[Row],
+              stop: StopFlag, resume: SoftPrompt | None = None, resume_name: str | None = None) -> Iterator:
+    """One training (train.train's events, CPU tensors only), on the GPU when there is one."""
+    from .train import Done, train
+
+    base = on_accelerator(base)
+    for event in train(base, list(train_rows), config, list(held_out_rows), stop,
+                       resume=resume, resume_name=resume_name):
+        if isinstance(event, Done) and base.device.type == "cuda" and event.soft.meta.get("tokens_per_s"):
+            note_speed(event.soft.meta["tokens_per_s"])
+        yield event
+
+
+def sweep_run(base: Base, rows: Sequence[Row], config: TuneConfig, grid: Sequence[tuple[int, int]],
+              stop: StopFlag, rouge_acts: int = 0) -> Iterator:
+    """A whole sweep (sweep.run_sweep's events) in one GPU call."""
+    from .sweep import run_sweep
+
+    yield from run_sweep(on_accelerator(base), list(rows), config, list(grid), stop, rouge_acts)
+
+
+def generate_run(base: Base, prompts: Sequence[SoftPrompt | None], text: str, decoding) -> Iterator[tuple[str, ...]]:
+    """Base and each prompt continue `text` in one batch (generate.stream_compare), streamed."""
+    from .generate import stream_compare
+
+    yield from stream_compare(on_accelerator(base), list(prompts), text, decoding)
+
+
+def evaluate_run(base: Base, soft: SoftPrompt, held_out_rows: Sequence[Row], rouge_rows: Sequence[Row],
+                 decoding) -> Iterator[tuple[str, object]]:
+    """Held-out perplexity, then ROUGE-L act by act: ("perplexity", metrics), then ("rouge", row) per act."""
+    from . import evaluate
+    from .train import encode_rows
+
+    base = on_accelerator(base)
+    held = encode_rows(base, list(held_out_rows), soft.config)
+    yield "perplexity", evaluate.compare(base, soft, held, soft.config.batch_size)
+    for result in evaluate.iter_rouge(base, soft, list(rouge_rows), decoding):
+        yield "rouge", result
+
+
+# --- how long each call may hold the GPU (ZeroGPU's `duration=`, called with the call's arguments)
+
+
+def note_speed(tokens_per_s: float) -> None:
+    """A finished GPU run's speed: later estimates go by it."""
+    if tokens_per_s > 0:
+        _measured["train"] = float(tokens_per_s)
+
+
+def gpu_speed() -> float:
+    return _measured.get("train", DEFAULT_GPU_TOKENS_PER_S)
+
+
+def _tokens(base: Base, rows: Sequence[Row]) -> int:
+    return train_tokens(rows, lambda text: len(base.encode(text)))
+
+
+def training_seconds(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_rows: Sequence[Row],
+                     *_, **__) -> float:
+    """Estimated GPU seconds of `train_run`: its tokens at the GPU speed, the held-out scoring, the overhead."""
+    tokens = _tokens(base, train_rows)
+    held = _tokens(base, held_out_rows) / tokens if tokens else 0.0
+    return CALL_OVERHEAD_S + estimate_seconds(tokens * config.epochs, gpu_speed(), held)
+
+
+def train_duration(*args, **kwargs) -> int:
+    """ZeroGPU's duration for `train_run`: the estimate with a margin, never over the cap (checked before)."""
+    return min(MAX_CALL_SECONDS, round(training_seconds(*args, **kwargs) * 1.5))
+
+
+def sweep_seconds(base: Base, rows: Sequence[Row], config: TuneConfig, grid, stop=None, rouge_acts: int = 0) -> float:
+    """Estimated GPU seconds of `sweep_run`: every cell's training, and its ROUGE-L continuations."""
+    from .train import split_rows
+
+    train_rows, held = split_rows(rows, config)
+    return sum(training_seconds(base, train_rows, TuneConfig.from_dict({**config.to_dict(), "epochs": e}), held)
+               for _, e in grid) + len(grid) * rouge_acts * 2 * 64 * SECONDS_PER_NEW_TOKEN
+
+
+def sweep_duration(*args, **kwargs) -> int:
+    return min(MAX_CALL_SECONDS, round(sweep_seconds(*args, **kwargs) * 1.5))
+
+
+def generate_duration(base: Base, prompts, text: str, decoding) -> int:
+    return min(MAX_CALL_SECONDS, round(CALL_OVERHEAD_S + decoding.max_new_tokens * SECONDS_PER_NEW_TOKEN * 2))
+
+
+def evaluate_duration(base: Base, soft: SoftPrompt, held_out_rows, rouge_rows, decoding) -> int:
+    scoring = estimate_seconds(_tokens(base, held_out_rows), gpu_speed()) or 0.0  # forward passes only: generous
+    decode = len(rouge_rows) * 2 * decoding.max_new_tokens * SECONDS_PER_NEW_TOKEN
+    return min(MAX_CALL_SECONDS, round((CALL_OVERHEAD_S + scoring + decode) * 1.5))
+
+
+def check_fits(seconds: float, what: str = "this run") -> None:
+    """Refuse (PlanError) work whose estimated GPU time is over the per-call cap, naming both."""
+    if seconds > MAX_CALL_SECONDS:
+        raise PlanError(
+            f"{what} needs about {seconds:,.0f} s of GPU time; one call on this Space may use at most "
+            f"{MAX_CALL_SECONDS} s (a free visitor's daily GPU quota is a few minutes): "
+            f"train fewer epochs or fewer acts"
+        )
