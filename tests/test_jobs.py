@@ -149,3 +149,22 @@ def test_a_background_job_waits_while_visitors_train():
                                 on_wait=lambda: waited.append(len(visitor.events))))
     assert visitor.join(timeout=10) and background.join(timeout=10)
     assert waited and waited[0] < 20 and background.events == [1, 2, 3]
+
+
+def test_a_job_runs_in_the_context_of_the_request_that_started_it():
+    # ZeroGPU's spaces.GPU reads the visitor's request from a context variable (Gradio's
+    # LocalContext.request) to charge the visitor's quota: the job's thread must see it.
+    import contextvars
+
+    request = contextvars.ContextVar("request", default=None)
+
+    def events(stop):
+        yield request.get()
+
+    token = request.set("visitor-1")
+    try:
+        job = Job("a", "ctx", events)
+    finally:
+        request.reset(token)
+    job.start()
+    assert job.join(timeout=10) and job.events == ["visitor-1"]
