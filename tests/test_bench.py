@@ -120,6 +120,16 @@ def test_speed_up_is_the_ratio_of_the_two_times_on_the_same_tokens(result):
     assert r["three_columns_ratio"] == pytest.approx(gen["three_s"] / gen["single_s"])
 
 
+def test_cold_start_is_reported_beside_the_warm_numbers(result):
+    r, lines = result
+    ours, gen = r["ours"], r["generation"]
+    assert ours["cold_tokens_per_s"] > 0 and gen["cold_single_s"] > 0
+    assert r["cold_training_ratio"] == pytest.approx(ours["tokens_per_s"] / ours["cold_tokens_per_s"])
+    assert r["cold_generation_ratio"] == pytest.approx(gen["cold_single_s"] / gen["single_s"])
+    assert f"**{r['cold_training_ratio']:.2f}x** slower" in lines[-1]
+    assert r["machine"]["gpu"] is None  # no GPU here; on one the bench runs both recipes there and names it
+
+
 def test_the_ceiling_is_the_matmul_rate_over_four_flops_per_parameter(result):
     r, _ = result
     n_params = sum(p.numel() for p in GPT2LMHeadModel(GPT2Config(**tiny_config())).parameters())

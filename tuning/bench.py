@@ -127,6 +127,8 @@ def run(
     gen = result["generation"]
     result["generation_ratio"] = gen["pair_s"] / gen["single_s"]
     result["three_columns_ratio"] = gen["three_s"] / gen["single_s"]
+    result["cold_training_ratio"] = ours["tokens_per_s"] / ours["cold_tokens_per_s"]  # > 1: the first epoch is slower
+    result["cold_generation_ratio"] = gen["cold_single_s"] / gen["single_s"]
     out(report(result))
     return result
 
@@ -135,7 +137,7 @@ def report(r: dict) -> str:
     """The results as Markdown, ready for README "Performance"."""
     m, seed, ours, fp32, gen = r["machine"], r["seed"], r["ours"], r["ours_fp32"], r["generation"]
     lines = [
-        f"Machine: {m['cpu']} ({m['cpu_kind']}), {m['cores']} cores ({m['threads']} torch threads), torch {m['torch']}, "
+        f"Machine: {m['cpu']} ({m['cpu_kind']}){', GPU ' + m['gpu'] if m.get('gpu') else ''}, {m['cores']} cores ({m['threads']} torch threads), torch {m['torch']}, "
         f"transformers {m['transformers']}; matmul 2048^3: bf16 {r['matmul_gflops']['bf16']:.0f} GFLOP/s, "
         f"fp32 {r['matmul_gflops']['fp32']:.0f} GFLOP/s. Model: GPT-2-124M shape ({ours['n_params'] / 1e6:.1f}M "
         "parameters), random weights.",
@@ -163,6 +165,9 @@ def report(r: dict) -> str:
         f"one continuation {gen['single_s']:.2f} s, base + tuned side by side {gen['pair_s']:.2f} s "
         f"(**{r['generation_ratio']:.2f}x**), base + two tuned {gen['three_s']:.2f} s "
         f"(**{r['three_columns_ratio']:.2f}x**)",
+        f"- cold start (the first after the model loads) vs warm: training epoch {ours['cold_tokens_per_s']:.0f} vs "
+        f"{ours['tokens_per_s']:.0f} useful tokens/s (**{r['cold_training_ratio']:.2f}x** slower), generation "
+        f"{gen['cold_single_s']:.2f} vs {gen['single_s']:.2f} s (**{r['cold_generation_ratio']:.2f}x**)",
     ]
     return "\n".join(lines)
 
@@ -172,19 +177,36 @@ def machine() -> dict:
 
     from .model import cpu_kind, cpu_model
 
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "platform": platform.platform()}
+            "gpu": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": platform.platform()}
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
-    """GFLOP/s of an `n x n @ n x n` matmul in `dtype` (2 n^3 FLOPs each), after two warm-up runs."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    """GFLOP/s of an `n x n @ n x n` matmul in `dtype` (2 n^3 FLOPs each), after two warm-up runs, on the
+    device the parts run on (the GPU when there is one)."""
+    device = _device()
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     for _ in range(2):
         a @ b
+    _sync()
     t = time.perf_counter()
     for _ in range(repeat):
         a @ b
+    _sync()
     return 2 * n**3 * repeat / (time.perf_counter() - t) / 1e9
+
+
+def _device() -> torch.device:
+    from .model import pick_device
+
+    return pick_device()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _existing(path, default: Path, what: str, flag: str) -> Path:
@@ -257,9 +279,10 @@ def _random_base(job: Job, model_id: str, precision: str):
 
     from .model import _DTYPES, from_model, resolve_precision
 
-    resolved = resolve_precision(precision, torch.device("cpu"))
+    device = _device()
+    resolved = resolve_precision(precision, device)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(GPT2Config(**job.model_config), dtype=_DTYPES[resolved])
+    model = AutoModelForCausalLM.from_config(GPT2Config(**job.model_config), dtype=_DTYPES[resolved]).to(device)
     return from_model(model, _tokenizer(job), model_id, resolved)
 
 
@@ -322,7 +345,7 @@ def _seed_recipe(job: Job) -> dict:
         def trainer(rows, collator, callbacks=()):
             args = TrainingArguments(
                 output_dir=out_dir, per_device_train_batch_size=SEED_BATCH, num_train_epochs=1,
-                learning_rate=3e-2, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
+                learning_rate=3e-2, use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", logging_strategy="no",
                 disable_tqdm=True, dataloader_num_workers=0, seed=0,
             )
             features = [dict(tok(r.prompt, truncation=True, max_length=max_length)) for r in rows]
@@ -350,8 +373,16 @@ def _ours(job: Job) -> dict:
     _quiet()
     config, warm, timed, held = _training_rows(job)
     base = _random_base(job, config.model, config.precision)
-    for _ in train(base, warm, config):
-        pass
+    # The warm-up epoch is the first after the model loaded: its speed is the cold one (on AMX
+    # every new batch shape builds its kernels). Its rows differ from the timed ones, so cold and
+    # warm compare as useful tokens per second.
+    cold_start = None
+    for event in train(base, warm, config):
+        if isinstance(event, Start):
+            cold_start = time.perf_counter()
+        elif isinstance(event, Step) and event.step == event.total_steps:
+            cold_seconds = time.perf_counter() - cold_start
+    cold_tokens = _useful_tokens(job, config, warm, base.tokenizer)
     positions = [0]  # every position the transformer computes: virtual, text and padding
 
     def count(module, args, kwargs):
@@ -375,7 +406,7 @@ def _ours(job: Job) -> dict:
         "precision": base.precision, "batch_size": config.batch_size, "rows": len(timed), "steps": steps,
         "tokens": tokens, "seconds": seconds,
         "tokens_per_s": tokens / seconds, "positions_per_s": counted / seconds,
-        "held_out_loss": held_out_loss,
+        "held_out_loss": held_out_loss, "cold_tokens_per_s": cold_tokens / cold_seconds,
         "n_params": sum(p.numel() for p in base.model.parameters()),
         "peak_mb": _peak_mb(), "prompt": done.soft.embeddings.tolist(),
     }
@@ -404,6 +435,9 @@ def _generation(job: Job) -> dict:
         for _ in stream_compare(base, [soft, soft[:5]], GENERATION_TEXT, decoding):
             pass
 
+    t = time.perf_counter()
+    single()  # the first generation after the model loaded: the cold one
+    cold = time.perf_counter() - t
     single(), pair(), three()  # warm-up
     runs: dict[str, list[float]] = {"single_s": [], "pair_s": [], "three_s": []}
     for _ in range(job.repeats):  # interleaved, so a slow spell of a shared machine hits all alike
@@ -412,5 +446,5 @@ def _generation(job: Job) -> dict:
             fn()
             runs[name].append(time.perf_counter() - t)
     timings = {name: statistics.median(times) for name, times in runs.items()}
-    return {**timings, "precision": base.precision, "new_tokens": job.new_tokens, "repeats": job.repeats,
+    return {**timings, "cold_single_s": cold, "precision": base.precision, "new_tokens": job.new_tokens, "repeats": job.repeats,
             "peak_mb": _peak_mb()}
