@@ -289,3 +289,42 @@ def test_reference_agrees_with_peft_uncached_generation(tokenizer):
     )[0, len(ids):].tolist()
     expected = reference_greedy(own, soft, ids, 16)
     assert out[: len(expected)] == expected
+
+
+@pytest.mark.parametrize("decoding", [
+    Decoding(max_new_tokens=24, no_repeat_ngram_size=0),
+    Decoding(max_new_tokens=24),
+    Decoding(max_new_tokens=24, repetition_penalty=1.3, no_repeat_ngram_size=0),
+    Decoding(max_new_tokens=24, do_sample=True, seed=7, top_k=20, top_p=0.9, temperature=1.2),
+], ids=["greedy", "no-repeat-3", "penalty", "sampled"])
+def test_the_lean_decode_loop_gives_what_hf_generate_gives(base, soft, decoding, monkeypatch):
+    import tuning.generate as generate_module
+
+    ids = base.encode(TEXT)
+    prompts = [None, soft, soft[:2]]  # three rows, left-padded to different lengths
+    monkeypatch.setattr(generate_module, "LEAN_DECODE", False)
+    hf = last(stream_ids(base, prompts, ids, decoding))
+    monkeypatch.setattr(generate_module, "LEAN_DECODE", True)
+    assert last(stream_ids(base, prompts, ids, decoding)) == hf
+    assert all(len(row) > 0 for row in hf)
+
+
+def test_the_lean_loop_stops_a_row_at_end_of_text_and_the_batch_when_all_ended(base, soft):
+    from tuning.generate import decode_steps
+
+    ids = base.encode(TEXT)
+    embeds, mask, positions = prompt_inputs(base, [None, soft], [ids, ids], pad_left=True)
+    free = list(decode_steps(base, embeds, mask, positions, Decoding(max_new_tokens=8, no_repeat_ngram_size=0)))
+    first = free[0]
+    # make row 0's first token the end of text: it must then get the pad token, row 1 goes on
+    tokenizer = base.tokenizer
+    saved = tokenizer.eos_token_id, tokenizer.pad_token_id
+    try:
+        tokenizer.eos_token_id = first[0]  # base.eos_id reads the tokenizer
+        steps = list(decode_steps(base, embeds, mask, positions, Decoding(max_new_tokens=8, no_repeat_ngram_size=0)))
+    finally:
+        tokenizer.eos_token_id, tokenizer.pad_token_id = saved
+    assert steps[0] == first
+    if first[1] != first[0]:
+        assert all(step[0] == tokenizer.pad_token_id for step in steps[1:])
+        assert [s[1] for s in steps] == [s[1] for s in free][: len(steps)]

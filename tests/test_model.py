@@ -207,6 +207,31 @@ def test_gpt2_gelu_is_swapped_for_the_fused_one_with_the_same_outputs(tokenizer)
         assert torch.allclose(plain(ids).logits, fused(ids).logits, atol=1e-5)
 
 
+def test_gpt2_weights_are_stored_row_by_row_for_linear_with_the_same_outputs_and_files(tokenizer, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.pytorch_utils import Conv1D
+
+    from tuning.model import from_model
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2)
+    plain = GPT2LMHeadModel(config).eval()
+    fast = GPT2LMHeadModel(config).eval()
+    fast.load_state_dict(plain.state_dict())
+    from_model(fast, tokenizer, "tiny", "fp32")
+    layers = [m for m in fast.modules() if isinstance(m, Conv1D)]
+    assert layers and all(type(m) is not Conv1D for m in layers)
+    for m in layers:  # [out, in] storage; the parameter is still GPT-2's [in, out]
+        assert m.weight.shape == (m.nx, m.nf) and m.weight.t().is_contiguous()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, fast(ids).logits, atol=1e-5)
+        fast.save_pretrained(tmp_path)  # what a saved model holds is GPT-2's own layout
+        again = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+        assert torch.allclose(plain(ids).logits, again(ids).logits, atol=1e-5)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+
+
 @pytest.mark.parametrize("flags, kind, auto", [
     ("fpu avx512f avx512bw amx_bf16 amx_tile avx512_bf16", "amx", "bf16"),
     ("fpu avx512f avx512bw avx512_bf16", "avx512_bf16", "bf16"),

@@ -32,6 +32,7 @@ from typing import Iterator, Sequence
 
 import torch
 from transformers import (
+    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -159,6 +160,45 @@ def _processors(decoding: Decoding, rows: int, device: torch.device) -> LogitsPr
     return procs
 
 
+LEAN_DECODE = True  # decode_steps rather than HF `generate` (README "Performance": measured per CPU kind)
+
+
+@torch.inference_mode()
+def decode_steps(base: Base, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 decoding: Decoding, cancel: threading.Event | None = None) -> Iterator[list[int]]:
+    """What HF `generate` does for our batches, without its per-step machinery: one token per row per step.
+
+    The prompt pass computes logits at the last position only; each later step feeds the new
+    tokens with the KV cache, one more mask column and the next position per row. The same
+    logits processors as `generate` (no-repeat n-grams, repetition penalty, our seeded
+    sampler) see the generated tokens only, in float32; a row past its end-of-text gets the pad
+    token, and decoding stops when every row has ended, after `max_new_tokens`, or on `cancel`.
+    Token for token the same as `generate` (tests/test_generate.py).
+    """
+    model, rows = base.model, embeds.shape[0]
+    processors = _processors(decoding, rows, base.device)
+    eos, pad = base.eos_id, base.tokenizer.pad_token_id
+    cache = DynamicCache(config=model.config)
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=1)
+    logits = out.logits[:, -1, :]
+    generated = torch.empty((rows, 0), dtype=torch.long, device=base.device)
+    ended = torch.zeros(rows, dtype=torch.bool, device=base.device)
+    position = positions[:, -1:]
+    for step in range(decoding.max_new_tokens):
+        token = processors(generated, logits.float()).argmax(-1)
+        token = torch.where(ended, torch.full_like(token, pad), token)
+        generated = torch.cat([generated, token[:, None]], dim=-1)
+        ended |= token == eos
+        yield token.tolist()
+        if bool(ended.all()) or step == decoding.max_new_tokens - 1 or (cancel is not None and cancel.is_set()):
+            return
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=-1)
+        position = position + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, cache=cache, use_cache=True)
+        logits = out.logits[:, -1, :]
+
+
 def stream_ids(
     base: Base, prompts: Sequence[torch.Tensor | SoftPrompt | None], ids: list[int], decoding: Decoding | None = None
 ) -> Iterator[list[list[int]]]:
@@ -176,19 +216,23 @@ def stream_ids(
             )
     embeds, mask, positions = prompt_inputs(base, list(tensors), [ids] * len(tensors), pad_left=True)
     streamer, cancel = _QueueStreamer(), threading.Event()
-    config = GenerationConfig(
-        max_new_tokens=decoding.max_new_tokens, do_sample=False,
-        eos_token_id=base.eos_id, pad_token_id=base.tokenizer.pad_token_id,
-    )
     failure: list[BaseException] = []
 
     def work():
         try:
-            base.model.generate(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                generation_config=config, logits_processor=_processors(decoding, len(tensors), base.device),
-                stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]), streamer=streamer,
-            )
+            if LEAN_DECODE:
+                for step in decode_steps(base, embeds, mask, positions, decoding, cancel):
+                    streamer.queue.put(step)
+            else:
+                config = GenerationConfig(
+                    max_new_tokens=decoding.max_new_tokens, do_sample=False,
+                    eos_token_id=base.eos_id, pad_token_id=base.tokenizer.pad_token_id,
+                )
+                base.model.generate(
+                    inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                    generation_config=config, logits_processor=_processors(decoding, len(tensors), base.device),
+                    stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]), streamer=streamer,
+                )
         except BaseException as e:  # re-raised in the consuming thread
             failure.append(e)
         finally:
