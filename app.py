@@ -789,7 +789,7 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
             epochs = Slider(1, ctx.max_epochs, value=min(10, ctx.max_epochs), step=1, label="Epochs",
                             info=f"this server runs at most {ctx.max_epochs} epochs and {ctx.max_steps:,} steps")
             with gr.Row():
-                lr = Number(0.03, label="Learning rate")  # TuneConfig checks the range
+                lr = Number(TuneConfig.learning_rate, label="Learning rate")  # TuneConfig checks the range
                 batch = Slider(1, 64, value=4, step=1, label="Batch size")
             init = gr.Radio(list(INITS), value=next(k for k, v in INITS.items() if v == TuneConfig().init),
                             label="Start the prompt from")
@@ -1451,7 +1451,7 @@ def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "
 
 
 def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, epochs: int = 10,
-                  learning_rate: float = 0.03, save_as: str = "", request: gr.Request = None) -> dict:
+                  learning_rate: float = TuneConfig.learning_rate, save_as: str = "", request: gr.Request = None) -> dict:
     """Prompt-tune the base model and save the adapter; returns when training is done, with its metrics.
 
     Args:

