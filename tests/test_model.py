@@ -188,18 +188,25 @@ def test_per_token_losses_come_row_after_row(base):
     assert torch.allclose(each, torch.cat(singles), atol=1e-5)
 
 
-def test_gpt2_gelu_is_swapped_for_the_fused_one_with_the_same_outputs(tokenizer):
+def plain_and_loaded(tokenizer):
+    """Two tiny GPT-2s with the same weights: as transformers builds it, and after `from_model`."""
     from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.activations import NewGELUActivation
 
     from tuning.model import from_model
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2)
     plain = GPT2LMHeadModel(config).eval()
-    fused = GPT2LMHeadModel(config).eval()
-    fused.load_state_dict(plain.state_dict())
-    from_model(fused, tokenizer, "tiny", "fp32")
+    loaded = GPT2LMHeadModel(config).eval()
+    loaded.load_state_dict(plain.state_dict())
+    from_model(loaded, tokenizer, "tiny", "fp32")
+    return plain, loaded
+
+
+def test_gpt2_gelu_is_swapped_for_the_fused_one_with_the_same_outputs(tokenizer):
+    from transformers.activations import NewGELUActivation
+
+    plain, fused = plain_and_loaded(tokenizer)
     assert any(isinstance(m, NewGELUActivation) for m in plain.modules())
     assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
@@ -208,17 +215,10 @@ def test_gpt2_gelu_is_swapped_for_the_fused_one_with_the_same_outputs(tokenizer)
 
 
 def test_gpt2_weights_are_stored_row_by_row_for_linear_with_the_same_outputs_and_files(tokenizer, tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
     from transformers.pytorch_utils import Conv1D
 
-    from tuning.model import from_model
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2)
-    plain = GPT2LMHeadModel(config).eval()
-    fast = GPT2LMHeadModel(config).eval()
-    fast.load_state_dict(plain.state_dict())
-    from_model(fast, tokenizer, "tiny", "fp32")
+    plain, fast = plain_and_loaded(tokenizer)
     layers = [m for m in fast.modules() if isinstance(m, Conv1D)]
     assert layers and all(type(m) is not Conv1D for m in layers)
     for m in layers:  # [out, in] storage; the parameter is still GPT-2's [in, out]
