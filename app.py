@@ -732,6 +732,7 @@ def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, 
                 stop.set()  # the server's step cap
                 flag.set()
             if isinstance(event, Done):
+                gpu.note_run(event)  # a GPU run's speed: the next duration estimate goes by it
                 session.remember(event.soft, what, plan.steps_per_epoch)
             yield event
 

@@ -148,8 +148,17 @@ def test_training_duration_follows_the_planned_tokens_and_never_exceeds_the_cap(
     assert gpu.train_duration(base, ROWS, config(epochs=1), ()) == round(short * 1.5)
     monkeypatch.setattr(gpu, "MAX_CALL_SECONDS", 20)
     assert gpu.train_duration(base, ROWS, config(epochs=50), ()) == 20
-    gpu.note_speed(5000.0)  # a finished GPU run measured the speed: estimates go by it
+    cpu_run = types.SimpleNamespace(soft=types.SimpleNamespace(meta={"device": "cpu", "tokens_per_s": 9.0}))
+    gpu.note_run(cpu_run)  # a CPU run's speed says nothing about the GPU
+    assert gpu.training_seconds(base, ROWS, config(epochs=1), ()) == pytest.approx(short)
+    gpu_run = types.SimpleNamespace(soft=types.SimpleNamespace(meta={"device": "cuda", "tokens_per_s": 5000.0}))
+    gpu.note_run(gpu_run)  # a finished GPU run measured the speed (in the server: the worker's memory is its own)
     assert gpu.training_seconds(base, ROWS, config(epochs=1), ()) == pytest.approx(gpu.CALL_OVERHEAD_S + tokens / 5000)
+
+
+def test_a_training_records_the_device_it_ran_on(base):
+    done = list(gpu.train_run(base, ROWS[:2], config(epochs=1), (), gpu.StopFlag()))[-1]
+    assert done.soft.meta["device"] == "cpu"
 
 
 def test_other_durations_grow_with_their_work_and_stay_under_the_cap(base):

@@ -35,9 +35,9 @@ import torch
 from .config import TuneConfig
 from .data import Row
 from .model import Base, SoftPrompt, resolve_precision, zero_gpu
-
-__all__ = ["StopFlag", "on_accelerator", "zero_gpu", "check_fits"]  # and the *_run / *_duration pairs
 from .plan import PlanError, estimate_seconds, train_tokens
+
+__all__ = ["StopFlag", "on_accelerator", "zero_gpu", "check_fits", "note_run"]  # and the *_run / *_duration pairs
 
 # Seconds one decorated call may ask for; ZeroGPU refuses a call that asks more than the
 # visitor's remaining daily quota (a few minutes for a free account), so one call stays well under it.
@@ -121,14 +121,10 @@ def on_accelerator(base: Base) -> Base:
 def train_run(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_rows: Sequence[Row],
               stop: StopFlag, resume: SoftPrompt | None = None, resume_name: str | None = None) -> Iterator:
     """One training (train.train's events, CPU tensors only), on the GPU when there is one."""
-    from .train import Done, train
+    from .train import train
 
-    base = on_accelerator(base)
-    for event in train(base, list(train_rows), config, list(held_out_rows), stop,
-                       resume=resume, resume_name=resume_name):
-        if isinstance(event, Done) and base.device.type == "cuda" and event.soft.meta.get("tokens_per_s"):
-            note_speed(event.soft.meta["tokens_per_s"])
-        yield event
+    yield from train(on_accelerator(base), list(train_rows), config, list(held_out_rows), stop,
+                     resume=resume, resume_name=resume_name)
 
 
 def sweep_run(base: Base, rows: Sequence[Row], config: TuneConfig, grid: Sequence[tuple[int, int]],
@@ -166,6 +162,17 @@ def note_speed(tokens_per_s: float) -> None:
     """A finished GPU run's speed: later estimates go by it."""
     if tokens_per_s > 0:
         _measured["train"] = float(tokens_per_s)
+
+
+def note_run(event) -> None:
+    """Hand each event of a training call to this, in the server: a run that finished on a GPU sets the speed.
+
+    Not inside the call: on ZeroGPU that runs in a worker process, whose memory the server's
+    duration estimates never see.
+    """
+    meta = getattr(getattr(event, "soft", None), "meta", None)
+    if meta and meta.get("device") == "cuda" and meta.get("tokens_per_s"):
+        note_speed(meta["tokens_per_s"])
 
 
 def gpu_speed() -> float:

@@ -510,6 +510,7 @@ def train(
             "train_seconds": round(elapsed, 2),
             "tokens_per_s": round(tokens_done / train_time, 1) if train_time else None,
             "precision": base.precision,
+            "device": device.type,  # cpu | cuda: what the speed above was measured on
             "processes": world,  # data-parallel processes that trained it
             "num_layers": getattr(cfg, "num_hidden_layers", None),
             "num_attention_heads": getattr(cfg, "num_attention_heads", None),
