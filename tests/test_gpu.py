@@ -236,3 +236,21 @@ def test_the_real_spaces_package_off_zero_gpu_leaves_the_functions_as_they_are(m
     import spaces
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     assert spaces.GPU(duration=gpu.train_duration)(gpu.train_run) is gpu.train_run
+
+
+def test_on_zero_gpu_the_app_refuses_a_training_over_the_cap_before_it_starts(tmp_path, monkeypatch):
+    import gradio as gr
+
+    import app
+    from app_fixtures import write_assets
+    from tuning.jobs import Jobs
+
+    model, dataset = write_assets(tmp_path)
+    ctx = app.Context(model, dataset, tmp_path / "adapters", jobs=Jobs(grace=5.0))
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(gpu, "MAX_CALL_SECONDS", 16)  # the 15 s overhead alone nearly fills it
+    request = types.SimpleNamespace(session_hash="tab", username=None, headers={}, cookies={})
+    run = app.start_training(ctx, 5, 50, 0.1, 1, "random", "all training acts", [], 0, app.Session(), request)
+    with pytest.raises(gr.Error, match=r"needs about \d+ s of GPU time; one call on this Space may use at most 16 s"):
+        next(run)
+    assert ctx.jobs.running(None) is None and not (tmp_path / "adapters").exists()
