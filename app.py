@@ -84,8 +84,6 @@ GAIN_SCALE = 1.0  # nats of per-token gain drawn at full colour: the legend's âˆ
 PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
 
 
-
-
 def on_gpu(fn: Callable, duration: Callable) -> Callable:
     """`fn` as a ZeroGPU call (`spaces.GPU`, its `duration` computed from the call's arguments).
 
