@@ -1101,7 +1101,7 @@ def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: S
     base, rows = ctx.base(), ctx.rows()
     if gpu.zero_gpu():
         with user_errors():
-            gpu.check_fits(gpu.sweep_seconds(base, rows, plan.config, plan.grid, None, n_rouge), "this sweep")
+            gpu.check_fits(gpu.sweep_seconds(base, rows, plan.config, plan.grid, rouge_acts=n_rouge), "this sweep")
 
     def events(stop: threading.Event):
         flag = gpu.StopFlag()

@@ -3,7 +3,8 @@
 Each row of a batch is `[soft prompt; token embeddings]` (model.prompt_inputs) passed to the
 base model as `inputs_embeds`, left-padded with explicit position ids so every row sees the
 positions it would see alone, then decoded with the KV cache by `decode_steps` (the same tokens
-as the model's own `generate`, without its per-step machinery; `LEAN_DECODE = False` uses `generate`). We do not call `PeftModel.generate`: with
+as the model's own `generate`, without its per-step machinery; `LEAN_DECODE = False` uses
+`generate`). We do not call `PeftModel.generate`: with
 transformers 5.24 + peft 0.21 its cached path returns wrong tokens after the first for
 prompt tuning (tests/test_generate.py compares our cached output with a step-by-step
 uncached reference, token for token).

@@ -110,8 +110,8 @@ def on_accelerator(base: Base) -> Base:
         if base.device.type != "cuda":
             device = torch.device("cuda")
             precision = resolve_precision(base.requested_precision, device)
-            base.model.to(device=device, dtype=base.dtype_of(precision))
             base.precision = precision
+            base.model.to(device=device, dtype=base.dtype)
     return base
 
 
@@ -183,12 +183,17 @@ def _tokens(base: Base, rows: Sequence[Row]) -> int:
     return train_tokens(rows, lambda text: len(base.encode(text)))
 
 
-def training_seconds(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_rows: Sequence[Row],
-                     *_, **__) -> float:
-    """Estimated GPU seconds of `train_run`: its tokens at the GPU speed, the held-out scoring, the overhead."""
+def _epoch_seconds(base: Base, train_rows: Sequence[Row], held_out_rows: Sequence[Row]) -> float:
+    """GPU seconds of one epoch over `train_rows` and its held-out scoring, at the GPU speed."""
     tokens = _tokens(base, train_rows)
     held = _tokens(base, held_out_rows) / tokens if tokens else 0.0
-    return CALL_OVERHEAD_S + estimate_seconds(tokens * config.epochs, gpu_speed(), held)
+    return estimate_seconds(tokens, gpu_speed(), held)
+
+
+def training_seconds(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_rows: Sequence[Row],
+                     *_, **__) -> float:
+    """Estimated GPU seconds of `train_run`: its epochs at the GPU speed, the held-out scoring, the overhead."""
+    return CALL_OVERHEAD_S + config.epochs * _epoch_seconds(base, train_rows, held_out_rows)
 
 
 def train_duration(*args, **kwargs) -> int:
@@ -201,8 +206,9 @@ def sweep_seconds(base: Base, rows: Sequence[Row], config: TuneConfig, grid, sto
     from .train import split_rows
 
     train_rows, held = split_rows(rows, config)
-    return sum(training_seconds(base, train_rows, TuneConfig.from_dict({**config.to_dict(), "epochs": e}), held)
-               for _, e in grid) + len(grid) * rouge_acts * 2 * 64 * SECONDS_PER_NEW_TOKEN
+    per_epoch = _epoch_seconds(base, train_rows, held)  # every cell trains on the same rows
+    return sum(CALL_OVERHEAD_S + epochs * per_epoch for _, epochs in grid) \
+        + len(grid) * rouge_acts * 2 * 64 * SECONDS_PER_NEW_TOKEN
 
 
 def sweep_duration(*args, **kwargs) -> int:

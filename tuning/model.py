@@ -69,10 +69,6 @@ class Base:
     def __reduce__(self):
         return _loaded, (self.key,)
 
-    @staticmethod
-    def dtype_of(precision: str) -> torch.dtype:
-        return _DTYPES[precision]
-
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
