@@ -18,7 +18,7 @@ are plain generators. What that asks of this module, and what it guarantees:
   much of the visitor's quota up front); `check_fits` refuses a run over the per-call cap,
   before it starts, with the estimate and the cap.
 
-The GPU speeds below are assumptions until a run measures one (`note_speed`): the first
+The GPU speeds below are assumptions until a run measures one (`note_run`): the first
 estimate after a start uses DEFAULT_GPU_TOKENS_PER_S, later ones the last measured speed.
 """
 
@@ -158,21 +158,15 @@ def evaluate_run(base: Base, soft: SoftPrompt, held_out_rows: Sequence[Row], rou
 # --- how long each call may hold the GPU (ZeroGPU's `duration=`, called with the call's arguments)
 
 
-def note_speed(tokens_per_s: float) -> None:
-    """A finished GPU run's speed: later estimates go by it."""
-    if tokens_per_s > 0:
-        _measured["train"] = float(tokens_per_s)
-
-
 def note_run(event) -> None:
     """Hand each event of a training call to this, in the server: a run that finished on a GPU sets the speed.
 
     Not inside the call: on ZeroGPU that runs in a worker process, whose memory the server's
-    duration estimates never see.
+    duration estimates never see. Later estimates go by the last measured speed.
     """
     meta = getattr(getattr(event, "soft", None), "meta", None)
-    if meta and meta.get("device") == "cuda" and meta.get("tokens_per_s"):
-        note_speed(meta["tokens_per_s"])
+    if meta and meta.get("device") == "cuda" and (meta.get("tokens_per_s") or 0) > 0:
+        _measured["train"] = float(meta["tokens_per_s"])
 
 
 def gpu_speed() -> float:
