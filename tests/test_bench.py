@@ -35,8 +35,9 @@ def tokenizer_dir(tmp_path_factory):
 def result(tokenizer_dir, tiny_csv, monkeypatch_module):
     monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")
     lines = []
+    # length_multiple=16: ours pads its batches as on an AMX machine, so the run also has the part without padding
     r = bench.run(steps=1, warmup=1, dataset=tiny_csv, tokenizer_dir=tokenizer_dir, model_config=tiny_config(),
-                  new_tokens=4, repeats=1, out=lines.append)
+                  new_tokens=4, repeats=1, out=lines.append, length_multiple=16)
     return r, lines
 
 
@@ -128,6 +129,24 @@ def test_cold_start_is_reported_beside_the_warm_numbers(result):
     assert r["cold_generation_ratio"] == pytest.approx(gen["cold_single_s"] / gen["single_s"])
     assert f"**{r['cold_training_ratio']:.2f}x** slower" in lines[-1]
     assert r["machine"]["gpu"] is None  # no GPU here; on one the bench runs both recipes there and names it
+
+
+def test_a_machine_that_pads_batches_also_measures_exact_lengths(result):
+    r, lines = result
+    ours, exact = r["ours"], r["ours_exact"]
+    assert ours["length_multiple"] == 16 and exact["length_multiple"] == 1
+    assert exact["tokens"] == ours["tokens"] and exact["steps"] == ours["steps"]  # the same rows, the same steps
+    # padding computes more positions for the same tokens; every number is the same (same losses)
+    assert exact["positions_per_s"] * exact["seconds"] < ours["positions_per_s"] * ours["seconds"]
+    assert exact["held_out_loss"] == pytest.approx(ours["held_out_loss"], rel=1e-4)
+    assert "| ours, exact batch lengths |" in lines[-1]
+    assert f"({ours['tokens_per_s'] / exact['tokens_per_s']:.2f}x" in lines[-1].replace("**", "")
+
+
+def test_length_multiple_must_be_a_whole_number_in_range():
+    for bad in (0, 257, 1.5, True):
+        with pytest.raises(bench.BenchError, match="length multiple"):
+            bench.run(length_multiple=bad)
 
 
 def test_the_ceiling_is_the_matmul_rate_over_four_flops_per_parameter(result):

@@ -137,6 +137,69 @@ def test_chunked_loss_and_gradient_equal_the_plain_cross_entropy(tokenizer, prec
     assert torch.allclose(grad_a, grad_b, rtol=tol, atol=tol * grad_b.abs().max().item())
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("with_prompt", [True, False])
+def test_padding_to_a_length_multiple_changes_no_number(tokenizer, family, with_prompt, monkeypatch):
+    # Base.length_multiple pads a batch (and the cross-entropy's last chunk) with masked positions
+    # so fewer shapes reach the kernels: same loss, count and prompt gradient as without.
+    from conftest import make_base
+    from tuning import model as model_module
+
+    monkeypatch.setattr(model_module._ChunkedCrossEntropy, "CHUNK", 7)
+    own = make_base(tokenizer, seed=4) if family == "gpt2" else _tiny_llama(tokenizer)
+    rows = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    shapes, results = [], []
+    hook = own.model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    try:
+        for multiple in (1, 16):
+            own.pad_to_multiple_of = multiple
+            soft = torch.nn.Parameter(torch.randn(3, own.hidden_size, generator=torch.Generator().manual_seed(1)))
+            loss, n = token_losses(own, soft if with_prompt else None, rows)
+            grad = torch.autograd.grad(loss, soft)[0] if with_prompt else None
+            results.append((loss.item(), n, grad))
+    finally:
+        hook.remove()
+    # the text rows (behind the prompt's own 3 positions, computed once): 7 positions, then 16
+    assert shapes == ([3, 7, 3, 16] if with_prompt else [7, 16])
+    (a, n_a, grad_a), (b, n_b, grad_b) = results
+    assert n_a == n_b == sum(len(r) for r in rows) - (0 if with_prompt else len(rows))
+    assert a == pytest.approx(b, rel=1e-5)
+    if with_prompt:
+        assert torch.allclose(grad_a, grad_b, rtol=1e-4, atol=1e-5 * grad_b.abs().max().item())
+
+
+def test_padding_never_goes_past_the_context(tokenizer):
+    from conftest import make_base
+
+    own = make_base(tokenizer, n_positions=20)
+    own.pad_to_multiple_of = 16
+    seen = []
+    hook = own.model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            token_losses(own, torch.randn(3, own.hidden_size), [list(range(5, 22))])  # 3 + 17 = 20 positions
+            token_losses(own, None, [list(range(5, 10))])
+    finally:
+        hook.remove()
+    assert seen == [3, 17, 16]  # 17 text positions stay 17 (32 would not fit behind 3); 5 become 16
+
+
+@pytest.mark.parametrize("kind, precision, device, expected", [
+    ("amx", "bf16", "cpu", 16), ("amx", "fp32", "cpu", 1), ("avx512_bf16", "bf16", "cpu", 1), ("other", "fp32", "cpu", 1),
+])
+def test_length_multiple_is_chosen_for_the_machine(tokenizer, monkeypatch, kind, precision, device, expected):
+    from conftest import make_base
+    from tuning import model as model_module
+
+    monkeypatch.setattr(model_module, "_this_cpu_kind", lambda: kind)
+    own = make_base(tokenizer, precision=precision)
+    assert own.length_multiple == expected
+    own.pad_to_multiple_of = 8  # an explicit choice (the bench's comparison) wins
+    assert own.length_multiple == 8
+
+
 def _tiny_llama(tokenizer):
     # Rotary positions instead of GPT-2's learned ones, and grouped keys/values.
     from transformers import LlamaConfig, LlamaForCausalLM

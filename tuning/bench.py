@@ -7,7 +7,8 @@ real GPT-2 tokenizer and the prompts of a local .csv, in a few minutes:
   init), fp32, batch 8, `DataCollatorForLanguageModeling(mlm=False)` over the raw `prompt`
   column, as the project started;
 - ours: `train.train()` with the default TuneConfig (precision auto, default batch size); again
-  in fp32;
+  in fp32; where the machine pads batches to a multiple of 16 positions (bf16 on AMX,
+  `Base.length_multiple`), once more without that padding;
 - every part trains one epoch over the same timed rows (`steps` x 8 rows drawn, seeded, from
   the training split), after a warm-up epoch over other rows, so the parts do the same work and
   the speed-up is a ratio of times; the seed recipe shuffles them into its own batches of 8, as
@@ -66,6 +67,7 @@ class Job:
     warmup: int  # warm-up rows before them: warmup x SEED_BATCH
     precision: str = "auto"
     batch_size: int | None = None  # ours; None: TuneConfig's default
+    length_multiple: int | None = None  # ours: Base.pad_to_multiple_of; None: the machine's choice
     prompt: list | None = None  # a trained soft prompt, for generation
     new_tokens: int = 64
     repeats: int = 5
@@ -81,12 +83,16 @@ def run(
     repeats: int = 5,
     out: Callable[[str], None] = print,
     batch_size: int | None = None,
+    length_multiple: int | None = None,
 ) -> dict:
     """Run every part and print a Markdown table; returns the numbers as a dict.
 
     `steps`/`warmup` count the seed recipe's batches of 8: every part trains on the same
     `steps x 8` timed rows after `warmup x 8` other rows. `batch_size` is ours (default: the
     TuneConfig default). `model_config` overrides `GPT2Config()` (tests pass a tiny one).
+    `length_multiple` pads our batches to that many positions (default: `Base.length_multiple`,
+    the machine's choice); when ours pads, it also runs without padding ("ours, exact lengths"),
+    so the machine that pads shows what the padding buys.
 
     >>> r = run(steps=10, warmup=2)                        # doctest: +SKIP
     >>> r["speedup"], r["ours"]["peak_mb"]                 # doctest: +SKIP
@@ -96,6 +102,9 @@ def run(
         raise BenchError(f"steps must be a whole number of at least 1, got {steps!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
         raise BenchError(f"warmup must be a whole number of at least 1, got {warmup!r}")
+    if length_multiple is not None and (isinstance(length_multiple, bool) or not isinstance(length_multiple, int)
+                                        or not 1 <= length_multiple <= 256):
+        raise BenchError(f"length multiple must be a whole number from 1 to 256, got {length_multiple!r}")
     dataset = _existing(dataset, DEFAULT_DATASET, "dataset", "--dataset")
     tokenizer_dir = _existing(tokenizer_dir, DEFAULT_TOKENIZER, "tokenizer folder", "--tokenizer")
     os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the spawned parts: everything here is local
@@ -103,13 +112,17 @@ def run(
 
     ours_batch = TuneConfig().batch_size if batch_size is None else TuneConfig(batch_size=batch_size).batch_size
     job = Job(str(dataset), str(tokenizer_dir), dict(model_config or {}), steps, warmup,
-              new_tokens=new_tokens, repeats=repeats, batch_size=ours_batch)
+              new_tokens=new_tokens, repeats=repeats, batch_size=ours_batch, length_multiple=length_multiple)
     result: dict = {"machine": machine()}
     rows = SEED_BATCH * steps
     out(f"seed recipe: Trainer, fp32, batch {SEED_BATCH}, {SEED_BATCH * warmup} warm-up rows, then {rows} timed rows ...")
     result["seed"] = _spawn(_seed_recipe, job)
     out(f"ours: train(), precision auto, batch {ours_batch}, the same rows ...")
     result["ours"] = _spawn(_ours, job)
+    if result["ours"]["length_multiple"] != 1:
+        out(f"ours without padding batches to a multiple of {result['ours']['length_multiple']} positions ...")
+        result["ours_exact"] = _spawn(_ours, replace(job, length_multiple=1))
+        result["ours_exact"].pop("prompt")
     out("ours in fp32 ...")
     result["ours_fp32"] = _spawn(_ours, replace(job, precision="fp32"))
     out("matmul ceiling ...")
@@ -145,13 +158,19 @@ def report(r: dict) -> str:
         f"Every part trains one epoch over the same {seed['rows']} rows ({seed['tokens']:,} text tokens), "
         "after a warm-up epoch over other rows.",
         "",
-        "| training | precision | batch | steps | seconds | useful tokens/s | positions/s | peak memory |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| training | precision | batch | steps | seconds | useful tokens/s | positions/s | cold tokens/s | peak memory |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, part in (("seed recipe (Trainer + PEFT)", seed), ("ours (default)", ours), ("ours, fp32", fp32)):
+    parts = [("seed recipe (Trainer + PEFT)", seed), ("ours (default)", ours)]
+    if ours["length_multiple"] != 1:
+        parts[-1] = (f"ours (default: batches padded to a multiple of {ours['length_multiple']})", ours)
+    if "ours_exact" in r:
+        parts.append(("ours, exact batch lengths", r["ours_exact"]))
+    for name, part in parts + [("ours, fp32", fp32)]:
+        cold = f"{part['cold_tokens_per_s']:.0f}" if "cold_tokens_per_s" in part else "-"
         lines.append(
             f"| {name} | {part['precision']} | {part['batch_size']} | {part['steps']} | {part['seconds']:.1f} "
-            f"| {part['tokens_per_s']:.0f} | {part['positions_per_s']:.0f} | {part['peak_mb']:.0f} MB |"
+            f"| {part['tokens_per_s']:.0f} | {part['positions_per_s']:.0f} | {cold} | {part['peak_mb']:.0f} MB |"
         )
     lines += [
         "",
@@ -169,6 +188,14 @@ def report(r: dict) -> str:
         f"{ours['tokens_per_s']:.0f} useful tokens/s (**{r['cold_training_ratio']:.2f}x** slower), generation "
         f"{gen['cold_single_s']:.2f} vs {gen['single_s']:.2f} s (**{r['cold_generation_ratio']:.2f}x**)",
     ]
+    if "ours_exact" in r:
+        exact = r["ours_exact"]
+        lines.append(
+            f"- batches padded to a multiple of {ours['length_multiple']} positions (fewer kernel shapes) vs exact "
+            f"lengths: {ours['tokens_per_s']:.0f} vs {exact['tokens_per_s']:.0f} useful tokens/s warm "
+            f"(**{ours['tokens_per_s'] / exact['tokens_per_s']:.2f}x**), {ours['cold_tokens_per_s']:.0f} vs "
+            f"{exact['cold_tokens_per_s']:.0f} cold (**{ours['cold_tokens_per_s'] / exact['cold_tokens_per_s']:.2f}x**)"
+        )
     return "\n".join(lines)
 
 
@@ -373,6 +400,7 @@ def _ours(job: Job) -> dict:
     _quiet()
     config, warm, timed, held = _training_rows(job)
     base = _random_base(job, config.model, config.precision)
+    base.pad_to_multiple_of = job.length_multiple
     # The warm-up epoch is the first after the model loaded: its speed is the cold one (on AMX
     # every new batch shape builds its kernels). Its rows differ from the timed ones, so cold and
     # warm compare as useful tokens per second.
@@ -403,7 +431,8 @@ def _ours(job: Job) -> dict:
     seconds = end - start
     tokens = _useful_tokens(job, config, timed, base.tokenizer)
     return {
-        "precision": base.precision, "batch_size": config.batch_size, "rows": len(timed), "steps": steps,
+        "precision": base.precision, "batch_size": config.batch_size, "length_multiple": base.length_multiple,
+        "rows": len(timed), "steps": steps,
         "tokens": tokens, "seconds": seconds,
         "tokens_per_s": tokens / seconds, "positions_per_s": counted / seconds,
         "held_out_loss": held_out_loss, "cold_tokens_per_s": cold_tokens / cold_seconds,

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=12,
                    help="timed rows, in batches of 8: every part trains on the same steps x 8 rows (default: 12)")
     p.add_argument("--batch-size", type=int, help="our batch size (default: the training default)")
+    p.add_argument("--length-multiple", type=int, metavar="N",
+                   help="pad our batches to a multiple of N positions (default: chosen for the machine, 16 with "
+                        "bf16 on an AMX CPU, else 1); when that is not 1, ours also runs without the padding")
     p.add_argument("--warmup", type=int, default=2, help="warm-up rows first, in batches of 8 (default: 2)")
     p.add_argument("--dataset", help="prompts .csv (default: ../shared/data/awesome-chatgpt-prompts/prompts-2025-01.csv)")
     p.add_argument("--tokenizer", help="GPT-2 tokenizer folder (default: ../shared/data/gpt2-tokenizer)")
@@ -325,7 +328,7 @@ def cmd_bench(args) -> int:
     from . import bench
 
     result = bench.run(steps=args.steps, warmup=args.warmup, dataset=args.dataset, tokenizer_dir=args.tokenizer,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, length_multiple=args.length_multiple)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
     return 0

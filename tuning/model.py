@@ -61,6 +61,9 @@ class Base:
     model_id: str
     precision: str  # the resolved one: fp32 | bf16 | fp16
     requested_precision: str = "auto"  # what was asked (a GPU worker resolves `auto` again for its GPU)
+    # Training and scoring batches are padded to a multiple of this many positions (see
+    # `length_multiple`); None: chosen for the machine when used. Set it to compare (the bench does).
+    pad_to_multiple_of: int | None = None
     key: int = field(default_factory=lambda: next(_keys), repr=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +83,21 @@ class Base:
     @property
     def hidden_size(self) -> int:
         return self.model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def length_multiple(self) -> int:
+        """Positions a training or scoring batch is padded to a multiple of: 16 for bf16 on an AMX
+        CPU, else 1 (no padding beyond the batch's longest row).
+
+        oneDNN builds kernels for every new matmul shape, and on AMX that made the first epoch ~25%
+        slower than the second (each batch length a new shape); lengths in steps of 16 give a
+        batch of 4 rows a multiple of 64 positions. Elsewhere the extra positions only cost time:
+        fp32 on a CPU without AMX trained no faster with them (README "Speed II").
+        """
+        if self.pad_to_multiple_of is not None:
+            return self.pad_to_multiple_of
+        cpu_amx = self.device.type == "cpu" and self.precision == "bf16" and _this_cpu_kind() == "amx"
+        return AMX_LENGTH_MULTIPLE if cpu_amx else 1
 
     @property
     def max_positions(self) -> int:
@@ -152,6 +170,14 @@ def cpu_model(cpuinfo: str | None = None) -> str:
         if line.lower().startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def _this_cpu_kind() -> str:
+    return cpu_kind()
+
+
+AMX_LENGTH_MULTIPLE = 16
 
 
 def cpu_kind(cpuinfo: str | None = None) -> str:
@@ -337,6 +363,8 @@ def prompt_inputs(
     soft: torch.Tensor | None | list[torch.Tensor | None],
     rows: list[list[int]],
     pad_left: bool = False,
+    multiple: int = 1,
+    limit: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Embed token rows with a soft prompt in front, padded into one batch.
 
@@ -348,6 +376,10 @@ def prompt_inputs(
 
     >>> # rows [[5, 6, 7], [8]] with one 2-token prompt, right padding:
     >>> # mask [[1,1,1,1,1], [1,1,1,0,0]], positions [[0,1,2,3,4], [0,1,2,2,2]]
+
+    `multiple`: the batch is padded (masked, as any padding) to a multiple of that many
+    positions, so fewer distinct shapes reach the kernels (`Base.length_multiple`), unless that
+    would go past `limit` positions.
     """
     device, dtype = base.device, base.dtype
     table = base.model.get_input_embeddings()
@@ -355,6 +387,9 @@ def prompt_inputs(
     prompts = [None if p is None else p.to(device=device, dtype=dtype) for p in prompts]
     lengths = [(0 if p is None else p.shape[0]) + len(r) for p, r in zip(prompts, rows)]
     total = max(lengths)
+    rounded = -(-total // multiple) * multiple
+    if limit is None or rounded <= limit:
+        total = rounded
     embeds = torch.zeros(len(rows), total, base.hidden_size, device=device, dtype=dtype)
     mask = torch.zeros(len(rows), total, dtype=torch.long, device=device)
     for i, (prompt, row, n) in enumerate(zip(prompts, rows, lengths)):
@@ -386,13 +421,14 @@ def token_losses(
     if not any(rows):
         return torch.zeros((), dtype=torch.float32, device=base.device), 0
     body = base.model.base_model  # the transformer without its LM head
+    multiple = base.length_multiple
     if soft is None:
-        embeds, mask, positions = prompt_inputs(base, None, rows)
+        embeds, mask, positions = prompt_inputs(base, None, rows, multiple=multiple, limit=base.max_positions)
         hidden = body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
         flat, first = hidden.flatten(0, 1), None
     else:
-        flat, first = _behind_shared_prompt(base, soft, rows)
-    width = max(len(r) for r in rows)
+        flat, first = _behind_shared_prompt(base, soft, rows, multiple)
+    width = (flat.shape[0] - (first is not None)) // len(rows)  # positions per row, padding included
     # Which hidden state predicts which token, row after row: the prompt's last position
     # (index `first`) predicts t0, and text position j - 1 predicts t_j.
     index, targets = [], []
@@ -408,12 +444,14 @@ def token_losses(
     target = torch.tensor(targets, device=flat.device)
     head = base.model.get_output_embeddings()
     if reduction == "sum" and getattr(head, "bias", None) is None:
-        return _ChunkedCrossEntropy.apply(picked, head.weight, target), len(targets)
+        return _ChunkedCrossEntropy.apply(picked, head.weight, target, multiple), len(targets)
     logits = head(picked).float()
     return torch.nn.functional.cross_entropy(logits, target, reduction=reduction), len(targets)
 
 
-def _behind_shared_prompt(base: Base, soft: torch.Tensor, rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+def _behind_shared_prompt(
+    base: Base, soft: torch.Tensor, rows: list[list[int]], multiple: int = 1
+) -> tuple[torch.Tensor, int]:
     """Hidden states of `[soft; row]` for every row, with the prompt's positions computed once.
 
     Causal attention means the virtual positions only ever see the prompt itself, so their
@@ -437,7 +475,7 @@ def _behind_shared_prompt(base: Base, soft: torch.Tensor, rows: list[list[int]])
     for layer in cache.layers:  # one prompt for the whole batch: a view, not a copy
         layer.keys = layer.keys.expand(len(rows), *layer.keys.shape[1:])
         layer.values = layer.values.expand(len(rows), *layer.values.shape[1:])
-    embeds, mask, positions = prompt_inputs(base, None, rows)
+    embeds, mask, positions = prompt_inputs(base, None, rows, multiple=multiple, limit=base.max_positions - v)
     mask = torch.cat([mask.new_ones(len(rows), v), mask], dim=1)
     hidden = body(
         inputs_embeds=embeds, attention_mask=mask, position_ids=positions + v, cache=cache, use_cache=True
@@ -460,28 +498,32 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     CHUNK = 256  # positions per chunk: 256 x 50,257 float32 logits = 51 MB
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, multiple: int = 1) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for s in range(0, hidden.shape[0], _ChunkedCrossEntropy.CHUNK):
             chunk = slice(s, s + _ChunkedCrossEntropy.CHUNK)
-            t = target[chunk]
+            t, h = target[chunk], hidden[chunk]
+            k = len(t)
+            if k % multiple:  # the last chunk, padded with zero rows to a shape seen before (length_multiple)
+                h = torch.cat([h, h.new_zeros(multiple - k % multiple, h.shape[1])])
             # In place, one pass each: these element-wise passes over positions x vocab cost
             # more than the matmul on a CPU (logsumexp and then softmax again took twice this).
-            logits = (hidden[chunk] @ weight.t()).float()
+            logits = (h @ weight.t()).float()
             logits -= logits.amax(-1, keepdim=True)
-            picked = logits.gather(1, t[:, None])[:, 0]
+            picked = logits[:k].gather(1, t[:, None])[:, 0]
             probs = logits.exp_()
             sums = probs.sum(-1)
-            total += (sums.log() - picked).sum()
+            total += (sums[:k].log() - picked).sum()
             if grad is not None:  # d loss / d logits = softmax - one_hot
                 probs /= sums[:, None]
-                probs[torch.arange(len(t), device=t.device), t] -= 1
-                grad[chunk] = probs.to(hidden.dtype) @ weight
+                probs[torch.arange(k, device=t.device), t] -= 1
+                probs[k:] = 0
+                grad[chunk] = (probs.to(hidden.dtype) @ weight)[:k]
         ctx.save_for_backward(grad)
         return total
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output.to(grad.dtype), None, None
+        return grad * grad_output.to(grad.dtype), None, None, None
