@@ -37,7 +37,7 @@ def result(tokenizer_dir, tiny_csv, monkeypatch_module):
     lines = []
     # length_multiple=16: ours pads its batches as on an AMX machine, so the run also has the part without padding
     r = bench.run(steps=1, warmup=1, dataset=tiny_csv, tokenizer_dir=tokenizer_dir, model_config=tiny_config(),
-                  new_tokens=4, repeats=1, out=lines.append, length_multiple=16)
+                  new_tokens=4, repeats=1, out=lines.append, length_multiple=16, fp32_generation=True)
     return r, lines
 
 
@@ -141,6 +141,15 @@ def test_a_machine_that_pads_batches_also_measures_exact_lengths(result):
     assert exact["held_out_loss"] == pytest.approx(ours["held_out_loss"], rel=1e-4)
     assert "| ours, exact batch lengths |" in lines[-1]
     assert f"({ours['tokens_per_s'] / exact['tokens_per_s']:.2f}x" in lines[-1].replace("**", "")
+
+
+def test_generation_is_also_timed_in_fp32_when_asked(result):
+    # on a machine whose `auto` is bf16 this part runs by itself, to choose decode precision per job
+    r, lines = result
+    g32, gen = r["generation_fp32"], r["generation"]
+    assert g32["precision"] == "fp32" and g32["new_tokens"] == gen["new_tokens"]
+    assert g32["single_s"] > 0 and g32["three_s"] > 0
+    assert f"one continuation {g32['single_s']:.2f} vs {gen['single_s']:.2f} s" in lines[-1]
 
 
 def test_length_multiple_must_be_a_whole_number_in_range():

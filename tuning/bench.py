@@ -17,7 +17,8 @@ real GPT-2 tokenizer and the prompts of a local .csv, in a few minutes:
   are those of an untrained model, but bf16 rounding shows up in them all the same);
 - ceiling: a bf16 (and fp32) matmul measured in the same run; prompt tuning costs about
   4 x parameters FLOPs per position (forward plus activation gradients, no weight gradients);
-- generation: one 64-token greedy continuation vs base + tuned side by side (`stream_pair`).
+- generation: one 64-token greedy continuation vs base + tuned side by side (`stream_pair`) vs
+  three columns; where ours generates in bf16 (or fp16), the same again in fp32.
 
 Throughput counts useful tokens: the text tokens of the timed rows, as the seed recipe's
 tokenizer call gives them (the same count for every part), never padding or virtual positions;
@@ -84,6 +85,7 @@ def run(
     out: Callable[[str], None] = print,
     batch_size: int | None = None,
     length_multiple: int | None = None,
+    fp32_generation: bool | None = None,
 ) -> dict:
     """Run every part and print a Markdown table; returns the numbers as a dict.
 
@@ -92,7 +94,8 @@ def run(
     TuneConfig default). `model_config` overrides `GPT2Config()` (tests pass a tiny one).
     `length_multiple` pads our batches to that many positions (default: `Base.length_multiple`,
     the machine's choice); when ours pads, it also runs without padding ("ours, exact lengths"),
-    so the machine that pads shows what the padding buys.
+    so the machine that pads shows what the padding buys. `fp32_generation` also times generation
+    in fp32 (default: when ours generates in another precision), for choosing decode precision per job.
 
     >>> r = run(steps=10, warmup=2)                        # doctest: +SKIP
     >>> r["speedup"], r["ours"]["peak_mb"]                 # doctest: +SKIP
@@ -128,8 +131,12 @@ def run(
     out("matmul ceiling ...")
     result["matmul_gflops"] = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}
     out(f"generation, {new_tokens} new tokens ...")
-    result["generation"] = _spawn(_generation, replace(job, prompt=result["ours"].pop("prompt")))
+    prompt = result["ours"].pop("prompt")
+    result["generation"] = _spawn(_generation, replace(job, prompt=prompt))
     result["ours_fp32"].pop("prompt")
+    if fp32_generation or (fp32_generation is None and result["generation"]["precision"] != "fp32"):
+        out("generation in fp32 ...")
+        result["generation_fp32"] = _spawn(_generation, replace(job, prompt=prompt, precision="fp32"))
 
     ours, seed, fp32 = result["ours"], result["seed"], result["ours_fp32"]
     result["speedup"] = ours["tokens_per_s"] / seed["tokens_per_s"]
@@ -188,6 +195,14 @@ def report(r: dict) -> str:
         f"{ours['tokens_per_s']:.0f} useful tokens/s (**{r['cold_training_ratio']:.2f}x** slower), generation "
         f"{gen['cold_single_s']:.2f} vs {gen['single_s']:.2f} s (**{r['cold_generation_ratio']:.2f}x**)",
     ]
+    if "generation_fp32" in r:
+        g32 = r["generation_fp32"]
+        lines.append(
+            f"- generation in fp32 instead of {gen['precision']} (decode precision per job): one continuation "
+            f"{g32['single_s']:.2f} vs {gen['single_s']:.2f} s, side by side {g32['pair_s']:.2f} vs {gen['pair_s']:.2f} s, "
+            f"three columns {g32['three_s']:.2f} vs {gen['three_s']:.2f} s, cold {g32['cold_single_s']:.2f} vs "
+            f"{gen['cold_single_s']:.2f} s"
+        )
     if "ours_exact" in r:
         exact = r["ours_exact"]
         lines.append(
