@@ -149,7 +149,42 @@ def test_generation_is_also_timed_in_fp32_when_asked(result):
     g32, gen = r["generation_fp32"], r["generation"]
     assert g32["precision"] == "fp32" and g32["new_tokens"] == gen["new_tokens"]
     assert g32["single_s"] > 0 and g32["three_s"] > 0
+    assert 1 <= g32["generated_tokens"] <= 4 and 1 <= gen["generated_tokens"] <= 4  # at most new_tokens; it may stop at eos
     assert f"one continuation {g32['single_s']:.2f} vs {gen['single_s']:.2f} s" in lines[-1]
+
+
+@pytest.mark.parametrize("pads, generation_precision", [(False, "fp32"), (True, "bf16")])
+def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
+        monkeypatch, tiny_csv, tokenizer_dir, pads, generation_precision):
+    # The parts are stubbed (no model runs): a machine that neither pads nor generates in bf16
+    # (this one) runs exactly seed, ours, ours fp32, generation; one that pads and generates in
+    # bf16 (AMX) also runs ours without padding and generation in fp32, without being asked.
+    calls = []
+
+    def part(name, job):
+        calls.append((name, job.precision, job.length_multiple))
+        if name == "_generation":
+            precision = generation_precision if job.precision == "auto" else job.precision
+            return dict(single_s=1.0, pair_s=1.2, three_s=1.3, cold_single_s=1.1, precision=precision,
+                        new_tokens=4, repeats=1, peak_mb=10.0, generated_tokens=4)
+        multiple = 16 if pads and name == "_ours" and job.precision == "auto" and job.length_multiple is None else 1
+        return dict(precision="fp32", batch_size=4, length_multiple=multiple, rows=8, steps=2, tokens=100, seconds=2.0,
+                    tokens_per_s=50.0, positions_per_s=60.0, held_out_loss=3.0, cold_tokens_per_s=40.0, n_params=1000,
+                    peak_mb=10.0, prompt=[[0.0]])
+
+    monkeypatch.setattr(bench, "_spawn", lambda fn, job: part(fn.__name__, job))
+    monkeypatch.setattr(bench, "matmul_gflops", lambda dtype: 1.0)
+    lines = []
+    r = bench.run(steps=1, warmup=1, dataset=tiny_csv, tokenizer_dir=tokenizer_dir, out=lines.append)
+    names = [name for name, *_ in calls]
+    if pads:
+        assert names == ["_seed_recipe", "_ours", "_ours", "_ours", "_generation", "_generation"]
+        assert calls[2][2] == 1 and calls[-1][1] == "fp32"  # ours with exact lengths; generation in fp32
+        assert "ours (default: batches padded to a multiple of 16)" in lines[-1] and "generation in fp32 instead of bf16" in lines[-1]
+    else:
+        assert names == ["_seed_recipe", "_ours", "_ours", "_generation"]
+        assert "ours_exact" not in r and "generation_fp32" not in r
+        assert "| ours (default) |" in lines[-1] and "exact" not in lines[-1] and "generation in fp32" not in lines[-1]
 
 
 def test_length_multiple_must_be_a_whole_number_in_range():

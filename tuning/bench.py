@@ -201,7 +201,7 @@ def report(r: dict) -> str:
             f"- generation in fp32 instead of {gen['precision']} (decode precision per job): one continuation "
             f"{g32['single_s']:.2f} vs {gen['single_s']:.2f} s, side by side {g32['pair_s']:.2f} vs {gen['pair_s']:.2f} s, "
             f"three columns {g32['three_s']:.2f} vs {gen['three_s']:.2f} s, cold {g32['cold_single_s']:.2f} vs "
-            f"{gen['cold_single_s']:.2f} s"
+            f"{gen['cold_single_s']:.2f} s ({g32['generated_tokens']} and {gen['generated_tokens']} tokens generated)"
         )
     if "ours_exact" in r:
         exact = r["ours_exact"]
@@ -461,7 +461,7 @@ def _generation(job: Job) -> dict:
     columns: a 20-token and a 5-token prompt, as the two reference adapters have)."""
     import statistics
 
-    from .generate import Decoding, generate, stream_compare, stream_pair
+    from .generate import Decoding, generate, stream_compare, stream_ids, stream_pair
 
     _quiet()
     base = _random_base(job, "gpt2-124m-random", job.precision)
@@ -490,5 +490,10 @@ def _generation(job: Job) -> dict:
             fn()
             runs[name].append(time.perf_counter() - t)
     timings = {name: statistics.median(times) for name, times in runs.items()}
-    return {**timings, "cold_single_s": cold, "precision": base.precision, "new_tokens": job.new_tokens, "repeats": job.repeats,
+    # how many tokens one continuation really has: decoding stops at end-of-text, which random
+    # weights in another precision may reach at another step
+    generated = 0
+    for (row,) in stream_ids(base, [soft], base.encode(GENERATION_TEXT), decoding):
+        generated = len(row)
+    return {**timings, "cold_single_s": cold, "generated_tokens": generated, "precision": base.precision, "new_tokens": job.new_tokens, "repeats": job.repeats,
             "peak_mb": _peak_mb()}

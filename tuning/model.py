@@ -89,13 +89,17 @@ class Base:
         """Positions a training or scoring batch is padded to a multiple of: 16 for bf16 on an AMX
         CPU, else 1 (no padding beyond the batch's longest row).
 
-        oneDNN builds kernels for every new matmul shape, and on AMX that made the first epoch ~25%
-        slower than the second (each batch length a new shape); lengths in steps of 16 give a
-        batch of 4 rows a multiple of 64 positions. Elsewhere the extra positions only cost time:
-        fp32 on a CPU without AMX trained no faster with them (README "Speed II").
+        oneDNN builds kernels for every new matmul shape, and on AMX the first epoch was ~25%
+        slower than the second (issue 12; each batch length a new shape); lengths in steps of 16
+        give a batch of 4 rows a multiple of 64 positions. Elsewhere there is nothing to win: on
+        a Xeon without AMX (fp32, and emulated bf16) the first pass was not consistently slower,
+        and padding showed no consistent difference within the VM's noise (README "Speed II").
         """
         if self.pad_to_multiple_of is not None:
-            return self.pad_to_multiple_of
+            m = self.pad_to_multiple_of
+            if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+                raise ModelError(f"pad_to_multiple_of must be a whole number of at least 1, got {m!r}")
+            return m
         cpu_amx = self.device.type == "cpu" and self.precision == "bf16" and _this_cpu_kind() == "amx"
         return AMX_LENGTH_MULTIPLE if cpu_amx else 1
 
