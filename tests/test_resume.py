@@ -233,7 +233,7 @@ def test_cli_resume_trains_more_epochs_and_saves_under_the_same_name(tiny_model_
                  "--learning-rate", "0.05"]) == 0
     out = capsys.readouterr().out
     assert f"resuming r at step {steps} (epoch 2) for 1 more epochs" in out
-    assert f"in all) in" in out and "saved adapter 'r'" in out
+    assert "in all) in" in out and "saved adapter 'r'" in out
     after = load("r", tmp_path)
     assert after.config == dataclasses.replace(before.config, epochs=3, learning_rate=0.05)
     history = after.meta["history"]
