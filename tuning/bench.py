@@ -168,9 +168,8 @@ def report(r: dict) -> str:
         "| training | precision | batch | steps | seconds | useful tokens/s | positions/s | cold tokens/s | peak memory |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    parts = [("seed recipe (Trainer + PEFT)", seed), ("ours (default)", ours)]
-    if ours["length_multiple"] != 1:
-        parts[-1] = (f"ours (default: batches padded to a multiple of {ours['length_multiple']})", ours)
+    padded = f": batches padded to a multiple of {ours['length_multiple']}" if ours["length_multiple"] != 1 else ""
+    parts = [("seed recipe (Trainer + PEFT)", seed), (f"ours (default{padded})", ours)]
     if "ours_exact" in r:
         parts.append(("ours, exact batch lengths", r["ours_exact"]))
     for name, part in parts + [("ours, fp32", fp32)]:
