@@ -85,6 +85,25 @@ def test_throughput_is_the_counted_work_over_the_timed_seconds(result):
     assert round(r["seed"]["positions_per_s"] * r["seed"]["seconds"]) >= r["seed"]["tokens"] + 8 * 20
 
 
+def test_peak_memory_also_covers_the_whole_splits_largest_batch(result, tiny_csv, tokenizer_dir):
+    # The timed rows are a sample; the reported whole-split peak comes after a step on the batch
+    # with the most positions among all of the training split's length-sorted batches.
+    from tuning.data import load_rows
+    from tuning.train import length_batches, split_rows
+
+    r, lines = result
+    rows, _ = split_rows(load_rows(str(tiny_csv)), TuneConfig(dataset=str(tiny_csv)))
+    tok = make_tokenizer()
+    keep = min(TINY["n_positions"] - 20, TuneConfig().max_length)
+    lengths = [min(len(tok(row.prompt)["input_ids"]) + 1, keep) for row in rows]  # + the eos
+    batches = length_batches(lengths, TuneConfig().batch_size, __import__("random").Random(0))
+    largest = max(batches, key=lambda b: len(b) * max(lengths[i] for i in b))
+    for part in ("ours", "ours_fp32"):
+        assert r[part]["largest_batch_rows"] == sorted(lengths[i] for i in largest), part
+        assert r[part]["largest_batch_peak_mb"] >= r[part]["peak_mb"] > 0
+    assert f"largest batch, {len(largest)} rows of" in lines[-1]
+
+
 def test_rows_are_drawn_from_the_training_split_and_never_held_out(tiny_csv, tokenizer_dir):
     job = bench.Job(str(tiny_csv), str(tokenizer_dir), {}, steps=2, warmup=1)
     config, warm, timed, held = bench._training_rows(job)
@@ -170,7 +189,7 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
         multiple = 16 if pads and name == "_ours" and job.precision == "auto" and job.length_multiple is None else 1
         return dict(precision="fp32", batch_size=4, length_multiple=multiple, rows=8, steps=2, tokens=100, seconds=2.0,
                     tokens_per_s=50.0, positions_per_s=60.0, held_out_loss=3.0, cold_tokens_per_s=40.0, n_params=1000,
-                    peak_mb=10.0, prompt=[[0.0]])
+                    peak_mb=10.0, prompt=[[0.0]], largest_batch_rows=[5, 9], largest_batch_peak_mb=12.0)
 
     monkeypatch.setattr(bench, "_spawn", lambda fn, job: part(fn.__name__, job))
     monkeypatch.setattr(bench, "matmul_gflops", lambda dtype: 1.0)
