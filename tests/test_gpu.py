@@ -254,3 +254,24 @@ def test_on_zero_gpu_the_app_refuses_a_training_over_the_cap_before_it_starts(tm
     with pytest.raises(gr.Error, match=r"needs about \d+ s of GPU time; one call on this Space may use at most 16 s"):
         next(run)
     assert ctx.jobs.running(None) is None and not (tmp_path / "adapters").exists()
+
+
+@pytest.mark.timeout(60)
+def test_moving_the_model_to_the_gpu_turns_cudnn_attention_off(tokenizer, monkeypatch):
+    """cuDNN attention made bf16 on an H200 7-9x slower (model.attention_kernels); a ZeroGPU worker moves the
+    model itself, so the move switches it off too. No GPU here: the move is recorded, not made."""
+    from conftest import make_base
+
+    base = make_base(tokenizer)
+    moves = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(base.model, "to", lambda **kw: moves.append(kw))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        gpu.on_accelerator(base)
+        assert moves == [{"device": torch.device("cuda"), "dtype": torch.float32}]  # loaded as fp32: kept
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

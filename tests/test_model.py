@@ -334,3 +334,22 @@ def test_the_cpu_model_is_read_from_cpuinfo():
     assert cpu_model("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor @ 2.50GHz\nflags\t: fpu\n") \
         == "Intel(R) Xeon(R) Processor @ 2.50GHz"
     assert cpu_model("processor\t: 0\n") != ""  # platform's answer, never empty
+
+
+@pytest.fixture
+def cudnn_attention():
+    """cuDNN attention's process-wide switch, on for the test and restored after it."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    yield
+    torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+@pytest.mark.timeout(30)
+def test_on_a_gpu_attention_stays_off_cudnn_kernels_and_a_cpu_changes_nothing(cudnn_attention):
+    from tuning.model import attention_kernels
+
+    attention_kernels(torch.device("cpu"))
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    attention_kernels(torch.device("cuda"))
+    assert not torch.backends.cuda.cudnn_sdp_enabled()

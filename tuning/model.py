@@ -223,6 +223,7 @@ def from_model(model: torch.nn.Module, tokenizer, model_id: str, precision: str 
     device = next(model.parameters()).device
     resolved = resolve_precision(precision, device)
     model.to(_DTYPES[resolved]).eval().requires_grad_(False)
+    attention_kernels(device)
     if device.type == "cpu" and model.config._attn_implementation == "sdpa":
         # On CPU, SDPA's flash-attention backward is slow: eager attention trained 467-488 useful
         # tokens/s against 381-432 for SDPA (GPT-2-124M shape, bf16, 2 cores, same run, 4 runs).
@@ -234,6 +235,22 @@ def from_model(model: torch.nn.Module, tokenizer, model_id: str, precision: str 
     if tokenizer.eos_token_id is None:
         raise ModelError(f"the tokenizer of {model_id} has no end-of-text token")
     return Base(model=model, tokenizer=tokenizer, model_id=model_id, precision=resolved, requested_precision=precision)
+
+
+def attention_kernels(device: torch.device) -> None:
+    """On a GPU, keep PyTorch's attention (SDPA) off cuDNN's kernels, for the whole process.
+
+    cuDNN builds an execution plan for every new shape of an attention call, and ours change
+    shape all the time: every training batch has its own length, every decoding step one more
+    key. PyTorch 2.11 picked cuDNN for bf16 on an H200, where it made bf16 the slow precision:
+    a 64-token generation took 3.43 s warm (5.84 s cold) with it and 0.53 s (0.93 s) without,
+    a training step 520 ms on a new batch length against 57 ms (41 against 35 ms on lengths seen
+    before); the bench's training ran at 1,634 useful tokens/s in bf16 against 12,205 in fp32,
+    which never uses cuDNN attention (GPT-2-124M shape, batch 4, one process). Without it SDPA
+    takes the memory-efficient or flash kernels, which need no plan.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def _fuse_gelu(model: torch.nn.Module) -> None:
