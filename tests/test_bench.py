@@ -11,6 +11,7 @@ import json
 import math
 
 import pytest
+import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from tuning import bench
@@ -104,6 +105,19 @@ def test_peak_memory_also_covers_the_whole_splits_largest_batch(result, tiny_csv
     assert f"largest batch, {len(largest)} rows of" in lines[-1]
 
 
+def test_on_a_cpu_no_gpu_memory_is_reported(result):
+    r, lines = result
+    for part in ("seed", "ours", "ours_fp32", "generation"):
+        assert r[part]["gpu_peak_mb"] is None, part
+    assert "| peak memory |" in lines[-1] and "GPU memory" not in lines[-1] and "on the GPU" not in lines[-1]
+
+
+def test_gpu_memory_is_the_allocators_peak(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 3 * 2**30)
+    assert bench._gpu_peak_mb() == 3072.0
+
+
 def test_rows_are_drawn_from_the_training_split_and_never_held_out(tiny_csv, tokenizer_dir):
     job = bench.Job(str(tiny_csv), str(tokenizer_dir), {}, steps=2, warmup=1)
     config, warm, timed, held = bench._training_rows(job)
@@ -172,24 +186,28 @@ def test_generation_is_also_timed_in_fp32_when_asked(result):
     assert f"one continuation {g32['single_s']:.2f} vs {gen['single_s']:.2f} s" in lines[-1]
 
 
-@pytest.mark.parametrize("pads, generation_precision", [(False, "fp32"), (True, "bf16")])
+@pytest.mark.parametrize("pads, generation_precision, on_gpu", [(False, "fp32", False), (True, "bf16", False),
+                                                                 (False, "bf16", True)])
 def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
-        monkeypatch, tiny_csv, tokenizer_dir, pads, generation_precision):
+        monkeypatch, tiny_csv, tokenizer_dir, pads, generation_precision, on_gpu):
     # The parts are stubbed (no model runs): a machine that neither pads nor generates in bf16
     # (this one) runs exactly seed, ours, ours fp32, generation; one that pads and generates in
     # bf16 (AMX) also runs ours without padding and generation in fp32, without being asked.
+    # On a GPU (bf16, no padding) the table gets a column for the GPU's own peak memory.
     calls = []
+    gpu_mb = 600.0 if on_gpu else None  # what a GPU part reports as its allocator's peak
 
     def part(name, job):
         calls.append((name, job.precision, job.length_multiple))
         if name == "_generation":
             precision = generation_precision if job.precision == "auto" else job.precision
             return dict(single_s=1.0, pair_s=1.2, three_s=1.3, cold_single_s=1.1, precision=precision,
-                        new_tokens=4, repeats=1, peak_mb=10.0, generated_tokens=4)
+                        new_tokens=4, repeats=1, peak_mb=10.0, generated_tokens=4, gpu_peak_mb=gpu_mb)
         multiple = 16 if pads and name == "_ours" and job.precision == "auto" and job.length_multiple is None else 1
         return dict(precision="fp32", batch_size=4, length_multiple=multiple, rows=8, steps=2, tokens=100, seconds=2.0,
                     tokens_per_s=50.0, positions_per_s=60.0, held_out_loss=3.0, cold_tokens_per_s=40.0, n_params=1000,
-                    peak_mb=10.0, prompt=[[0.0]], largest_batch_rows=[5, 9], largest_batch_peak_mb=12.0)
+                    peak_mb=10.0, prompt=[[0.0]], largest_batch_rows=[5, 9], largest_batch_peak_mb=12.0,
+                    gpu_peak_mb=gpu_mb, largest_batch_gpu_peak_mb=gpu_mb and gpu_mb + 100)
 
     monkeypatch.setattr(bench, "_spawn", lambda fn, job: part(fn.__name__, job))
     monkeypatch.setattr(bench, "matmul_gflops", lambda dtype: 1.0)
@@ -201,9 +219,16 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
         assert calls[2][2] == 1 and calls[-1][1] == "fp32"  # ours with exact lengths; generation in fp32
         assert "ours (default: batches padded to a multiple of 16)" in lines[-1] and "generation in fp32 instead of bf16" in lines[-1]
     else:
-        assert names == ["_seed_recipe", "_ours", "_ours", "_generation"]
-        assert "ours_exact" not in r and "generation_fp32" not in r
-        assert "| ours (default) |" in lines[-1] and "exact" not in lines[-1] and "generation in fp32" not in lines[-1]
+        fp32_generation = ["_generation"] if generation_precision == "bf16" else []  # the GPU's case
+        assert names == ["_seed_recipe", "_ours", "_ours", "_generation"] + fp32_generation
+        assert "ours_exact" not in r and ("generation_fp32" in r) == bool(fp32_generation)
+        assert "| ours (default) |" in lines[-1] and "exact" not in lines[-1]
+        assert ("generation in fp32" in lines[-1]) == bool(fp32_generation)
+    if on_gpu:
+        assert "| peak RAM | peak GPU memory |" in lines[-1] and "| 10 MB | 600 MB |" in lines[-1]
+        assert "on the GPU 700 MB (timed rows 600 MB)" in lines[-1]
+    else:
+        assert "| peak memory |" in lines[-1] and "GPU" not in lines[-1]
 
 
 def test_length_multiple_must_be_a_whole_number_in_range():

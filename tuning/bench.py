@@ -24,7 +24,8 @@ Throughput counts useful tokens: the text tokens of the timed rows, as the seed 
 tokenizer call gives them (the same count for every part), never padding or virtual positions;
 ours also learns the eos that ends each row, which is extra work it is not credited for. Each
 training part runs in its own spawned process, after its warm-up, so its peak memory
-(`ru_maxrss`) is its own and one part's allocations cannot slow the next. Ours then takes one
+(`ru_maxrss`) is its own and one part's allocations cannot slow the next; on a GPU each part
+also reports the most GPU memory its tensors held (`torch.cuda.max_memory_allocated`). Ours then takes one
 more (untimed) step on the whole training split's largest batch and reports that peak too: the
 timed rows are a sample, and a real run meets that batch every epoch.
 
@@ -167,8 +168,12 @@ def report(r: dict) -> str:
         f"Every part trains one epoch over the same {seed['rows']} rows ({seed['tokens']:,} text tokens), "
         "after a warm-up epoch over other rows.",
         "",
-        "| training | precision | batch | steps | seconds | useful tokens/s | positions/s | cold tokens/s | peak memory |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    gpu = seed.get("gpu_peak_mb") is not None  # the parts ran on a GPU: its memory is the one that counts
+    lines += [
+        "| training | precision | batch | steps | seconds | useful tokens/s | positions/s | cold tokens/s | "
+        + ("peak RAM | peak GPU memory |" if gpu else "peak memory |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
     ]
     padded = f": batches padded to a multiple of {ours['length_multiple']}" if ours["length_multiple"] != 1 else ""
     parts = [("seed recipe (Trainer + PEFT)", seed), (f"ours (default{padded})", ours)]
@@ -179,6 +184,7 @@ def report(r: dict) -> str:
         lines.append(
             f"| {name} | {part['precision']} | {part['batch_size']} | {part['steps']} | {part['seconds']:.1f} "
             f"| {part['tokens_per_s']:.0f} | {part['positions_per_s']:.0f} | {cold} | {part['peak_mb']:.0f} MB |"
+            + (f" {part['gpu_peak_mb']:.0f} MB |" if gpu else "")
         )
     lines += [
         "",
@@ -194,7 +200,8 @@ def report(r: dict) -> str:
         f"(**{r['three_columns_ratio']:.2f}x**)",
         f"- peak memory over the whole training split (ours, one more step on its largest batch, "
         f"{len(ours['largest_batch_rows'])} rows of {min(ours['largest_batch_rows'])}-{max(ours['largest_batch_rows'])} "
-        f"tokens): {ours['largest_batch_peak_mb']:.0f} MB (the timed rows alone: {ours['peak_mb']:.0f} MB)",
+        f"tokens): {ours['largest_batch_peak_mb']:.0f} MB (the timed rows alone: {ours['peak_mb']:.0f} MB)"
+        + (f"; on the GPU {ours['largest_batch_gpu_peak_mb']:.0f} MB (timed rows {ours['gpu_peak_mb']:.0f} MB)" if gpu else ""),
         f"- cold start (the first after the model loads) vs warm: training epoch {ours['cold_tokens_per_s']:.0f} vs "
         f"{ours['tokens_per_s']:.0f} useful tokens/s (**{r['cold_training_ratio']:.2f}x** slower), generation "
         f"{gen['cold_single_s']:.2f} vs {gen['single_s']:.2f} s (**{r['cold_generation_ratio']:.2f}x**)",
@@ -274,6 +281,15 @@ def _spawn(part: Callable[[Job], dict], job: Job) -> dict:
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _gpu_peak_mb() -> float | None:
+    """The most GPU memory this part's tensors have held (PyTorch's allocator), or None without a GPU.
+
+    On a GPU the process's RAM (`_peak_mb`) is mostly libraries and the CUDA context; the
+    memory the work itself needs is here.
+    """
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
 def _training_rows(job: Job):
@@ -408,7 +424,7 @@ def _seed_recipe(job: Job) -> dict:
         "precision": "fp32", "batch_size": SEED_BATCH, "rows": len(timed), "steps": len(batches),
         "tokens": tokens, "seconds": seconds,
         "tokens_per_s": tokens / seconds, "positions_per_s": sum(batches) / seconds,
-        "peak_mb": _peak_mb(),
+        "peak_mb": _peak_mb(), "gpu_peak_mb": _gpu_peak_mb(),
     }
 
 
@@ -449,7 +465,7 @@ def _ours(job: Job) -> dict:
     hook.remove()
     seconds = end - start
     tokens = _useful_tokens(job, config, timed, base.tokenizer)
-    peak_timed = _peak_mb()
+    peak_timed, gpu_peak_timed = _peak_mb(), _gpu_peak_mb()
     largest = _largest_batch_step(base, config, done.soft.embeddings)
     return {
         "precision": base.precision, "batch_size": config.batch_size, "length_multiple": base.length_multiple,
@@ -458,8 +474,8 @@ def _ours(job: Job) -> dict:
         "tokens_per_s": tokens / seconds, "positions_per_s": counted / seconds,
         "held_out_loss": held_out_loss, "cold_tokens_per_s": cold_tokens / cold_seconds,
         "n_params": sum(p.numel() for p in base.model.parameters()),
-        "peak_mb": peak_timed, "prompt": done.soft.embeddings.tolist(),
-        "largest_batch_rows": largest, "largest_batch_peak_mb": _peak_mb(),
+        "peak_mb": peak_timed, "gpu_peak_mb": gpu_peak_timed, "prompt": done.soft.embeddings.tolist(),
+        "largest_batch_rows": largest, "largest_batch_peak_mb": _peak_mb(), "largest_batch_gpu_peak_mb": _gpu_peak_mb(),
     }
 
 
@@ -527,4 +543,4 @@ def _generation(job: Job) -> dict:
     for (row,) in stream_ids(base, [soft], base.encode(GENERATION_TEXT), decoding):
         generated = len(row)
     return {**timings, "cold_single_s": cold, "generated_tokens": generated, "precision": base.precision, "new_tokens": job.new_tokens, "repeats": job.repeats,
-            "peak_mb": _peak_mb()}
+            "peak_mb": _peak_mb(), "gpu_peak_mb": _gpu_peak_mb()}
