@@ -112,6 +112,12 @@ def test_on_a_cpu_no_gpu_memory_is_reported(result):
     assert "| peak memory |" in lines[-1] and "GPU memory" not in lines[-1] and "on the GPU" not in lines[-1]
 
 
+def test_on_a_cpu_ours_computes_the_prompt_once_per_batch_and_runs_no_other_way(result):
+    r, lines = result
+    assert r["ours"]["shares_prompt"] and r["ours_fp32"]["shares_prompt"]
+    assert "ours_shared" not in r and "once per batch" not in lines[-1]
+
+
 def test_gpu_memory_is_the_allocators_peak(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 3 * 2**30)
@@ -193,7 +199,8 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
     # The parts are stubbed (no model runs): a machine that neither pads nor generates in bf16
     # (this one) runs exactly seed, ours, ours fp32, generation; one that pads and generates in
     # bf16 (AMX) also runs ours without padding and generation in fp32, without being asked.
-    # On a GPU (bf16, no padding) the table gets a column for the GPU's own peak memory.
+    # On a GPU (bf16, no padding, the prompt in every row) ours also runs with the prompt computed
+    # once per batch, and the table gets a column for the GPU's own peak memory.
     calls = []
     gpu_mb = 600.0 if on_gpu else None  # what a GPU part reports as its allocator's peak
 
@@ -204,7 +211,8 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
             return dict(single_s=1.0, pair_s=1.2, three_s=1.3, cold_single_s=1.1, precision=precision,
                         new_tokens=4, repeats=1, peak_mb=10.0, generated_tokens=4, gpu_peak_mb=gpu_mb)
         multiple = 16 if pads and name == "_ours" and job.precision == "auto" and job.length_multiple is None else 1
-        return dict(precision="fp32", batch_size=4, length_multiple=multiple, rows=8, steps=2, tokens=100, seconds=2.0,
+        shares = job.share_prompt if job.share_prompt is not None else not on_gpu
+        return dict(precision="fp32", batch_size=4, length_multiple=multiple, shares_prompt=shares, rows=8, steps=2, tokens=100, seconds=2.0,
                     tokens_per_s=50.0, positions_per_s=60.0, held_out_loss=3.0, cold_tokens_per_s=40.0, n_params=1000,
                     peak_mb=10.0, prompt=[[0.0]], largest_batch_rows=[5, 9], largest_batch_peak_mb=12.0,
                     gpu_peak_mb=gpu_mb, largest_batch_gpu_peak_mb=gpu_mb and gpu_mb + 100)
@@ -220,11 +228,16 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
         assert "ours (default: batches padded to a multiple of 16)" in lines[-1] and "generation in fp32 instead of bf16" in lines[-1]
     else:
         fp32_generation = ["_generation"] if generation_precision == "bf16" else []  # the GPU's case
-        assert names == ["_seed_recipe", "_ours", "_ours", "_generation"] + fp32_generation
+        shared = ["_ours"] if on_gpu else []
+        assert names == ["_seed_recipe", "_ours"] + shared + ["_ours", "_generation"] + fp32_generation
+        assert ("ours_shared" in r) == on_gpu
         assert "ours_exact" not in r and ("generation_fp32" in r) == bool(fp32_generation)
         assert "| ours (default) |" in lines[-1] and "exact" not in lines[-1]
         assert ("generation in fp32" in lines[-1]) == bool(fp32_generation)
     if on_gpu:
+        assert calls[2][0] == "_ours" and r["ours_shared"]["shares_prompt"] and not r["ours"]["shares_prompt"]
+        assert "| ours, prompt computed once per batch |" in lines[-1]
+        assert "- the prompt in front of every row, one pass" in lines[-1]
         assert "| peak RAM | peak GPU memory |" in lines[-1] and "| 10 MB | 600 MB |" in lines[-1]
         assert "on the GPU 700 MB (timed rows 600 MB)" in lines[-1]
     else:

@@ -138,8 +138,8 @@ def test_chunked_loss_and_gradient_equal_the_plain_cross_entropy(tokenizer, prec
 
 
 @pytest.mark.parametrize("family, precision", [("gpt2", "fp32"), ("llama", "fp32"), ("gpt2", "bf16"), ("llama", "bf16")])
-@pytest.mark.parametrize("with_prompt", [True, False])
-def test_padding_to_a_length_multiple_changes_no_number(tokenizer, family, precision, with_prompt, monkeypatch):
+@pytest.mark.parametrize("with_prompt, share", [(True, True), (True, False), (False, None)])
+def test_padding_to_a_length_multiple_changes_no_number(tokenizer, family, precision, with_prompt, share, monkeypatch):
     # Base.length_multiple pads a batch (and the cross-entropy's last chunk) with masked positions
     # so fewer shapes reach the kernels: same loss, count and prompt gradient as without (bf16,
     # where it is switched on, up to bf16 rounding: other shapes may sum in another order).
@@ -152,6 +152,7 @@ def test_padding_to_a_length_multiple_changes_no_number(tokenizer, family, preci
         own = make_base(tokenizer, seed=4, precision=precision)
     else:
         own = from_model(_tiny_llama(tokenizer).model, tokenizer, "tiny-llama", precision)
+    own.share_prompt = share
     rows = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     shapes, results = [], []
     hook = own.model.base_model.register_forward_pre_hook(
@@ -165,8 +166,9 @@ def test_padding_to_a_length_multiple_changes_no_number(tokenizer, family, preci
             results.append((loss.item(), n, grad))
     finally:
         hook.remove()
-    # the text rows (behind the prompt's own 3 positions, computed once): 7 positions, then 16
-    assert shapes == ([3, 7, 3, 16] if with_prompt else [7, 16])
+    # shared: the text rows behind the prompt's own 3 positions, computed once: 7 positions, then
+    # 16; in one pass, 3 + 7 positions, then 16
+    assert shapes == ([3, 7, 3, 16] if share else [10, 16] if with_prompt else [7, 16])
     (a, n_a, grad_a), (b, n_b, grad_b) = results
     assert n_a == n_b == sum(len(r) for r in rows) - (0 if with_prompt else len(rows))
     tol = 1e-5 if precision == "fp32" else 1e-2
@@ -234,12 +236,16 @@ def _tiny_llama(tokenizer):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_prompt_shared_by_the_batch_gives_the_same_loss_and_gradient(tokenizer, family):
-    # token_losses computes the prompt once per batch and runs the rows behind its keys and
-    # values; the reference puts [soft; row] in every row of one plain forward pass.
+@pytest.mark.parametrize("share", [True, False])
+def test_prompt_shared_by_the_batch_gives_the_same_loss_and_gradient(tokenizer, family, share):
+    # Shared (a CPU's way): token_losses computes the prompt once per batch and runs the rows
+    # behind its keys and values. Not shared (a GPU's way): [soft; row] in every row, through
+    # the model body and the chunked loss. The reference: the model's own logits and
+    # cross_entropy over [soft; row] in every row.
     from conftest import make_base
 
     own = make_base(tokenizer, seed=4) if family == "gpt2" else _tiny_llama(tokenizer)
+    own.share_prompt = share
     (a, grad_a), (b, grad_b) = _ours_and_reference(own, [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]], seed=1)
     assert a == pytest.approx(b, rel=1e-5)
     assert torch.allclose(grad_a, grad_b, rtol=1e-4, atol=1e-5 * grad_b.abs().max().item())
@@ -257,6 +263,35 @@ def test_prompt_positions_are_computed_once_per_batch(base):
         hook.remove()
     assert n == 9
     assert seen == [(1, 5), (3, 4)]
+
+
+@pytest.mark.timeout(60)
+def test_not_shared_the_prompt_goes_in_front_of_every_row_in_one_pass(tokenizer):
+    from conftest import make_base
+
+    own = make_base(tokenizer)
+    own.share_prompt = False
+    seen = []
+    own.model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    with torch.no_grad():
+        _, n = token_losses(own, torch.randn(5, own.hidden_size), [[5, 6, 7, 8], [9, 10], [11, 12, 13]])
+        _, n_base = token_losses(own, None, [[5, 6, 7, 8], [9, 10], [11, 12, 13]])
+    assert (n, n_base) == (9, 6)  # the prompt's last position predicts each row's first token; the base cannot
+    assert seen == [(3, 9), (3, 4)]
+
+
+@pytest.mark.timeout(60)
+def test_the_prompt_is_shared_on_a_cpu_and_not_on_a_gpu(tokenizer, monkeypatch):
+    from conftest import make_base
+    from tuning.model import Base
+
+    own = make_base(tokenizer)
+    assert own.shares_prompt  # on this CPU
+    monkeypatch.setattr(Base, "device", property(lambda self: torch.device("cuda")))
+    assert not own.shares_prompt
+    own.share_prompt = True  # set: kept, whatever the device
+    assert own.shares_prompt
 
 
 def test_per_token_losses_come_row_after_row(base):

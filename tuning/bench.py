@@ -8,7 +8,8 @@ real GPT-2 tokenizer and the prompts of a local .csv, in a few minutes:
   column, as the project started;
 - ours: `train.train()` with the default TuneConfig (precision auto, default batch size); again
   in fp32; where the machine pads batches to a multiple of 16 positions (bf16 on AMX,
-  `Base.length_multiple`), once more without that padding;
+  `Base.length_multiple`), once more without that padding; where ours puts the prompt in front
+  of every row (on a GPU, `Base.shares_prompt`), once more with it computed once per batch;
 - every part trains one epoch over the same timed rows (`steps` x 8 rows drawn, seeded, from
   the training split), after a warm-up epoch over other rows, so the parts do the same work and
   the speed-up is a ratio of times; the seed recipe shuffles them into its own batches of 8, as
@@ -72,6 +73,7 @@ class Job:
     precision: str = "auto"
     batch_size: int | None = None  # ours; None: TuneConfig's default
     length_multiple: int | None = None  # ours: Base.pad_to_multiple_of; None: the machine's choice
+    share_prompt: bool | None = None  # ours: Base.share_prompt; None: the device's choice
     prompt: list | None = None  # a trained soft prompt, for generation
     new_tokens: int = 64
     repeats: int = 5
@@ -129,6 +131,10 @@ def run(
         out(f"ours without padding batches to a multiple of {result['ours']['length_multiple']} positions ...")
         result["ours_exact"] = _spawn(_ours, replace(job, length_multiple=1))
         result["ours_exact"].pop("prompt")
+    if not result["ours"]["shares_prompt"]:
+        out("ours with the prompt computed once per batch (two passes) ...")
+        result["ours_shared"] = _spawn(_ours, replace(job, share_prompt=True))
+        result["ours_shared"].pop("prompt")
     out("ours in fp32 ...")
     result["ours_fp32"] = _spawn(_ours, replace(job, precision="fp32"))
     out("matmul ceiling ...")
@@ -179,6 +185,8 @@ def report(r: dict) -> str:
     parts = [("seed recipe (Trainer + PEFT)", seed), (f"ours (default{padded})", ours)]
     if "ours_exact" in r:
         parts.append(("ours, exact batch lengths", r["ours_exact"]))
+    if "ours_shared" in r:
+        parts.append(("ours, prompt computed once per batch", r["ours_shared"]))
     for name, part in parts + [("ours, fp32", fp32)]:
         cold = f"{part['cold_tokens_per_s']:.0f}" if "cold_tokens_per_s" in part else "-"
         lines.append(
@@ -221,6 +229,14 @@ def report(r: dict) -> str:
             f"lengths: {ours['tokens_per_s']:.0f} vs {exact['tokens_per_s']:.0f} useful tokens/s warm "
             f"(**{ours['tokens_per_s'] / exact['tokens_per_s']:.2f}x**), {ours['cold_tokens_per_s']:.0f} vs "
             f"{exact['cold_tokens_per_s']:.0f} cold (**{ours['cold_tokens_per_s'] / exact['cold_tokens_per_s']:.2f}x**)"
+        )
+    if "ours_shared" in r:
+        shared = r["ours_shared"]
+        lines.append(
+            f"- the prompt in front of every row, one pass (fewer kernel launches) vs computed once per batch, two "
+            f"passes (fewer FLOPs): {ours['tokens_per_s']:.0f} vs {shared['tokens_per_s']:.0f} useful tokens/s warm "
+            f"(**{ours['tokens_per_s'] / shared['tokens_per_s']:.2f}x**), {ours['cold_tokens_per_s']:.0f} vs "
+            f"{shared['cold_tokens_per_s']:.0f} cold (**{ours['cold_tokens_per_s'] / shared['cold_tokens_per_s']:.2f}x**)"
         )
     return "\n".join(lines)
 
@@ -436,6 +452,7 @@ def _ours(job: Job) -> dict:
     config, warm, timed, held = _training_rows(job)
     base = _random_base(job, config.model, config.precision)
     base.pad_to_multiple_of = job.length_multiple
+    base.share_prompt = job.share_prompt
     # The warm-up epoch is the first after the model loaded: its speed is the cold one (on AMX
     # every new batch shape builds its kernels). Its rows differ from the timed ones, so cold and
     # warm compare as useful tokens per second.
@@ -469,6 +486,7 @@ def _ours(job: Job) -> dict:
     largest = _largest_batch_step(base, config, done.soft.embeddings)
     return {
         "precision": base.precision, "batch_size": config.batch_size, "length_multiple": base.length_multiple,
+        "shares_prompt": base.shares_prompt,
         "rows": len(timed), "steps": steps,
         "tokens": tokens, "seconds": seconds,
         "tokens_per_s": tokens / seconds, "positions_per_s": counted / seconds,

@@ -64,6 +64,9 @@ class Base:
     # Training and scoring batches are padded to a multiple of this many positions (see
     # `length_multiple`); None: chosen for the machine when used. Set it to compare (the bench does).
     pad_to_multiple_of: int | None = None
+    # A batch with a soft prompt computes the prompt's positions once (True) or in every row
+    # (False); None: chosen for the device (`shares_prompt`). Set it to compare (the bench does).
+    share_prompt: bool | None = None
     key: int = field(default_factory=lambda: next(_keys), repr=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +105,21 @@ class Base:
             return m
         cpu_amx = self.device.type == "cpu" and self.precision == "bf16" and _this_cpu_kind() == "amx"
         return AMX_LENGTH_MULTIPLE if cpu_amx else 1
+
+    @property
+    def shares_prompt(self) -> bool:
+        """Whether a training or scoring batch computes its soft prompt's positions once
+        (`_behind_shared_prompt`, two passes) or in front of every row (one pass).
+
+        Once saves FLOPs, which bound a step on a CPU: 1,150 against 1,316 ms for a step of 4
+        rows of ~58 tokens (GPT-2-124M shape, fp32, Xeon without AMX). A GPU step is bound by
+        kernel launches instead (README "GPU": 35-38 ms whatever the precision), and the two
+        passes launch more: 2,405 against 1,325 top-level ATen ops for that step. So one pass
+        on a GPU. Not yet timed there: on a GPU the bench also runs the shared way and prints both.
+        """
+        if self.share_prompt is not None:
+            return bool(self.share_prompt)
+        return self.device.type == "cpu"
 
     @property
     def max_positions(self) -> int:
@@ -436,28 +454,33 @@ def token_losses(
     logit tensor for every padded position is never built. `reduction="none"` returns the
     per-token losses instead of their sum, row after row.
 
-    The soft prompt's own positions are computed once per batch, not once per row
-    (`_behind_shared_prompt`): same numbers as `[soft; tokens]` for every row (tested).
+    On a CPU the soft prompt's own positions are computed once per batch, not once per row
+    (`_behind_shared_prompt`; `Base.shares_prompt` says where): same numbers as `[soft; tokens]`
+    for every row in one pass (tested).
     """
     if not any(rows):
         return torch.zeros((), dtype=torch.float32, device=base.device), 0
     body = base.model.base_model  # the transformer without its LM head
     multiple = base.length_multiple
-    if soft is None:
-        embeds, mask, positions = prompt_inputs(base, None, rows, multiple=multiple, limit=base.max_positions)
-        hidden = body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-        flat, first = hidden.flatten(0, 1), None
-    else:
+    if soft is not None and base.shares_prompt:
         flat, first = _behind_shared_prompt(base, soft, rows, multiple)
-    width = (flat.shape[0] - (first is not None)) // len(rows)  # positions per row, padding included
-    # Which hidden state predicts which token, row after row: the prompt's last position
-    # (index `first`) predicts t0, and text position j - 1 predicts t_j.
+        width = (flat.shape[0] - 1) // len(rows)  # text positions per row, padding included
+        starts, firsts = [i * width for i in range(len(rows))], [first] * len(rows)
+    else:  # one pass, the prompt (if any) in front of every row
+        v = 0 if soft is None else soft.shape[0]
+        embeds, mask, positions = prompt_inputs(base, soft, rows, multiple=multiple, limit=base.max_positions)
+        hidden = body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        flat, width = hidden.flatten(0, 1), hidden.shape[1]
+        starts = [i * width + v for i in range(len(rows))]
+        firsts = [start - 1 if v else None for start in starts]
+    # Which hidden state predicts which token, row after row: row i's t0 sits at index
+    # starts[i], the prompt's last position (firsts[i]) predicts it, and position j - 1 predicts t_j.
     index, targets = [], []
     for i, row in enumerate(rows):
-        if score_first and first is not None and row:
-            index.append(first)
+        if score_first and firsts[i] is not None and row:
+            index.append(firsts[i])
             targets.append(row[0])
-        index.extend(range(i * width, i * width + len(row) - 1))
+        index.extend(range(starts[i], starts[i] + len(row) - 1))
         targets.extend(row[1:])
     if not targets:
         return flat.new_zeros((), dtype=torch.float32), 0
