@@ -282,6 +282,26 @@ def test_not_shared_the_prompt_goes_in_front_of_every_row_in_one_pass(tokenizer)
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("score_first", [True, False])
+def test_per_token_losses_are_the_same_shared_or_in_one_pass(tokenizer, score_first):
+    # What evaluation asks for (per-token losses, the first token skipped or not), with an empty
+    # row in the batch: the same numbers, in the same order, whichever way the prompt is run.
+    from conftest import make_base
+
+    own = make_base(tokenizer, seed=2)
+    soft = torch.randn(4, own.hidden_size, generator=torch.Generator().manual_seed(3))
+    rows = [[5, 6, 7, 8, 9], [], [10, 11], [12]]
+    results = []
+    for share in (True, False):
+        own.share_prompt = share
+        with torch.no_grad():
+            results.append(token_losses(own, soft, rows, score_first=score_first, reduction="none"))
+    (shared, n_shared), (one_pass, n_one) = results
+    assert n_shared == n_one == (8 if score_first else 5)
+    assert torch.allclose(shared, one_pass, atol=1e-5)
+
+
+@pytest.mark.timeout(60)
 def test_the_prompt_is_shared_on_a_cpu_and_not_on_a_gpu(tokenizer, monkeypatch):
     from conftest import make_base
     from tuning.model import Base

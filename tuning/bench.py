@@ -205,7 +205,8 @@ def report(r: dict) -> str:
         f"- generation, {gen['new_tokens']} new tokens, greedy, {gen['precision']}, median of {gen['repeats']}: "
         f"one continuation {gen['single_s']:.2f} s, base + tuned side by side {gen['pair_s']:.2f} s "
         f"(**{r['generation_ratio']:.2f}x**), base + two tuned {gen['three_s']:.2f} s "
-        f"(**{r['three_columns_ratio']:.2f}x**)",
+        f"(**{r['three_columns_ratio']:.2f}x**)"
+        + (f"; peak GPU memory {gen['gpu_peak_mb']:.0f} MB" if gen.get("gpu_peak_mb") is not None else ""),
         f"- peak memory over the whole training split (ours, one more step on its largest batch, "
         f"{len(ours['largest_batch_rows'])} rows of {min(ours['largest_batch_rows'])}-{max(ours['largest_batch_rows'])} "
         f"tokens): {ours['largest_batch_peak_mb']:.0f} MB (the timed rows alone: {ours['peak_mb']:.0f} MB)"
@@ -234,7 +235,8 @@ def report(r: dict) -> str:
         shared = r["ours_shared"]
         lines.append(
             f"- the prompt in front of every row, one pass (fewer kernel launches) vs computed once per batch, two "
-            f"passes (fewer FLOPs): {ours['tokens_per_s']:.0f} vs {shared['tokens_per_s']:.0f} useful tokens/s warm "
+            f"passes (fewer FLOPs; positions/s counts the prompt in every row for the first, so compare useful "
+            f"tokens/s): {ours['tokens_per_s']:.0f} vs {shared['tokens_per_s']:.0f} useful tokens/s warm "
             f"(**{ours['tokens_per_s'] / shared['tokens_per_s']:.2f}x**), {ours['cold_tokens_per_s']:.0f} vs "
             f"{shared['cold_tokens_per_s']:.0f} cold (**{ours['cold_tokens_per_s'] / shared['cold_tokens_per_s']:.2f}x**)"
         )
