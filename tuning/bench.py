@@ -206,7 +206,7 @@ def report(r: dict) -> str:
         f"one continuation {gen['single_s']:.2f} s, base + tuned side by side {gen['pair_s']:.2f} s "
         f"(**{r['generation_ratio']:.2f}x**), base + two tuned {gen['three_s']:.2f} s "
         f"(**{r['three_columns_ratio']:.2f}x**)"
-        + (f"; peak GPU memory {gen['gpu_peak_mb']:.0f} MB" if gen.get("gpu_peak_mb") is not None else ""),
+        + (f"; peak GPU memory {gen['gpu_peak_mb']:.0f} MB" if gpu else ""),
         f"- peak memory over the whole training split (ours, one more step on its largest batch, "
         f"{len(ours['largest_batch_rows'])} rows of {min(ours['largest_batch_rows'])}-{max(ours['largest_batch_rows'])} "
         f"tokens): {ours['largest_batch_peak_mb']:.0f} MB (the timed rows alone: {ours['peak_mb']:.0f} MB)"
@@ -224,23 +224,26 @@ def report(r: dict) -> str:
             f"{gen['cold_single_s']:.2f} s ({g32['generated_tokens']} and {gen['generated_tokens']} tokens generated)"
         )
     if "ours_exact" in r:
-        exact = r["ours_exact"]
         lines.append(
             f"- batches padded to a multiple of {ours['length_multiple']} positions (fewer kernel shapes) vs exact "
-            f"lengths: {ours['tokens_per_s']:.0f} vs {exact['tokens_per_s']:.0f} useful tokens/s warm "
-            f"(**{ours['tokens_per_s'] / exact['tokens_per_s']:.2f}x**), {ours['cold_tokens_per_s']:.0f} vs "
-            f"{exact['cold_tokens_per_s']:.0f} cold (**{ours['cold_tokens_per_s'] / exact['cold_tokens_per_s']:.2f}x**)"
+            f"lengths: {_warm_and_cold(ours, r['ours_exact'])}"
         )
     if "ours_shared" in r:
-        shared = r["ours_shared"]
         lines.append(
-            f"- the prompt in front of every row, one pass (fewer kernel launches) vs computed once per batch, two "
-            f"passes (fewer FLOPs; positions/s counts the prompt in every row for the first, so compare useful "
-            f"tokens/s): {ours['tokens_per_s']:.0f} vs {shared['tokens_per_s']:.0f} useful tokens/s warm "
-            f"(**{ours['tokens_per_s'] / shared['tokens_per_s']:.2f}x**), {ours['cold_tokens_per_s']:.0f} vs "
-            f"{shared['cold_tokens_per_s']:.0f} cold (**{ours['cold_tokens_per_s'] / shared['cold_tokens_per_s']:.2f}x**)"
+            "- the prompt in front of every row, one pass (fewer kernel launches) vs computed once per batch, two "
+            "passes (fewer FLOPs; positions/s counts the prompt in every row for the first, so compare useful "
+            f"tokens/s): {_warm_and_cold(ours, r['ours_shared'])}"
         )
     return "\n".join(lines)
+
+
+def _warm_and_cold(ours: dict, other: dict) -> str:
+    """Ours against another way of running ours: useful tokens/s warm and cold, and their ratios."""
+    return (
+        f"{ours['tokens_per_s']:.0f} vs {other['tokens_per_s']:.0f} useful tokens/s warm "
+        f"(**{ours['tokens_per_s'] / other['tokens_per_s']:.2f}x**), {ours['cold_tokens_per_s']:.0f} vs "
+        f"{other['cold_tokens_per_s']:.0f} cold (**{ours['cold_tokens_per_s'] / other['cold_tokens_per_s']:.2f}x**)"
+    )
 
 
 def machine() -> dict:
