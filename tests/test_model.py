@@ -350,6 +350,125 @@ def test_gpt2_gelu_is_swapped_for_the_fused_one_with_the_same_outputs(tokenizer)
         assert torch.allclose(plain(ids).logits, fused(ids).logits, atol=1e-5)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("precision, device, exact", [("bf16", "cpu", True), ("fp32", "cpu", False), ("bf16", "cuda", False)])
+def test_gpt2_gelu_is_the_exact_one_only_in_bf16_on_a_cpu(tokenizer, precision, device, exact):
+    from transformers.activations import GELUTanh
+
+    from conftest import make_base
+    from tuning.model import exact_gelu
+
+    assert exact_gelu(torch.device(device), precision) is exact
+    if device == "cpu":
+        acts = [m for m in make_base(tokenizer, precision=precision).model.modules() if isinstance(m, torch.nn.GELU | GELUTanh)]
+        assert acts and all(type(m) is (torch.nn.GELU if exact else GELUTanh) for m in acts)
+        assert all(m.approximate == "none" for m in acts if type(m) is torch.nn.GELU)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_in_bf16_the_exact_gelu_moves_the_logits_less_than_bf16_itself_does(tokenizer, seed, monkeypatch):
+    # The two GELUs differ by at most 4.7e-4 anywhere; a bf16 rounding step at 1.0 is 7.8e-3. So the
+    # swap moves a bf16 model's logits less than computing in bf16 instead of float32 moves them.
+    from conftest import make_base
+    from tuning import model as model_module
+
+    x = torch.linspace(-10, 10, 200_001)
+    gap = (torch.nn.functional.gelu(x, approximate="tanh") - torch.nn.functional.gelu(x)).abs().max().item()
+    assert 4e-4 < gap < 5e-4
+    logits = {}
+    for name, precision, exact in (("fp32", "fp32", False), ("bf16 tanh", "bf16", False), ("bf16 exact", "bf16", True)):
+        monkeypatch.setattr(model_module, "EXACT_GELU", exact)
+        own = make_base(tokenizer, seed=seed, precision=precision)
+        ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            logits[name] = own.model(input_ids=ids).logits.float()
+    swap = (logits["bf16 exact"] - logits["bf16 tanh"]).abs().max()
+    bf16 = (logits["bf16 tanh"] - logits["fp32"]).abs().max()
+    assert 0 < swap < bf16
+
+
+@pytest.mark.parametrize("kind, precision, device, packs", [
+    ("amx", "bf16", "cpu", True), ("amx", "fp32", "cpu", False), ("avx512_bf16", "bf16", "cpu", False),
+    ("other", "fp32", "cpu", False), ("amx", "bf16", "cuda", False),
+])
+def test_decoding_packs_the_weights_only_where_measured_to_win(monkeypatch, kind, precision, device, packs):
+    from tuning import model as model_module
+
+    monkeypatch.setattr(model_module, "_this_cpu_kind", lambda: kind)
+    assert model_module.packs_for_decoding(torch.device(device), precision) is packs
+
+
+def _tiny(tokenizer, family: str, precision: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import make_base
+    from tuning.model import from_model
+
+    if family == "gpt2":
+        return make_base(tokenizer, seed=4, precision=precision)
+    torch.manual_seed(4)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    return from_model(LlamaForCausalLM(config), tokenizer, "tiny-llama", precision)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_packed_weights_decode_the_same_tokens_and_leave_training_and_files_alone(tokenizer, family, monkeypatch):
+    from tuning import model as model_module
+    from tuning.generate import Decoding, stream_compare
+
+    monkeypatch.setattr(model_module, "PACK_FOR_DECODING", False)
+    plain = _tiny(tokenizer, family, "bf16")
+    monkeypatch.setattr(model_module, "PACK_FOR_DECODING", True)
+    packed = _tiny(tokenizer, family, "bf16")
+    linears = [m for m in packed.model.modules() if type(m).__name__.startswith("Packed")]
+    assert linears and not any(type(m).__name__.startswith("Packed") for m in plain.model.modules())
+    assert packed.model.get_output_embeddings() in linears  # the head too: a tenth of a GPT-2 step's weights
+
+    torch.manual_seed(0)
+    soft = torch.randn(4, plain.hidden_size) * 0.5
+    decoding = Decoding(max_new_tokens=12, no_repeat_ngram_size=0)
+    text = "I want you to act as a storyteller."
+    expected = list(stream_compare(plain, [soft, soft[:2]], text, decoding))
+    assert list(stream_compare(packed, [soft, soft[:2]], text, decoding)) == expected
+    assert all("_packed_weight" in m.__dict__ for m in linears)  # the decoding steps did use them
+
+    # training and scoring multiply with the weights as they are: the same numbers to the last bit
+    rows = [[5, 6, 7, 8, 9], [10, 11, 12]]
+    results = []
+    for b in (plain, packed):
+        s = torch.nn.Parameter(soft.clone())
+        loss, _ = token_losses(b, s, rows)
+        loss.backward()
+        results.append((loss.item(), s.grad))
+    assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])
+    assert {k: v for k, v in packed.model.state_dict().items()}.keys() == plain.model.state_dict().keys()
+    assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in packed.model.state_dict().items())
+
+
+@pytest.mark.timeout(60)
+def test_a_changed_weight_is_packed_again(tokenizer, monkeypatch):
+    from tuning import model as model_module
+
+    monkeypatch.setattr(model_module, "PACK_FOR_DECODING", True)
+    own = _tiny(tokenizer, "gpt2", "fp32")
+    layer = own.model.transformer.h[0].mlp.c_fc
+    x = torch.randn(2, 1, own.hidden_size)
+    with torch.inference_mode():
+        before = layer(x)
+    with torch.no_grad():
+        layer.weight.mul_(2)
+    with torch.inference_mode():
+        after = layer(x)
+    expected = torch.nn.functional.linear(x, layer.weight.t(), layer.bias)
+    assert torch.allclose(after, expected, atol=1e-4) and not torch.allclose(after, before, atol=1e-3)
+
+
 def test_gpt2_weights_are_stored_row_by_row_for_linear_with_the_same_outputs_and_files(tokenizer, tmp_path):
     from transformers import GPT2LMHeadModel
     from transformers.pytorch_utils import Conv1D
