@@ -38,7 +38,8 @@ def result(tokenizer_dir, tiny_csv, monkeypatch_module):
     lines = []
     # length_multiple=16: ours pads its batches as on an AMX machine, so the run also has the part without padding
     r = bench.run(steps=1, warmup=1, dataset=tiny_csv, tokenizer_dir=tokenizer_dir, model_config=tiny_config(),
-                  new_tokens=4, repeats=1, out=lines.append, length_multiple=16, fp32_generation=True)
+                  new_tokens=4, repeats=1, out=lines.append, length_multiple=16, fp32_generation=True,
+                  other_gelu=True, other_packing=True)
     return r, lines
 
 
@@ -194,6 +195,25 @@ def test_generation_is_also_timed_in_fp32_when_asked(result):
     assert f"one continuation {g32['single_s']:.2f} vs {gen['single_s']:.2f} s" in lines[-1]
 
 
+def test_the_other_gelu_trains_the_same_rows_with_nearly_the_same_loss(result):
+    # asked for here (fp32: GPT-2's tanh GELU by default), so the run also trains with the exact one
+    r, lines = result
+    ours, other = r["ours"], r["ours_other_gelu"]
+    assert not ours["exact_gelu"] and other["exact_gelu"]
+    assert other["tokens"] == ours["tokens"] and other["steps"] == ours["steps"]
+    assert other["held_out_loss"] == pytest.approx(ours["held_out_loss"], rel=1e-2)
+    assert "| ours, the exact GELU |" in lines[-1]
+    assert f"held-out loss {other['held_out_loss']:.4f} vs {ours['held_out_loss']:.4f}" in lines[-1]
+
+
+def test_generation_is_also_timed_the_other_way_packed_or_plain(result):
+    r, lines = result
+    gen, other = r["generation"], r["generation_other_packing"]
+    assert not gen["packed"] and other["packed"]  # this CPU does not pack; asked, the run times it packed too
+    assert other["precision"] == gen["precision"] and other["single_s"] > 0
+    assert f"one continuation {other['single_s']:.2f} vs {gen['single_s']:.2f} s" in lines[-1]
+
+
 @pytest.mark.parametrize("pads, generation_precision, on_gpu", [(False, "fp32", False), (True, "bf16", False),
                                                                  (False, "bf16", True)])
 def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
@@ -210,11 +230,14 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
         calls.append((name, job.precision, job.length_multiple))
         if name == "_generation":
             precision = generation_precision if job.precision == "auto" else job.precision
-            return dict(single_s=1.0, pair_s=1.2, three_s=1.3, cold_single_s=1.1, precision=precision,
+            packed = pads and precision == "bf16" if job.packed is None else job.packed  # AMX packs, in bf16
+            return dict(single_s=1.0, pair_s=1.2, three_s=1.3, cold_single_s=1.1, precision=precision, packed=packed,
                         new_tokens=4, repeats=1, peak_mb=10.0, generated_tokens=4, gpu_peak_mb=gpu_mb)
+        exact_gelu = pads and job.precision == "auto" if job.exact_gelu is None else job.exact_gelu  # bf16 on a CPU
         multiple = 16 if pads and name == "_ours" and job.precision == "auto" and job.length_multiple is None else 1
         shares = job.share_prompt if job.share_prompt is not None else not on_gpu
-        return dict(precision="fp32", batch_size=4, length_multiple=multiple, shares_prompt=shares, rows=8, steps=2, tokens=100, seconds=2.0,
+        return dict(precision="fp32", batch_size=4, length_multiple=multiple, shares_prompt=shares, exact_gelu=exact_gelu,
+                    rows=8, steps=2, tokens=100, seconds=2.0,
                     tokens_per_s=50.0, positions_per_s=60.0, held_out_loss=3.0, cold_tokens_per_s=40.0, n_params=1000,
                     peak_mb=10.0, prompt=[[0.0]], largest_batch_rows=[5, 9], largest_batch_peak_mb=12.0,
                     gpu_peak_mb=gpu_mb, largest_batch_gpu_peak_mb=gpu_mb and gpu_mb + 100)
@@ -224,16 +247,22 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
     lines = []
     r = bench.run(steps=1, warmup=1, dataset=tiny_csv, tokenizer_dir=tokenizer_dir, out=lines.append)
     names = [name for name, *_ in calls]
-    if pads:
-        assert names == ["_seed_recipe", "_ours", "_ours", "_ours", "_generation", "_generation"]
-        assert calls[2][2] == 1 and calls[-1][1] == "fp32"  # ours with exact lengths; generation in fp32
+    if pads:  # and bf16 on a CPU: the exact GELU and packed weights for decoding, each measured against the other way
+        assert names == ["_seed_recipe", "_ours", "_ours", "_ours", "_ours", "_generation", "_generation", "_generation"]
+        assert calls[2][2] == 1 and calls[-2][1] == "fp32"  # ours with exact lengths; generation in fp32
+        assert r["ours"]["exact_gelu"] and not r["ours_other_gelu"]["exact_gelu"]
+        assert r["generation"]["packed"] and not r["generation_other_packing"]["packed"]
         assert "ours (default: batches padded to a multiple of 16)" in lines[-1] and "generation in fp32 instead of bf16" in lines[-1]
+        assert "| ours, GPT-2's tanh GELU |" in lines[-1] and "- the exact GELU vs GPT-2's tanh GELU" in lines[-1]
+        assert "- generation with the weights packed for decoding vs plain (bf16)" in lines[-1]
     else:
         fp32_generation = ["_generation"] if generation_precision == "bf16" else []  # the GPU's case
         shared = ["_ours"] if on_gpu else []
         assert names == ["_seed_recipe", "_ours"] + shared + ["_ours", "_generation"] + fp32_generation
         assert ("ours_shared" in r) == on_gpu
         assert "ours_exact" not in r and ("generation_fp32" in r) == bool(fp32_generation)
+        assert "ours_other_gelu" not in r and "generation_other_packing" not in r
+        assert "GELU" not in lines[-1] and "packed" not in lines[-1]
         assert "| ours (default) |" in lines[-1] and "exact" not in lines[-1]
         assert ("generation in fp32" in lines[-1]) == bool(fp32_generation)
     if on_gpu:

@@ -74,6 +74,8 @@ class Job:
     batch_size: int | None = None  # ours; None: TuneConfig's default
     length_multiple: int | None = None  # ours: Base.pad_to_multiple_of; None: the machine's choice
     share_prompt: bool | None = None  # ours: Base.share_prompt; None: the device's choice
+    exact_gelu: bool | None = None  # model.EXACT_GELU; None: the machine's choice
+    packed: bool | None = None  # model.PACK_FOR_DECODING; None: the machine's choice
     prompt: list | None = None  # a trained soft prompt, for generation
     new_tokens: int = 64
     repeats: int = 5
@@ -91,6 +93,8 @@ def run(
     batch_size: int | None = None,
     length_multiple: int | None = None,
     fp32_generation: bool | None = None,
+    other_gelu: bool | None = None,
+    other_packing: bool | None = None,
 ) -> dict:
     """Run every part and print a Markdown table; returns the numbers as a dict.
 
@@ -101,6 +105,10 @@ def run(
     the machine's choice); when ours pads, it also runs without padding ("ours, exact lengths"),
     so the machine that pads shows what the padding buys. `fp32_generation` also times generation
     in fp32 (default: when ours generates in another precision), for choosing decode precision per job.
+    `other_gelu` also trains ours with the other GELU (default: where ours uses the exact one,
+    `model.exact_gelu`); `other_packing` also generates the other way, packed or plain weights
+    (default: where ours packs, `model.packs_for_decoding`): each lever the machine pulls is
+    measured against not pulling it, in the same run.
 
     >>> r = run(steps=10, warmup=2)                        # doctest: +SKIP
     >>> r["speedup"], r["ours"]["peak_mb"]                 # doctest: +SKIP
@@ -125,18 +133,28 @@ def run(
     rows = SEED_BATCH * steps
     out(f"seed recipe: Trainer, fp32, batch {SEED_BATCH}, {SEED_BATCH * warmup} warm-up rows, then {rows} timed rows ...")
     result["seed"] = _spawn(_seed_recipe, job)
+    out(_so_far(result["seed"]))
     out(f"ours: train(), precision auto, batch {ours_batch}, the same rows ...")
     result["ours"] = _spawn(_ours, job)
+    out(_so_far(result["ours"]))
     if result["ours"]["length_multiple"] != 1:
         out(f"ours without padding batches to a multiple of {result['ours']['length_multiple']} positions ...")
         result["ours_exact"] = _spawn(_ours, replace(job, length_multiple=1))
+        out(_so_far(result["ours_exact"]))
         result["ours_exact"].pop("prompt")
     if not result["ours"]["shares_prompt"]:
         out("ours with the prompt computed once per batch (two passes) ...")
         result["ours_shared"] = _spawn(_ours, replace(job, share_prompt=True))
+        out(_so_far(result["ours_shared"]))
         result["ours_shared"].pop("prompt")
+    if other_gelu or (other_gelu is None and result["ours"]["exact_gelu"]):
+        out(f"ours with {_gelu_name(not result['ours']['exact_gelu'])} ...")
+        result["ours_other_gelu"] = _spawn(_ours, replace(job, exact_gelu=not result["ours"]["exact_gelu"]))
+        result["ours_other_gelu"].pop("prompt")
+        out(_so_far(result["ours_other_gelu"]))
     out("ours in fp32 ...")
     result["ours_fp32"] = _spawn(_ours, replace(job, precision="fp32"))
+    out(_so_far(result["ours_fp32"]))
     out("matmul ceiling ...")
     result["matmul_gflops"] = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}
     out(f"generation, {new_tokens} new tokens ...")
@@ -146,6 +164,10 @@ def run(
     if fp32_generation or (fp32_generation is None and result["generation"]["precision"] != "fp32"):
         out("generation in fp32 ...")
         result["generation_fp32"] = _spawn(_generation, replace(job, prompt=prompt, precision="fp32"))
+    if other_packing or (other_packing is None and result["generation"]["packed"]):
+        out(f"generation with {'plain' if result['generation']['packed'] else 'packed'} weights ...")
+        result["generation_other_packing"] = _spawn(
+            _generation, replace(job, prompt=prompt, packed=not result["generation"]["packed"]))
 
     ours, seed, fp32 = result["ours"], result["seed"], result["ours_fp32"]
     result["speedup"] = ours["tokens_per_s"] / seed["tokens_per_s"]
@@ -160,6 +182,12 @@ def run(
     result["cold_generation_ratio"] = gen["cold_single_s"] / gen["single_s"]
     out(report(result))
     return result
+
+
+def _so_far(part: dict) -> str:
+    """One line as a training part finishes, so a long run shows its numbers before the table."""
+    cold = f", first epoch {part['cold_tokens_per_s']:,.0f}" if part.get("cold_tokens_per_s") else ""
+    return f"  {part['seconds']:.1f} s, {part['tokens_per_s']:,.0f} useful tokens/s{cold}"
 
 
 def report(r: dict) -> str:
@@ -187,6 +215,8 @@ def report(r: dict) -> str:
         parts.append(("ours, exact batch lengths", r["ours_exact"]))
     if "ours_shared" in r:
         parts.append(("ours, prompt computed once per batch", r["ours_shared"]))
+    if "ours_other_gelu" in r:
+        parts.append((f"ours, {_gelu_name(r['ours_other_gelu']['exact_gelu'])}", r["ours_other_gelu"]))
     for name, part in parts + [("ours, fp32", fp32)]:
         cold = f"{part['cold_tokens_per_s']:.0f}" if "cold_tokens_per_s" in part else "-"
         lines.append(
@@ -223,6 +253,22 @@ def report(r: dict) -> str:
             f"three columns {g32['three_s']:.2f} vs {gen['three_s']:.2f} s, cold {g32['cold_single_s']:.2f} vs "
             f"{gen['cold_single_s']:.2f} s ({g32['generated_tokens']} and {gen['generated_tokens']} tokens generated)"
         )
+    if "generation_other_packing" in r:
+        other = r["generation_other_packing"]
+        packed, plain = (gen, other) if gen["packed"] else (other, gen)
+        lines.append(
+            f"- generation with the weights packed for decoding vs plain ({packed['precision']}): one continuation "
+            f"{packed['single_s']:.2f} vs {plain['single_s']:.2f} s, side by side {packed['pair_s']:.2f} vs "
+            f"{plain['pair_s']:.2f} s, three columns {packed['three_s']:.2f} vs {plain['three_s']:.2f} s, cold "
+            f"{packed['cold_single_s']:.2f} vs {plain['cold_single_s']:.2f} s"
+        )
+    if "ours_other_gelu" in r:
+        other = r["ours_other_gelu"]
+        exact, tanh = (ours, other) if ours["exact_gelu"] else (other, ours)
+        lines.append(
+            f"- the exact GELU vs GPT-2's tanh GELU ({ours['precision']}): {_warm_and_cold(exact, tanh)}; held-out "
+            f"loss {exact['held_out_loss']:.4f} vs {tanh['held_out_loss']:.4f}"
+        )
     if "ours_exact" in r:
         lines.append(
             f"- batches padded to a multiple of {ours['length_multiple']} positions (fewer kernel shapes) vs exact "
@@ -235,6 +281,10 @@ def report(r: dict) -> str:
             f"tokens/s): {_warm_and_cold(ours, r['ours_shared'])}"
         )
     return "\n".join(lines)
+
+
+def _gelu_name(exact: bool) -> str:
+    return "the exact GELU" if exact else "GPT-2's tanh GELU"
 
 
 def _warm_and_cold(ours: dict, other: dict) -> str:
@@ -360,8 +410,13 @@ def _random_base(job: Job, model_id: str, precision: str):
     """GPT-2 with random weights built directly in the run's dtype, as `load_base` loads real weights."""
     from transformers import AutoModelForCausalLM, GPT2Config
 
+    from . import model as model_module
     from .model import _DTYPES, from_model, resolve_precision
 
+    if job.exact_gelu is not None:  # this part's own process: the flags are its own
+        model_module.EXACT_GELU = job.exact_gelu
+    if job.packed is not None:
+        model_module.PACK_FOR_DECODING = job.packed
     device = _device()
     resolved = resolve_precision(precision, device)
     torch.manual_seed(0)
@@ -492,6 +547,7 @@ def _ours(job: Job) -> dict:
     return {
         "precision": base.precision, "batch_size": config.batch_size, "length_multiple": base.length_multiple,
         "shares_prompt": base.shares_prompt,
+        "exact_gelu": any(type(m) is torch.nn.GELU for m in base.model.modules()),
         "rows": len(timed), "steps": steps,
         "tokens": tokens, "seconds": seconds,
         "tokens_per_s": tokens / seconds, "positions_per_s": counted / seconds,
@@ -532,6 +588,7 @@ def _generation(job: Job) -> dict:
     import statistics
 
     from .generate import Decoding, generate, stream_compare, stream_ids, stream_pair
+    from .model import packs_for_decoding
 
     _quiet()
     base = _random_base(job, "gpt2-124m-random", job.precision)
@@ -565,5 +622,6 @@ def _generation(job: Job) -> dict:
     generated = 0
     for (row,) in stream_ids(base, [soft], base.encode(GENERATION_TEXT), decoding):
         generated = len(row)
-    return {**timings, "cold_single_s": cold, "generated_tokens": generated, "precision": base.precision, "new_tokens": job.new_tokens, "repeats": job.repeats,
+    return {**timings, "cold_single_s": cold, "generated_tokens": generated, "precision": base.precision,
+            "packed": packs_for_decoding(base.device, base.precision), "new_tokens": job.new_tokens, "repeats": job.repeats,
             "peak_mb": _peak_mb(), "gpu_peak_mb": _gpu_peak_mb()}
