@@ -248,19 +248,14 @@ def report(r: dict) -> str:
     if "generation_fp32" in r:
         g32 = r["generation_fp32"]
         lines.append(
-            f"- generation in fp32 instead of {gen['precision']} (decode precision per job): one continuation "
-            f"{g32['single_s']:.2f} vs {gen['single_s']:.2f} s, side by side {g32['pair_s']:.2f} vs {gen['pair_s']:.2f} s, "
-            f"three columns {g32['three_s']:.2f} vs {gen['three_s']:.2f} s, cold {g32['cold_single_s']:.2f} vs "
-            f"{gen['cold_single_s']:.2f} s ({g32['generated_tokens']} and {gen['generated_tokens']} tokens generated)"
+            f"- generation in fp32 instead of {gen['precision']} (decode precision per job): {_generation_vs(g32, gen)} "
+            f"({g32['generated_tokens']} and {gen['generated_tokens']} tokens generated)"
         )
     if "generation_other_packing" in r:
         other = r["generation_other_packing"]
         packed, plain = (gen, other) if gen["packed"] else (other, gen)
         lines.append(
-            f"- generation with the weights packed for decoding vs plain ({packed['precision']}): one continuation "
-            f"{packed['single_s']:.2f} vs {plain['single_s']:.2f} s, side by side {packed['pair_s']:.2f} vs "
-            f"{plain['pair_s']:.2f} s, three columns {packed['three_s']:.2f} vs {plain['three_s']:.2f} s, cold "
-            f"{packed['cold_single_s']:.2f} vs {plain['cold_single_s']:.2f} s"
+            f"- generation with the weights packed for decoding vs plain ({packed['precision']}): {_generation_vs(packed, plain)}"
         )
     if "ours_other_gelu" in r:
         other = r["ours_other_gelu"]
@@ -281,6 +276,13 @@ def report(r: dict) -> str:
             f"tokens/s): {_warm_and_cold(ours, r['ours_shared'])}"
         )
     return "\n".join(lines)
+
+
+def _generation_vs(a: dict, b: dict) -> str:
+    """Two generation parts' median seconds side by side, a first."""
+    return (f"one continuation {a['single_s']:.2f} vs {b['single_s']:.2f} s, side by side {a['pair_s']:.2f} vs "
+            f"{b['pair_s']:.2f} s, three columns {a['three_s']:.2f} vs {b['three_s']:.2f} s, cold "
+            f"{a['cold_single_s']:.2f} vs {b['cold_single_s']:.2f} s")
 
 
 def _gelu_name(exact: bool) -> str:
