@@ -458,15 +458,42 @@ def test_a_changed_weight_is_packed_again(tokenizer, monkeypatch):
     monkeypatch.setattr(model_module, "PACK_FOR_DECODING", True)
     own = _tiny(tokenizer, "gpt2", "fp32")
     layer = own.model.transformer.h[0].mlp.c_fc
+    with torch.no_grad():
+        layer.bias.normal_()  # GPT-2 starts with zero biases: a dropped bias would pass unseen
     x = torch.randn(2, 1, own.hidden_size)
     with torch.inference_mode():
         before = layer(x)
+    assert torch.allclose(before, torch.nn.functional.linear(x, layer.weight.t(), layer.bias), atol=1e-4)
     with torch.no_grad():
         layer.weight.mul_(2)
     with torch.inference_mode():
         after = layer(x)
     expected = torch.nn.functional.linear(x, layer.weight.t(), layer.bias)
     assert torch.allclose(after, expected, atol=1e-4) and not torch.allclose(after, before, atol=1e-3)
+
+
+@pytest.mark.timeout(60)
+def test_the_packed_copy_is_dropped_when_the_model_moves_or_is_copied(tokenizer, monkeypatch):
+    import copy
+
+    from tuning import model as model_module
+
+    monkeypatch.setattr(model_module, "PACK_FOR_DECODING", True)
+    own = _tiny(tokenizer, "llama", "fp32")
+    layer = own.model.model.layers[0].mlp.up_proj
+    x = torch.randn(1, 1, own.hidden_size)
+    with torch.inference_mode():
+        layer(x)
+    assert "_packed_weight" in layer.__dict__
+    twin = copy.deepcopy(own.model)  # oneDNN's packed tensor cannot be copied: the copy packs its own
+    assert "_packed_weight" not in twin.model.layers[0].mlp.up_proj.__dict__
+    with torch.inference_mode():
+        assert torch.allclose(twin.model.layers[0].mlp.up_proj(x), layer(x), atol=1e-5)
+    own.model.to(torch.bfloat16)
+    assert "_packed_weight" not in layer.__dict__  # stale, and held in RAM, after a move or a cast
+    with torch.inference_mode():
+        out = layer(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and layer.__dict__["_packed_weight"][1].dtype == torch.bfloat16
 
 
 def test_gpt2_weights_are_stored_row_by_row_for_linear_with_the_same_outputs_and_files(tokenizer, tmp_path):

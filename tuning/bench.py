@@ -107,7 +107,7 @@ def run(
     in fp32 (default: when ours generates in another precision), for choosing decode precision per job.
     `other_gelu` also trains ours with the other GELU (default: where ours uses the exact one,
     `model.exact_gelu`); `other_packing` also generates the other way, packed or plain weights
-    (default: where ours packs, `model.packs_for_decoding`): each lever the machine pulls is
+    (default: where ours packs, `model.packs_for_decoding`; only a CPU packs): each lever the machine pulls is
     measured against not pulling it, in the same run.
 
     >>> r = run(steps=10, warmup=2)                        # doctest: +SKIP
@@ -164,7 +164,7 @@ def run(
     if fp32_generation or (fp32_generation is None and result["generation"]["precision"] != "fp32"):
         out("generation in fp32 ...")
         result["generation_fp32"] = _spawn(_generation, replace(job, prompt=prompt, precision="fp32"))
-    if other_packing or (other_packing is None and result["generation"]["packed"]):
+    if (other_packing and _device().type == "cpu") or (other_packing is None and result["generation"]["packed"]):
         out(f"generation with {'plain' if result['generation']['packed'] else 'packed'} weights ...")
         result["generation_other_packing"] = _spawn(
             _generation, replace(job, prompt=prompt, packed=not result["generation"]["packed"]))

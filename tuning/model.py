@@ -295,7 +295,8 @@ def _fuse_gelu(model: torch.nn.Module, exact: bool = False) -> None:
     4.7e-4, a sixteenth of a bf16 rounding step at 1.0: on tiny GPT-2s in bf16 the swap moved the
     logits about half as much as computing in bf16 instead of float32 does (tests/test_model.py).
     So bf16 on a CPU uses it (`exact_gelu`); float32 keeps GPT-2's own approximation, and so does
-    a GPU, bound by kernel launches rather than by this kernel.
+    a model loaded on a GPU, bound by kernel launches rather than by this kernel (one loaded on a
+    CPU and moved to a GPU, as ZeroGPU does, keeps what it was loaded with).
     """
     from transformers.activations import GELUTanh, NewGELUActivation
 
@@ -353,12 +354,15 @@ def _pack_for_decoding(model: torch.nn.Module) -> None:
     A decoding step multiplies 1-3 rows by every weight; in bf16 on an AMX CPU the plain
     `linear` spent 14.2 ms a step on GPT-2-124M's 48 block matrices and 7.0 ms on the head,
     against 9.1 and 2.5 ms with weights reordered once by `torch.ops.mkldnn._reorder_linear_weight`
-    (the layout PyTorch's own compiler packs to; 2 cores, one row; same logits). In float32,
+    (the layout PyTorch's own compiler packs to; 2 cores, one row; the same tokens, logits within
+    bf16 rounding). In float32,
     and on that CPU, packing gained nothing (25.5 vs 26.6 ms, 10.6 vs 10.2 ms), so only bf16 on
     AMX packs. Only in inference mode (decoding), on the CPU and for at most `PACKED_ROWS` rows:
     training and scoring use the weights as they are. The packed copy is made at the first
-    decoding step (a second copy of the weights: 250 MB for GPT-2-124M in bf16) and redone if
-    a weight changes. Measured end to end in the same process, same text (3 interleaved rounds
+    decoding step (a second copy of the weights: 250 MB for GPT-2-124M in bf16), dropped when
+    the model moves (`.to()`) or is copied, and redone when a weight is replaced or changed in
+    place where autograd sees it (its version counter; a change through `.data` is not seen:
+    base weights never change here). Measured end to end in the same process, same text (3 interleaved rounds
     on a shared machine whose timings swung by a third): the first generation after load 2.41 ->
     1.69 s, one column 2.51 -> 2.31 s, two 2.77 -> 2.42 s, three 2.87 -> 2.55 s (medians).
     """
@@ -377,6 +381,15 @@ def _packed(cls: type) -> type:
                 return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(self), self.bias, "none", [], "")
             return super().forward(x)
 
+        def _apply(self, fn, recurse=True):  # .to(), .float(), ...: the packed copy would be stale and held in RAM
+            self.__dict__.pop("_packed_weight", None)
+            return super()._apply(fn, recurse)
+
+        def __getstate__(self):  # deepcopy and pickle: oneDNN's packed tensor has no storage to copy
+            state = dict(self.__dict__)
+            state.pop("_packed_weight", None)
+            return state
+
     Packed.__name__ = Packed.__qualname__ = f"Packed{cls.__name__}"
     return Packed
 
@@ -384,7 +397,7 @@ def _packed(cls: type) -> type:
 def _packed_weight(module: torch.nn.Module) -> torch.Tensor:
     """The module's weight as oneDNN packs it for a few rows, made once and redone if the weight changed."""
     rows = module.weight if isinstance(module, torch.nn.Linear) else module.weight.t()  # [out, in]
-    key = (rows.data_ptr(), rows._version, rows.dtype, rows.device)
+    key = (rows.data_ptr(), 0 if rows.is_inference() else rows._version, rows.dtype, rows.device)
     cached = module.__dict__.get("_packed_weight")  # not a parameter or buffer: state dicts never see it
     if cached is None or cached[0] != key:
         cached = (key, torch.ops.mkldnn._reorder_linear_weight(rows.detach().contiguous(), 1))
