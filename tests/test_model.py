@@ -220,7 +220,7 @@ def test_a_bad_length_multiple_is_one_clear_error(base, bad):
         base.pad_to_multiple_of = None
 
 
-def _tiny_llama(tokenizer):
+def _tiny_llama(tokenizer, precision: str = "fp32"):
     # Rotary positions instead of GPT-2's learned ones, and grouped keys/values.
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -232,7 +232,7 @@ def _tiny_llama(tokenizer):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
     )
-    return from_model(LlamaForCausalLM(config), tokenizer, "tiny-llama", "fp32")
+    return from_model(LlamaForCausalLM(config), tokenizer, "tiny-llama", precision)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -400,20 +400,9 @@ def test_decoding_packs_the_weights_only_where_measured_to_win(monkeypatch, kind
 
 
 def _tiny(tokenizer, family: str, precision: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from conftest import make_base
-    from tuning.model import from_model
 
-    if family == "gpt2":
-        return make_base(tokenizer, seed=4, precision=precision)
-    torch.manual_seed(4)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
-    )
-    return from_model(LlamaForCausalLM(config), tokenizer, "tiny-llama", precision)
+    return make_base(tokenizer, seed=4, precision=precision) if family == "gpt2" else _tiny_llama(tokenizer, precision)
 
 
 @pytest.mark.timeout(120)
