@@ -299,6 +299,28 @@ def test_held_out_losses_are_an_untrained_models_and_their_gap_is_relative(resul
     assert r["held_out_loss_rel_diff"] == pytest.approx(abs(ours - fp32) / fp32)
 
 
+@pytest.mark.timeout(60)
+def test_every_precision_trains_the_same_random_weights_whatever_bf16_draws_give(tiny_csv, tokenizer_dir, monkeypatch):
+    # A torch whose bf16 normal_ is not the float32 draw rounded (here: it consumes the
+    # generator twice): the bf16 part must still get the fp32 part's weights, rounded, or the
+    # bench's held-out comparison of precisions compares two random models.
+    real = torch.Tensor.normal_
+
+    def other_bf16_draws(self, *args, **kwargs):
+        if self.dtype == torch.bfloat16:
+            real(self, *args, **kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "normal_", other_bf16_draws)
+    job = bench.Job(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=1, warmup=1)
+    fp32 = bench._random_base(job, "tiny", "fp32").model.state_dict()
+    bf16 = bench._random_base(job, "tiny", "bf16").model.state_dict()
+    assert bf16.keys() == fp32.keys()
+    for name, tensor in bf16.items():
+        assert tensor.dtype == torch.bfloat16, name
+        assert torch.equal(tensor, fp32[name].to(torch.bfloat16)), name
+
+
 def test_the_results_are_plain_json(result):
     r, _ = result  # what `bench --json` writes: no NaN, nothing json cannot hold
     assert json.loads(json.dumps(r, allow_nan=False)) == r

@@ -408,7 +408,13 @@ def _useful_tokens(job: Job, config, rows, tok) -> int:
 
 
 def _random_base(job: Job, model_id: str, precision: str):
-    """GPT-2 with random weights built directly in the run's dtype, as `load_base` loads real weights."""
+    """GPT-2 with the same random weights in every part: drawn in float32 from seed 0, then cast to the run's dtype.
+
+    Drawn in bf16 directly, the weights would be whatever that torch version's bf16 `normal_`
+    gives: on torch 2.13 the float32 draw rounded, but the bf16 and fp32 parts of one AMX and one
+    GPU bench on torch 2.11 ended 0.8% apart in held-out loss where 2.13 machines measured 0.002%,
+    and a comparison of precisions must not also compare two random models.
+    """
     from transformers import AutoModelForCausalLM, GPT2Config
 
     from . import model as model_module
@@ -421,7 +427,8 @@ def _random_base(job: Job, model_id: str, precision: str):
     device = _device()
     resolved = resolve_precision(precision, device)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(GPT2Config(**job.model_config), dtype=_DTYPES[resolved]).to(device)
+    model = AutoModelForCausalLM.from_config(GPT2Config(**job.model_config), dtype=torch.float32)
+    model = model.to(device=device, dtype=_DTYPES[resolved])
     return from_model(model, _tokenizer(job), model_id, resolved)
 
 
