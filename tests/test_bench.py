@@ -58,7 +58,7 @@ def test_every_part_counts_the_text_tokens_of_the_same_timed_rows(result, tiny_c
     # recipe at its context less its 20 virtual tokens, ours at TuneConfig's max_length).
     r, _ = result
     job = bench.Job(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=1, warmup=1)
-    timed = bench._training_rows(job)[2]
+    timed = bench._training_rows(job)[1]
     keep = min(TINY["n_positions"] - 20, TuneConfig().max_length)
     tokens = sum(min(len(make_tokenizer()(row.prompt)["input_ids"]), keep) for row in timed)
     assert len(timed) == 8 and tokens > 8
@@ -129,10 +129,10 @@ def test_gpu_memory_is_the_allocators_peak(monkeypatch):
 
 def test_rows_are_drawn_from_the_training_split_and_never_held_out(tiny_csv, tokenizer_dir):
     job = bench.Job(str(tiny_csv), str(tokenizer_dir), {}, steps=2, warmup=1)
-    config, warm, timed, held = bench._training_rows(job)
-    assert (len(warm), len(timed)) == (8, 16)
-    assert not {r.act for r in warm + timed} & {r.act for r in held}
-    assert bench._training_rows(job)[2] == timed  # seeded: every part gets the same
+    config, timed, held = bench._training_rows(job)
+    assert len(timed) == 16
+    assert not {r.act for r in timed} & {r.act for r in held}
+    assert bench._training_rows(job)[1] == timed  # seeded: every part gets the same
 
 
 def test_timed_rows_do_not_repeat_while_the_split_has_enough(tiny_csv, tokenizer_dir):
@@ -150,8 +150,8 @@ def test_timed_rows_of_the_real_snapshot_are_all_distinct(tokenizer_dir):
     real = bench.DEFAULT_DATASET
     need(real.is_file(), f"needs the dataset snapshot {real}")
     job = bench.Job(str(real), str(tokenizer_dir), {}, steps=23, warmup=2)
-    _, warm, timed, _ = bench._training_rows(job)
-    assert len({r.act for r in timed}) == len(timed) == 184 and len(warm) == 16  # 23 x 8 of its 189
+    _, timed, _ = bench._training_rows(job)
+    assert len({r.act for r in timed}) == len(timed) == 184  # 23 x 8 of its 189
 
 
 def test_speed_up_is_the_ratio_of_the_two_times_on_the_same_tokens(result):
@@ -171,6 +171,49 @@ def test_cold_start_is_reported_beside_the_warm_numbers(result):
     assert r["cold_generation_ratio"] == pytest.approx(gen["cold_single_s"] / gen["single_s"])
     assert f"**{r['cold_training_ratio']:.2f}x** slower" in lines[-1]
     assert r["machine"]["gpu"] is None  # no GPU here; on one the bench runs both recipes there and names it
+
+
+@pytest.mark.timeout(120)
+def test_the_cold_epoch_and_the_seeds_warm_up_run_the_timed_rows_in_the_timed_batches(tiny_csv, tokenizer_dir, monkeypatch):
+    # In this process, with the training calls recorded: ours' untimed epoch (its cold start) and
+    # the seed recipe's are the timed rows in the same batches, so the timed epoch meets no new
+    # shape and first-epoch-vs-steady-state compares the same work.
+    import transformers
+
+    import tuning.train as train_module
+
+    monkeypatch.setattr(bench, "_quiet", lambda: None)
+    job = bench.Job(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=2, warmup=2)
+    timed = bench._training_rows(job)[1]
+    calls, real_train = [], train_module.train
+
+    def recording_train(base, rows, config, *held, **kwargs):
+        losses = []
+        for event in real_train(base, rows, config, *held, **kwargs):
+            if isinstance(event, train_module.Step):
+                losses.append(event.loss)
+            yield event
+        calls.append((list(rows), config, bool(held), losses))
+
+    monkeypatch.setattr(train_module, "train", recording_train)
+    ours = bench._ours(job)
+    assert len(calls) == 3  # two untimed epochs, then the timed one (which alone scores the held-out rows)
+    assert all(rows == timed and config == calls[0][1] for rows, config, *_ in calls)
+    assert [scored for _, _, scored, _ in calls] == [False, False, True]
+    # a fresh run from the same seed each time: the same batches, step for step the same losses
+    assert len(calls[0][3]) == 4 and calls[0][3] == calls[1][3] == calls[2][3]
+    assert ours["cold_seconds"] > 0 and ours["cold_tokens_per_s"] == pytest.approx(ours["tokens"] / ours["cold_seconds"])
+
+    seen = []
+
+    class RecordingTrainer(transformers.Trainer):
+        def train(self, *args, **kwargs):
+            seen.append([list(batch["input_ids"].shape) for batch in self.get_train_dataloader()])
+            return super().train(*args, **kwargs)
+
+    monkeypatch.setattr(transformers, "Trainer", RecordingTrainer)
+    bench._seed_recipe(job)
+    assert len(seen) == 3 and seen[0] == seen[1] == seen[2]  # the same batches, so the same shapes, every time
 
 
 def test_a_machine_that_pads_batches_also_measures_exact_lengths(result):

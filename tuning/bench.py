@@ -11,9 +11,12 @@ real GPT-2 tokenizer and the prompts of a local .csv, in a few minutes:
   `Base.length_multiple`), once more without that padding; where ours puts the prompt in front
   of every row (on a GPU, `Base.shares_prompt`), once more with it computed once per batch;
 - every part trains one epoch over the same timed rows (`steps` x 8 rows drawn, seeded, from
-  the training split), after a warm-up epoch over other rows, so the parts do the same work and
-  the speed-up is a ratio of times; the seed recipe shuffles them into its own batches of 8, as
-  the Trainer does;
+  the training split), after an untimed epoch over the same rows, so the parts do the same work,
+  the timed epoch is the steady state of a longer run (every batch shape met before: on AMX each
+  new one builds its kernels) and the speed-up is a ratio of times; the seed recipe shuffles the
+  rows into its own batches of 8, as the Trainer does, the same way both times;
+- cold start: ours' untimed epoch is the first after the model loads, over the same rows and
+  batches as the timed one, so first epoch against steady state is a ratio of two times;
 - quality: held-out loss after that epoch, ours vs ours in fp32 (random weights: the losses
   are those of an untrained model, but bf16 rounding shows up in them all the same);
 - ceiling: a bf16 (and fp32) matmul measured in the same run; prompt tuning costs about
@@ -69,7 +72,7 @@ class Job:
     tokenizer_dir: str
     model_config: dict  # GPT2Config overrides; {} is GPT-2-124M
     steps: int  # timed rows: steps x SEED_BATCH
-    warmup: int  # warm-up rows before them: warmup x SEED_BATCH
+    warmup: int  # untimed epochs over the timed rows before the timed one (ours: the first is the cold one)
     precision: str = "auto"
     batch_size: int | None = None  # ours; None: TuneConfig's default
     length_multiple: int | None = None  # ours: Base.pad_to_multiple_of; None: the machine's choice
@@ -83,7 +86,7 @@ class Job:
 
 def run(
     steps: int = 12,
-    warmup: int = 2,
+    warmup: int = 1,
     dataset: str | Path | None = None,
     tokenizer_dir: str | Path | None = None,
     model_config: dict | None = None,
@@ -98,8 +101,8 @@ def run(
 ) -> dict:
     """Run every part and print a Markdown table; returns the numbers as a dict.
 
-    `steps`/`warmup` count the seed recipe's batches of 8: every part trains on the same
-    `steps x 8` timed rows after `warmup x 8` other rows. `batch_size` is ours (default: the
+    `steps` counts the seed recipe's batches of 8: every part trains on the same `steps x 8`
+    timed rows, after `warmup` untimed epochs over those rows. `batch_size` is ours (default: the
     TuneConfig default). `model_config` overrides `GPT2Config()` (tests pass a tiny one).
     `length_multiple` pads our batches to that many positions (default: `Base.length_multiple`,
     the machine's choice); when ours pads, it also runs without padding ("ours, exact lengths"),
@@ -110,7 +113,7 @@ def run(
     (default: where ours packs, `model.packs_for_decoding`; only a CPU packs): each lever the machine pulls is
     measured against not pulling it, in the same run.
 
-    >>> r = run(steps=10, warmup=2)                        # doctest: +SKIP
+    >>> r = run(steps=10)                                  # doctest: +SKIP
     >>> r["speedup"], r["ours"]["peak_mb"]                 # doctest: +SKIP
     (6.3, 1450.0)
     """
@@ -129,9 +132,9 @@ def run(
     ours_batch = TuneConfig().batch_size if batch_size is None else TuneConfig(batch_size=batch_size).batch_size
     job = Job(str(dataset), str(tokenizer_dir), dict(model_config or {}), steps, warmup,
               new_tokens=new_tokens, repeats=repeats, batch_size=ours_batch, length_multiple=length_multiple)
-    result: dict = {"machine": machine()}
+    result: dict = {"machine": machine(), "warmup": warmup}
     rows = SEED_BATCH * steps
-    out(f"seed recipe: Trainer, fp32, batch {SEED_BATCH}, {SEED_BATCH * warmup} warm-up rows, then {rows} timed rows ...")
+    out(f"seed recipe: Trainer, fp32, batch {SEED_BATCH}, {rows} rows: {_epochs(warmup)} untimed, then one timed ...")
     result["seed"] = _spawn(_seed_recipe, job)
     out(_so_far(result["seed"]))
     out(f"ours: train(), precision auto, batch {ours_batch}, the same rows ...")
@@ -183,6 +186,10 @@ def run(
     return result
 
 
+def _epochs(n: int) -> str:
+    return "one epoch" if n == 1 else f"{n} epochs"
+
+
 def _so_far(part: dict) -> str:
     """One line as a training part finishes, so a long run shows its numbers before the table."""
     cold = f", first epoch {part['cold_tokens_per_s']:,.0f}" if part.get("cold_tokens_per_s") else ""
@@ -199,7 +206,7 @@ def report(r: dict) -> str:
         "parameters), random weights.",
         "",
         f"Every part trains one epoch over the same {seed['rows']} rows ({seed['tokens']:,} text tokens), "
-        "after a warm-up epoch over other rows.",
+        f"after {_epochs(r['warmup'])} over the same rows, untimed (ours: the first is its cold start).",
         "",
     ]
     gpu = seed.get("gpu_peak_mb") is not None  # the parts ran on a GPU: its memory is the one that counts
@@ -240,7 +247,7 @@ def report(r: dict) -> str:
         f"{len(ours['largest_batch_rows'])} rows of {min(ours['largest_batch_rows'])}-{max(ours['largest_batch_rows'])} "
         f"tokens): {ours['largest_batch_peak_mb']:.0f} MB (the timed rows alone: {ours['peak_mb']:.0f} MB)"
         + (f"; on the GPU {ours['largest_batch_gpu_peak_mb']:.0f} MB (timed rows {ours['gpu_peak_mb']:.0f} MB)" if gpu else ""),
-        f"- cold start (the first after the model loads) vs warm: training epoch {ours['cold_tokens_per_s']:.0f} vs "
+        f"- cold start (the first after the model loads) vs warm: training epoch (the same rows and batches) {ours['cold_tokens_per_s']:.0f} vs "
         f"{ours['tokens_per_s']:.0f} useful tokens/s (**{r['cold_training_ratio']:.2f}x** slower), generation "
         f"{gen['cold_single_s']:.2f} vs {gen['single_s']:.2f} s (**{r['cold_generation_ratio']:.2f}x**)",
     ]
@@ -365,12 +372,10 @@ def _gpu_peak_mb() -> float | None:
 
 
 def _training_rows(job: Job):
-    """(config, warm-up rows, timed rows, held-out rows): the same for every part.
+    """(config, timed rows, held-out rows): the same for every part.
 
-    The timed rows are drawn, seeded and without repeats, from our training split, and the
-    warm-up rows from the rest of it where enough is left (else from all of it: warm-up only has
-    to run the code). Only a file with fewer training rows than asked for is repeated (tests use
-    a tiny one).
+    The timed rows are drawn, seeded and without repeats, from our training split; only a file
+    with fewer training rows than asked for is repeated (tests use a tiny one).
     """
     import random
 
@@ -383,11 +388,7 @@ def _training_rows(job: Job):
     rows, held = split_rows(load_rows(job.dataset), config)
     order = list(rows)
     random.Random(0).shuffle(order)
-    n_warm, n_timed = SEED_BATCH * job.warmup, SEED_BATCH * job.steps
-    timed = _cycle(order, n_timed)
-    rest = order[n_timed:]
-    warm = _cycle(rest if len(rest) >= n_warm else order, n_warm)
-    return config, warm, timed, held
+    return config, _cycle(order, SEED_BATCH * job.steps), held
 
 
 def _cycle(rows: list, n: int) -> list:
@@ -463,7 +464,7 @@ def _seed_recipe(job: Job) -> dict:
     _quiet()
     torch.manual_seed(0)
     tok = _tokenizer(job)
-    config, warm, timed, _ = _training_rows(job)
+    config, timed, _ = _training_rows(job)
     model = get_peft_model(
         GPT2LMHeadModel(GPT2Config(**job.model_config)),
         PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=SEED_VIRTUAL, prompt_tuning_init="RANDOM"),
@@ -500,7 +501,8 @@ def _seed_recipe(job: Job) -> dict:
             t.remove_callback(PrinterCallback)  # it prints the final metrics dict
             return t
 
-        trainer(warm, collate).train()
+        for _ in range(job.warmup):  # the same rows in the same batches (seed=0): every shape met before
+            trainer(timed, collate).train()
         trainer(timed, counting_collator, [Clock()]).train()
     seconds = Clock.end - Clock.start
     tokens = _useful_tokens(job, config, timed, tok)
@@ -513,24 +515,26 @@ def _seed_recipe(job: Job) -> dict:
 
 
 def _ours(job: Job) -> dict:
-    """train() with the default TuneConfig (precision and batch size from the job): a warm-up epoch, then the timed one."""
+    """train() with the default TuneConfig (precision and batch size from the job): untimed epochs, then the timed one.
+
+    Each is a fresh run over the timed rows with the same seed, so the same batches in the same
+    order: the first, right after the model loaded, is the cold start (on AMX every new batch
+    shape builds its kernels), the timed one the steady state, and the two compare as times.
+    """
     from .train import Done, EpochEnd, Start, Step, train
 
     _quiet()
-    config, warm, timed, held = _training_rows(job)
+    config, timed, held = _training_rows(job)
     base = _random_base(job, config.model, config.precision)
     base.pad_to_multiple_of = job.length_multiple
     base.share_prompt = job.share_prompt
-    # The warm-up epoch is the first after the model loaded: its speed is the cold one (on AMX
-    # every new batch shape builds its kernels). Its rows differ from the timed ones, so cold and
-    # warm compare as useful tokens per second.
-    cold_start = None
-    for event in train(base, warm, config):
-        if isinstance(event, Start):
-            cold_start = time.perf_counter()
-        elif isinstance(event, Step) and event.step == event.total_steps:
-            cold_seconds = time.perf_counter() - cold_start
-    cold_tokens = _useful_tokens(job, config, warm, base.tokenizer)
+    cold_seconds = None
+    for _ in range(job.warmup):
+        for event in train(base, timed, config):
+            if isinstance(event, Start):
+                began = time.perf_counter()
+            elif isinstance(event, Step) and event.step == event.total_steps and cold_seconds is None:
+                cold_seconds = time.perf_counter() - began
     positions = [0]  # every position the transformer computes: virtual, text and padding
 
     def count(module, args, kwargs):
@@ -559,7 +563,7 @@ def _ours(job: Job) -> dict:
         "rows": len(timed), "steps": steps,
         "tokens": tokens, "seconds": seconds,
         "tokens_per_s": tokens / seconds, "positions_per_s": counted / seconds,
-        "held_out_loss": held_out_loss, "cold_tokens_per_s": cold_tokens / cold_seconds,
+        "held_out_loss": held_out_loss, "cold_tokens_per_s": tokens / cold_seconds, "cold_seconds": cold_seconds,
         "n_params": sum(p.numel() for p in base.model.parameters()),
         "peak_mb": peak_timed, "gpu_peak_mb": gpu_peak_timed, "prompt": done.soft.embeddings.tolist(),
         "largest_batch_rows": largest, "largest_batch_peak_mb": _peak_mb(), "largest_batch_gpu_peak_mb": _gpu_peak_mb(),
