@@ -328,3 +328,101 @@ def test_the_lean_loop_stops_a_row_at_end_of_text_and_the_batch_when_all_ended(b
     if first[1] != first[0]:
         assert all(step[0] == tokenizer.pad_token_id for step in steps[1:])
         assert [s[1] for s in steps] == [s[1] for s in free][: len(steps)]
+
+
+def _tiny_llama(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuning.model import from_model
+
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    return from_model(LlamaForCausalLM(config), tokenizer, "tiny-llama", "fp32")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt2 scaled by layer", "llama"])
+def test_decoding_steps_give_the_models_own_logits_at_every_step(tokenizer, family):
+    # The prompt pass, then 20 steps fed the same tokens: the model's forward with transformers'
+    # DynamicCache (a new mask column each step) against decode_steps' path (GPT2Step over
+    # ReservedLayers for GPT-2, the model's forward over ReservedLayers for Llama). Three rows,
+    # left-padded to three lengths. A wrong key slot, mask column or position shows at once.
+    from transformers import DynamicCache
+
+    from conftest import make_base
+    from tuning.generate import GPT2Step, reserved_cache
+
+    if family == "llama":
+        own = _tiny_llama(tokenizer)
+    else:
+        own = make_base(tokenizer, seed=4, scale_attn_by_inverse_layer_idx=family != "gpt2")
+    model, width = own.model, own.hidden_size
+    prompts = [None, torch.randn(7, width) * 0.5, torch.randn(2, width) * 0.5]
+    embeds, mask, positions = prompt_inputs(own, prompts, [own.encode(TEXT)] * 3, pad_left=True)
+    steps = 20
+    room = embeds.shape[1] + steps
+    theirs, ours = DynamicCache(config=model.config), reserved_cache(model, room)
+    with torch.inference_mode():
+        kwargs = dict(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        expected = model(cache=theirs, **kwargs).logits[:, -1]
+        got = model(cache=ours, **kwargs).logits[:, -1]
+        by_hand = GPT2Step(model, ours, mask, room) if GPT2Step.fits(model) else None
+        assert (by_hand is None) == (family == "llama")
+        position, seen = positions[:, -1:], set()
+        for _ in range(steps):
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            token = expected.argmax(-1)[:, None]
+            seen.update(token.flatten().tolist())
+            mask, position = torch.cat([mask, mask.new_ones(3, 1)], dim=-1), position + 1
+            expected = model(input_ids=token, attention_mask=mask, position_ids=position, cache=theirs,
+                             use_cache=True).logits[:, -1]
+            if by_hand is not None:
+                got = by_hand(token, position)
+            else:
+                got = model(input_ids=token, attention_mask=mask, position_ids=position, cache=ours,
+                            use_cache=True).logits[:, -1]
+    assert len(seen) >= 8  # varied tokens: a model stuck on one would hide a wrong cache
+    assert ours.get_seq_length() == room and ours.layers[0]._keys.shape[-2] == room  # filled, never grown
+
+
+def test_a_gpt2_decodes_without_its_forward_after_the_prompt_pass(base, soft, monkeypatch):
+    # GPT2Step runs the steps; the model's forward runs once, for the prompt. With a forward
+    # hook on any module GPT2Step would skip the hook, so the model's forward runs every step.
+    from transformers import GPT2LMHeadModel
+
+    from tuning.generate import decode_steps
+
+    calls = [0]
+    forward = GPT2LMHeadModel.forward
+
+    def counted(self, *args, **kwargs):
+        calls[0] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT2LMHeadModel, "forward", counted)
+    embeds, mask, positions = prompt_inputs(base, [None, soft], [base.encode(TEXT)] * 2, pad_left=True)
+    decoding = Decoding(max_new_tokens=12, no_repeat_ngram_size=0)
+    plain = list(decode_steps(base, embeds, mask, positions, decoding))
+    assert len(plain) == 12 and calls[0] == 1
+    hook = base.model.transformer.h[1].mlp.register_forward_hook(lambda module, args, output: None)
+    try:
+        calls[0] = 0
+        hooked = list(decode_steps(base, embeds, mask, positions, decoding))
+    finally:
+        hook.remove()
+    assert calls[0] == 12 and hooked == plain
+
+
+def test_a_reserved_cache_layer_grows_past_its_room():
+    from tuning.generate import ReservedLayer
+
+    layer = ReservedLayer(room=3)
+    parts = [torch.randn(2, 4, n, 8) for n in (2, 1, 1, 5)]  # 9 positions into room for 3
+    for n, part in enumerate(parts):
+        keys, values = layer.update(part, -part)
+        so_far = torch.cat(parts[: n + 1], dim=-2)
+        assert torch.equal(keys, so_far) and torch.equal(values, -so_far)
+        assert layer.get_seq_length() == so_far.shape[-2]

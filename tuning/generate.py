@@ -46,6 +46,7 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import DynamicLayer
 from transformers.generation.streamers import BaseStreamer
 
 from .model import Base, SoftPrompt, prompt_inputs
@@ -163,6 +164,120 @@ def _processors(decoding: Decoding, rows: int, device: torch.device) -> LogitsPr
 
 
 LEAN_DECODE = True  # decode_steps rather than HF `generate` (README "Performance": measured per CPU kind)
+GPT2_STEP = True  # decoding steps of a GPT-2 through GPT2Step rather than the model's forward (README "Speed II")
+
+
+class ReservedLayer(DynamicLayer):
+    """A KV-cache layer that writes each step's keys and values into room reserved once.
+
+    transformers' `DynamicLayer` concatenates the whole cache with the new position at every
+    step: 24 copies of a growing tensor per GPT-2 step, `aten::cat` 9% of a decode's time
+    (GPT-2-124M shape, fp32, Intel Xeon without AVX-512 BF16). Here `keys`/`values` are views
+    of the filled part of tensors sized for the prompt plus every new token, so attention
+    reads exactly the positions so far (`StaticCache`, which attends over its whole reserved
+    length, was slower: README "Speed II"). Past the room it grows, doubling.
+    """
+
+    def __init__(self, room: int):
+        super().__init__()
+        self.room, self.length = room, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self._keys = key_states.new_empty(*key_states.shape[:-2], self.room, key_states.shape[-1])
+        self._values = value_states.new_empty(*value_states.shape[:-2], self.room, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self._keys.shape[-2]:
+            room = max(end, 2 * self._keys.shape[-2])
+            self._keys = torch.cat([self._keys[..., : self.length, :], self._keys.new_empty(
+                *self._keys.shape[:-2], room - self.length, self._keys.shape[-1])], dim=-2)
+            self._values = torch.cat([self._values[..., : self.length, :], self._values.new_empty(
+                *self._values.shape[:-2], room - self.length, self._values.shape[-1])], dim=-2)
+        self._keys[..., self.length : end, :] = key_states
+        self._values[..., self.length : end, :] = value_states
+        self.length = end
+        self.keys, self.values = self._keys[..., :end, :], self._values[..., :end, :]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
+def reserved_cache(model: torch.nn.Module, room: int) -> DynamicCache:
+    """The model's `DynamicCache` with every plain layer a `ReservedLayer` of `room` positions (sliding ones kept)."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [ReservedLayer(room) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+class GPT2Step:
+    """A GPT-2 decoding step written out: new tokens in, last-position logits out, the cache updated.
+
+    The same operations in the same order as transformers' eager GPT-2 (`GPT2Block`,
+    `eager_attention_forward`), on the model's own modules' weights (so packed or relaid
+    linears and the GELU in use are the ones that run), without the forward's Python: module
+    calls, argument handling, the causal mask rebuilt every step. The padding mask becomes an
+    additive bias once. Same logits as the model's forward (tests/test_generate.py); on the
+    GPT-2-124M shape that Python was a fifth of a decode's time (README "Speed II").
+    Only for what it writes out: a `GPT2LMHeadModel` on a CPU (where the model has eager
+    attention and `decode_steps` reserves the cache) in eval mode, no cross-attention, no
+    reordered upcast attention, and no forward hooks anywhere, since they would not run (`fits`);
+    the prompt pass stays the model's.
+    """
+
+    @staticmethod
+    def fits(model: torch.nn.Module) -> bool:
+        from transformers import GPT2LMHeadModel
+
+        config = model.config
+        return (GPT2_STEP and type(model) is GPT2LMHeadModel and model.device.type == "cpu" and not model.training
+                and config._attn_implementation == "eager" and not config.reorder_and_upcast_attn
+                and not config.add_cross_attention
+                and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+                and not (torch.nn.modules.module._global_forward_hooks
+                         or torch.nn.modules.module._global_forward_pre_hooks))
+
+    def __init__(self, model: torch.nn.Module, cache: DynamicCache, mask: torch.Tensor, room: int):
+        body, config = model.transformer, model.config
+        self.heads, self.width = config.n_head, config.n_embd
+        self.wte, self.wpe, self.ln_f, self.head = body.wte.weight, body.wpe.weight, body.ln_f, model.lm_head.forward
+        self.blocks = [
+            (block.ln_1, block.attn.c_attn.forward, block.attn.scaling, block.attn.c_proj.forward,
+             block.ln_2, block.mlp.c_fc.forward, block.mlp.act.forward, block.mlp.c_proj.forward, layer)
+            for block, layer in zip(body.h, cache.layers)
+        ]
+        dtype = self.wte.dtype
+        self.bias = torch.zeros(mask.shape[0], 1, 1, max(room, mask.shape[1]), dtype=dtype, device=mask.device)
+        self.bias[:, 0, 0, : mask.shape[1]].masked_fill_(mask == 0, torch.finfo(dtype).min)
+        self.length = mask.shape[1]
+
+    def _norm(self, x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """`tokens` and `positions` [rows, 1] -> logits [rows, vocab] at that position."""
+        rows, heads, width = tokens.shape[0], self.heads, self.width
+        self.length += 1
+        if self.length > self.bias.shape[-1]:  # past the room: every later position is real
+            self.bias = torch.cat([self.bias, torch.zeros_like(self.bias)], dim=-1)
+        bias = self.bias[..., : self.length]
+        x = torch.nn.functional.embedding(tokens, self.wte) + torch.nn.functional.embedding(positions, self.wpe)
+        for ln_1, c_attn, scaling, c_proj, ln_2, c_fc, act, mlp_proj, layer in self.blocks:
+            query, key, value = c_attn(self._norm(x, ln_1)).split(width, dim=2)
+            query = query.view(rows, 1, heads, -1).transpose(1, 2)
+            key, value = layer.update(key.view(rows, 1, heads, -1).transpose(1, 2),
+                                      value.view(rows, 1, heads, -1).transpose(1, 2))
+            weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+            weights = torch.nn.functional.softmax(weights + bias, dim=-1).type(value.dtype)
+            attended = torch.matmul(weights, value).transpose(1, 2).reshape(rows, 1, width)
+            x = c_proj(attended) + x
+            x = x + mlp_proj(act(c_fc(self._norm(x, ln_2))))
+        return self.head(self._norm(x, self.ln_f))[:, -1, :]
 
 
 @torch.inference_mode()
@@ -171,18 +286,22 @@ def decode_steps(base: Base, embeds: torch.Tensor, mask: torch.Tensor, positions
     """What HF `generate` does for our batches, without its per-step machinery: one token per row per step.
 
     The prompt pass computes logits at the last position only; each later step feeds the new
-    tokens with the KV cache, one more mask column and the next position per row. The same
-    logits processors as `generate` (no-repeat n-grams, repetition penalty, our seeded
-    sampler) see the generated tokens only, in float32; a row past its end-of-text gets the pad
-    token, and decoding stops when every row has ended, after `max_new_tokens`, or on `cancel`.
-    Token for token the same as `generate` (tests/test_generate.py).
+    tokens with the KV cache (`ReservedLayer`s on a CPU), one more mask column and the next
+    position per row, through `GPT2Step` where it fits. The same logits processors as `generate` (no-repeat
+    n-grams, repetition penalty, our seeded sampler) see the generated tokens only, in float32;
+    a row past its end-of-text gets the pad token, and decoding stops when every row has ended,
+    after `max_new_tokens`, or on `cancel`. Token for token the same as `generate`
+    (tests/test_generate.py).
     """
     model, rows = base.model, embeds.shape[0]
     processors = _processors(decoding, rows, base.device)
     eos, pad = base.eos_id, base.tokenizer.pad_token_id
-    cache = DynamicCache(config=model.config)
+    room = embeds.shape[1] + decoding.max_new_tokens
+    on_cpu = base.device.type == "cpu"  # a GPU keeps transformers' cache: the reserved one is measured on CPUs only
+    cache = reserved_cache(model, room) if on_cpu else DynamicCache(config=model.config)
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                 logits_to_keep=1)
+    step_by_hand = GPT2Step(model, cache, mask, room) if on_cpu and GPT2Step.fits(model) else None
     logits = out.logits[:, -1, :]
     generated = torch.empty((rows, 0), dtype=torch.long, device=base.device)
     ended = torch.zeros(rows, dtype=torch.bool, device=base.device)
@@ -195,8 +314,11 @@ def decode_steps(base: Base, embeds: torch.Tensor, mask: torch.Tensor, positions
         yield token.tolist()
         if bool(ended.all()) or step == decoding.max_new_tokens - 1 or (cancel is not None and cancel.is_set()):
             return
-        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=-1)
         position = position + 1
+        if step_by_hand is not None:
+            logits = step_by_hand(token[:, None], position)
+            continue
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=-1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, cache=cache, use_cache=True)
         logits = out.logits[:, -1, :]
 
