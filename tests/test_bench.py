@@ -249,6 +249,17 @@ def test_the_other_gelu_trains_the_same_rows_with_nearly_the_same_loss(result):
     assert f"held-out loss {other['held_out_loss']:.4f} vs {ours['held_out_loss']:.4f}" in lines[-1]
 
 
+def test_generation_is_also_timed_with_the_models_forward_at_every_step(result):
+    # A tiny GPT-2 on this CPU decodes through GPT2Step by default; the run times the model's
+    # own forward too, so the lever is measured end to end wherever it is pulled.
+    r, lines = result
+    gen, other = r["generation"], r["generation_model_step"]
+    assert gen["gpt2_step"] and not other["gpt2_step"]
+    assert other["precision"] == gen["precision"] and other["single_s"] > 0
+    assert (f"written out (`GPT2Step`) vs the model's forward at every step ({gen['precision']}): one continuation "
+            f"{gen['single_s']:.2f} vs {other['single_s']:.2f} s") in lines[-1]
+
+
 def test_generation_is_also_timed_the_other_way_packed_or_plain(result):
     r, lines = result
     gen, other = r["generation"], r["generation_other_packing"]
@@ -262,10 +273,11 @@ def test_generation_is_also_timed_the_other_way_packed_or_plain(result):
 def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
         monkeypatch, tiny_csv, tokenizer_dir, pads, generation_precision, on_gpu):
     # The parts are stubbed (no model runs): a machine that neither pads nor generates in bf16
-    # (this one) runs exactly seed, ours, ours fp32, generation; one that pads and generates in
-    # bf16 (AMX) also runs ours without padding and generation in fp32, without being asked.
-    # On a GPU (bf16, no padding, the prompt in every row) ours also runs with the prompt computed
-    # once per batch, and the table gets a column for the GPU's own peak memory.
+    # (this one) runs exactly seed, ours, ours fp32, generation, and generation with the model's
+    # forward at every step (GPT2Step runs on every CPU); one that pads and generates in bf16
+    # (AMX) also runs ours without padding and generation in fp32, without being asked. On a GPU
+    # (bf16, no padding, the prompt in every row, no GPT2Step) ours also runs with the prompt
+    # computed once per batch, and the table gets a column for the GPU's own peak memory.
     calls = []
     gpu_mb = 600.0 if on_gpu else None  # what a GPU part reports as its allocator's peak
 
@@ -274,7 +286,9 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
         if name == "_generation":
             precision = generation_precision if job.precision == "auto" else job.precision
             packed = pads and precision == "bf16" if job.packed is None else job.packed  # AMX packs, in bf16
+            by_hand = job.gpt2_step is not False and not on_gpu  # GPT2Step: every CPU, by default
             return dict(single_s=1.0, pair_s=1.2, three_s=1.3, cold_single_s=1.1, precision=precision, packed=packed,
+                        gpt2_step=by_hand,
                         new_tokens=4, repeats=1, peak_mb=10.0, generated_tokens=4, gpu_peak_mb=gpu_mb)
         exact_gelu = pads and job.precision == "auto" if job.exact_gelu is None else job.exact_gelu  # bf16 on a CPU
         multiple = 16 if pads and name == "_ours" and job.precision == "auto" and job.length_multiple is None else 1
@@ -291,8 +305,8 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
     r = bench.run(steps=1, warmup=1, dataset=tiny_csv, tokenizer_dir=tokenizer_dir, out=lines.append)
     names = [name for name, *_ in calls]
     if pads:  # and bf16 on a CPU: the exact GELU and packed weights for decoding, each measured against the other way
-        assert names == ["_seed_recipe", "_ours", "_ours", "_ours", "_ours", "_generation", "_generation", "_generation"]
-        assert calls[2][2] == 1 and calls[-2][1] == "fp32"  # ours with exact lengths; generation in fp32
+        assert names == ["_seed_recipe", "_ours", "_ours", "_ours", "_ours"] + ["_generation"] * 4
+        assert calls[2][2] == 1 and calls[-3][1] == "fp32"  # ours with exact lengths; generation in fp32
         assert r["ours"]["exact_gelu"] and not r["ours_other_gelu"]["exact_gelu"]
         assert r["generation"]["packed"] and not r["generation_other_packing"]["packed"]
         assert "ours (default: batches padded to a multiple of 16)" in lines[-1] and "generation in fp32 instead of bf16" in lines[-1]
@@ -301,7 +315,9 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
     else:
         fp32_generation = ["_generation"] if generation_precision == "bf16" else []  # the GPU's case
         shared = ["_ours"] if on_gpu else []
-        assert names == ["_seed_recipe", "_ours"] + shared + ["_ours", "_generation"] + fp32_generation
+        model_step = [] if on_gpu else ["_generation"]  # GPT2Step runs on a CPU: timed against the model's forward
+        assert names == ["_seed_recipe", "_ours"] + shared + ["_ours", "_generation"] + fp32_generation + model_step
+        assert ("generation_model_step" in r) == (not on_gpu)
         assert ("ours_shared" in r) == on_gpu
         assert "ours_exact" not in r and ("generation_fp32" in r) == bool(fp32_generation)
         assert "ours_other_gelu" not in r and "generation_other_packing" not in r

@@ -79,6 +79,7 @@ class Job:
     share_prompt: bool | None = None  # ours: Base.share_prompt; None: the device's choice
     exact_gelu: bool | None = None  # model.EXACT_GELU; None: the machine's choice
     packed: bool | None = None  # model.PACK_FOR_DECODING; None: the machine's choice
+    gpt2_step: bool | None = None  # generate.GPT2_STEP; None: the default (GPT2Step wherever it fits)
     prompt: list | None = None  # a trained soft prompt, for generation
     new_tokens: int = 64
     repeats: int = 5
@@ -98,6 +99,7 @@ def run(
     fp32_generation: bool | None = None,
     other_gelu: bool | None = None,
     other_packing: bool | None = None,
+    model_step: bool | None = None,
 ) -> dict:
     """Run every part and print a Markdown table; returns the numbers as a dict.
 
@@ -110,8 +112,9 @@ def run(
     in fp32 (default: when ours generates in another precision), for choosing decode precision per job.
     `other_gelu` also trains ours with the other GELU (default: where ours uses the exact one,
     `model.exact_gelu`); `other_packing` also generates the other way, packed or plain weights
-    (default: where ours packs, `model.packs_for_decoding`; only a CPU packs): each lever the machine pulls is
-    measured against not pulling it, in the same run.
+    (default: where ours packs, `model.packs_for_decoding`; only a CPU packs); `model_step` also generates
+    with the model's own forward at every step instead of `generate.GPT2Step` (default: where GPT2Step
+    runs, a CPU): each lever the machine pulls is measured against not pulling it, in the same run.
 
     >>> r = run(steps=10)                                  # doctest: +SKIP
     >>> r["speedup"], r["ours"]["peak_mb"]                 # doctest: +SKIP
@@ -170,6 +173,9 @@ def run(
         out(f"generation with {'plain' if result['generation']['packed'] else 'packed'} weights ...")
         result["generation_other_packing"] = _spawn(
             _generation, replace(job, prompt=prompt, packed=not result["generation"]["packed"]))
+    if (model_step and _device().type == "cpu") or (model_step is None and result["generation"].get("gpt2_step")):
+        out("generation with the model's forward at every step ...")
+        result["generation_model_step"] = _spawn(_generation, replace(job, prompt=prompt, gpt2_step=False))
 
     ours, seed, fp32 = result["ours"], result["seed"], result["ours_fp32"]
     result["speedup"] = ours["tokens_per_s"] / seed["tokens_per_s"]
@@ -262,6 +268,13 @@ def report(r: dict) -> str:
         packed, plain = (gen, other) if gen["packed"] else (other, gen)
         lines.append(
             f"- generation with the weights packed for decoding vs plain ({packed['precision']}): {_generation_vs(packed, plain)}"
+        )
+    if "generation_model_step" in r:
+        other = r["generation_model_step"]
+        by_hand, model = (gen, other) if gen["gpt2_step"] else (other, gen)
+        lines.append(
+            f"- generation with GPT-2's decoding step written out (`GPT2Step`) vs the model's forward at every step "
+            f"({by_hand['precision']}): {_generation_vs(by_hand, model)}"
         )
     if "ours_other_gelu" in r:
         other = r["ours_other_gelu"]
@@ -425,6 +438,10 @@ def _random_base(job: Job, model_id: str, precision: str):
         model_module.EXACT_GELU = job.exact_gelu
     if job.packed is not None:
         model_module.PACK_FOR_DECODING = job.packed
+    if job.gpt2_step is not None:
+        from . import generate as generate_module
+
+        generate_module.GPT2_STEP = job.gpt2_step
     device = _device()
     resolved = resolve_precision(precision, device)
     torch.manual_seed(0)
@@ -599,7 +616,7 @@ def _generation(job: Job) -> dict:
     columns: a 20-token and a 5-token prompt, as the two reference adapters have)."""
     import statistics
 
-    from .generate import Decoding, generate, stream_compare, stream_ids, stream_pair
+    from .generate import Decoding, GPT2Step, generate, stream_compare, stream_ids, stream_pair
     from .model import packs_for_decoding
 
     _quiet()
@@ -635,5 +652,6 @@ def _generation(job: Job) -> dict:
     for (row,) in stream_ids(base, [soft], base.encode(GENERATION_TEXT), decoding):
         generated = len(row)
     return {**timings, "cold_single_s": cold, "generated_tokens": generated, "precision": base.precision,
-            "packed": packs_for_decoding(base.device, base.precision), "new_tokens": job.new_tokens, "repeats": job.repeats,
+            "packed": packs_for_decoding(base.device, base.precision), "gpt2_step": GPT2Step.fits(base.model),
+            "new_tokens": job.new_tokens, "repeats": job.repeats,
             "peak_mb": _peak_mb(), "gpu_peak_mb": _gpu_peak_mb()}
