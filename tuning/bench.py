@@ -263,19 +263,14 @@ def report(r: dict) -> str:
             f"- generation in fp32 instead of {gen['precision']} (decode precision per job): {_generation_vs(g32, gen)} "
             f"({g32['generated_tokens']} and {gen['generated_tokens']} tokens generated)"
         )
-    if "generation_other_packing" in r:
-        other = r["generation_other_packing"]
-        packed, plain = (gen, other) if gen["packed"] else (other, gen)
-        lines.append(
-            f"- generation with the weights packed for decoding vs plain ({packed['precision']}): {_generation_vs(packed, plain)}"
-        )
-    if "generation_model_step" in r:
-        other = r["generation_model_step"]
-        by_hand, model = (gen, other) if gen["gpt2_step"] else (other, gen)
-        lines.append(
-            f"- generation with GPT-2's decoding step written out (`GPT2Step`) vs the model's forward at every step "
-            f"({by_hand['precision']}): {_generation_vs(by_hand, model)}"
-        )
+    for key, flag, what in (
+        ("generation_other_packing", "packed", "the weights packed for decoding vs plain"),
+        ("generation_model_step", "gpt2_step",
+         "GPT-2's decoding step written out (`GPT2Step`) vs the model's forward at every step"),
+    ):  # a decoding lever the run also measured the other way: with it, then without
+        if key in r:
+            on, off = (gen, r[key]) if gen[flag] else (r[key], gen)
+            lines.append(f"- generation with {what} ({on['precision']}): {_generation_vs(on, off)}")
     if "ours_other_gelu" in r:
         other = r["ours_other_gelu"]
         exact, tanh = (ours, other) if ours["exact_gelu"] else (other, ours)
