@@ -416,7 +416,7 @@ def test_a_gpt2_decodes_without_its_forward_after_the_prompt_pass(base, soft, mo
     assert calls[0] == 12 and hooked == plain
 
 
-def test_a_reserved_cache_layer_grows_past_its_room():
+def test_a_reserved_cache_layer_grows_past_its_room_and_starts_again_after_a_reset():
     from tuning.generate import ReservedLayer
 
     layer = ReservedLayer(room=3)
@@ -426,3 +426,8 @@ def test_a_reserved_cache_layer_grows_past_its_room():
         so_far = torch.cat(parts[: n + 1], dim=-2)
         assert torch.equal(keys, so_far) and torch.equal(values, -so_far)
         assert layer.get_seq_length() == so_far.shape[-2]
+    layer.reset()  # starts again from nothing
+    keys, _ = layer.update(parts[1], parts[1])
+    assert layer.get_seq_length() == 1 and torch.equal(keys, parts[1])
+    with pytest.raises(NotImplementedError):  # beam search's operations: not what decode_steps does
+        layer.crop(-1)

@@ -207,6 +207,15 @@ class ReservedLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
+    def reset(self) -> None:
+        self.length = 0
+        super().reset()
+
+    def _unsupported(self, *args, **kwargs):
+        raise NotImplementedError("a ReservedLayer serves decode_steps: no cropping, reordering or batch changes")
+
+    crop = batch_repeat_interleave = batch_select_indices = reorder_cache = _unsupported
+
 
 def reserved_cache(model: torch.nn.Module, room: int) -> DynamicCache:
     """The model's `DynamicCache` with every plain layer a `ReservedLayer` of `room` positions (sliding ones kept)."""
