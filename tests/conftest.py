@@ -80,6 +80,19 @@ def make_base(tokenizer, seed: int = 0, n_positions: int = 256, precision: str =
     return from_model(GPT2LMHeadModel(config), tokenizer, "tiny-gpt2", precision)
 
 
+def make_llama(tokenizer, precision: str = "fp32") -> Base:
+    """A tiny random Llama: rotary positions instead of GPT-2's learned ones, and grouped keys/values."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    return from_model(LlamaForCausalLM(config), tokenizer, "tiny-llama", precision)
+
+
 @pytest.fixture(scope="session")
 def base(tokenizer) -> Base:
     """A tiny random GPT-2 in float32, shared read-only like the app's base model."""

@@ -330,20 +330,6 @@ def test_the_lean_loop_stops_a_row_at_end_of_text_and_the_batch_when_all_ended(b
         assert [s[1] for s in steps] == [s[1] for s in free][: len(steps)]
 
 
-def _tiny_llama(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tuning.model import from_model
-
-    torch.manual_seed(3)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
-    )
-    return from_model(LlamaForCausalLM(config), tokenizer, "tiny-llama", "fp32")
-
-
 @pytest.mark.parametrize("family", ["gpt2", "gpt2 scaled by layer", "llama"])
 def test_decoding_steps_give_the_models_own_logits_at_every_step(tokenizer, family):
     # The prompt pass, then 20 steps fed the same tokens: the model's forward with transformers'
@@ -352,11 +338,11 @@ def test_decoding_steps_give_the_models_own_logits_at_every_step(tokenizer, fami
     # left-padded to three lengths. A wrong key slot, mask column or position shows at once.
     from transformers import DynamicCache
 
-    from conftest import make_base
+    from conftest import make_base, make_llama
     from tuning.generate import GPT2Step, reserved_cache
 
     if family == "llama":
-        own = _tiny_llama(tokenizer)
+        own = make_llama(tokenizer)
     else:
         own = make_base(tokenizer, seed=4, scale_attn_by_inverse_layer_idx=family != "gpt2")
     model, width = own.model, own.hidden_size

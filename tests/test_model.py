@@ -143,7 +143,7 @@ def test_padding_to_a_length_multiple_changes_no_number(tokenizer, family, preci
     # Base.length_multiple pads a batch (and the cross-entropy's last chunk) with masked positions
     # so fewer shapes reach the kernels: same loss, count and prompt gradient as without (bf16,
     # where it is switched on, up to bf16 rounding: other shapes may sum in another order).
-    from conftest import make_base
+    from conftest import make_base, make_llama
     from tuning import model as model_module
     from tuning.model import from_model
 
@@ -151,7 +151,7 @@ def test_padding_to_a_length_multiple_changes_no_number(tokenizer, family, preci
     if family == "gpt2":
         own = make_base(tokenizer, seed=4, precision=precision)
     else:
-        own = from_model(_tiny_llama(tokenizer).model, tokenizer, "tiny-llama", precision)
+        own = from_model(make_llama(tokenizer).model, tokenizer, "tiny-llama", precision)
     own.share_prompt = share
     rows = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     shapes, results = [], []
@@ -220,21 +220,6 @@ def test_a_bad_length_multiple_is_one_clear_error(base, bad):
         base.pad_to_multiple_of = None
 
 
-def _tiny_llama(tokenizer, precision: str = "fp32"):
-    # Rotary positions instead of GPT-2's learned ones, and grouped keys/values.
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tuning.model import from_model
-
-    torch.manual_seed(3)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
-    )
-    return from_model(LlamaForCausalLM(config), tokenizer, "tiny-llama", precision)
-
-
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("share", [True, False])
 def test_prompt_shared_by_the_batch_gives_the_same_loss_and_gradient(tokenizer, family, share):
@@ -242,9 +227,9 @@ def test_prompt_shared_by_the_batch_gives_the_same_loss_and_gradient(tokenizer, 
     # behind its keys and values. Not shared (a GPU's way): [soft; row] in every row, through
     # the model body and the chunked loss. The reference: the model's own logits and
     # cross_entropy over [soft; row] in every row.
-    from conftest import make_base
+    from conftest import make_base, make_llama
 
-    own = make_base(tokenizer, seed=4) if family == "gpt2" else _tiny_llama(tokenizer)
+    own = make_base(tokenizer, seed=4) if family == "gpt2" else make_llama(tokenizer)
     own.share_prompt = share
     (a, grad_a), (b, grad_b) = _ours_and_reference(own, [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]], seed=1)
     assert a == pytest.approx(b, rel=1e-5)
@@ -400,9 +385,9 @@ def test_decoding_packs_the_weights_only_where_measured_to_win(monkeypatch, kind
 
 
 def _tiny(tokenizer, family: str, precision: str):
-    from conftest import make_base
+    from conftest import make_base, make_llama
 
-    return make_base(tokenizer, seed=4, precision=precision) if family == "gpt2" else _tiny_llama(tokenizer, precision)
+    return make_base(tokenizer, seed=4, precision=precision) if family == "gpt2" else make_llama(tokenizer, precision)
 
 
 @pytest.mark.timeout(120)
