@@ -182,10 +182,14 @@ class ReservedLayer(DynamicLayer):
         super().__init__()
         self.room, self.length = room, 0
 
+    @staticmethod
+    def _positions(like: torch.Tensor, n: int) -> torch.Tensor:
+        """Unfilled room for `n` positions shaped like `like` ([..., positions, dim])."""
+        return like.new_empty(*like.shape[:-2], n, like.shape[-1])
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
-        self._keys = key_states.new_empty(*key_states.shape[:-2], self.room, key_states.shape[-1])
-        self._values = value_states.new_empty(*value_states.shape[:-2], self.room, value_states.shape[-1])
+        self._keys, self._values = self._positions(key_states, self.room), self._positions(value_states, self.room)
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -193,11 +197,9 @@ class ReservedLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
         if end > self._keys.shape[-2]:
-            room = max(end, 2 * self._keys.shape[-2])
-            self._keys = torch.cat([self._keys[..., : self.length, :], self._keys.new_empty(
-                *self._keys.shape[:-2], room - self.length, self._keys.shape[-1])], dim=-2)
-            self._values = torch.cat([self._values[..., : self.length, :], self._values.new_empty(
-                *self._values.shape[:-2], room - self.length, self._values.shape[-1])], dim=-2)
+            more = max(end, 2 * self._keys.shape[-2]) - self.length
+            self._keys, self._values = (torch.cat([t[..., : self.length, :], self._positions(t, more)], dim=-2)
+                                        for t in (self._keys, self._values))
         self._keys[..., self.length : end, :] = key_states
         self._values[..., self.length : end, :] = value_states
         self.length = end
@@ -263,7 +265,7 @@ class GPT2Step:
         dtype = self.wte.dtype
         self.bias = torch.zeros(mask.shape[0], 1, 1, max(room, mask.shape[1]), dtype=dtype, device=mask.device)
         self.bias[:, 0, 0, : mask.shape[1]].masked_fill_(mask == 0, torch.finfo(dtype).min)
-        self.length = mask.shape[1]
+        self.cache = cache
 
     def _norm(self, x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
         return torch.nn.functional.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
@@ -271,10 +273,10 @@ class GPT2Step:
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """`tokens` and `positions` [rows, 1] -> logits [rows, vocab] at that position."""
         rows, heads, width = tokens.shape[0], self.heads, self.width
-        self.length += 1
-        if self.length > self.bias.shape[-1]:  # past the room: every later position is real
+        length = self.cache.get_seq_length() + 1  # the positions attended to, this one included
+        if length > self.bias.shape[-1]:  # past the room: every later position is real
             self.bias = torch.cat([self.bias, torch.zeros_like(self.bias)], dim=-1)
-        bias = self.bias[..., : self.length]
+        bias = self.bias[..., :length]
         x = torch.nn.functional.embedding(tokens, self.wte) + torch.nn.functional.embedding(positions, self.wpe)
         for ln_1, c_attn, scaling, c_proj, ln_2, c_fc, act, mlp_proj, layer in self.blocks:
             query, key, value = c_attn(self._norm(x, ln_1)).split(width, dim=2)
@@ -310,7 +312,7 @@ def decode_steps(base: Base, embeds: torch.Tensor, mask: torch.Tensor, positions
     cache = reserved_cache(model, room) if on_cpu else DynamicCache(config=model.config)
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                 logits_to_keep=1)
-    step_by_hand = GPT2Step(model, cache, mask, room) if on_cpu and GPT2Step.fits(model) else None
+    step_by_hand = GPT2Step(model, cache, mask, room) if GPT2Step.fits(model) else None  # fits: on a CPU only
     logits = out.logits[:, -1, :]
     generated = torch.empty((rows, 0), dtype=torch.long, device=base.device)
     ended = torch.zeros(rows, dtype=torch.bool, device=base.device)
