@@ -803,7 +803,7 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column(scale=2):
             plot = gr.LinePlot(loss_frame([], SERIES), x="step", y="loss", color="series", height=360,
-                               elem_id="loss-plot", color_map=COLOURS, title="Loss per token (nats)",
+                               elem_id="loss-plot", color_map=COLOURS, title="Loss per token (nats)", y_axis_format=".2f",
                                x_title="training step")
             progress = gr.Markdown("not started: set the prompt's size and press Train", elem_id="progress")
             log_box = gr.Textbox(label="Log", lines=8, max_lines=30, interactive=False, autoscroll=True)
@@ -851,20 +851,33 @@ def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top
             yield (*texts, "") if len(texts) == 2 else texts
 
 
-def refresh_choices(ctx: Context, session: Session, current: str | None = None) -> gr.Dropdown:
-    return run_choices(session, ctx.adapters(), current)
+def newest_run(session: Session, runs_seen: int) -> str | None:
+    """The session's newest run when it finished after the page last offered its prompts (`runs_seen` runs then)."""
+    return session.runs[-1].name if session.runs and session.run_count > runs_seen else None
 
 
-def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str | None = None):
-    """Both prompt dropdowns; a visitor's picks stay, else the reference adapters (the seed's finding) open."""
+def refresh_choices(ctx: Context, session: Session, current: str | None = None, runs_seen: int = 0):
+    """Evaluate's prompt dropdown (a run just finished is picked) and the session's run count."""
+    return run_choices(session, ctx.adapters(), newest_run(session, runs_seen) or current), session.run_count
+
+
+def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str | None = None, runs_seen: int = 0):
+    """Both prompt dropdowns, and the session's run count for the next call.
+
+    A visitor's picks stay, except that a run finished since the page last offered its prompts
+    takes the first dropdown: train, then Compare shows your run beside base and the second
+    dropdown's prompt (the reference 20×10 when that was empty). With nothing picked the reference
+    adapters (the seed's finding) open.
+    """
     listing = ctx.adapters()
     names = prompt_names(session, listing)
     refs = [name for name in (reference.name(ctx.model, ctx.dataset, *cell) for cell in reference.GRID) if name in names]
-    a = a if a in names else refs[0] if refs else names[0] if names else None
+    fresh = newest_run(session, runs_seen)
+    a = fresh or (a if a in names else refs[0] if refs else names[0] if names else None)
     b = b if b in names else NO_PROMPT
-    if len(refs) == 2 and a == refs[0] and b == NO_PROMPT:  # the second reference just arrived: both side by side
-        b = refs[1]
-    return gr.Dropdown(choices=names, value=a), gr.Dropdown(choices=[NO_PROMPT] + names, value=b)
+    if refs and b == NO_PROMPT and (fresh or (len(refs) == 2 and a == refs[0])):
+        b = refs[-1]  # your run beside the seed's longer one; or the second reference just arrived: both side by side
+    return gr.Dropdown(choices=names, value=a), gr.Dropdown(choices=[NO_PROMPT] + names, value=b), session.run_count
 
 
 def column_label(name: str | None) -> gr.Textbox:
@@ -880,7 +893,7 @@ def reference_status(ctx: Context) -> tuple[str, int | None]:
         return job.view.line(job.paused), len(job.view.saved)
 
 
-def reference_tick(ctx: Context, seen: int, session: Session, a: str | None, b: str | None):
+def reference_tick(ctx: Context, seen: int, session: Session, a: str | None, b: str | None, runs_seen: int = 0):
     """Every 2 s while the references train: the progress line, and the prompt dropdowns only when one was just saved.
 
     Offering the adapters lists them, which reads every one (its tensors included): not every
@@ -889,14 +902,15 @@ def reference_tick(ctx: Context, seen: int, session: Session, a: str | None, b: 
     """
     line, saved = reference_status(ctx)
     if saved is not None and saved == seen:
-        return line, gr.Timer(active=True), seen, gr.skip(), gr.skip()
-    return (line, gr.Timer(active=saved is not None), saved or 0, *compare_choices(ctx, session, a, b))
+        return line, gr.Timer(active=True), seen, gr.skip(), gr.skip(), gr.skip()
+    return (line, gr.Timer(active=saved is not None), saved or 0, *compare_choices(ctx, session, a, b, runs_seen))
 
 
 class CompareTab(NamedTuple):
     act: gr.Markdown
     text: gr.Textbox
     adapters: list  # [prompt A, prompt B]
+    runs_seen: gr.State  # the session's run count when the dropdowns were last offered
 
 
 def decoding_controls() -> list:
@@ -935,16 +949,18 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
                  "I want you to act as a travel guide. I am in Rome."], inputs=text)
     timer = gr.Timer(2.0, active=ctx.jobs.running(REFERENCE_OWNER) is not None)
     seen = gr.State(0)  # references saved when this page last offered its prompts
-    timer.tick(bind(reference_tick, ctx), [seen, session, a, b], [status, timer, seen, a, b], api_name=False,
-               show_progress="hidden")
-    tab.select(bind(compare_choices, ctx), [session, a, b], [a, b], api_name="compare_choices", **HIDDEN).then(
+    runs_seen = gr.State(0)  # runs this session had finished then
+    timer.tick(bind(reference_tick, ctx), [seen, session, a, b, runs_seen], [status, timer, seen, a, b, runs_seen],
+               api_name=False, show_progress="hidden")
+    tab.select(bind(compare_choices, ctx), [session, a, b, runs_seen], [a, b, runs_seen], api_name="compare_choices",
+               **HIDDEN).then(
         lambda: reference_status(ctx)[0], None, status, api_name=False)
     a.change(column_label, a, a_out, api_name=False)
     b.change(column_label, b, b_out, api_name=False)
     go.click(bind(generate, ctx), [text, a, *decoding[:-1], session, b, decoding[-1]], [base_out, a_out, b_out],
              api_name="generate", **HIDDEN,
              concurrency_limit=4, concurrency_id="generate")
-    return CompareTab(act, text, [a, b])
+    return CompareTab(act, text, [a, b], runs_seen)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1018,7 +1034,7 @@ GAINS_HELP = (
 )
 
 
-def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> gr.Dropdown:
+def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> tuple[gr.Dropdown, gr.State]:
     gr.Markdown("The difference in numbers, on acts the prompt never trained on: held-out perplexity (lower is "
                 "better; scored as training scores it, so it matches the run history) and ROUGE-L of greedy (no repeated 3-grams) "
                 "continuations of *I want you to act as a &lt;act&gt;.* against the dataset's real prompt (higher is better).")
@@ -1042,13 +1058,15 @@ def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> gr.Dropdown:
                 "the model's input embeddings. Trained prompts usually sit far from every real token (0.1–0.3 is "
                 "common): read it as a hint, not a translation.")
     nearest_table = gr.Dataframe(label="Nearest tokens", interactive=False, max_height=360)
-    tab.select(bind(refresh_choices, ctx), [session, adapter], adapter, api_name="eval_adapter_choices", **HIDDEN)
+    runs_seen = gr.State(0)  # the session's run count when the dropdown was last offered
+    tab.select(bind(refresh_choices, ctx), [session, adapter, runs_seen], [adapter, runs_seen],
+               api_name="eval_adapter_choices", **HIDDEN)
     go.click(bind(evaluate_run, ctx), [adapter, rouge_acts, max_new, session],
              [ppl_plot, rouge_plot, summary, rouge_table], api_name="evaluate", **HIDDEN,
              concurrency_limit=4, concurrency_id="generate").success(
         bind(token_view, ctx), [adapter, session], [gains, gains_text], api_name="token_gains", **HIDDEN).success(
         bind(nearest_view, ctx), [adapter, session], nearest_table, api_name="nearest_tokens", **HIDDEN)
-    return adapter
+    return adapter, runs_seen
 
 
 # ---------------------------------------------------------------------------------------
@@ -1211,6 +1229,18 @@ def run_names(session: Session, current: str | None = None) -> gr.Dropdown:
     return gr.Dropdown(choices=names, value=current if current in names else (names[0] if names else None))
 
 
+def default_save_name(run_name: str | None) -> str:
+    """What a run is saved as when no name is given: "#3 Rapper 20×10 · 14:05" -> "Rapper-20x10"."""
+    if not run_name or not run_name.startswith("#"):
+        return ""
+    what = run_name.split(" ", 1)[-1].rsplit(" · ", 1)[0]  # "<what> <tokens>×<epochs>"
+    return adapters.sanitize_name(what.replace("×", "x"))
+
+
+def save_name_hint(run_name: str | None) -> gr.Textbox:
+    return gr.Textbox(placeholder=default_save_name(run_name) or "rapper-20x10")
+
+
 def save_run(ctx: Context, name: str, run_name: str | None = None, session: Session | None = None):
     """Keep a run of this session (the newest unless `run_name` says) under `name`, or a name made from the run."""
     if not session.runs:
@@ -1218,8 +1248,7 @@ def save_run(ctx: Context, name: str, run_name: str | None = None, session: Sess
     run = session.run(checked_name(run_name, "the run") or SESSION_RUN)
     if run is None:
         raise refuse(f"this session has no run named {run_name!r}")
-    c = run.soft.config
-    wanted = name.strip() or f"{run.name.split(' ', 1)[1].rsplit(' · ', 1)[0]}-{c.num_virtual_tokens}x{c.epochs}"
+    wanted = name.strip() or default_save_name(run.name)
     with user_errors(), disk_errors():
         wanted = own_name(wanted.replace("×", "x"))
         final = adapters.free_name(wanted, {a["name"] for a in ctx.adapters()})
@@ -1383,6 +1412,7 @@ def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
     table.select(first_cell, None, picked, api_name="pick_adapter_row", **HIDDEN)
     picked.change(bind(adapter_details, ctx), picked, details, api_name="adapter_details", **HIDDEN)
     save_btn.click(bind(save_run, ctx), [save_name, run, session], [table, picked, save_msg], api_name="save_adapter", **HIDDEN)
+    run.change(save_name_hint, run, save_name, api_name=False)  # the placeholder shows the name "Save" will use
     download_btn.click(bind(download, ctx), picked, zip_out, api_name="download_adapter", **HIDDEN)
     report_btn.click(bind(adapter_report, ctx), [picked, session], zip_out, api_name="adapter_report", **HIDDEN)
     run_report_btn.click(bind(run_report, ctx), [run, session], run_report_out, api_name="run_report", **HIDDEN)
@@ -1580,7 +1610,7 @@ def build_app(
             with gr.Tab("Compare") as tab:
                 compare = compare_tab(ctx, session, tab)
             with gr.Tab("Evaluate") as tab:
-                eval_adapter = evaluate_tab(ctx, session, tab)
+                eval_adapter = evaluate_tab(ctx, session, tab)  # (dropdown, runs seen)
             with gr.Tab("Sweep & history") as tab:
                 sweeps = sweep_tab(ctx, session, tab, train_)
             with gr.Tab("Adapters") as tab:
@@ -1596,8 +1626,9 @@ def build_app(
             bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act", **HIDDEN)
         data.act_name.submit(bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act_by_name", **HIDDEN)
         for done in (train_.trained, sweeps.swept):
-            done.then(bind(compare_choices, ctx), [session, *compare.adapters], compare.adapters, api_name=False).then(
-                bind(refresh_choices, ctx), [session, eval_adapter], eval_adapter, api_name=False)
+            done.then(bind(compare_choices, ctx), [session, *compare.adapters, compare.runs_seen],
+                      [*compare.adapters, compare.runs_seen], api_name=False).then(
+                bind(refresh_choices, ctx), [session, *eval_adapter], list(eval_adapter), api_name=False)
         train_.trained.then(bind(show_history, ctx), session, sweeps.history, api_name="history_after_train", **HIDDEN)
         demo.unload(bind(on_close, ctx))
         api_endpoints(ctx)

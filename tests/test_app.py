@@ -191,6 +191,36 @@ def test_compare_without_an_adapter_asks_for_one(client):
         generate(client)  # this session's run, but nothing trained
 
 
+def test_a_run_that_just_finished_opens_in_compare_and_evaluate_once(client):
+    client.predict(*train_args(epochs=1), api_name="/train")
+    client.predict("picked-earlier", app.SESSION_RUN, api_name="/save_adapter")
+    try:
+        a, b = client.predict(None, None, api_name="/compare_choices")
+        assert a["value"].startswith("#1 ") and b["value"] == app.NO_PROMPT
+        # from then on the visitor's picks stay, in both tabs
+        a, b = client.predict("picked-earlier", "picked-earlier", api_name="/compare_choices")
+        assert [a["value"], b["value"]] == ["picked-earlier", "picked-earlier"]
+        assert client.predict(None, api_name="/eval_adapter_choices")["value"].startswith("#1 ")
+        assert client.predict("picked-earlier", api_name="/eval_adapter_choices")["value"] == "picked-earlier"
+
+        client.predict(*train_args(epochs=1), api_name="/train")  # a second run: it takes the first dropdown
+        a, b = client.predict("picked-earlier", "picked-earlier", api_name="/compare_choices")
+        assert a["value"].startswith("#2 ") and b["value"] == "picked-earlier"
+        assert client.predict("picked-earlier", api_name="/eval_adapter_choices")["value"].startswith("#2 ")
+        a, b = client.predict("picked-earlier", "picked-earlier", api_name="/compare_choices")  # once, not for ever
+        assert [a["value"], b["value"]] == ["picked-earlier", "picked-earlier"]
+    finally:
+        client.predict("picked-earlier", api_name="/delete_adapter")
+
+
+def test_a_run_saved_without_a_name_is_named_after_its_act_and_size(trained):
+    *_, message = trained.predict("", app.SESSION_RUN, api_name="/save_adapter")
+    assert message.endswith(" as **all-acts-5x2**")  # "#1 all acts 5×2 · HH:MM"
+    trained.predict("all-acts-5x2", api_name="/delete_adapter")
+    assert app.default_save_name("#3 Rapper 20×10 · 14:05") == "Rapper-20x10"
+    assert app.default_save_name(None) == app.default_save_name("an-adapter") == ""
+
+
 def test_save_list_download_upload_delete(trained, tmp_path):
     table, picked, message = trained.predict("my rapper!", app.SESSION_RUN, api_name="/save_adapter")
     assert message.startswith("saved #1 ") and message.endswith(" as **my-rapper**") and picked["value"] == "my-rapper"

@@ -129,13 +129,13 @@ def test_the_reference_timer_offers_the_prompts_only_when_a_reference_was_just_s
     job = ctx.jobs.start(app.Job(app.REFERENCE_OWNER, "references", lambda stop: iter(lambda: release.wait(5), True),
                                  view=view))
     session = app.Session()
-    line, timer, seen, a, b = app.reference_tick(ctx, 0, session, None, None)
+    line, timer, seen, a, b, runs_seen = app.reference_tick(ctx, 0, session, None, None)
     assert line == "Training the reference adapters: loading the model…" and seen == 0
-    assert a == b == app.gr.skip() and listings == []  # nothing new: the adapters are not listed
+    assert a == b == runs_seen == app.gr.skip() and listings == []  # nothing new: the adapters are not listed
     view.saved.append("reference-5x5-tiny-gpt2-000000")
-    *_, seen, a, b = app.reference_tick(ctx, 0, session, None, None)
-    assert seen == 1 and listings == [1] and a.constructor_args["choices"] == []
+    *_, seen, a, b, runs_seen = app.reference_tick(ctx, 0, session, None, None)
+    assert seen == 1 and listings == [1] and a.constructor_args["choices"] == [] and runs_seen == 0
     release.set()
     assert job.join(timeout=10)
-    line, timer, seen, a, b = app.reference_tick(ctx, 1, session, None, None)
+    line, timer, seen, a, b, _ = app.reference_tick(ctx, 1, session, None, None)
     assert line == "" and timer.constructor_args["active"] is False and listings == [1, 1]  # once more, at the end
