@@ -68,6 +68,7 @@ REFERENCE_OWNER = "reference adapters"  # the job registry's owner of the backgr
 HIDDEN = {"api_visibility": "undocumented"}  # the tabs' events: callable by clients, not the documented API (4g)
 INITS = {"the words \"I want you to act as\"": "instruction", "random": "random",
          "text: the current act's prompt": "text", "sampled vocabulary": "sample_vocab"}
+NEAREST_K = 5  # vocabulary tokens shown beside each virtual token (Evaluate)
 DATA_CHOICES = ("all training acts", "only the current act", "selected acts")
 COLOURS = {"train": "#2563eb", "held-out": "#ea580c", "base held-out": "#9ca3af"}  # one run's chart
 PRESETS = {"5 tokens × 5 epochs": (5, 5), "20 tokens × 10 epochs": (20, 10)}
@@ -460,7 +461,7 @@ def gains_summary(act: str, gains: list[tuple[str, float]], note: str = "") -> s
 
 def nearest_frame(nearest: list[list[tuple[str, float]]]) -> pd.DataFrame:
     """One row per virtual token: its index, then its nearest vocabulary tokens as "'token' 0.23"."""
-    k = max((len(n) for n in nearest), default=0)
+    k = max((len(n) for n in nearest), default=NEAREST_K)  # empty: the headers a result will have
     rows = [[i] + [f"{t!r} {s:.2f}" for t, s in n] for i, n in enumerate(nearest)]
     return pd.DataFrame(rows, columns=["virtual token"] + [f"nearest {j + 1}" for j in range(k)])
 
@@ -1023,7 +1024,7 @@ def token_view(ctx: Context, adapter, session: Session):
 def nearest_view(ctx: Context, adapter, session: Session) -> pd.DataFrame:
     soft = pick_soft(ctx, adapter, session)
     with user_errors():
-        return nearest_frame(evaluate.nearest_tokens(ctx.base(), soft, k=5))
+        return nearest_frame(evaluate.nearest_tokens(ctx.base(), soft, k=NEAREST_K))
 
 
 GAINS_HELP = (
@@ -1049,7 +1050,7 @@ def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> tuple[gr.Dropd
         rouge_plot = gr.BarPlot(x="label", y="ROUGE-L", color="model", title="ROUGE-L (mean over acts)", x_title=" ",
                                 color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, 1], height=260)
     summary = gr.Markdown(elem_id="eval-summary")
-    rouge_table = gr.Dataframe(label="Per held-out act", interactive=False, wrap=True, max_height=360,
+    rouge_table = gr.Dataframe(rouge_frame([]), label="Per held-out act", interactive=False, wrap=True, max_height=360,
                                column_widths=["14%", "35%", "35%", "8%", "8%"])
     gr.Markdown(GAINS_HELP)
     gains = gr.HighlightedText(label="Tuned vs base, per token (nats)", show_legend=True, elem_id="token-gains")
@@ -1057,7 +1058,7 @@ def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> tuple[gr.Dropd
     gr.Markdown("### What the prompt learned\nEach virtual token's nearest vocabulary tokens by cosine similarity to "
                 "the model's input embeddings. Trained prompts usually sit far from every real token (0.1–0.3 is "
                 "common): read it as a hint, not a translation.")
-    nearest_table = gr.Dataframe(label="Nearest tokens", interactive=False, max_height=360)
+    nearest_table = gr.Dataframe(nearest_frame([]), label="Nearest tokens", interactive=False, max_height=360)
     runs_seen = gr.State(0)  # the session's run count when the dropdown was last offered
     tab.select(bind(refresh_choices, ctx), [session, adapter, runs_seen], [adapter, runs_seen],
                api_name="eval_adapter_choices", **HIDDEN)

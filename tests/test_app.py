@@ -53,6 +53,12 @@ def test_building_the_app_loads_neither_model_nor_dataset():
     app.build_app(model="/no/such/model", dataset="/no/such/acts.csv")  # would raise if it loaded either
 
 
+def test_evaluates_empty_tables_show_the_headers_a_result_will_have():
+    assert list(app.nearest_frame([])) == ["virtual token"] + [f"nearest {j}" for j in range(1, app.NEAREST_K + 1)]
+    assert list(app.nearest_frame([[("a", 0.5)], [("b", 0.25)]])) == ["virtual token", "nearest 1"]
+    assert list(app.rouge_frame([])) == ["act", "base text", "tuned text", "base ROUGE-L", "tuned ROUGE-L"]
+
+
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (45, "45s"), (130, "2m 10s"), (3720, "1h 2m")])
 def test_duration_reads_like_a_clock(seconds, text):
     assert app.duration(seconds) == text
