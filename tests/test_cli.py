@@ -171,6 +171,14 @@ def test_train_help_lists_every_config_field(capsys):
         assert flags.get(f.name, "--" + f.name.replace("_", "-")) in out
 
 
+def test_help_and_usage_errors_load_neither_torch_nor_transformers():
+    code = ("import sys\nfrom tuning.cli import main\nfor argv in (['generate', '--help'], ['train', '--epochs', 'x']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        print(e.code)\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split()[-4:] == ["0", "2", "False", "False"], result.stdout + result.stderr
+
+
 def test_module_runs_as_a_program(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tuning", "--adapters-dir", str(tmp_path), "list"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -41,7 +41,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_decoding_flags(parser: argparse.ArgumentParser) -> None:
-    from .generate import Decoding
+    from .config import Decoding  # not .generate: `--help` and usage errors need no torch
 
     for f in dataclasses.fields(Decoding):
         if f.name == "do_sample":
