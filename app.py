@@ -805,7 +805,7 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
         with gr.Column(scale=2):
             plot = gr.LinePlot(loss_frame([], SERIES), x="step", y="loss", color="series", height=360,
                                elem_id="loss-plot", color_map=COLOURS, title="Loss per token (nats)", y_axis_format=".2f",
-                               x_title="training step")
+                               x_title="training step", x_axis_format="d")
             progress = gr.Markdown("not started: set the prompt's size and press Train", elem_id="progress")
             log_box = gr.Textbox(label="Log", lines=8, max_lines=30, interactive=False, autoscroll=True)
     preset.input(bind(set_preset, ctx), preset, [tokens, epochs], api_name="set_preset", **HIDDEN)
@@ -1176,7 +1176,8 @@ def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> 
         go = gr.Button("Run sweep", variant="primary")
         stop = gr.Button("Stop sweep", variant="stop")
     plot = gr.LinePlot(loss_frame([], []), x="step", y="loss", color="series", height=360, x_title="training step",
-                       y_axis_format=".2f", title="Loss per token (nats), every cell", elem_id="sweep-plot")
+                       x_axis_format="d", y_axis_format=".2f", title="Loss per token (nats), every cell",
+                       elem_id="sweep-plot")
     progress = gr.Markdown("not started", elem_id="sweep-progress")
     table = gr.Dataframe(sweep_frame([]), label="Results", interactive=False)
     csv_out = gr.File(label="Results (.csv)", interactive=False, height=90)
@@ -1184,7 +1185,7 @@ def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> 
     history_table = gr.Dataframe(history_frame([]), label="Runs", interactive=False, wrap=True,
                                  column_widths=["17%", "29%", "7%", "9%", "9%", "10%", "10%", "9%"])
     history_plot = gr.LinePlot(loss_frame([], []), x="step", y="loss", color="series", height=360,
-                               x_title="training step", y_axis_format=".2f",
+                               x_title="training step", x_axis_format="d", y_axis_format=".2f",
                                title="Training loss per step, every run", elem_id="history-plot")
     with gr.Row():
         refresh = gr.Button("Refresh history")
