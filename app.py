@@ -720,7 +720,8 @@ def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, 
         view.continue_from(continued[0].meta["history"], plan.steps_per_epoch)
         if note := resume_note(continued[0]):
             view.log.append(f"note: {note}")
-        what = f"{continued[1].split(' · ')[0]} continued"
+        # a run of this session: its acts ("#2 all acts continued 5×10"); an adapter: its name ("poet-5x5 continued 5×10")
+        what = f"{what if continued[1].startswith('#') else continued[1]} continued"
 
     def events(stop: threading.Event):
         flag = gpu.StopFlag()
