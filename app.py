@@ -595,8 +595,8 @@ class DatasetTab(NamedTuple):
 
 def dataset_tab(ctx: Context) -> DatasetTab:
     search = Text(label="Search acts", max_length=MAX_FIELD_CHARS, placeholder="rapper, terminal, poet…")
-    acts_table = gr.Dataframe(label="Acts (click a row to pick it)", interactive=False,
-                              column_widths=["25%", "65%", "10%"], max_height=420)
+    acts_table = gr.Dataframe(label="Acts (click a row to pick it)", interactive=False, wrap=True,
+                              column_widths=["26%", "58%", "16%"], max_height=420)
     act_name = Text(label="Act (or type a name and press Enter)", max_length=MAX_FIELD_CHARS)
     full_prompt = gr.Textbox(label="Whole prompt", lines=6, interactive=False)
     search.change(bind(search_acts, ctx), search, acts_table, api_name="search_acts", **HIDDEN)
