@@ -68,6 +68,15 @@ def test_the_estimate_counts_the_held_out_scoring_still_to_come():
     assert view.eta() == pytest.approx(9 * 1.0 + 3.0)
 
 
+def test_the_first_estimate_for_one_act_scores_the_held_out_rows_at_one_row_a_step():
+    # Seen in the app (SmolLM2, one act, 5 steps): "about 26s left" after step 1 for 60 s still to
+    # come, because scoring 20 held-out rows was guessed as 5 batches of 4 while a step trained 1 row.
+    view = RunView(step_cap=5, epochs=5, batch_size=4)
+    view.add(Start(5, 1, 20, 100))
+    view.add(step(1, 2.0, total=5))  # 2 s a step of one row; scoring 20 rows: 20 rows at a third of a step each
+    assert view.eta() == pytest.approx(4 * 2.0 + 6 * 20 * 2.0 / 3)  # 5 epoch ends; the first also scores the base
+
+
 def test_stop_is_said_until_the_run_ends_then_what_was_kept():
     view = RunView(step_cap=10, epochs=1)
     view.add(Start(10, 10, 2, 100))

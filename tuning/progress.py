@@ -68,6 +68,7 @@ class RunView:
     stopping: bool = False  # Stop was pressed; the run ends after its current step
     step: int = 0
     _held_rows: int = 0
+    _train_rows: int = 0
     _resumed_at: int = 0  # steps the prompt had trained before this run (a resumed adapter)
     _step_elapsed: float = 0.0  # seconds since the start at the last Step
     _eval_seconds: list[float] = field(default_factory=list)  # each epoch end's scoring time
@@ -80,7 +81,7 @@ class RunView:
     # --- events in
     def add(self, event) -> None:
         if isinstance(event, Start):
-            self._held_rows, self._resumed_at = event.held_out_rows, event.resumed_at
+            self._held_rows, self._train_rows, self._resumed_at = event.held_out_rows, event.train_rows, event.resumed_at
             self.step = max(self.step, event.resumed_at)
             more = f" more, from step {event.resumed_at:,}" if event.resumed_at else ""
             self.log.append(f"training on {plural(event.train_rows, 'act')}, {event.held_out_rows:,} held out, "
@@ -117,7 +118,8 @@ class RunView:
 
         Each epoch end scores the held-out rows (the first also scores the base model on them).
         Until one has been measured, its cost is guessed from the step time: a forward pass over
-        the held-out rows costs about a third of training steps over as many rows.
+        the held-out rows costs about a third of training steps over as many rows (a step trains
+        its batch's rows: fewer when there are fewer training rows, as for one act).
         """
         done = self.step - self._resumed_at
         if done <= 0:
@@ -127,7 +129,8 @@ class RunView:
         if self._eval_seconds:  # the first epoch end scored twice (tuned and base)
             per_scoring = self._eval_seconds[-1] if len(self._eval_seconds) > 1 else self._eval_seconds[0] / 2
         else:
-            per_scoring = per_step * math.ceil(self._held_rows / max(1, self.batch_size)) / 3
+            rows_per_step = min(self.batch_size, self._train_rows or self.batch_size)
+            per_scoring = per_step * math.ceil(self._held_rows / max(1, rows_per_step)) / 3
         planned_epochs = min(self.epochs, math.ceil(self.step_cap / max(1, self._steps_per_epoch())))
         scored_before = self._epochs_before if self._resumed_at else 0
         scorings = max(0, planned_epochs - max(self._epochs_scored, scored_before))
