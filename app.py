@@ -826,7 +826,9 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
 def pick_soft(ctx: Context, name, session: Session) -> SoftPrompt:
     """A run of this session or a saved adapter, by the name a dropdown (or a client) sent."""
     if not (name := checked_name(name)):
-        raise refuse("train or pick an adapter first")
+        line, _ = reference_status(ctx)  # a new Space: nothing to pick until the first reference is saved
+        wait = f"; or wait for the reference adapters ({line.split(': ', 1)[-1]})" if line else ""
+        raise refuse(f"train or pick an adapter first{wait}")
     if name == SESSION_RUN or name.startswith("#"):  # run names start with '#', adapter names cannot
         run = session.run(name)
         if run is None:

@@ -132,6 +132,10 @@ def test_the_reference_timer_offers_the_prompts_only_when_a_reference_was_just_s
     line, timer, seen, a, b, runs_seen = app.reference_tick(ctx, 0, session, None, None)
     assert line == "Training the reference adapters: loading the model…" and seen == 0
     assert a == b == runs_seen == app.gr.skip() and listings == []  # nothing new: the adapters are not listed
+    with pytest.raises(app.gr.Error) as refused:
+        app.pick_soft(ctx, None, session)  # a first visitor's Generate on a new Space says what is coming
+    assert refused.value.message == ("train or pick an adapter first; or wait for the reference adapters "
+                                     "(loading the model…)")
     view.saved.append("reference-5x5-tiny-gpt2-000000")
     *_, seen, a, b, runs_seen = app.reference_tick(ctx, 0, session, None, None)
     assert seen == 1 and listings == [1] and a.constructor_args["choices"] == [] and runs_seen == 0
@@ -139,3 +143,6 @@ def test_the_reference_timer_offers_the_prompts_only_when_a_reference_was_just_s
     assert job.join(timeout=10)
     line, timer, seen, a, b, _ = app.reference_tick(ctx, 1, session, None, None)
     assert line == "" and timer.constructor_args["active"] is False and listings == [1, 1]  # once more, at the end
+    with pytest.raises(app.gr.Error) as refused:
+        app.pick_soft(ctx, None, session)
+    assert refused.value.message == "train or pick an adapter first"
