@@ -1239,7 +1239,8 @@ def default_save_name(run_name: str | None) -> str:
     if not run_name or not run_name.startswith("#"):
         return ""
     what = run_name.split(" ", 1)[-1].rsplit(" · ", 1)[0]  # "<what> <tokens>×<epochs>"
-    return adapters.sanitize_name(what.replace("×", "x"))
+    name = adapters.sanitize_name(what.replace("×", "x"))
+    return name[len(reference.PREFIX):] if reference.is_reference(name) else name  # a continued reference: yours
 
 
 def save_name_hint(run_name: str | None) -> gr.Textbox:

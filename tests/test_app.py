@@ -225,6 +225,8 @@ def test_a_run_saved_without_a_name_is_named_after_its_act_and_size(trained):
     trained.predict("all-acts-5x2", api_name="/delete_adapter")
     assert app.default_save_name("#3 Rapper 20×10 · 14:05") == "Rapper-20x10"
     assert app.default_save_name(None) == app.default_save_name("an-adapter") == ""
+    continued = "#2 reference-20x10-gpt2-0a1b2c continued 20×12 · 14:05"  # the prefix is kept for the server's own
+    assert app.default_save_name(continued) == "20x10-gpt2-0a1b2c-continued-20x12"
 
 
 def test_save_list_download_upload_delete(trained, tmp_path):
