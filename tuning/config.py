@@ -1,8 +1,9 @@
 """TuneConfig: every setting of a prompt-tuning run, with defaults and self-validation; Decoding: a generation's.
 
 The UI, the CLI and the tests all build these objects. They hold settings only; this module
-loads nothing and imports neither torch nor transformers, so `python -m tuning --help` is instant. `TuneConfig(num_virtual_tokens=0)` raises a ValueError that
-names the bad field and its allowed range.
+loads nothing and imports neither torch nor transformers, so `python -m tuning --help` is
+instant. `TuneConfig(num_virtual_tokens=0)` raises a ValueError that names the bad field and
+its allowed range.
 """
 
 from __future__ import annotations

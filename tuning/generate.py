@@ -48,7 +48,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.streamers import BaseStreamer
 
-from .config import Decoding, GenerationError  # noqa: F401  (defined beside TuneConfig, torch-free; used from here too)
+from .config import Decoding, GenerationError  # beside TuneConfig, torch-free (the CLI's --help reads Decoding)
 from .model import Base, SoftPrompt, prompt_inputs
 
 
