@@ -55,3 +55,14 @@ def test_round_trips_through_a_dict():
 
 def test_unknown_keys_in_a_saved_dict_are_ignored():
     assert TuneConfig.from_dict({"epochs": 3, "from_the_future": 1}).epochs == 3
+
+
+@pytest.mark.parametrize("acts", ["Poet", [1], [""], ["Poet", None], 5])
+def test_acts_must_be_a_list_of_names(acts):
+    with pytest.raises(ValueError, match="acts must be"):
+        TuneConfig(acts=acts)
+
+
+def test_acts_given_as_a_list_become_a_tuple():
+    assert TuneConfig(acts=["Poet", "Rapper"]).acts == ("Poet", "Rapper")
+    assert TuneConfig(acts=None).acts == ()

@@ -47,7 +47,11 @@ class TuneConfig:
     text_only: bool = field(default=True, metadata={"help": "when the dataset has a `type` column, keep TEXT rows only"})
 
     def __post_init__(self) -> None:
+        if isinstance(self.acts, str) or not isinstance(self.acts, (list, tuple)) and self.acts is not None:
+            raise ValueError(f"acts must be a list of act names, got {self.acts!r}")  # "Poet" would be 4 acts
         self.acts = tuple(self.acts or ())
+        if not all(isinstance(a, str) and a.strip() for a in self.acts):
+            raise ValueError(f"acts must be non-empty act names, got {list(self.acts)!r}")
         _int_in("num_virtual_tokens", self.num_virtual_tokens, 1, 100)
         _int_in("epochs", self.epochs, 1, 50)
         _int_in("batch_size", self.batch_size, 1, 64)
