@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -162,6 +163,27 @@ def test_list_skips_broken_and_temp_folders(tmp_path):
     assert [a["name"] for a in list_adapters(tmp_path)] == ["good"]
 
 
+@pytest.mark.parametrize("meta_text", [
+    '"metrics": [1]', '"metrics": "xy"', '"metrics": 3',  # an upload's meta may hold anything JSON allows
+])
+def test_list_survives_an_adapter_whose_metrics_are_not_an_object(tmp_path, meta_text):
+    save(make_soft(), "good", tmp_path)
+    save(make_soft(), "odd", tmp_path)
+    path = tmp_path / "odd" / META_FILE
+    path.write_text(path.read_text().replace('"dataset": "x.csv"', meta_text + ', "dataset": "x.csv"'))
+    listed = {a["name"]: a for a in list_adapters(tmp_path)}
+    assert listed.keys() == {"good", "odd"} and listed["odd"]["metrics"] == {}
+
+
+def test_list_skips_an_adapter_whose_metadata_is_nested_too_deep_to_read(tmp_path):
+    save(make_soft(), "good", tmp_path)
+    save(make_soft(), "deep", tmp_path)
+    (tmp_path / "deep" / META_FILE).write_text("[" * 200_000 + "]" * 200_000)
+    assert [a["name"] for a in list_adapters(tmp_path)] == ["good"]
+    with pytest.raises(AdapterError, match="not valid JSON"):
+        load("deep", tmp_path)
+
+
 def test_list_of_missing_root_is_empty(tmp_path):
     assert list_adapters(tmp_path / "nope") == []
 
@@ -230,6 +252,34 @@ def test_failed_swap_restores_the_previous_adapter(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(load("a", tmp_path).embeddings, first.embeddings)
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_free_name_of_a_name_at_the_length_limit_is_free_and_saves(tmp_path):
+    long = "a" * adapters.MAX_NAME
+    save(make_soft(), long, tmp_path)
+    free = adapters.free_name(long, {long})
+    assert len(free) <= adapters.MAX_NAME and free.endswith("-2") and sanitize_name(free) == free
+    save(make_soft(), free, tmp_path, overwrite=False)  # the old bug: cut back to `long`, "already exists"
+    taken = {a["name"] for a in list_adapters(tmp_path)}
+    assert taken == {long, free}
+    assert adapters.free_name(long, taken).endswith("-3")
+
+
+def test_failed_move_aside_does_not_hide_the_error(tmp_path, monkeypatch):
+    save(make_soft(), "a", tmp_path)
+    real_replace = os.replace
+
+    def first_replace_fails(src, dst):  # e.g. a delete took the old folder away a moment ago
+        if str(dst).rsplit("/", 1)[-1].startswith(".old-"):
+            shutil.rmtree(src)  # the delete won the race
+            raise FileNotFoundError("gone")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(adapters.os, "replace", first_replace_fails)
+    with pytest.raises(FileNotFoundError, match="gone"):  # not a second error from a rollback of nothing
+        save(make_soft(), "a", tmp_path)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []  # nothing half-made left behind
 
 
 @pytest.mark.parametrize("raw, clean", [

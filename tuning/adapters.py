@@ -75,12 +75,16 @@ def sanitize_name(name: str) -> str:
 def free_name(name: str, taken: set[str]) -> str:
     """`name`, or the first of name-2, name-3, ... not in `taken`: what a save that must not overwrite uses.
 
+    The stem is shortened where the suffix would take the name past MAX_NAME characters (the
+    name a save would keep), so a long taken name still gets a free one.
+
     >>> free_name("poet", {"poet", "poet-2"})
     'poet-3'
     """
     n, candidate = 2, name
     while candidate in taken:
-        candidate, n = f"{name}-{n}", n + 1
+        suffix = f"-{n}"
+        candidate, n = f"{name[: MAX_NAME - len(suffix)].rstrip('-')}{suffix}", n + 1
     return candidate
 
 
@@ -163,8 +167,9 @@ def save(
             if target.exists():
                 if not overwrite:
                     raise AdapterError(f"an adapter named {name!r} already exists")
-                old = root / f".old-{secrets.token_hex(8)}"
-                os.replace(target, old)
+                moved = root / f".old-{secrets.token_hex(8)}"
+                os.replace(target, moved)
+                old = moved  # only once it is really there: the rollback moves it back
             os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -261,8 +266,9 @@ def list_adapters(root: Path | str = DEFAULT_ROOT) -> list[dict]:
             if sanitize_name(name) != name:
                 continue
             soft = load_folder(folder)  # every check a load makes: only loadable adapters are listed
-        except AdapterError:
+        except (AdapterError, OSError):  # unreadable, or removed while we looked
             continue
+        metrics = soft.meta.get("metrics")
         files = [f for f in folder.iterdir() if f.is_file() and not f.is_symlink()]
         created = soft.meta.get("created") or _iso(folder.stat().st_mtime)
         found.append({
@@ -271,7 +277,7 @@ def list_adapters(root: Path | str = DEFAULT_ROOT) -> list[dict]:
             "num_virtual_tokens": soft.num_virtual_tokens,
             "created": created,
             "config": soft.config.to_dict(),
-            "metrics": dict(soft.meta.get("metrics") or {}),
+            "metrics": metrics if isinstance(metrics, dict) else {},  # an upload's meta may hold anything
             "size_bytes": sum(f.stat().st_size for f in files),
         })
     return sorted(found, key=lambda a: _timestamp(a["created"]), reverse=True)
@@ -358,7 +364,7 @@ def _read_json(path: Path, what: str) -> dict:
         raise AdapterError(f"the adapter folder has no {path.name}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise AdapterError(f"the {what} ({path.name}) is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise AdapterError(f"the {what} ({path.name}) must be a JSON object")
