@@ -132,6 +132,74 @@ def test_delete_removes_the_adapter(tiny_model_dir, tiny_csv, tmp_path):
     assert not (tmp_path / "gone").exists()
 
 
+def test_train_refuses_a_taken_name_before_training_and_overwrites_only_when_asked(trained, tiny_model_dir, tiny_csv, capsys, monkeypatch):
+    before = (trained / "cli-run" / "adapter_model.safetensors").read_bytes()
+    loads = []
+    monkeypatch.setattr("tuning.model.load_base", lambda *a, **k: loads.append(a) or pytest.fail("loaded the model"))
+    assert main(train_args(tiny_model_dir, tiny_csv, trained, "--name", "cli-run")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an adapter named 'cli-run' already exists" in err[0] and "--overwrite" in err[0]
+    assert (trained / "cli-run" / "adapter_model.safetensors").read_bytes() == before and not loads
+    monkeypatch.undo()
+    assert main(train_args(tiny_model_dir, tiny_csv, trained, "--name", "cli-copy", "--epochs", "1")) == 0
+    assert main(train_args(tiny_model_dir, tiny_csv, trained, "--name", "cli-copy", "--epochs", "1",
+                           "--learning-rate", "0.3", "--overwrite")) == 0
+    from tuning import adapters
+    assert adapters.load("cli-copy", trained).config.learning_rate == 0.3
+
+
+def test_two_unnamed_runs_in_the_same_second_keep_both(tiny_model_dir, tiny_csv, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("tuning.cli._default_name", lambda config: "all-4tok-1ep-20260101-000000")
+    for _ in range(2):
+        assert main(train_args(tiny_model_dir, tiny_csv, tmp_path, "--epochs", "1")) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all-4tok-1ep-20260101-000000", "all-4tok-1ep-20260101-000000-2"]
+
+
+def test_train_into_a_folder_that_cannot_be_written_fails_before_training(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(train_args(tiny_model_dir, tiny_csv, blocker, "--name", "x")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot save adapters in {blocker}")
+
+
+def test_a_save_that_fails_after_training_keeps_the_prompt_elsewhere(tiny_model_dir, tiny_csv, tmp_path, capsys, monkeypatch):
+    from tuning import adapters
+
+    real_save = adapters.save
+
+    def full_disk(soft, name, root, *a, **k):
+        if root == tmp_path:
+            raise OSError(28, "No space left on device")
+        return real_save(soft, name, root, *a, **k)
+
+    monkeypatch.setattr(adapters, "save", full_disk)
+    assert main(train_args(tiny_model_dir, tiny_csv, tmp_path, "--name", "kept", "--epochs", "1")) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading line and the progress bar
+    assert last.startswith("error: ") and "No space left on device" in last and "it was saved in " in last
+    rescued = Path(last.split("it was saved in ")[1].split(" instead")[0])
+    try:
+        assert adapters.load_folder(rescued).num_virtual_tokens == 4 and rescued.name == "kept"
+    finally:
+        import shutil
+        shutil.rmtree(rescued.parent)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_eval_batch_size_must_be_positive(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--adapter", "a", "--batch-size", value])
+    assert exit_info.value.code == 2 and "--batch-size" in capsys.readouterr().err
+
+
+def test_an_output_the_os_refuses_is_one_line_not_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["bench", "--json", str(blocker / "bench.json")]) == 1  # refused before any measuring
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot save the bench's JSON in")
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -52,6 +52,17 @@ def _add_decoding_flags(parser: argparse.ArgumentParser) -> None:
                             help=f"(default: {f.default})")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a usage error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tuning", description="Prompt-tune a causal LM and compare it with the base model.")
     parser.add_argument("--adapters-dir", default="adapters", help="where adapters are saved (default: adapters)")
@@ -63,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="NAME",
                    help="continue training saved adapter NAME (its prompt and optimizer state) for --epochs more "
                         "epochs, with its own settings unless flags change them; saved back under NAME (or --name)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an adapter already saved under --name (default: refuse before training starts)")
 
     p = sub.add_parser("generate", help="print base and tuned continuations side by side",
                        description="Continue TEXT with the base model and one or two adapters, in one batch, "
@@ -81,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model to load (default: the adapter's base model)")
     p.add_argument("--dataset", help="dataset (default: the adapter's)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="rows scored at once (default: 8)")
     p.add_argument("--rouge", type=int, default=0, metavar="N",
                    help="also ROUGE-L of greedy generations on up to N held-out acts, base vs tuned (default: 0, off)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per act for --rouge (default: 64)")
@@ -173,7 +186,16 @@ def cmd_train(args) -> int:
         config = resume_config(resume, given.pop("epochs", TuneConfig().epochs), **given)
     else:
         config = TuneConfig(**given)
-    name = adapters.sanitize_name(args.name or args.resume or _default_name(config))
+    root = _writable_folder(args.adapters_dir)  # before minutes of training, not after
+    taken = {a["name"] for a in adapters.list_adapters(root)} | {p.name for p in root.iterdir()}
+    if args.name or args.resume:
+        name = adapters.sanitize_name(args.name or args.resume)
+        continued = args.resume is not None and name == args.resume  # a resumed run is saved back over itself
+        if name in taken and not (continued or args.overwrite):
+            raise ValueError(f"an adapter named {name!r} already exists in {root}; choose another --name, "
+                             f"pass --overwrite to replace it, or --resume {name} to continue it")
+    else:  # the default name has a one-second stamp: two runs started together must not meet
+        name = adapters.free_name(adapters.sanitize_name(_default_name(config)), taken)
     rows = load_rows(config.dataset, config.text_only)
     train_rows, held = split_rows(rows, config)
     # Under `accelerate launch` every process trains its share; only the first one talks and saves.
@@ -215,11 +237,46 @@ def cmd_train(args) -> int:
             bar.close()
     if not main_process:
         return 0
-    path = adapters.save(done.soft, name, args.adapters_dir)
+    path = _save_or_rescue(done.soft, name, root)
     state = "stopped early" if done.stopped else "finished"
     steps = f"{done.steps} more steps ({done.soft.meta['steps']} in all)" if resume is not None else f"{done.steps} steps"
     print(f"{state} after {steps} in {done.elapsed:.1f} s; saved adapter {name!r} to {path}")
     return 0
+
+
+def _writable_folder(folder: str | Path, what: str = "adapters") -> Path:
+    """`folder`, made if missing and checked writable; else a one-line error before any work starts."""
+    import tempfile
+
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot save {what} in {path}: {e.strerror or e}") from e
+    return path
+
+
+def _save_or_rescue(soft, name: str, root: Path) -> Path:
+    """Save the trained prompt; when that fails after all (a full disk), save it in a temp folder instead.
+
+    Training took minutes: a failed save must not lose it. The error still says what went wrong.
+    """
+    import tempfile
+
+    from . import adapters
+
+    try:
+        return adapters.save(soft, name, root)
+    except (OSError, adapters.AdapterError) as e:
+        rescue = Path(tempfile.mkdtemp(prefix="tuning-rescued-"))
+        try:
+            saved = adapters.save(soft, name, rescue)
+        except Exception:
+            raise ValueError(f"the adapter could not be saved in {root} ({e}), nor in {rescue}") from e
+        raise ValueError(f"the adapter could not be saved in {root} ({e}); it was saved in {saved} instead: "
+                         f"copy that folder into your adapters folder") from e
 
 
 def _load_adapter_and_base(args):
@@ -328,6 +385,8 @@ def cmd_bench(args) -> int:
 
     from . import bench
 
+    if args.json_path:  # minutes of measuring first: find out now if the file cannot be written
+        _writable_folder(Path(args.json_path).absolute().parent, "the bench's JSON")
     result = bench.run(steps=args.steps, warmup=args.warmup, dataset=args.dataset, tokenizer_dir=args.tokenizer,
                        batch_size=args.batch_size, length_multiple=args.length_multiple)
     if args.json_path:
@@ -365,6 +424,7 @@ def cmd_sweep(args) -> int:
 
     grid = parse_grid(args.grid)
     config = TuneConfig(**{k: getattr(args, k) for k in _SWEEP_FIELDS})
+    out = _writable_folder(args.out, "the sweep's table and chart")
     decoding = Decoding(max_new_tokens=args.max_new_tokens)
     rows = load_rows(config.dataset, config.text_only)
     print(f"loading {config.model} ...", file=sys.stderr)
@@ -396,9 +456,8 @@ def cmd_sweep(args) -> int:
             bar.close()
     if not results:
         raise ValueError("the sweep was stopped before any cell finished; nothing was written")
-    out = Path(args.out)
+    print(format_table(results))  # first: the numbers are on screen even if a write fails
     csv_path, png_path = write_csv(results, out / "sweep.csv"), plot(results, out / "sweep.png")
-    print(format_table(results))
     print(f"wrote {csv_path} and {png_path}")
     return 0
 
@@ -591,8 +650,9 @@ def main(argv: list[str] | None = None) -> int:
         return command[args.command](args)
     except (ValueError, RuntimeError, OSError) as e:
         # Our errors (DataError, ModelError, AdapterError, GenerationError, TrainingError, a bad
-        # TuneConfig) carry one sentence for the user; anything else is a bug and keeps its traceback.
-        if type(e).__module__.startswith("tuning") or type(e) in (ValueError,):
-            print(f"error: {e}", file=sys.stderr)
+        # TuneConfig) carry one sentence for the user, and so does a file the OS refused; anything
+        # else is a bug and keeps its traceback.
+        if type(e).__module__.startswith("tuning") or type(e) is ValueError or isinstance(e, OSError):
+            print(f"error: {e}", file=sys.stderr)  # an OSError is this machine's (a full disk, a permission)
             return 1
         raise
