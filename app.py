@@ -1297,17 +1297,20 @@ def ask_delete(ctx: Context, name: str | None):
         raise refuse("pick an adapter to delete")
     if reference.is_reference(name):
         raise refuse("the reference adapters belong to this server; they cannot be deleted here")
-    return gr.Row(visible=True), f"Delete **{name}** for every visitor of this server? This cannot be undone."
+    return gr.Row(visible=True), f"Delete **{name}** for every visitor of this server? This cannot be undone.", name
 
 
-def delete(ctx: Context, name: str | None, session: Session):
+def delete(ctx: Context, name: str | None, session: Session, asked: str | None = None):
+    """"Yes, delete": `asked` is the adapter "Delete…" named (None for API callers, who name it outright)."""
     if not (name := checked_name(name)):
         raise refuse("pick an adapter to delete")
+    if asked is not None and asked != name:
+        raise refuse(f"the question was about {asked!r}, but {name!r} is picked now; press Delete… again")
     if reference.is_reference(name):
         raise refuse("the reference adapters belong to this server; they cannot be deleted here")
     with user_errors():
         adapters.delete(name, ctx.root)
-    return (*listing_update(ctx, None, f"deleted **{name}**"), gr.Row(visible=False), None, {})
+    return (*listing_update(ctx, None, f"deleted **{name}**"), gr.Row(visible=False), None, {}, None)
 
 
 def repo_suggestion(ctx: Context, name: str | None, profile: gr.OAuthProfile | None = None) -> str:
@@ -1395,6 +1398,7 @@ def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
     with gr.Row(visible=False) as confirm:
         confirm_text = gr.Markdown()
         yes, no = gr.Button("Yes, delete", variant="stop"), gr.Button("Cancel")
+    asked = gr.State(None)  # the adapter the question named: "Yes" deletes that one, not whatever is picked by then
     message = gr.Markdown(elem_id="adapter-message")
     zip_out = gr.File(label="Download", interactive=False, height=90)
     details = gr.JSON(label="Config and metrics")
@@ -1424,10 +1428,11 @@ def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
     run_report_btn.click(bind(run_report, ctx), [run, session], run_report_out, api_name="run_report", **HIDDEN)
     upload_btn.click(bind(upload, ctx), [upload_file, upload_name, session], [table, picked, upload_msg],
                      api_name="upload_adapter", **HIDDEN)
-    delete_btn.click(bind(ask_delete, ctx), picked, [confirm, confirm_text], api_name="ask_delete", **HIDDEN)
-    yes.click(bind(delete, ctx), [picked, session], [table, picked, message, confirm, zip_out, details],
+    delete_btn.click(bind(ask_delete, ctx), picked, [confirm, confirm_text, asked], api_name="ask_delete", **HIDDEN)
+    yes.click(bind(delete, ctx), [picked, session, asked], [table, picked, message, confirm, zip_out, details, asked],
               api_name="delete_adapter", **HIDDEN)
-    no.click(lambda: gr.Row(visible=False), None, confirm, api_name=False)
+    no.click(lambda: (gr.Row(visible=False), None), None, [confirm, asked], api_name=False)
+    picked.change(lambda: (gr.Row(visible=False), None), None, [confirm, asked], api_name=False)  # another pick: ask again
     return table, run
 
 

@@ -256,6 +256,20 @@ def test_save_list_download_upload_delete(trained, tmp_path):
     trained.predict("my-rapper", api_name="/delete_adapter")
 
 
+def test_yes_deletes_the_adapter_the_question_named_not_the_one_picked_since(trained):
+    for name in ("keep-me", "asked-about"):
+        trained.predict(name, app.SESSION_RUN, api_name="/save_adapter")
+    question = trained.predict("asked-about", api_name="/ask_delete")  # the row and the state are not outputs a client sees
+    assert question.startswith("Delete **asked-about** for every visitor")
+    with pytest.raises(AppError, match="the question was about 'asked-about', but 'keep-me' is picked now"):
+        trained.predict("keep-me", api_name="/delete_adapter")  # a row clicked after "Delete…"
+    table, *_ = trained.predict(api_name="/list_adapters")
+    assert {"keep-me", "asked-about"} <= {r[0] for r in table["data"]}
+    _, _, message, *_ = trained.predict("asked-about", api_name="/delete_adapter")
+    assert message == "deleted **asked-about**"
+    trained.predict("keep-me", api_name="/delete_adapter")  # asked about nothing now: a client names it outright
+
+
 def test_upload_refuses_a_hostile_zip(client, tmp_path):
     with pytest.raises(AppError, match="unsafe path: ../evil"):
         client.predict(handle_file(str(hostile_zip(tmp_path / "evil.zip"))), "evil", api_name="/upload_adapter")
