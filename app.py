@@ -580,6 +580,14 @@ def search_acts(ctx: Context, query: str) -> pd.DataFrame:
     return acts_frame(ctx.rows(), query)
 
 
+def restore_act(session: Session):
+    """After a reload: the act this browser picked before, in every place that shows it (it is what Train uses)."""
+    if session.act is None:
+        return (gr.update(),) * 5
+    line = act_line(session.act)
+    return session.act.act, session.act.prompt, line, line, evaluate.act_instruction(session.act.act)
+
+
 def select_act(ctx: Context, name: str, session: Session):
     with user_errors():
         session.act = find_act(ctx.rows(), name)
@@ -1628,11 +1636,15 @@ def build_app(
                 adapters_table, save_run_choice = adapters_tab(ctx, session, tab)
 
         # the links between tabs: an act picked in Dataset shows in Train and Compare; a finished run shows everywhere
-        demo.load(bind(attach, ctx), [browser, session], [session, browser], api_name=False).then(
-            bind(reattach, ctx), session, [train_.plot, train_.progress, train_.log], api_name=False)
+        picked = [data.full_prompt, train_.act, compare.act, compare.text]
+        attached = demo.load(bind(attach, ctx), [browser, session], [session, browser], api_name=False)
+        attached.then(restore_act, session, [data.act_name, *picked], api_name=False)
+        # no concurrency limit: a re-attached tab follows its run to the end, and four of them must not make
+        # a fifth reload wait past the grace after which a tab that left stops its training
+        attached.then(bind(reattach, ctx), session, [train_.plot, train_.progress, train_.log], api_name=False,
+                      concurrency_limit=None)
         demo.load(bind(load_page, ctx), None, [data.acts_table, train_.chosen, status, adapters_table],
                   api_name="load_page", **HIDDEN)
-        picked = [data.full_prompt, train_.act, compare.act, compare.text]
         data.acts_table.select(first_cell, None, data.act_name, api_name="pick_row", **HIDDEN).then(
             bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act", **HIDDEN)
         data.act_name.submit(bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act_by_name", **HIDDEN)

@@ -53,6 +53,22 @@ def test_a_reloaded_page_re_attaches_to_the_running_training_and_can_stop_it(ctx
     assert len(again.runs) == 1 and again.runs[0].soft.meta["stopped"]
 
 
+def test_a_reloaded_page_shows_the_act_it_will_train_on(ctx):
+    session, browser = app.attach(ctx, None, app.Session())
+    assert all(update == app.gr.update() for update in app.restore_act(session))  # nothing picked: nothing to show
+    act = ctx.rows()[0]
+    app.select_act(ctx, act.act, session)
+    again, _ = app.attach(ctx, browser, app.Session())  # the reload
+    name, prompt, train_line, compare_line, text = app.restore_act(again)
+    assert name == act.act and prompt == act.prompt and text.startswith("I want you to act as")
+    assert train_line == compare_line == f"**Current act:** {act.act}"
+
+
+def test_re_attached_tabs_are_not_held_to_the_default_concurrency_limit(ctx):
+    demo = app.build_app(model=ctx.model, dataset=ctx.dataset, adapters_dir=ctx.root)
+    assert [f.concurrency_limit for f in demo.fns.values() if f.name == "reattach"] == [None]
+
+
 def test_a_closed_tab_with_no_reload_stops_its_training_after_the_grace(ctx):
     ctx = app.Context(ctx.model, ctx.dataset, ctx.root, jobs=Jobs(grace=0.5))
     session, _ = app.attach(ctx, None, app.Session())
