@@ -638,7 +638,9 @@ def train_config(ctx: Context, session: Session, tokens, epochs, lr, batch, init
     acts = [session.act.act] if data == "only the current act" else chosen if data == "selected acts" else []
     if data == "selected acts" and not acts:
         raise refuse("choose at least one act for 'selected acts'")
-    use_text = INITS.get(init) == "text" and session.act
+    use_text = INITS.get(init) == "text"
+    if use_text and not session.act:  # the engine would start from whichever training row comes first
+        raise refuse("pick an act in the Dataset tab first: the prompt starts from the current act's text")
     with user_errors():
         return checked_config(
             model=ctx.model, dataset=ctx.dataset, num_virtual_tokens=whole(tokens), epochs=whole(epochs),

@@ -289,6 +289,7 @@ def test_adapter_names_cannot_leave_the_folder(client):
     (dict(lr=20), "Learning rate must be from"),  # TuneConfig's, named by the label
     (dict(data="selected acts"), "choose at least one act"),
     (dict(data="selected acts", acts=["Nobody"]), "not in the list of choices"),
+    (dict(init="text: the current act's prompt"), "pick an act in the Dataset tab first: the prompt starts from"),
 ])
 def test_bad_settings_give_one_sentence_and_the_app_keeps_serving(client, settings, message):
     with pytest.raises(AppError, match=message):
