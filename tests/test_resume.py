@@ -73,6 +73,23 @@ def test_a_run_stopped_mid_epoch_resumes_at_the_next_epoch(base):
     assert soft.config.epochs == 2
 
 
+def test_the_history_records_the_step_each_epoch_ended_at_whatever_the_batch_size(base, two_epochs):
+    from tuning.progress import held_out_points
+
+    assert two_epochs.meta["history"]["epoch_step"] == [3, 6]  # 6 rows in batches of 2
+    soft = done(run(base, resume_config(two_epochs, 2, batch_size=4), resume=two_epochs))  # then 2 steps an epoch
+    history = soft.meta["history"]
+    assert history["epoch_step"] == [3, 6, 8, 10] and history["step"][-1] == 10
+    scored = {**history, "held_out_loss": [4.0, 3.0, 2.0, 1.0]}
+    assert [step for step, _, _ in held_out_points(scored, steps_per_epoch=2)] == [3, 6, 8, 10]  # not 2, 4, 6, 8
+
+
+def test_a_history_saved_before_epoch_steps_resumes_with_them_estimated(base, two_epochs):
+    old = {k: v for k, v in two_epochs.meta["history"].items() if k != "epoch_step"}
+    soft = done(run(base, resume_config(two_epochs, 1), resume=dataclasses.replace(two_epochs, meta={**two_epochs.meta, "history": old})))
+    assert soft.meta["history"]["epoch_step"] == [3, 6, 9]
+
+
 def test_resumed_batches_come_in_the_order_a_longer_run_would_see_next(base, monkeypatch):
     orders = []
     real = train_module.length_batches
@@ -138,7 +155,7 @@ def test_folder_with_optimizer_file_still_loads_in_peft(tmp_path, two_epochs, mo
 def with_history(soft: SoftPrompt, epochs: int) -> SoftPrompt:
     """`soft` claiming `epochs` finished epochs of one step each."""
     history = {"step": list(range(1, epochs + 1)), "train_loss": [1.0] * epochs, "epoch": list(range(1, epochs + 1)),
-               "held_out_loss": [None] * epochs, "epoch_train_loss": [1.0] * epochs}
+               "held_out_loss": [None] * epochs, "epoch_train_loss": [1.0] * epochs, "epoch_step": list(range(1, epochs + 1))}
     return dataclasses.replace(soft, meta={**soft.meta, "history": history})
 
 

