@@ -416,6 +416,17 @@ def test_other_base_model_is_refused(tmp_path, base):
         load("a", tmp_path, base=base)
 
 
+def test_an_adapter_saved_under_a_models_older_hub_id_loads_on_the_new_one(tmp_path, base):
+    import dataclasses
+
+    gpt2 = dataclasses.replace(base, model_id="openai-community/gpt2")  # the default model, by its current id
+    save(make_soft(base_model="gpt2"), "a", tmp_path)  # what PEFT writes after from_pretrained("gpt2")
+    assert load("a", tmp_path, base=gpt2).base_model == "gpt2"
+    save(make_soft(base_model="gpt2-medium"), "b", tmp_path)
+    with pytest.raises(AdapterError, match="trained on gpt2-medium"):
+        load("b", tmp_path, base=gpt2)
+
+
 def test_matching_base_loads(tmp_path, base):
     save(make_soft(), "a", tmp_path)
     assert load("a", tmp_path, base=base).num_virtual_tokens == 5

@@ -17,7 +17,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from .config import DEFAULT_DATASET, DEFAULT_MODEL, PRECISIONS, TuneConfig
+from .config import DEFAULT_DATASET, DEFAULT_MODEL, PRECISIONS, TuneConfig, same_model
 
 # flags that are not a plain "--field value" of TuneConfig
 _SPECIAL = {"acts", "text_only"}
@@ -306,7 +306,7 @@ def cmd_generate(args) -> int:
     fields = {f.name for f in dataclasses.fields(Decoding)}
     decoding = Decoding(**{k: v for k, v in vars(args).items() if k in fields})
     softs = [adapters.load(name, args.adapters_dir) for name in names]
-    if args.model is None and len({s.base_model for s in softs}) > 1:
+    if args.model is None and not same_model(softs[0].base_model, softs[-1].base_model):
         raise ValueError(f"{names[0]!r} was trained on {softs[0].base_model} and {names[1]!r} on "
                          f"{softs[1].base_model}; compare adapters of one base model")
     # stdout carries the result only (one JSON object with --json): whatever a library prints goes to stderr.

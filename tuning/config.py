@@ -20,6 +20,23 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_MODEL = "openai-community/gpt2"
 DEFAULT_DATASET = "fka/awesome-chatgpt-prompts"
 
+# Hub ids from before the models moved into organisations: the Hub still serves the same
+# repository under both, and PEFT records whichever one the trainer typed (often plain "gpt2")
+HUB_ALIASES = {
+    "gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names are the same model: equal, or a Hub id and its older alias.
+
+    >>> same_model("gpt2", "openai-community/gpt2"), same_model("gpt2", "gpt2-medium")
+    (True, False)
+    """
+    return HUB_ALIASES.get(a, a) == HUB_ALIASES.get(b, b)
+
 
 @dataclass
 class TuneConfig:
