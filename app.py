@@ -48,7 +48,7 @@ import torch
 
 from tuning import adapters, evaluate, gpu, hub, reference, report, sweep
 from tuning.adapters import AdapterError
-from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig
+from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig, same_model
 from tuning.data import DataError, Row, find_act, load_rows, matching, source_note
 from tuning.generate import Decoding, GenerationError
 from tuning.jobs import Job, Jobs
@@ -164,6 +164,10 @@ class Context:
     def adapters(self) -> list[dict]:
         """The saved adapters, newest first: list them once per click and pass the list on."""
         return adapters.list_adapters(self.root)
+
+    def prompts(self) -> list[dict]:
+        """The saved adapters this server's model can use (a shared folder may hold other models' too)."""
+        return [a for a in self.adapters() if a["base_model"] == "unknown" or same_model(a["base_model"], self.model)]
 
     @property
     def caps(self) -> dict:
@@ -787,7 +791,7 @@ class TrainTab(NamedTuple):
 
 
 def resume_choices(ctx: Context, session: Session, current: str | None = None) -> gr.Dropdown:
-    choices = [NEW_PROMPT] + prompt_names(session, ctx.adapters())
+    choices = [NEW_PROMPT] + prompt_names(session, ctx.prompts())
     return gr.Dropdown(choices=choices, value=current if current in choices else NEW_PROMPT)
 
 
@@ -872,7 +876,7 @@ def newest_run(session: Session, runs_seen: int) -> str | None:
 
 def refresh_choices(ctx: Context, session: Session, current: str | None = None, runs_seen: int = 0):
     """Evaluate's prompt dropdown (a run just finished is picked) and the session's run count."""
-    return run_choices(session, ctx.adapters(), newest_run(session, runs_seen) or current), session.run_count
+    return run_choices(session, ctx.prompts(), newest_run(session, runs_seen) or current), session.run_count
 
 
 def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str | None = None, runs_seen: int = 0):
@@ -883,8 +887,7 @@ def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str
     dropdown's prompt (the reference 20×10 when that was empty). With nothing picked the reference
     adapters (the seed's finding) open.
     """
-    listing = ctx.adapters()
-    names = prompt_names(session, listing)
+    names = prompt_names(session, ctx.prompts())
     refs = [name for name in (reference.name(ctx.model, ctx.dataset, *cell) for cell in reference.GRID) if name in names]
     fresh = newest_run(session, runs_seen)
     a = fresh or (a if a in names else refs[0] if refs else names[0] if names else None)

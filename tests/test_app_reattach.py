@@ -162,3 +162,20 @@ def test_the_reference_timer_offers_the_prompts_only_when_a_reference_was_just_s
     with pytest.raises(app.gr.Error) as refused:
         app.pick_soft(ctx, None, session)
     assert refused.value.message == "train or pick an adapter first"
+
+
+def test_prompt_pickers_offer_only_adapters_this_model_can_use(ctx):
+    import dataclasses
+
+    from tuning import adapters
+
+    session, _ = app.attach(ctx, None, app.Session())
+    *_, _ = app.start_training(ctx, *{**TRAIN, "epochs": 1}.values(), session, tab("tab-1"))
+    soft = session.runs[-1].soft
+    adapters.save(soft, "mine", ctx.root)
+    adapters.save(dataclasses.replace(soft, base_model="someone/other-model"), "theirs", ctx.root)
+    a, b, _ = app.compare_choices(ctx, session)
+    offered = a.constructor_args["choices"]
+    assert "mine" in offered and "theirs" not in offered
+    assert "theirs" not in b.constructor_args["choices"] + app.resume_choices(ctx, session).constructor_args["choices"]
+    assert "theirs" in [a["name"] for a in ctx.adapters()]  # still listed in the Adapters tab: it can be downloaded
