@@ -847,7 +847,8 @@ def pick_soft(ctx: Context, name, session: Session) -> SoftPrompt:
         run = session.run(name)
         if run is None:
             raise refuse("this session has no run yet: train or pick an adapter first" if name == SESSION_RUN
-                           else f"this session has no run named {name!r} (runs are kept until the server restarts)")
+                           else f"this session has no run named {name!r} (a browser keeps its last {MAX_HISTORY} runs, "
+                           "until the server restarts; save one in the Adapters tab to keep it)")
         return run.soft
     with user_errors():
         return adapters.load(name, ctx.root, ctx.base())
@@ -898,7 +899,8 @@ def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str
 
 
 def column_label(name: str | None) -> gr.Textbox:
-    return gr.Textbox(label="Tuned" if name in (None, NO_PROMPT) else f"Tuned: {name}")
+    """A column named after its newly picked prompt, emptied: the text below was another prompt's."""
+    return gr.Textbox(label="Tuned" if name in (None, NO_PROMPT) else f"Tuned: {name}", value="")
 
 
 def reference_status(ctx: Context) -> tuple[str, int | None]:

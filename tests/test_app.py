@@ -59,6 +59,12 @@ def test_evaluates_empty_tables_show_the_headers_a_result_will_have():
     assert list(app.rouge_frame([])) == ["act", "base text", "tuned text", "base ROUGE-L", "tuned ROUGE-L"]
 
 
+def test_picking_another_prompt_names_its_column_and_empties_it():
+    update = app.column_label("poet-5x5").constructor_args
+    assert update == {"label": "Tuned: poet-5x5", "value": ""}  # not poet-5x5 above another prompt's text
+    assert app.column_label(app.NO_PROMPT).constructor_args["label"] == "Tuned"
+
+
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (45, "45s"), (130, "2m 10s"), (3720, "1h 2m")])
 def test_duration_reads_like_a_clock(seconds, text):
     assert app.duration(seconds) == text
