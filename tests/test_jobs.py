@@ -51,6 +51,15 @@ def test_one_owner_runs_one_job_at_a_time():
     assert jobs.running("a") is None and jobs.stop("a") is None
 
 
+def test_finished_jobs_are_let_go_when_another_starts():
+    jobs = Jobs()
+    done = [jobs.start(Job(owner, "quick", counting(2))) for owner in ("a", "b", "c")]
+    assert all(job.join(timeout=10) for job in done)
+    latest = jobs.start(Job("d", "d's", counting(1000)))
+    assert list(jobs._jobs.values()) == [latest]  # a, b and c never asked again: their events are not held forever
+    assert jobs.stop("d") is latest and latest.join(timeout=10)
+
+
 def test_the_slot_lets_one_training_run_at_a_time_and_says_the_second_waits():
     jobs, waited, started = Jobs(), [], []
     first = jobs.start(Job("a", "first", counting(20, 0.02, started), slot=jobs.slot))

@@ -159,6 +159,8 @@ class Jobs:
             current = self._jobs.get(job.owner)
             if current is not None and not current.finished:
                 raise RuntimeError(f"this browser is already running {current.label}")
+            for owner in [o for o, j in self._jobs.items() if j.finished]:  # their events (a whole prompt) go too
+                del self._jobs[owner]
             self._jobs[job.owner] = job
         return job.start()
 
