@@ -51,6 +51,17 @@ def test_a_base_pickles_as_a_reference_to_the_loaded_model_not_its_weights(base)
         pickle.loads(orphan)
 
 
+def test_a_copy_of_a_base_has_its_own_key_and_the_original_still_pickles(base):
+    import dataclasses
+    import gc
+
+    copy = dataclasses.replace(base, model_id="another-name")
+    assert copy.key != base.key and pickle.loads(pickle.dumps(copy)) is copy
+    del copy
+    gc.collect()  # the copy is gone; it must not have taken the original's place
+    assert pickle.loads(pickle.dumps(base)) is base
+
+
 def test_everything_a_training_call_takes_and_yields_pickles(base):
     flag = gpu.StopFlag()
     args = (base, ROWS[:4], config(), ROWS[4:], flag)

@@ -67,7 +67,9 @@ class Base:
     # A batch with a soft prompt computes the prompt's positions once (True) or in every row
     # (False); None: chosen for the device (`shares_prompt`). Set it to compare (the bench does).
     share_prompt: bool | None = None
-    key: int = field(default_factory=lambda: next(_keys), repr=False)
+    # init=False: a copy (dataclasses.replace) gets its own key, so it never takes the original's
+    # place in `_bases` and leaves it unpicklable once the copy is gone
+    key: int = field(default_factory=lambda: next(_keys), init=False, repr=False)
 
     def __post_init__(self) -> None:
         _bases[self.key] = self
