@@ -1353,7 +1353,7 @@ def pull_adapter(ctx: Context, repo_id, name, oauth_token: gr.OAuthToken | None 
     wanted = checked_text(name, "Name", MAX_FIELD_CHARS).strip()
     with user_errors(), disk_errors():
         folder = hub.pull(repo_id, oauth_token.token if oauth_token is not None else None, ctx.root,
-                          own_name(wanted) if wanted else None, base=ctx.base(), **ctx.caps)
+                          own_name(wanted) if wanted else None, base=ctx.base(), local_ok=False, **ctx.caps)
     return listing_update(ctx, folder.name, f"loaded **{repo_id}** as **{folder.name}**")
 
 

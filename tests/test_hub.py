@@ -136,6 +136,23 @@ def test_push_of_an_adapter_of_a_local_model_asks_for_its_hub_id(fake_hub, soft,
     assert fake_hub.calls == []
 
 
+def test_push_of_a_local_copy_names_the_hub_model_in_every_uploaded_file(fake_hub, soft, base, tiny_csv, tmp_path):
+    import json
+
+    local = "/srv/models/gpt2"
+    adapters.save(dataclasses.replace(soft, base_model=local, config=dataclasses.replace(soft.config, model=local)),
+                  "poet", tmp_path)
+    served = dataclasses.replace(base, model_id=local)  # the server loaded its model from that folder
+    hub.push("poet", "someone/poet", TOKEN, tmp_path, base=served, rows=load_rows(str(tiny_csv)), decoding=SHORT,
+             samples=1, base_model="openai-community/gpt2")
+    up = fake_hub.keep
+    assert json.loads((up / "adapter_config.json").read_text())["base_model_name_or_path"] == "openai-community/gpt2"
+    record = json.loads((up / "tuning_meta.json").read_text())
+    assert record["base_model"] == record["config"]["model"] == "openai-community/gpt2"
+    assert not [f.name for f in up.iterdir() if local in f.read_text(errors="ignore")]  # this machine's path stays here
+    assert json.loads((tmp_path / "poet" / "adapter_config.json").read_text())["base_model_name_or_path"] == local
+
+
 @pytest.mark.parametrize("repo_id", ["no spaces/allowed", "a/b/c", "../x", ""])
 def test_push_refuses_a_bad_repo_id(fake_hub, root, repo_id):
     with pytest.raises(HubError, match="is not a Hub repo id"):
@@ -162,6 +179,22 @@ def test_pull_saves_under_a_free_name_and_fetches_only_adapter_files(repo, root,
     pulled = adapters.load("poet-2", root)
     assert torch.equal(pulled.embeddings, soft.embeddings) and pulled.meta["history"] == soft.meta["history"]
     assert torch.equal(pulled.optimizer_state["exp_avg"], soft.optimizer_state["exp_avg"])
+
+
+def test_a_web_servers_pull_never_reads_a_folder_on_the_server(repo, root, monkeypatch):
+    asked = []
+    monkeypatch.setattr(hub, "_download", lambda repo_id, *a: asked.append(repo_id) or (_ for _ in ()).throw(
+        HubError(f"no repo {repo_id}")))
+    with pytest.raises(HubError, match="is not a Hub repo id"):  # a path: refused as a repo id, the folder unread
+        hub.pull(str(repo), None, root, local_ok=False)
+    with pytest.raises(HubError, match="no repo someone/poet"):
+        hub.pull("someone/poet", None, root, local_ok=False)  # an id is asked of the Hub, even if such a folder exists
+    assert asked == ["someone/poet"] and [p.name for p in root.iterdir()] == ["poet"]
+
+
+def test_an_empty_repo_box_is_a_repo_problem(root):
+    with pytest.raises(HubError, match="is not a Hub repo id"):
+        hub.pull("", None, root)
 
 
 def test_pull_names_the_adapter_after_the_repo(repo, tmp_path):

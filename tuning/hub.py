@@ -20,6 +20,8 @@ What it does not do: log in, choose a repo name, or train.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -93,7 +95,12 @@ def push(
         for file in PULL_FILES:  # the adapter's own files as saved (adapters.load checked them)
             if (source / file).is_file():
                 shutil.copyfile(source / file, folder / file)
-        write_report(measure(base, soft, rows, dataset, name, decoding, samples), folder, repo_id, base_model)
+        shown = soft
+        if base_model != soft.base_model:  # trained from a local copy: the upload names the Hub id, not our path
+            _rename_model(folder, soft.base_model, base_model)
+            model = base_model if soft.config.model == soft.base_model else soft.config.model
+            shown = dataclasses.replace(soft, base_model=base_model, config=dataclasses.replace(soft.config, model=model))
+        write_report(measure(base, shown, rows, dataset, name, decoding, samples), folder, repo_id, base_model)
         api = HfApi(token=token)
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -113,18 +120,22 @@ def pull(
     base: Base | None = None,
     max_count: int | None = None,
     max_bytes: int | None = None,
+    local_ok: bool = True,
 ) -> Path:
     """Fetch a prompt-tuning adapter from a Hub repo (or a local folder laid out as one) and save it under `root`.
 
     Saved as `name`, default the repo's last part, sanitized; a taken name becomes name-2,
     name-3, ... (nothing is overwritten). With `base`, the adapter must fit that model.
-    `max_count` and `max_bytes` are a server's caps (adapters.save). Returns the saved folder.
+    `max_count` and `max_bytes` are a server's caps (adapters.save). `local_ok=False` (a web
+    server's visitors): `repo_id` is always a Hub id, never a folder on this machine. Returns the saved folder.
     """
+    if not local_ok or not isinstance(repo_id, str) or not repo_id.strip():
+        _check_repo_id(repo_id)  # before the name: an empty box is a repo problem, not a name one
     wanted = adapters.sanitize_name(name if name is not None else str(repo_id).rstrip("/").rsplit("/", 1)[-1])
     if wanted.startswith(adapters.RESERVED_PREFIX):
         raise HubError(f"names starting with {adapters.RESERVED_PREFIX!r} are kept for the reference adapters; "
                        "give the adapter another name")
-    local = Path(repo_id) if isinstance(repo_id, str) and repo_id else None
+    local = Path(repo_id) if local_ok and isinstance(repo_id, str) and repo_id else None
     with tempfile.TemporaryDirectory(prefix="tuning-pull-") as tmp:
         folder = Path(tmp) / "adapter"
         folder.mkdir()
@@ -141,6 +152,26 @@ def pull(
         taken = {p.name for p in root.iterdir()} if root.is_dir() else set()
         return adapters.save(soft, adapters.free_name(wanted, taken), root, overwrite=False,
                              max_count=max_count, max_bytes=max_bytes)
+
+
+def _rename_model(folder: Path, local: str, hub_id: str) -> None:
+    """Point the copied adapter files at `hub_id` where they name the local model path `local`.
+
+    PEFT's adapter_config.json (`base_model_name_or_path`) and our tuning_meta.json (`base_model`,
+    `config.model`): whoever pulls the adapter loads it on the Hub model, and this machine's paths
+    stay here.
+    """
+    config_path = folder / adapters.CONFIG_FILE
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = hub_id
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    meta_path = folder / adapters.META_FILE
+    if meta_path.is_file():
+        record = json.loads(meta_path.read_text(encoding="utf-8"))
+        record["base_model"] = hub_id
+        if isinstance(record.get("config"), dict) and record["config"].get("model") == local:
+            record["config"]["model"] = hub_id
+        meta_path.write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
 def _check_repo_id(repo_id: str) -> None:
