@@ -80,6 +80,7 @@ MAX_ZIP_DEPTH = 3  # path parts of a member: "a/b/adapter_config.json"
 MAX_INPUT_CHARS = 4_000  # compare input; GPT-2's whole context is about 4,000 characters of English
 MAX_FIELD_CHARS = 200  # act names, searches, adapter names
 MAX_HISTORY = 20  # runs kept per browser; the oldest go first
+MAX_NEW_TOKENS = 512  # a Compare continuation, on the page and through the API
 MAX_CELLS = 12  # sweep grid cells per click
 GAIN_SCALE = 1.0  # nats of per-token gain drawn at full colour: the legend's −1…+1 is in nats
 PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
@@ -935,7 +936,7 @@ class CompareTab(NamedTuple):
 def decoding_controls() -> list:
     with gr.Accordion("Decoding (the same for every column)", open=False):
         with gr.Row():
-            max_new = Slider(1, 512, value=64, step=1, label="Max new tokens")
+            max_new = Slider(1, MAX_NEW_TOKENS, value=64, step=1, label="Max new tokens")
             mode = gr.Radio(["greedy", "sample"], value="greedy", label="Decoding")
             seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
         with gr.Row():
@@ -1488,7 +1489,7 @@ def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "
         text: the input, e.g. "I want you to act as a rapper."
         adapter: a saved adapter's name (see list_saved_adapters)
         second_adapter: another saved adapter's name for a third column; empty for none
-        max_new_tokens: how many tokens each continuation may have, 1-512
+        max_new_tokens: how many tokens each continuation may have, 1-512 (as on the page)
 
     Returns:
         {"base": text, <adapter>: text[, <second_adapter>: text]}
@@ -1496,11 +1497,18 @@ def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "
     names = [checked_name(adapter, "adapter")] + ([checked_name(second_adapter)] if second_adapter else [])
     if None in names:
         raise refuse("name a saved adapter (see list_saved_adapters)")
+    if len(set(names)) < len(names):  # one key would hold both columns
+        raise refuse(f"the adapter {names[0]!r} is named twice; give two different adapters")
+    if "base" in names:  # the key of the base model's text
+        raise refuse("the answer names the base model's text 'base'; rename the adapter called 'base' to compare it")
     text = checked_text(text, "the input", MAX_INPUT_CHARS)
+    tokens = whole(checked_number(max_new_tokens, "max_new_tokens"))
+    if not isinstance(tokens, int) or not 1 <= tokens <= MAX_NEW_TOKENS:  # what the page's slider allows
+        raise refuse(f"max_new_tokens must be a whole number from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens}")
     with user_errors():
         prompts = [adapters.load(name, ctx.root, ctx.base()) for name in names]
         texts = ()
-        for texts in GENERATE_ON_GPU(ctx.base(), prompts, text, Decoding(max_new_tokens=whole(max_new_tokens))):
+        for texts in GENERATE_ON_GPU(ctx.base(), prompts, text, Decoding(max_new_tokens=tokens)):
             pass
     return dict(zip(["base", *names], texts))
 
@@ -1521,13 +1529,17 @@ def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, ep
         "base_held_out_perplexity", "stopped"}
     """
     chosen = [a.strip() for a in checked_text(acts, "acts", MAX_INPUT_CHARS).split(",") if a.strip()]
+    wanted = checked_text(save_as, "save_as", MAX_FIELD_CHARS).strip()
+    if wanted:
+        with user_errors():
+            own_name(wanted)  # a bad or reserved name is refused now, not after minutes of training
     session = Session()
     updates = start_training(ctx, num_virtual_tokens, epochs, learning_rate, 4, "random",
                              "selected acts" if chosen else DATA_CHOICES[0], chosen, 0, session, request)
     for _ in updates:
         pass
     run = session.runs[-1]
-    wanted = checked_text(save_as, "save_as", MAX_FIELD_CHARS).strip() or \
+    wanted = wanted or \
         f"{chosen[0] if len(chosen) == 1 else 'acts' if chosen else 'all'}-{num_virtual_tokens}x{run.soft.config.epochs}"
     with user_errors(), disk_errors():
         folder = adapters.save(run.soft, adapters.free_name(own_name(wanted), {a["name"] for a in ctx.adapters()}),
@@ -1551,12 +1563,12 @@ def evaluate_adapter(ctx: Context, adapter: str, rouge_acts: int = 3) -> dict:
     """
     if not (name := checked_name(adapter, "adapter")):
         raise refuse("name a saved adapter (see list_saved_adapters)")
+    n = whole(checked_number(rouge_acts, "rouge_acts"))
+    if not isinstance(n, int) or not 0 <= n <= 20:
+        raise refuse(f"rouge_acts must be a whole number from 0 to 20, got {rouge_acts}")
     with user_errors():
         soft = adapters.load(name, ctx.root, ctx.base())
-    n = checked_number(rouge_acts, "rouge_acts")
-    if not 0 <= n <= 20:
-        raise refuse(f"rouge_acts must be from 0 to 20, got {n}")
-    metrics, held, scored = held_out_scores(ctx, soft, whole(n), 64, lambda *args, **kwargs: None)
+    metrics, held, scored = held_out_scores(ctx, soft, n, 64, lambda *args, **kwargs: None)
     return {"held_out_acts": len(held), "tokens": metrics["base"].tokens,
             "perplexity": {side: metrics[side].perplexity for side in ("base", "tuned")},
             "rouge_l": mean_rouge(scored), "acts_scored": [r["act"] for r in scored]}

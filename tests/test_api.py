@@ -49,3 +49,23 @@ def test_train_then_list_compare_and_evaluate_through_the_api(server):
     scores = client.predict("api-run", 1, api_name="/evaluate_adapter")
     assert scores["held_out_acts"] == 1 and scores["perplexity"]["tuned"] == pytest.approx(done["held_out_perplexity"])
     assert len(scores["acts_scored"]) == 1 and 0 <= scores["rouge_l"]["tuned"] <= 1
+
+
+@pytest.mark.parametrize("endpoint, args, message", [
+    ("/train_adapter", ("", 3, 1, 0.1, "reference-mine"), "kept for the reference adapters"),
+    ("/compare_texts", ("hi", "x", "x", 6), "is named twice"),
+    ("/compare_texts", ("hi", "base", "", 6), "rename the adapter called 'base'"),
+    ("/compare_texts", ("hi", "x", "", 1024), "max_new_tokens must be a whole number from 1 to 512"),
+    ("/evaluate_adapter", ("x", 2.5), "rouge_acts must be a whole number from 0 to 20, got 2.5"),
+])
+def test_bad_api_arguments_are_refused_in_one_sentence_before_any_work(server, endpoint, args, message, monkeypatch):
+    import app
+    from gradio_client.exceptions import AppError
+
+    trained = []
+    monkeypatch.setattr(app, "start_training", lambda *a, **k: trained.append(a) or iter(()))
+    with pytest.raises(AppError) as error:
+        Client(server, verbose=False).predict(*args, api_name=endpoint)
+    assert message in str(error.value)
+    assert "Traceback" not in str(error.value) and not trained
+
