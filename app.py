@@ -765,6 +765,14 @@ def reattach(ctx: Context, session: Session, request: gr.Request):
     yield from follow(ctx, job, request.session_hash, run_update)
 
 
+def reattach_sweep(ctx: Context, session: Session, request: gr.Request):
+    """After a reload: if this browser's sweep still runs, show it again in the Sweep tab and follow it to the end."""
+    job = ctx.jobs.running(session.owner)
+    if job is None or not isinstance(job.view, SweepView):
+        return
+    yield from follow(ctx, job, request.session_hash, sweep_render(ctx, job.view, request.session_hash))
+
+
 def stop_run(ctx: Context, session: Session, request: gr.Request) -> str:
     job = ctx.jobs.stop(owner_of(session, request))
     if job is None:
@@ -1131,11 +1139,9 @@ def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session) -
 
 def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: Session, request: gr.Request):
     plan = sweep_plan(ctx, grid_text, lr, batch, seed)
-    labels = [sweep.label(t, e) for t, e in plan.grid]
-    series = ["base held-out"] + [f"{name} {kind}" for name in labels for kind in ("train", "held-out")]
-    palette = {**colours(series[1:]), "base held-out": COLOURS["base held-out"]}
     n_rouge = whole(rouge_acts)
-    view = SweepView(len(plan.grid), plan.steps_per_epoch * plan.longest_epochs, n_rouge)
+    view = SweepView(len(plan.grid), plan.steps_per_epoch * plan.longest_epochs, n_rouge,
+                     labels=[sweep.label(t, e) for t, e in plan.grid])
     base, rows = ctx.base(), ctx.rows()
     if gpu.zero_gpu():
         with user_errors():
@@ -1150,19 +1156,27 @@ def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: S
 
     job = Job(owner_of(session, request), "a sweep", events, view.add, ctx.jobs.slot, view=view,
               on_wait=lambda: setattr(view, "progress", "waiting: another run is training on this server"))
-    sent, csv_file = 0, None
+    yield from follow(ctx, start_job(ctx, job), request.session_hash, sweep_render(ctx, view, request.session_hash))
+
+
+def sweep_render(ctx: Context, view: SweepView, session_hash: str) -> Callable[[SweepView], tuple]:
+    """The Sweep tab's (chart, progress, table, csv) for each update of one follower of a sweep."""
+    series = ["base held-out"] + [f"{name} {kind}" for name in view.labels for kind in ("train", "held-out")]
+    palette = {**colours(series[1:]), "base held-out": COLOURS["base held-out"]}
+    sent, csv_file, written = 0, None, 0
 
     def render(view: SweepView) -> tuple:
-        nonlocal sent, csv_file
-        if view.finished and view.results and csv_file is None:
-            csv_file = str(sweep.write_csv(view.results, ctx.jobs.folder(request.session_hash) / "sweep.csv"))
+        nonlocal sent, csv_file, written
+        if len(view.results) > written:  # each finished cell: the file holds what is done even if a later cell fails
+            csv_file = str(sweep.write_csv(view.results, ctx.jobs.folder(session_hash) / "sweep.csv"))
+            written = len(view.results)
         # the first update carries the data alone, so the map that follows rebuilds with it (see `colours`)
         plot = gr.LinePlot(loss_frame(list(view.points), series), x_lim=step_axis(view.x_end),
                            **({"color_map": palette} if sent else {}))
         sent += 1
         return plot, view.progress, sweep_frame(list(view.results)), csv_file
 
-    yield from follow(ctx, start_job(ctx, job), request.session_hash, render)
+    return render
 
 
 def show_history(ctx: Context, session: Session):
@@ -1181,6 +1195,7 @@ def export_history(ctx: Context, session: Session, request: gr.Request) -> str:
 class SweepTab(NamedTuple):
     history: list  # [table, chart], refreshed after every run
     swept: gr.events.Dependency
+    outputs: list  # [chart, progress, results table, csv file]: what a sweep's followers update
 
 
 def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> SweepTab:
@@ -1221,7 +1236,7 @@ def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> 
     stop.click(bind(stop_run, ctx), session, progress, api_name="stop_sweep", **HIDDEN)
     refresh.click(bind(show_history, ctx), session, history, api_name="refresh_history", **HIDDEN)
     export.click(bind(export_history, ctx), session, history_csv, api_name="export_history", **HIDDEN)
-    return SweepTab(history, swept)
+    return SweepTab(history, swept, [plot, progress, table, csv_out])
 
 
 # ---------------------------------------------------------------------------------------
@@ -1662,6 +1677,7 @@ def build_app(
         # a fifth reload wait past the grace after which a tab that left stops its training
         attached.then(bind(reattach, ctx), session, [train_.plot, train_.progress, train_.log], api_name=False,
                       concurrency_limit=None)
+        attached.then(bind(reattach_sweep, ctx), session, sweeps.outputs, api_name=False, concurrency_limit=None)
         demo.load(bind(load_page, ctx), None, [data.acts_table, train_.chosen, status, adapters_table],
                   api_name="load_page", **HIDDEN)
         data.acts_table.select(first_cell, None, data.act_name, api_name="pick_row", **HIDDEN).then(

@@ -179,3 +179,22 @@ def test_prompt_pickers_offer_only_adapters_this_model_can_use(ctx):
     assert "mine" in offered and "theirs" not in offered
     assert "theirs" not in b.constructor_args["choices"] + app.resume_choices(ctx, session).constructor_args["choices"]
     assert "theirs" in [a["name"] for a in ctx.adapters()]  # still listed in the Adapters tab: it can be downloaded
+
+
+def test_a_reloaded_page_re_attaches_to_the_running_sweep(ctx):
+    session, browser = app.attach(ctx, None, app.Session())
+    first = app.start_sweep(ctx, "2x1, 3x40", 0, 0.1, 1, 0, session, tab("tab-1"))
+    for _, progress, _, _ in first:
+        if "cell 3×40" in progress:  # the first cell is done
+            break
+    app.on_close(ctx, tab("tab-1"))
+    first.close()
+    again, _ = app.attach(ctx, browser, app.Session())
+    assert list(app.reattach(ctx, again, tab("tab-2"))) == []  # the Train tab has nothing to follow
+    follower = app.reattach_sweep(ctx, again, tab("tab-2"))
+    chart, progress, results, csv_file = next(follower)
+    assert "cell 3×40" in progress and len(results) == 1 and csv_file  # the finished cell, and its file
+    assert app.stop_run(ctx, again, tab("tab-2")).startswith("stopping after this step")
+    *_, (chart, progress, results, csv_file) = follower
+    assert progress.startswith("stopped: 1 of 2 cells finished, 3×40 cut at step")
+    assert len(results) == 2 and open(csv_file).read().count("\n") == 3  # header, the done cell, the cut one

@@ -110,3 +110,46 @@ def test_the_reference_line_says_what_is_saved_where_the_run_is_and_when_it_wait
     view.add(ReferenceEvent((20, 10), "reference-20x10-gpt2-abc123", step(120, 60.0, total=480)))
     assert view.line().startswith("Training the reference adapters (5×5 saved): 20×10 at step 120 / 480, about ")
     assert view.line(paused=True).endswith("20×10 at step 120 / 480, paused while a visitor trains")
+
+
+def sweep_cell(cell, label, inner):
+    from tuning.sweep import CellEvent
+    return CellEvent(cell=cell, label=label, event=inner)
+
+
+def cell_result(tokens, epochs, steps, stopped):
+    from tuning.sweep import CellResult
+    return CellResult(label=f"{tokens}×{epochs}", num_virtual_tokens=tokens, epochs=epochs, held_out_ppl_base=20.0, held_out_ppl_tuned=9.0,
+                      rouge_base=None, rouge_tuned=None, seconds=5.0, steps=steps, steps_per_epoch=1,
+                      stopped=stopped, history={}, soft=None)
+
+
+def test_a_sweep_stopped_in_its_second_cell_says_so_and_charts_the_cut_cell():
+    from tuning.progress import SweepView
+    from tuning.sweep import SweepDone, SweepStart
+
+    view = SweepView(cells=2, x_end=9, labels=["2×2", "3×3"])
+    view.add(SweepStart(total_steps=13, labels=view.labels, train_rows=1, held_out_rows=1))
+    for n in (1, 2):
+        view.add(sweep_cell(0, "2×2", step(n, n, epoch=n, total=2)))
+        view.add(sweep_cell(0, "2×2", EpochEnd(n, 3.0, 2.5, 3.0, n)))
+    view.add(sweep_cell(0, "2×2", done(2)))
+    first = cell_result(2, 2, 2, False)
+    view.add(first)
+    for n in (1, 2):  # the second cell is stopped at its step 2, before its first epoch ends
+        view.add(sweep_cell(1, "3×3", step(n, n, total=9)))
+    view.add(sweep_cell(1, "3×3", done(2, stopped=True, held=2.2)))
+    cut = cell_result(3, 3, 2, True)
+    view.add(cut)
+    view.add(SweepDone(results=[first, cut], stopped=True))
+    assert view.progress == "stopped: 1 of 2 cells finished, 3×3 cut at step 2 · 10s of training"
+    assert (2, 2.2, "3×3 held-out") in view.points  # not left off the chart
+
+
+def test_a_sweep_stopped_before_any_epoch_ended_still_draws_the_base_line():
+    from tuning.progress import SweepView
+
+    view = SweepView(cells=1, x_end=4, labels=["2×2"])
+    view.add(sweep_cell(0, "2×2", step(1, 1, total=4)))
+    view.add(sweep_cell(0, "2×2", done(1, stopped=True, held=2.2, base_held=3.0)))
+    assert {(0, 3.0, "base held-out"), (4, 3.0, "base held-out"), (1, 2.2, "2×2 held-out")} <= set(view.points)

@@ -191,6 +191,7 @@ class SweepView:
     cells: int
     x_end: int = 0  # the longest cell's last step: where the base model's line ends
     rouge_acts: int = 0
+    labels: list[str] = field(default_factory=list)  # the cells' names ("5×5"): a reloaded page redraws its chart
     points: list[tuple[int, float, str]] = field(default_factory=list)
     results: list = field(default_factory=list)  # sweep.CellResult, in order
     progress: str = "waiting to start"
@@ -213,9 +214,15 @@ class SweepView:
         elif isinstance(event, CellResult):
             self.results.append(event)
         elif isinstance(event, SweepDone):
-            self.finished, how = True, "stopped" if event.stopped else "done"
-            seconds = sum(r.seconds for r in event.results)
-            self.progress = f"{how}: {len(event.results)} of {plural(self.cells, 'cell')} in {duration(seconds)} of training"
+            self.finished = True
+            seconds = f"{duration(sum(r.seconds for r in event.results))} of training"
+            whole = [r for r in event.results if not r.stopped]
+            if not event.stopped and len(whole) == len(event.results):
+                self.progress = f"done: {len(whole)} of {plural(self.cells, 'cell')} in {seconds}"
+            else:  # a cut cell is in the results (its prompt is kept) but it did not finish
+                cut = "".join(f", {r.label} cut at step {r.steps:,}"
+                              for r in event.results if r.stopped)
+                self.progress = f"stopped: {len(whole)} of {plural(self.cells, 'cell')} finished{cut} · {seconds}"
         if self.stopping and not self.finished:
             self.progress = f"stopping after this step… (step {self._done_before + self._step:,} / {self.total:,})"
 
@@ -231,15 +238,22 @@ class SweepView:
         elif isinstance(inner, EpochEnd):
             if inner.held_out_loss is not None:
                 self.points.append((self._step, inner.held_out_loss, f"{name} held-out"))
-            if inner.base_held_out_loss is not None and not any(s == "base held-out" for _, _, s in self.points):
-                self.points += [(0, inner.base_held_out_loss, "base held-out"),
-                                (self.x_end, inner.base_held_out_loss, "base held-out")]
+            self._base_line(inner.base_held_out_loss)
         elif isinstance(inner, Done):
+            metrics = inner.soft.meta.get("metrics", {})
+            if inner.stopped and metrics.get("held_out_loss") is not None and self._step:
+                # a cell stopped mid-epoch was scored once more as kept: its last point, like the Train tab's
+                self.points.append((self._step, metrics["held_out_loss"], f"{name} held-out"))
+                self._base_line(metrics.get("base_held_out_loss"))
             self._done_before += inner.steps
             self._seconds_before += inner.elapsed
             self._step = 0
             if self.rouge_acts:
                 self.progress = f"cell {name}: scoring ROUGE-L on up to {plural(self.rouge_acts, 'held-out act')}…"
+
+    def _base_line(self, loss: float | None) -> None:
+        if loss is not None and not any(s == "base held-out" for _, _, s in self.points):
+            self.points += [(0, loss, "base held-out"), (self.x_end, loss, "base held-out")]
 
     def request_stop(self) -> None:
         if not self.finished:
