@@ -83,7 +83,13 @@ MAX_HISTORY = 20  # runs kept per browser; the oldest go first
 MAX_NEW_TOKENS = 512  # a Compare continuation, on the page and through the API
 MAX_CELLS = 12  # sweep grid cells per click
 GAIN_SCALE = 1.0  # nats of per-token gain drawn at full colour: the legend's −1…+1 is in nats
-PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
+# Twelve hues, each dark and light (matplotlib's tab20 without its grey, which is the base line's,
+# and three of tab20b): a sweep's 12 cells get a hue each (held-out dark, train light); the run
+# history's 20 runs get 20 different colours, every dark one before any light one.
+PAIRS = [("#1f77b4", "#aec7e8"), ("#ff7f0e", "#ffbb78"), ("#2ca02c", "#98df8a"), ("#d62728", "#ff9896"),
+         ("#9467bd", "#c5b0d5"), ("#8c564b", "#c49c94"), ("#e377c2", "#f7b6d2"), ("#bcbd22", "#dbdb8d"),
+         ("#17becf", "#9edae5"), ("#393b79", "#9c9ede"), ("#637939", "#cedb9c"), ("#843c39", "#e7969c")]
+PALETTE = [dark for dark, _ in PAIRS] + [light for _, light in PAIRS]
 
 
 def on_gpu(fn: Callable, duration: Callable) -> Callable:
@@ -398,6 +404,15 @@ def colours(series) -> dict[str, str]:
     update it comes with, so send the data first and the new map with the same data after it.
     """
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(series))}
+
+
+def cell_colours(labels: list[str]) -> dict[str, str]:
+    """A sweep's series colours: one hue per cell, its held-out loss dark and its training loss light."""
+    palette = {"base held-out": COLOURS["base held-out"]}
+    for i, name in enumerate(labels):
+        dark, light = PAIRS[i % len(PAIRS)]
+        palette |= {f"{name} train": light, f"{name} held-out": dark}
+    return palette
 
 
 def adapters_frame(listing: list[dict]) -> pd.DataFrame:
@@ -1162,7 +1177,7 @@ def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: S
 def sweep_render(ctx: Context, view: SweepView, session_hash: str) -> Callable[[SweepView], tuple]:
     """The Sweep tab's (chart, progress, table, csv) for each update of one follower of a sweep."""
     series = ["base held-out"] + [f"{name} {kind}" for name in view.labels for kind in ("train", "held-out")]
-    palette = {**colours(series[1:]), "base held-out": COLOURS["base held-out"]}
+    palette = cell_colours(view.labels)
     sent, csv_file, written = 0, None, 0
 
     def render(view: SweepView) -> tuple:

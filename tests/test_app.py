@@ -338,3 +338,11 @@ def test_evaluate_and_the_run_history_give_the_same_perplexities(trained):
     history = {"tuned": last[columns.index("held-out ppl")], "base": last[columns.index("base held-out ppl")]}
     evaluated = {model: f"{value:.2f}" for _, model, value in ppl["data"]}
     assert evaluated == history  # one definition: scored as training scores it
+
+
+def test_every_sweep_cell_and_every_kept_run_has_its_own_colours():
+    labels = [f"{n}×1" for n in range(1, app.MAX_CELLS + 1)]
+    palette = app.cell_colours(labels)
+    assert len(palette) == 2 * app.MAX_CELLS + 1 and len(set(palette.values())) == len(palette)  # 12 cells: 25 colours
+    runs = [f"#{n} run" for n in range(1, app.MAX_HISTORY + 1)]
+    assert len(set(app.colours(runs).values())) == app.MAX_HISTORY
