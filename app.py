@@ -81,6 +81,7 @@ MAX_INPUT_CHARS = 4_000  # compare input; GPT-2's whole context is about 4,000 c
 MAX_FIELD_CHARS = 200  # act names, searches, adapter names
 MAX_HISTORY = 20  # runs kept per browser; the oldest go first
 MAX_NEW_TOKENS = 512  # a Compare continuation, on the page and through the API
+NOTHING_GENERATED = "(no text: the model ended its answer at once)"
 MAX_CELLS = 12  # sweep grid cells per click
 GAIN_SCALE = 1.0  # nats of per-token gain drawn at full colour: the legend's −1…+1 is in nats
 # Twelve hues, each dark and light (matplotlib's tab20 without its grey, which is the base line's,
@@ -487,8 +488,9 @@ def nearest_frame(nearest: list[list[tuple[str, float]]]) -> pd.DataFrame:
 
 
 def rouge_frame(scored: list[dict]) -> pd.DataFrame:
-    rows = [[r["act"], r["base_text"], r["tuned_text"], round(r["base_rouge"], 3), round(r["tuned_rouge"], 3)]
-            for r in scored]
+    shown = lambda text: text if text.strip() else NOTHING_GENERATED  # noqa: E731  (scored 0: nothing to match)
+    rows = [[r["act"], shown(r["base_text"]), shown(r["tuned_text"]), round(r["base_rouge"], 3),
+             round(r["tuned_rouge"], 3)] for r in scored]
     return pd.DataFrame(rows, columns=["act", "base text", "tuned text", "base ROUGE-L", "tuned ROUGE-L"])
 
 
@@ -890,8 +892,13 @@ def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top
             top_p=top_p, top_k=whole(top_k), repetition_penalty=penalty, seed=whole(seed),
             no_repeat_ngram_size=whole(no_repeat),
         )
+        texts = ("",) * (1 + len(prompts))
         for texts in GENERATE_ON_GPU(ctx.base(), prompts, text, decoding):
             yield (*texts, "") if len(texts) == 2 else texts
+    # the end: a column still empty is a model that ended at once, not one still thinking (or broken)
+    if not all(t.strip() for t in texts):
+        final = tuple(t if t.strip() else NOTHING_GENERATED for t in texts)
+        yield (*final, "") if len(final) == 2 else final
 
 
 def newest_run(session: Session, runs_seen: int) -> str | None:

@@ -198,3 +198,17 @@ def test_a_reloaded_page_re_attaches_to_the_running_sweep(ctx):
     *_, (chart, progress, results, csv_file) = follower
     assert progress.startswith("stopped: 1 of 2 cells finished, 3×40 cut at step")
     assert len(results) == 2 and open(csv_file).read().count("\n") == 3  # header, the done cell, the cut one
+
+
+def test_a_column_the_model_ended_at_once_says_so_when_generation_ends(ctx, monkeypatch):
+    def fake_generation(base, prompts, text, decoding):
+        yield "", ""
+        yield "Once upon", ""  # the tuned prompt's first token was end-of-text
+
+    monkeypatch.setattr(app, "pick_soft", lambda ctx, name, session: name)
+    monkeypatch.setattr(app, "GENERATE_ON_GPU", fake_generation)
+    updates = list(app.generate(ctx, "Tell me", "a", 8, "greedy", 0.8, 0.95, 50, 1.0, 0, app.Session()))
+    assert updates[-2] == ("Once upon", "", "")  # while streaming an empty column is only "not yet"
+    assert updates[-1] == ("Once upon", app.NOTHING_GENERATED, "")
+    frame = app.rouge_frame([{"act": "Poet", "base_text": "x", "tuned_text": " ", "base_rouge": 0.1, "tuned_rouge": 0.0}])
+    assert frame["tuned text"][0] == app.NOTHING_GENERATED
