@@ -1048,11 +1048,18 @@ def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progr
     metrics, held, scored = held_out_scores(ctx, soft, n_acts, max_new, progress)
     ppl, mean = {side: metrics[side].perplexity for side in ("base", "tuned")}, mean_rouge(scored)
     short = f" (only {len(held)} held-out acts)" if n_acts > len(held) else ""
-    summary = (f"**Held-out perplexity** over {plural(len(held), 'act')} ({plural(metrics['base'].tokens, 'token')}): "
+    shown = session.runs[-1].name if adapter == SESSION_RUN and session.runs else adapter
+    summary = (f"**{report.md_inline(shown)}**  \n**Held-out perplexity** over {plural(len(held), 'act')} ({plural(metrics['base'].tokens, 'token')}): "
                f"base {ppl['base']:.2f}, tuned {ppl['tuned']:.2f}.  \n"
                + (f"**ROUGE-L** of greedy continuations (no repeated 3-grams) against the real prompt, {plural(len(scored), 'act')}{short}: "
                   f"base {mean['base']:.3f}, tuned {mean['tuned']:.3f}." if scored else "ROUGE-L: skipped (0 acts)."))
     return bars(ppl, "perplexity", ".2f"), bars(mean, "ROUGE-L", ".3f"), summary, rouge_frame(scored)
+
+
+def no_evaluation() -> tuple:
+    """Evaluate's outputs, empty: what the tab shows for a prompt not evaluated yet."""
+    return (bars({}, "perplexity", ".2f"), bars({}, "ROUGE-L", ".3f"), "", rouge_frame([]), None, "",
+            nearest_frame([]))
 
 
 def token_view(ctx: Context, adapter, session: Session):
@@ -1111,6 +1118,8 @@ def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> tuple[gr.Dropd
     runs_seen = gr.State(0)  # the session's run count when the dropdown was last offered
     tab.select(bind(refresh_choices, ctx), [session, adapter, runs_seen], [adapter, runs_seen],
                api_name="eval_adapter_choices", **HIDDEN)
+    results = [ppl_plot, rouge_plot, summary, rouge_table, gains, gains_text, nearest_table]
+    adapter.change(no_evaluation, None, results, api_name=False)  # another prompt: the numbers shown were not its
     go.click(bind(evaluate_run, ctx), [adapter, rouge_acts, max_new, session],
              [ppl_plot, rouge_plot, summary, rouge_table], api_name="evaluate", **HIDDEN,
              concurrency_limit=4, concurrency_id="generate").success(

@@ -112,10 +112,18 @@ def test_evaluate_uses_the_held_out_acts_the_adapter_recorded(trained, server):
     try:
         _, _, summary, rows = trained.predict("three-held", 3, 8, api_name="/evaluate")
         assert [r["act"] for r in table(rows)] == ["Poet", "Chef", "Doctor"]
-        assert "over 3 acts" in summary
+        assert "over 3 acts" in summary and summary.startswith("**three-held**")  # which prompt the numbers are of
         assert all(0 <= r["tuned ROUGE-L"] <= 1 for r in table(rows))
     finally:
         trained.predict("three-held", api_name="/delete_adapter")
+
+
+def test_picking_another_prompt_in_evaluate_empties_every_result():
+    demo = app.build_app(model="/no/such/model", dataset="/no/such/acts.csv")
+    clear = [f for f in demo.fns.values() if f.name == "no_evaluation"]
+    assert len(clear) == 1 and len(clear[0].outputs) == 7  # the bars, summary, table, gains, nearest tokens
+    ppl, rouge, summary, rows, gains, gains_text, nearest = app.no_evaluation()
+    assert ppl.empty and rouge.empty and summary == gains_text == "" and rows.empty and gains is None and nearest.empty
 
 
 def test_evaluate_with_no_rouge_acts_scores_perplexity_only(trained):

@@ -268,10 +268,10 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _md(text: str) -> str:
+def md_inline(text: str) -> str:
     """Generated or dataset text on one line, with nothing the card would read as markup or HTML.
 
-    >>> _md("a <b>\\n *c*")
+    >>> md_inline("a <b>\\n *c*")
     'a &lt;b&gt; &#42;c&#42;'
     """
     text = html.escape(" ".join(str(text).split()) or "(nothing)", quote=False)
@@ -319,12 +319,12 @@ def model_card(
         f"# {name}",
         "",
         f"A soft prompt for [{base_model}](https://huggingface.co/{base_model})"
-        if is_hub_id(base_model) else f"A soft prompt for {_md(base_model)}",
+        if is_hub_id(base_model) else f"A soft prompt for {md_inline(base_model)}",
         f"trained with PEFT prompt tuning: {soft.num_virtual_tokens} virtual tokens "
         f"(`[{soft.num_virtual_tokens}, {soft.embeddings.shape[1]}]` float32) placed in front of every input; "
         "the model itself is unchanged.",
         "",
-        f"- dataset: {_md(dataset)}, {len(_texts(soft.meta.get('acts')))} training rows, "
+        f"- dataset: {md_inline(dataset)}, {len(_texts(soft.meta.get('acts')))} training rows, "
         f"{metrics.get('held_out_acts', 0)} held-out acts (never trained on)",
         f"- training: {c.epochs} epochs, learning rate {c.learning_rate:g}, batch {c.batch_size}, "
         f"init {c.init}, seed {c.seed}",
@@ -380,9 +380,9 @@ def model_card(
         body += ["", "## Samples, base vs tuned", "", "Greedy continuations of held-out acts' opening sentence."]
         for s in samples:
             body += [
-                "", f"### {_md(s['act'])}", "", f"Input: {_md(s['input'])}", "",
-                f"**base** (ROUGE-L {_fmt(s.get('base_rouge'), '.3f')})", "", "> " + _md(s["base_text"]), "",
-                f"**tuned** (ROUGE-L {_fmt(s.get('tuned_rouge'), '.3f')})", "", "> " + _md(s["tuned_text"]),
+                "", f"### {md_inline(s['act'])}", "", f"Input: {md_inline(s['input'])}", "",
+                f"**base** (ROUGE-L {_fmt(s.get('base_rouge'), '.3f')})", "", "> " + md_inline(s["base_text"]), "",
+                f"**tuned** (ROUGE-L {_fmt(s.get('tuned_rouge'), '.3f')})", "", "> " + md_inline(s["tuned_text"]),
             ]
     body += ["", f"Files: `{CONFIG_FILE}` and `{WEIGHTS_FILE}` (PEFT's), `tuning_meta.json` (settings, acts, loss "
                  f"history), `{REPORT_FILE}` (the full run report, one self-contained page)."]
