@@ -82,6 +82,7 @@ MAX_FIELD_CHARS = 200  # act names, searches, adapter names
 MAX_HISTORY = 20  # runs kept per browser; the oldest go first
 MAX_NEW_TOKENS = 512  # a Compare continuation, on the page and through the API
 NOTHING_GENERATED = "(no text: the model ended its answer at once)"
+SAMPLING_ONLY = "when sampling"
 MAX_CELLS = 12  # sweep grid cells per click
 GAIN_SCALE = 1.0  # nats of per-token gain drawn at full colour: the legend's −1…+1 is in nats
 # Twelve hues, each dark and light (matplotlib's tab20 without its grey, which is the base line's,
@@ -968,15 +969,24 @@ def decoding_controls() -> list:
         with gr.Row():
             max_new = Slider(1, MAX_NEW_TOKENS, value=64, step=1, label="Max new tokens")
             mode = gr.Radio(["greedy", "sample"], value="greedy", label="Decoding")
-            seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
+            seed = Number(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1, info=SAMPLING_ONLY,
+                          interactive=False)
         with gr.Row():
-            temperature = Slider(0.05, 2.0, value=0.8, step=0.05, label="Temperature")
-            top_p = Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
-            top_k = Slider(0, 200, value=50, step=1, label="Top-k (0: off)")
+            temperature = Slider(0.05, 2.0, value=0.8, step=0.05, label="Temperature", info=SAMPLING_ONLY,
+                                 interactive=False)
+            top_p = Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", info=SAMPLING_ONLY, interactive=False)
+            top_k = Slider(0, 200, value=50, step=1, label="Top-k (0: off)", info=SAMPLING_ONLY, interactive=False)
             penalty = Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
             no_repeat = Slider(0, 10, value=Decoding.no_repeat_ngram_size, step=1, label="No repeated n-grams (0: off)",
                                info="no n tokens in a row twice in a column: small models loop without it")
+    sampling = [temperature, top_p, top_k, seed]
+    mode.change(sampling_controls, mode, sampling, api_name=False)  # greedy ignores them: they say so by being off
     return [max_new, mode, temperature, top_p, top_k, penalty, seed, no_repeat]
+
+
+def sampling_controls(mode: str) -> tuple:
+    """Temperature, top-p, top-k and seed: adjustable only when sampling (greedy decoding ignores them)."""
+    return tuple(gr.update(interactive=mode == "sample") for _ in range(4))
 
 
 def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:

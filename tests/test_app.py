@@ -346,3 +346,10 @@ def test_every_sweep_cell_and_every_kept_run_has_its_own_colours():
     assert len(palette) == 2 * app.MAX_CELLS + 1 and len(set(palette.values())) == len(palette)  # 12 cells: 25 colours
     runs = [f"#{n} run" for n in range(1, app.MAX_HISTORY + 1)]
     assert len(set(app.colours(runs).values())) == app.MAX_HISTORY
+
+
+def test_sampling_settings_are_adjustable_only_when_sampling():
+    assert [u["interactive"] for u in app.sampling_controls("greedy")] == [False] * 4
+    assert [u["interactive"] for u in app.sampling_controls("sample")] == [True] * 4
+    demo = app.build_app(model="/no/such/model", dataset="/no/such/acts.csv")
+    assert [len(f.outputs) for f in demo.fns.values() if f.name == "sampling_controls"] == [4]
