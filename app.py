@@ -1068,8 +1068,7 @@ def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progr
 
 def no_evaluation() -> tuple:
     """Evaluate's outputs, empty: what the tab shows for a prompt not evaluated yet."""
-    return (bars({}, "perplexity", ".2f"), bars({}, "ROUGE-L", ".3f"), "", rouge_frame([]), None, "",
-            nearest_frame([]))
+    return None, None, "", rouge_frame([]), None, "", nearest_frame([])  # None: a chart as on a new page
 
 
 def token_view(ctx: Context, adapter, session: Session):
@@ -1128,13 +1127,16 @@ def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> tuple[gr.Dropd
     runs_seen = gr.State(0)  # the session's run count when the dropdown was last offered
     tab.select(bind(refresh_choices, ctx), [session, adapter, runs_seen], [adapter, runs_seen],
                api_name="eval_adapter_choices", **HIDDEN)
-    results = [ppl_plot, rouge_plot, summary, rouge_table, gains, gains_text, nearest_table]
-    adapter.change(no_evaluation, None, results, api_name=False)  # another prompt: the numbers shown were not its
-    go.click(bind(evaluate_run, ctx), [adapter, rouge_acts, max_new, session],
-             [ppl_plot, rouge_plot, summary, rouge_table], api_name="evaluate", **HIDDEN,
-             concurrency_limit=4, concurrency_id="generate").success(
-        bind(token_view, ctx), [adapter, session], [gains, gains_text], api_name="token_gains", **HIDDEN).success(
-        bind(nearest_view, ctx), [adapter, session], nearest_table, api_name="nearest_tokens", **HIDDEN)
+    scored = go.click(bind(evaluate_run, ctx), [adapter, rouge_acts, max_new, session],
+                      [ppl_plot, rouge_plot, summary, rouge_table], api_name="evaluate", **HIDDEN,
+                      concurrency_limit=4, concurrency_id="generate")
+    per_token = scored.success(bind(token_view, ctx), [adapter, session], [gains, gains_text], api_name="token_gains",
+                               **HIDDEN)
+    nearest = per_token.success(bind(nearest_view, ctx), [adapter, session], nearest_table, api_name="nearest_tokens",
+                                **HIDDEN)
+    # another prompt picked: the numbers shown were not its, and an evaluation still running is of the old one
+    adapter.change(no_evaluation, None, [ppl_plot, rouge_plot, summary, rouge_table, gains, gains_text, nearest_table],
+                   api_name=False, cancels=[scored, per_token, nearest])
     return adapter, runs_seen
 
 

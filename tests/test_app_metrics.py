@@ -123,7 +123,7 @@ def test_picking_another_prompt_in_evaluate_empties_every_result():
     clear = [f for f in demo.fns.values() if f.name == "no_evaluation"]
     assert len(clear) == 1 and len(clear[0].outputs) == 7  # the bars, summary, table, gains, nearest tokens
     ppl, rouge, summary, rows, gains, gains_text, nearest = app.no_evaluation()
-    assert ppl.empty and rouge.empty and summary == gains_text == "" and rows.empty and gains is None and nearest.empty
+    assert ppl is rouge is gains is None and summary == gains_text == "" and rows.empty and nearest.empty
 
 
 def test_evaluate_with_no_rouge_acts_scores_perplexity_only(trained):
