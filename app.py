@@ -194,7 +194,7 @@ class Run:
     @property
     def settings(self) -> str:
         c = self.soft.config
-        return (f"{c.num_virtual_tokens} tokens, {c.epochs} epochs, lr {c.learning_rate:g}, batch {c.batch_size}, "
+        return (f"{plural(c.num_virtual_tokens, 'token')}, {plural(c.epochs, 'epoch')}, lr {c.learning_rate:g}, batch {c.batch_size}, "
                 f"init {c.init}, seed {c.seed}")
 
 
@@ -1217,7 +1217,9 @@ def sweep_render(ctx: Context, view: SweepView, session_hash: str) -> Callable[[
         plot = gr.LinePlot(loss_frame(list(view.points), series), x_lim=step_axis(view.x_end),
                            **({"color_map": palette} if sent else {}))
         sent += 1
-        return plot, view.progress, sweep_frame(list(view.results)), csv_file
+        # a tab that was closed (its folder went with it) may be rendered once more before its follower ends
+        shown_csv = csv_file if csv_file and os.path.exists(csv_file) else None
+        return plot, view.progress, sweep_frame(list(view.results)), shown_csv
 
     return render
 
@@ -1720,7 +1722,8 @@ def build_app(
         # a fifth reload wait past the grace after which a tab that left stops its training
         attached.then(bind(reattach, ctx), session, [train_.plot, train_.progress, train_.log], api_name=False,
                       concurrency_limit=None)
-        attached.then(bind(reattach_sweep, ctx), session, sweeps.outputs, api_name=False, concurrency_limit=None)
+        attached.then(bind(reattach_sweep, ctx), session, sweeps.outputs, api_name=False, concurrency_limit=None).then(
+            bind(show_history, ctx), session, sweeps.history, api_name=False)  # with the cells the sweep added
         demo.load(bind(load_page, ctx), None, [data.acts_table, train_.chosen, status, adapters_table],
                   api_name="load_page", **HIDDEN)
         data.acts_table.select(first_cell, None, data.act_name, api_name="pick_row", **HIDDEN).then(
