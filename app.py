@@ -164,7 +164,9 @@ class Context:
 
     def base(self):
         with user_errors():
-            return load_base(self.model)
+            base = load_base(self.model)
+        base.hub_id = self.hub_model  # a local copy: adapters trained on (or pulled for) its Hub id fit it
+        return base
 
     def rows(self) -> tuple[Row, ...]:
         with user_errors():
@@ -176,7 +178,9 @@ class Context:
 
     def prompts(self) -> list[dict]:
         """The saved adapters this server's model can use (a shared folder may hold other models' too)."""
-        return [a for a in self.adapters() if a["base_model"] == "unknown" or same_model(a["base_model"], self.model)]
+        names = [self.model] + ([self.hub_model] if self.hub_model else [])
+        return [a for a in self.adapters()
+                if a["base_model"] == "unknown" or any(same_model(a["base_model"], n) for n in names)]
 
     @property
     def caps(self) -> dict:

@@ -427,6 +427,17 @@ def test_an_adapter_saved_under_a_models_older_hub_id_loads_on_the_new_one(tmp_p
         load("b", tmp_path, base=gpt2)
 
 
+def test_an_adapter_of_the_hub_model_loads_on_its_local_copy(tmp_path, base):
+    import dataclasses
+
+    save(make_soft(base_model="openai-community/gpt2"), "pulled", tmp_path)  # pushed from anywhere, pulled here
+    local = dataclasses.replace(base, model_id="/models/gpt2")
+    with pytest.raises(AdapterError, match="trained on openai-community/gpt2, the loaded model is /models/gpt2"):
+        load("pulled", tmp_path, base=local)
+    named = dataclasses.replace(base, model_id="/models/gpt2", hub_id="openai-community/gpt2")  # app.py --hub-model
+    assert load("pulled", tmp_path, base=named).base_model == "openai-community/gpt2"
+
+
 def test_matching_base_loads(tmp_path, base):
     save(make_soft(), "a", tmp_path)
     assert load("a", tmp_path, base=base).num_virtual_tokens == 5

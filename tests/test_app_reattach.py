@@ -179,6 +179,9 @@ def test_prompt_pickers_offer_only_adapters_this_model_can_use(ctx):
     assert "mine" in offered and "theirs" not in offered
     assert "theirs" not in b.constructor_args["choices"] + app.resume_choices(ctx, session).constructor_args["choices"]
     assert "theirs" in [a["name"] for a in ctx.adapters()]  # still listed in the Adapters tab: it can be downloaded
+    copy = dataclasses.replace(ctx, hub_model="someone/other-model")  # ctx.model is a local copy of that Hub model
+    assert "theirs" in app.compare_choices(copy, session)[0].constructor_args["choices"]
+    assert adapters.load("theirs", ctx.root, copy.base()).base_model == "someone/other-model"
 
 
 def test_a_reloaded_page_re_attaches_to_the_running_sweep(ctx):

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import TuneConfig, same_model
+from .config import TuneConfig
 from .model import Base, SoftPrompt
 
 
@@ -244,7 +244,7 @@ def load_folder(folder: Path | str, base: Base | None = None) -> SoftPrompt:
     else:  # a plain PEFT adapter
         config = TuneConfig(num_virtual_tokens=v, model=base_model)
 
-    if base is not None and base_model != "unknown" and not same_model(base_model, base.model_id):
+    if base is not None and base_model != "unknown" and not base.is_model(base_model):
         raise AdapterError(f"adapter was trained on {base_model}, the loaded model is {base.model_id}")
     return SoftPrompt(embeddings, base_model, config, meta, optimizer_state)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_MODEL, PRECISIONS, TuneConfig
+from .config import DEFAULT_MODEL, PRECISIONS, TuneConfig, same_model
 from .data import hub_reachable, is_connection_error, offline_mode
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,6 +67,9 @@ class Base:
     # A batch with a soft prompt computes the prompt's positions once (True) or in every row
     # (False); None: chosen for the device (`shares_prompt`). Set it to compare (the bench does).
     share_prompt: bool | None = None
+    # The Hub id of a local copy (`python app.py --model /models/gpt2 --hub-model openai-community/gpt2`):
+    # an adapter trained on either name fits (`is_model`)
+    hub_id: str | None = None
     # init=False: a copy (dataclasses.replace) gets its own key, so it never takes the original's
     # place in `_bases` and leaves it unpicklable once the copy is gone
     key: int = field(default_factory=lambda: next(_keys), init=False, repr=False)
@@ -76,6 +79,10 @@ class Base:
 
     def __reduce__(self):
         return _loaded, (self.key,)
+
+    def is_model(self, name: str) -> bool:
+        """Whether an adapter recorded as trained on `name` was trained on this model (ids, old ids, `hub_id`)."""
+        return same_model(name, self.model_id) or (self.hub_id is not None and same_model(name, self.hub_id))
 
     @property
     def device(self) -> torch.device:

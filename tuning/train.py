@@ -43,7 +43,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .config import TuneConfig, same_model
+from .config import TuneConfig
 from .data import DataError, Row, select, split_by_act
 from .evaluate import mean_loss
 from .model import Base, SoftPrompt, token_losses
@@ -358,7 +358,7 @@ def _check_resume(soft: SoftPrompt, config: TuneConfig, base: Base | None = None
         raise TrainingError(
             f"the adapter's hidden size is {soft.embeddings.shape[1]}, the loaded model's is {base.hidden_size}"
         )
-    if base is not None and soft.base_model != "unknown" and not same_model(soft.base_model, base.model_id):
+    if base is not None and soft.base_model != "unknown" and not base.is_model(soft.base_model):
         raise TrainingError(f"the adapter was trained on {soft.base_model}, the loaded model is {base.model_id}")
     state = soft.optimizer_state
     if state is not None and (set(state) != {"exp_avg", "exp_avg_sq", "step"}
