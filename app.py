@@ -50,7 +50,7 @@ from tuning import adapters, evaluate, gpu, hub, reference, report, sweep
 from tuning.adapters import AdapterError
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig, same_model
 from tuning.data import DataError, Row, find_act, load_rows, matching, source_note
-from tuning.generate import Decoding, GenerationError
+from tuning.generate import Decoding, GenerationError, fit_input
 from tuning.jobs import Job, Jobs
 from tuning.model import ModelError, SoftPrompt, load_base
 from tuning.plan import (PlanError, checked_config, config_error, estimate_seconds, plan_run, plan_sweep, plural,
@@ -897,6 +897,9 @@ def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top
             top_p=top_p, top_k=whole(top_k), repetition_penalty=penalty, seed=whole(seed),
             no_repeat_ngram_size=whole(no_repeat),
         )
+        if cut := input_cut(ctx.base(), prompts, text, decoding.max_new_tokens):
+            gr.Info(f"The input is longer than the model's context leaves room for with {decoding.max_new_tokens} new "
+                    f"tokens: its first {plural(cut, 'token')} {'was' if cut == 1 else 'were'} left out.")
         texts = ("",) * (1 + len(prompts))
         for texts in GENERATE_ON_GPU(ctx.base(), prompts, text, decoding):
             yield (*texts, "") if len(texts) == 2 else texts
@@ -904,6 +907,14 @@ def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top
     if not all(t.strip() for t in texts):
         final = tuple(t if t.strip() else NOTHING_GENERATED for t in texts)
         yield (*final, "") if len(final) == 2 else final
+
+
+def input_cut(base, prompts: list[SoftPrompt], text, max_new_tokens: int) -> int:
+    """How many tokens generation will cut from the front of `text` to fit the context (0: none)."""
+    if not isinstance(text, str) or not text.strip():
+        return 0  # generation says what is wrong with it
+    num_virtual = max((p.num_virtual_tokens for p in prompts if isinstance(p, SoftPrompt)), default=0)
+    return fit_input(base, base.encode(text), num_virtual, max_new_tokens)[1]
 
 
 def newest_run(session: Session, runs_seen: int) -> str | None:

@@ -215,3 +215,17 @@ def test_a_column_the_model_ended_at_once_says_so_when_generation_ends(ctx, monk
     assert updates[-1] == ("Once upon", app.NOTHING_GENERATED, "")
     frame = app.rouge_frame([{"act": "Poet", "base_text": "x", "tuned_text": " ", "base_rouge": 0.1, "tuned_rouge": 0.0}])
     assert frame["tuned text"][0] == app.NOTHING_GENERATED
+
+
+def test_an_input_longer_than_the_context_is_cut_and_the_visitor_told(ctx, monkeypatch):
+    told = []
+    monkeypatch.setattr(app, "pick_soft", lambda ctx, name, session: None)
+    monkeypatch.setattr(app, "GENERATE_ON_GPU", lambda base, prompts, text, decoding: iter([("a", "b")]))
+    monkeypatch.setattr(app.gr, "Info", told.append)
+    list(app.generate(ctx, "Tell me a story. " * 5, "a", 8, "greedy", 0.8, 0.95, 50, 1.0, 0, app.Session()))
+    assert told == []
+    list(app.generate(ctx, "Tell me a story. " * 200, "a", 8, "greedy", 0.8, 0.95, 50, 1.0, 0, app.Session()))
+    base = ctx.base()
+    cut = len(base.encode("Tell me a story. " * 200)) - (base.max_positions - 8)  # no prompt: input + 8 new fill it
+    assert cut > 0 and app.input_cut(base, [], "Tell me a story. " * 200, 8) == cut
+    assert len(told) == 1 and told[0].endswith(f"its first {cut:,} tokens were left out.")
