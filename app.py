@@ -1177,8 +1177,11 @@ def last_speed(session: Session) -> float | None:
                 None)
 
 
-def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session) -> str:
-    """How long the grid will train, before it starts: its steps and, once a run has measured the speed, the time."""
+def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session, rouge_acts=0) -> str:
+    """How long the grid will train, before it starts: its steps and, once a run has measured the speed, the time.
+
+    ROUGE-L's generation is not timed by any run; with acts to score, the estimate says it comes on top.
+    """
     try:
         plan = sweep_plan(ctx, grid_text, lr, batch, seed)
     except gr.Error as e:
@@ -1186,13 +1189,17 @@ def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session) -
     cells = ", ".join(sweep.label(t, e) for t, e in plan.grid)
     text = f"{plural(len(plan.grid), 'cell')} ({cells}): {plural(plan.total_steps, 'step')} in all"
     speed = last_speed(session)
+    n_rouge = min(whole(rouge_acts), len(plan.held_out_rows)) if isinstance(whole(rouge_acts), int) else 0
+    rouge = (f", then ROUGE-L generation for {plural(n_rouge, 'held-out act')} in each cell"
+             if n_rouge > 0 else "")
     if speed is None:
-        return text + "; train once (any run) and this will say about how long it takes."
+        return text + rouge + "; train once (any run) and this will say about how long the training takes."
     base = ctx.base()
     tokens, held = (train_tokens(rows, lambda text: len(base.encode(text)))
                     for rows in (plan.train_rows, plan.held_out_rows))
     seconds = estimate_seconds(sum(e for _, e in plan.grid) * tokens, speed, held / tokens)
-    return text + f"; about {duration(seconds)} at {speed:,.0f} tokens/s (your last run's speed)."
+    return (text + f"; about {duration(seconds)} of training at {speed:,.0f} tokens/s (your last run's speed)"
+            + (rouge + ", not counted" if rouge else "") + ".")
 
 
 def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: Session, request: gr.Request):
@@ -1286,8 +1293,9 @@ def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> 
         export = gr.Button("Export history .csv")
     history_csv = gr.File(label="History (.csv)", interactive=False, height=90)
 
-    estimate_inputs = [grid, train.lr, train.batch, train.seed, session]
-    gr.on([tab.select, grid.change], bind(sweep_estimate, ctx), estimate_inputs, estimate, api_name="sweep_estimate", **HIDDEN)
+    estimate_inputs = [grid, train.lr, train.batch, train.seed, session, rouge]
+    gr.on([tab.select, grid.change, rouge.change], bind(sweep_estimate, ctx), estimate_inputs, estimate,
+          api_name="sweep_estimate", **HIDDEN)
     history = [history_table, history_plot]
     tab.select(bind(show_history, ctx), session, history, api_name="history", **HIDDEN)
     swept = go.click(bind(start_sweep, ctx), [grid, rouge, train.lr, train.batch, train.seed, session],

@@ -124,12 +124,16 @@ def test_resuming_past_the_epoch_cap_is_refused_by_label(ctx):
 def test_the_sweep_estimate_gives_a_time_once_a_run_has_measured_the_speed(ctx):
     session, _ = app.attach(ctx, None, app.Session())
     before = app.sweep_estimate(ctx, "5x5, 20x10", 0.03, 4, 0, session)
-    assert before == "2 cells (5×5, 20×10): 45 steps in all; train once (any run) and this will say about how long it takes."
+    assert before == ("2 cells (5×5, 20×10): 45 steps in all; train once (any run) and this will say about how "
+                      "long the training takes.")
     list(app.start_training(ctx, **{**TRAIN, "epochs": 1, "batch": 4}, session=session, request=tab("t")))
     speed = session.runs[-1].soft.meta["tokens_per_s"]
     after = app.sweep_estimate(ctx, "5x5, 20x10", 0.03, 4, 0, session)
     assert after.startswith("2 cells (5×5, 20×10): 45 steps in all; about ")
-    assert after.endswith(f" at {speed:,.0f} tokens/s (your last run's speed).")
+    assert after.endswith(f" of training at {speed:,.0f} tokens/s (your last run's speed).")
+    with_rouge = app.sweep_estimate(ctx, "5x5, 20x10", 0.03, 4, 0, session, 5)  # the fixture holds 1 act out
+    assert with_rouge.endswith("(your last run's speed), then ROUGE-L generation for 1 held-out act in each cell, "
+                               "not counted.")
 
 
 def test_the_reference_timer_offers_the_prompts_only_when_a_reference_was_just_saved(ctx, monkeypatch):
