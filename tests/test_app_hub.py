@@ -14,6 +14,7 @@ import pytest
 import app
 from app_fixtures import write_assets
 from test_hub import FakeHfApi
+from tuning import hub
 from tuning.jobs import Jobs
 
 TOKEN = "hf_visitor_secret_0123456789"  # a visitor's login, faked: it must never be logged, kept or shown
@@ -57,9 +58,18 @@ def test_push_then_pull_with_the_token_used_for_that_call_only(trained, monkeypa
     assert ("init", {"token": TOKEN}) in FakeHfApi.calls  # the visitor's token, for this call
     create = next(kw for name, kw in FakeHfApi.calls if name == "create_repo")
     assert create["repo_id"] == "ada/poet" and create["private"] is True
-    # pulled back from a folder laid out as the repo: every upload check, a free name, nothing overwritten
-    table, picked, message = app.pull_adapter(ctx, str(FakeHfApi.keep), "poet", None)
-    assert picked.value == "poet-2" and message == f"loaded **{FakeHfApi.keep}** as **poet-2**"
+    # pulled back from the "Hub" (what was uploaded): every upload check, a free name, nothing overwritten
+    fetched = []
+
+    def fake_download(repo_id, token, revision, folder):
+        fetched.append((repo_id, token))
+        for file in FakeHfApi.keep.iterdir():
+            shutil.copyfile(file, folder / file.name)
+
+    monkeypatch.setattr(hub, "_download", fake_download)
+    table, picked, message = app.pull_adapter(ctx, "ada/poet", "poet", None)
+    assert picked.value == "poet-2" and message == "loaded **ada/poet** as **poet-2**"
+    assert fetched == [("ada/poet", None)]  # logged out for this call: no token
     out = capsys.readouterr()
     assert TOKEN not in caplog.text + out.out + out.err
     for path in [*folder.rglob("*"), *tmp_path.rglob("*")]:
@@ -71,7 +81,13 @@ def test_push_then_pull_with_the_token_used_for_that_call_only(trained, monkeypa
 def test_a_pulled_name_cannot_take_the_reference_prefix(trained, tmp_path):
     ctx, _, _ = trained
     with pytest.raises(gr.Error, match="kept for the reference adapters"):
-        app.pull_adapter(ctx, str(ctx.root / "poet"), "reference-5x5-x", None)
+        app.pull_adapter(ctx, "ada/poet", "reference-5x5-x", None)
+
+
+def test_a_visitors_pull_never_reads_a_folder_on_the_server(trained):
+    ctx, _, _ = trained
+    with pytest.raises(gr.Error, match="is not a Hub repo id"):
+        app.pull_adapter(ctx, str(ctx.root / "poet"), "", None)
 
 
 def test_reports_for_a_saved_adapter_and_for_a_run(trained):
