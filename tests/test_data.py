@@ -219,7 +219,7 @@ def test_duplicate_suffix_never_collides_with_a_real_name(tmp_path):
 def test_group_is_casefolded_and_whitespace_normalised(tmp_path):
     content = "act,prompt\nChess  Player,one\nchess player,two\n"
     rows = load_rows(write(tmp_path, "p.csv", content))
-    assert [r.act for r in rows] == ["Chess  Player", "chess player"]
+    assert [r.act for r in rows] == ["Chess Player", "chess player"]  # a name shows on one line, single-spaced
     assert {r.group for r in rows} == {"chess player"}
 
 
@@ -270,6 +270,14 @@ def test_jsonl_one_object_per_line(tmp_path):
     content = '{"act": "Poet", "prompt": "Write poems."}\n\n{"act": "Rapper", "prompt": "Rap.", "x": 1}\n'
     rows = load_rows(write(tmp_path, "p.jsonl", content))
     assert rows == rows_of(("Poet", "Write poems."), ("Rapper", "Rap."))
+
+
+def test_jsonl_keeps_line_and_paragraph_separators_inside_a_prompt(tmp_path):
+    import json
+
+    prompt = "First part\u2028second part\x85third"  # legal inside a JSON string; splitlines() would cut there
+    content = json.dumps({"act": "Poet", "prompt": prompt}, ensure_ascii=False) + "\n"
+    assert [r.prompt for r in load_rows(write(tmp_path, "p.jsonl", content))] == [prompt]
 
 
 def test_jsonl_bad_line_is_named(tmp_path):
@@ -500,3 +508,27 @@ def test_a_100_mb_csv_loads_cleanly(tmp_path):
     assert path.stat().st_size > 100 * 2**20
     rows = load_rows(str(path))
     assert len(rows) == 10_000 and rows[-1].prompt.startswith("word9999 word9999")
+
+
+def test_an_act_written_with_a_combining_accent_is_the_same_act():
+    from tuning.data import normalise
+
+    composed, decomposed = "Caf\u00e9 Owner", "Cafe\u0301 Owner"
+    assert normalise(composed) == normalise(decomposed)
+    rows = [Row(composed, "p1", normalise(composed)), Row(decomposed, "p2", normalise(decomposed))]
+    rows += [Row(f"Act {i}", "p", normalise(f"Act {i}")) for i in range(18)]
+    for seed in range(10):  # never one on each side
+        train, held = split_by_act(rows, 0.2, seed)
+        assert len({r.group for r in train} & {r.group for r in held}) == 0
+
+
+def test_a_crlf_file_gives_the_same_prompts_and_names_as_an_lf_file(tmp_path):
+    lf = 'act,prompt\n"Poet","line one\nline two"\n"Chef ","cook"\n'
+    crlf = lf.replace("\n", "\r\n")
+    assert load_rows(write(tmp_path, "lf.csv", lf)) == load_rows(write(tmp_path, "crlf.csv", crlf))
+    assert load_rows(write(tmp_path, "crlf2.csv", crlf))[0].prompt == "line one\nline two"
+
+
+def test_act_names_are_one_line_without_control_characters(tmp_path):
+    content = 'act,prompt\n"Linux\nTerminal","ls"\n"\x1b[31mRed\x1b[0m\tAct","p"\n"  Poet  ","p"\n'
+    assert [r.act for r in load_rows(write(tmp_path, "p.csv", content))] == ["Linux Terminal", "[31mRed[0m Act", "Poet"]

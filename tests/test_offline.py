@@ -162,6 +162,18 @@ def test_hub_failure_is_remembered_for_a_minute_then_asked_again(hub, datasets_c
     assert source_note(DEFAULT_DATASET) is None  # back on the Hub: the note goes
 
 
+@pytest.mark.parametrize("bad_id", ["me/my data", "https://huggingface.co/datasets/fka/awesome-chatgpt-prompts"])
+def test_an_id_no_repository_can_have_is_an_error_and_never_marks_the_hub_down(hub, datasets_calls, bad_id):
+    hub.up = True
+    datasets_calls.error = ValueError(f"Repo id must use alphanumeric chars: '{bad_id}'")
+    with pytest.raises(DataError, match="could not load the dataset"):
+        load_rows(bad_id)
+    assert hub.asked == [] and data._hub_down_at is None  # no request for it, and the Hub not taken for down
+    datasets_calls.error = None
+    assert [r.act for r in load_rows(DEFAULT_DATASET)] == ["Poet"]  # the next visitor still gets the Hub's rows
+    assert source_note(DEFAULT_DATASET) is None
+
+
 def test_a_hub_that_does_not_answer_in_time_is_unreachable(monkeypatch, clock):
     monkeypatch.setattr(data, "HUB_PROBE_S", 0.2)
     monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda *a, **k: time.sleep(2))  # a DNS that hangs

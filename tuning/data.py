@@ -30,6 +30,7 @@ import random
 import sys
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,10 +63,12 @@ class Row:
 def normalise(name: str) -> str:
     """The key two act names share when a user would call them the same act.
 
+    NFKC first: "Café" typed with a combining accent is the same act as with "é".
+
     >>> normalise("  Linux   terminal ")
     'linux terminal'
     """
-    return " ".join(name.split()).casefold()
+    return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,7 +144,8 @@ def _read_json(path: Path) -> tuple[list[str], list[list[Any]]]:
 
 def _read_jsonl(path: Path) -> tuple[list[str], list[list[Any]]]:
     objects = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    # split("\n"), not splitlines(): U+2028 and U+0085 are legal inside a JSON string on one line
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -216,6 +220,12 @@ def hub_reachable(repo_id: str, repo_type: str = "model") -> bool:
     retries: `datasets` and `transformers` retry for ~30 s before they give up, on every call.
     """
     global _hub_down_at
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:  # "me/my data", a pasted URL: no repository can have that id, and no request is made for it
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return True  # not "the Hub is down" for everyone for a minute: the loader says what is wrong with the id
     if _hub_down_at is not None and _now() - _hub_down_at < HUB_RETRY_S:
         return False
     answered = _ask_hub(repo_id, repo_type)
@@ -290,10 +300,16 @@ def _first_line(error: Exception) -> str:
 
 
 def _text(value: Any) -> str:
-    """A cell as trimmed text; missing cells (None, NaN) are ""."""
+    """A cell as trimmed text with "\n" line ends (a CRLF file's quoted newlines too); missing cells (None, NaN) are ""."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return str(value).strip()
+    return str(value).replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def _name(value: Any) -> str:
+    """An act's name on one line: runs of whitespace (newlines, tabs) one space, control characters gone."""
+    text = "".join(ch for ch in _text(value) if ch.isspace() or unicodedata.category(ch) != "Cc")
+    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,7 +376,7 @@ def load_rows(source: str, text_only: bool = True) -> list[Row]:
     rows: list[Row] = []
     seen: set[str] = set()
     for record in records:
-        act, prompt = _text(record[act_i]), _text(record[prompt_i])
+        act, prompt = _name(record[act_i]), _text(record[prompt_i])
         if not act or not prompt:
             continue
         display, n = act, 1
