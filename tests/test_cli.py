@@ -33,6 +33,21 @@ def test_train_saves_a_named_adapter(trained, capsys):
     assert out.splitlines()[0].startswith("name") and "cli-run" in out
 
 
+def test_list_lines_up_its_columns_for_long_names(tmp_path, capsys):
+    import torch
+
+    from tuning import adapters
+    from tuning.config import TuneConfig
+    from tuning.model import SoftPrompt
+
+    for name in ("a", "reference-20x10-SmolLM2-135M-Instruct.Q4_1-764d64"):
+        adapters.save(SoftPrompt(torch.zeros(3, 8), "some/model", TuneConfig(num_virtual_tokens=3)), name, tmp_path)
+    assert main(["--adapters-dir", str(tmp_path), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    starts = {line.index("some/model") for line in lines[1:]}
+    assert len(lines) == 3 and len(starts) == 1 and lines[0].index("base model") in starts  # one column for all
+
+
 def test_generate_prints_base_and_tuned_side_by_side(trained, capsys):
     assert main(["--adapters-dir", str(trained), "generate", "I want you to act as a poet.",
                  "--adapter", "cli-run", "--max-new-tokens", "8", "--precision", "fp32"]) == 0

@@ -486,11 +486,15 @@ def cmd_list(args) -> int:
     if not items:
         print(f"no adapters in {Path(args.adapters_dir).resolve()}")
         return 0
-    print(f"{'name':40} {'tokens':>6} {'held-out loss':>13}  {'created':20} base model")
+    rows = []
     for a in items:
         loss = (a.get("metrics") or {}).get("held_out_loss")
-        loss_text = f"{loss:.4f}" if isinstance(loss, (int, float)) else "-"
-        print(f"{a['name']:40} {a['num_virtual_tokens']:>6} {loss_text:>13}  {str(a.get('created') or '-'):20} {a['base_model']}")
+        loss_text = f"{loss:.4f}" if isinstance(loss, (int, float)) and not isinstance(loss, bool) else "-"
+        rows.append((a["name"], str(a["num_virtual_tokens"]), loss_text, str(a.get("created") or "-"), a["base_model"]))
+    header = ("name", "tokens", "held-out loss", "created", "base model")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]  # columns as wide as their longest cell
+    for r in [header, *rows]:
+        print(f"{r[0]:{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:{widths[3]}}  {r[4]}")
     return 0
 
 
