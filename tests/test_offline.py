@@ -331,3 +331,4 @@ def test_train_with_the_defaults_and_no_hub_exits_1_with_one_line_naming_model(h
     assert errors == [f"error: {SENTENCE}"]
     assert "Traceback" not in captured.err and captured.out == ""
     assert list(tmp_path.iterdir()) == []  # nothing saved
+    assert f"note: Offline: using the snapshot of {DEFAULT_DATASET} shipped with this app" in captured.err  # and said why

@@ -170,7 +170,6 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from . import adapters
-    from .data import load_rows
     from .model import load_base
     from .train import (
         Done, EpochEnd, Start, Step, data_parallel, resume_config, resume_note, split_rows, train, trained_so_far,
@@ -196,7 +195,7 @@ def cmd_train(args) -> int:
                              f"pass --overwrite to replace it, or --resume {name} to continue it")
     else:  # the default name has a one-second stamp: two runs started together must not meet
         name = adapters.free_name(adapters.sanitize_name(_default_name(config)), taken)
-    rows = load_rows(config.dataset, config.text_only)
+    rows = _rows(config.dataset, config.text_only)
     train_rows, held = split_rows(rows, config)
     # Under `accelerate launch` every process trains its share; only the first one talks and saves.
     rank, world = data_parallel()
@@ -242,6 +241,16 @@ def cmd_train(args) -> int:
     steps = f"{done.steps} more steps ({done.soft.meta['steps']} in all)" if resume is not None else f"{done.steps} steps"
     print(f"{state} after {steps} in {done.elapsed:.1f} s; saved adapter {name!r} to {path}")
     return 0
+
+
+def _rows(dataset: str, text_only: bool = True):
+    """load_rows, and one line on stderr when the shipped snapshot stood in for the Hub (the app says it too)."""
+    from .data import load_rows, source_note
+
+    rows = load_rows(dataset, text_only)
+    if note := source_note(dataset):
+        print(f"note: {note}", file=sys.stderr)
+    return rows
 
 
 def _writable_folder(folder: str | Path, what: str = "adapters") -> Path:
@@ -349,13 +358,12 @@ def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .data import load_rows
     from .evaluate import compare
     from .train import encode_rows, held_out_for
 
     soft, base = _load_adapter_and_base(args)
     config = dataclasses.replace(soft.config, dataset=args.dataset or soft.config.dataset)
-    rows = load_rows(config.dataset, config.text_only)
+    rows = _rows(config.dataset, config.text_only)
     held = held_out_for(soft, rows, config.dataset)
     if not held:
         raise ValueError("there are no held-out rows to evaluate on")
@@ -416,7 +424,6 @@ def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_sweep(args) -> int:
     from tqdm import tqdm
 
-    from .data import load_rows
     from .generate import Decoding
     from .model import load_base
     from .sweep import CellEvent, CellResult, SweepDone, SweepStart, format_table, parse_grid, plot, run_sweep, write_csv
@@ -426,7 +433,7 @@ def cmd_sweep(args) -> int:
     config = TuneConfig(**{k: getattr(args, k) for k in _SWEEP_FIELDS})
     out = _writable_folder(args.out, "the sweep's table and chart")
     decoding = Decoding(max_new_tokens=args.max_new_tokens)
-    rows = load_rows(config.dataset, config.text_only)
+    rows = _rows(config.dataset, config.text_only)
     print(f"loading {config.model} ...", file=sys.stderr)
     base = load_base(config.model, config.precision)
 
@@ -510,7 +517,6 @@ def cmd_reference(args) -> int:
     from tqdm import tqdm
 
     from . import reference
-    from .data import load_rows
     from .model import load_base
     from .train import Start, Step
 
@@ -520,7 +526,7 @@ def cmd_reference(args) -> int:
             print(f"{reference.name(args.model, args.dataset, *cell)}: already saved")
     if not todo:
         return 0
-    rows = load_rows(args.dataset)
+    rows = _rows(args.dataset)
     print(f"loading {args.model} ...", file=sys.stderr)
     base = load_base(args.model)
     stop, restore_ctrl_c = ctrl_c_stops()
@@ -597,7 +603,6 @@ def _token() -> str | None:
 def _report_inputs(args):
     """(soft, base, rows, dataset) for a report on args.name, as `eval` loads them."""
     from . import adapters
-    from .data import load_rows
     from .model import load_base
 
     soft = adapters.load(args.name, args.adapters_dir)
@@ -607,7 +612,7 @@ def _report_inputs(args):
     base = load_base(args.model or soft.base_model, args.precision)
     soft = adapters.load(args.name, args.adapters_dir, base=base)  # checked against the model
     dataset = args.dataset or soft.config.dataset
-    return soft, base, load_rows(dataset, soft.config.text_only), dataset
+    return soft, base, _rows(dataset, soft.config.text_only), dataset
 
 
 def cmd_push(args) -> int:
