@@ -532,3 +532,15 @@ def test_a_crlf_file_gives_the_same_prompts_and_names_as_an_lf_file(tmp_path):
 def test_act_names_are_one_line_without_control_characters(tmp_path):
     content = 'act,prompt\n"Linux\nTerminal","ls"\n"\x1b[31mRed\x1b[0m\tAct","p"\n"  Poet  ","p"\n'
     assert [r.act for r in load_rows(write(tmp_path, "p.csv", content))] == ["Linux Terminal", "[31mRed[0m Act", "Poet"]
+
+
+def test_columns_that_differ_only_by_case_are_an_error_not_dropped_rows(tmp_path):
+    content = '[{"Act": "A", "prompt": "p"}, {"act": "B", "prompt": "q"}]'
+    with pytest.raises(DataError, match="2 columns that name the act: 'Act', 'act'; keep one"):
+        load_rows(write(tmp_path, "p.json", content))
+
+
+def test_a_prompt_that_is_a_list_is_an_error_not_its_python_repr(tmp_path):
+    content = '{"act": "A", "prompt": ["a", "b"]}\n'
+    with pytest.raises(DataError, match="p.jsonl row 1: the prompt is a list, not text"):
+        load_rows(write(tmp_path, "p.jsonl", content))

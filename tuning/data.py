@@ -356,7 +356,12 @@ def load_rows(source: str, text_only: bool = True) -> list[Row]:
     if not columns:  # "[]", or a Parquet file with no columns
         raise DataError(f"{name} has no rows with both an act and a prompt")
     # A BOM can survive inside a header that another tool wrote; strip() does not remove it.
-    index = {c.replace("\ufeff", "").strip().casefold(): i for i, c in reversed(list(enumerate(columns)))}
+    keys = [str(c).replace("\ufeff", "").strip().casefold() for c in columns]
+    for key in ("act", "prompt", "type"):
+        twins = [repr(c) for c, k in zip(columns, keys) if k == key]
+        if len(twins) > 1:  # one would be read and the rows that use the other dropped
+            raise DataError(f"{name} has {len(twins)} columns that name the {key}: {', '.join(twins)}; keep one")
+    index = {k: i for i, k in reversed(list(enumerate(keys)))}
     missing = [c for c in ("act", "prompt") if c not in index]
     if missing:
         found = ", ".join(repr(c) for c in columns) or "none"
@@ -375,7 +380,10 @@ def load_rows(source: str, text_only: bool = True) -> list[Row]:
 
     rows: list[Row] = []
     seen: set[str] = set()
-    for record in records:
+    for number, record in enumerate(records, start=1):
+        for column, value in (("act", record[act_i]), ("prompt", record[prompt_i])):
+            if value is not None and not isinstance(value, (str, int, float)):  # a list or an object: not a guess
+                raise DataError(f"{name} row {number}: the {column} is a {type(value).__name__}, not text")
         act, prompt = _name(record[act_i]), _text(record[prompt_i])
         if not act or not prompt:
             continue
