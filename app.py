@@ -227,8 +227,12 @@ class Session:
 
 
 def owner_of(session: Session, request: gr.Request | None) -> str:
-    """Who owns this session's jobs: its browser when known, else the connection (an API client)."""
-    return session.owner or (request.session_hash if request else "anonymous")
+    """Who owns this session's jobs: its browser when known, else the connection (an API client).
+
+    A client chooses its own session hash: "client:" keeps it from naming another owner (the
+    reference training's, or a browser's id, which has no colon).
+    """
+    return session.owner or f"client:{request.session_hash if request else 'anonymous'}"
 
 
 def bind(fn: Callable, ctx: Context) -> Callable:

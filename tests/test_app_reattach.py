@@ -233,3 +233,19 @@ def test_an_input_longer_than_the_context_is_cut_and_the_visitor_told(ctx, monke
     cut = len(base.encode("Tell me a story. " * 200)) - (base.max_positions - 8)  # no prompt: input + 8 new fill it
     assert cut > 0 and app.input_cut(base, [], "Tell me a story. " * 200, 8) == cut
     assert len(told) == 1 and told[0].endswith(f"its first {cut:,} tokens were left out.")
+
+
+def test_a_client_cannot_name_itself_the_reference_training_and_stop_it(ctx):
+    from tuning.jobs import Job
+
+    def forever(stop):
+        while not stop.is_set():
+            time.sleep(0.01)
+            yield 1
+
+    references = ctx.jobs.start(Job(app.REFERENCE_OWNER, "the reference adapters", forever, background=True))
+    spoofed = tab(app.REFERENCE_OWNER)  # a client picks its own session hash
+    assert app.stop_run(ctx, app.Session(), spoofed) == "nothing is training in this session"
+    assert not references.stop.is_set()
+    references.stop.set()
+    assert references.join(timeout=10)

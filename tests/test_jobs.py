@@ -116,6 +116,16 @@ def test_each_owner_keeps_its_state_and_the_least_recent_goes_first():
     assert jobs.state("a", dict) is a and jobs.state("b", lambda: "new") == "new"
 
 
+def test_an_owner_whose_run_still_goes_is_never_the_one_let_go():
+    jobs = Jobs(max_owners=2)
+    a = jobs.state("a", dict)
+    running = jobs.start(Job("a", "a long training", counting(1000)))
+    jobs.state("b", dict)
+    jobs.state("c", dict)  # a is the least recent, but training: b goes instead
+    assert jobs.state("a", dict) is a and jobs.state("b", lambda: "new") == "new"
+    assert jobs.stop("a") is running and running.join(timeout=10)
+
+
 def test_a_sessions_folder_holds_its_last_download_and_goes_with_it():
     jobs = Jobs()
     first = jobs.folder("s")

@@ -164,6 +164,10 @@ class Jobs:
             self._jobs[job.owner] = job
         return job.start()
 
+    def _running_locked(self, owner: str) -> bool:
+        job = self._jobs.get(owner)
+        return job is not None and not job.finished
+
     def running(self, owner: str | None) -> Job | None:
         """The owner's job while it runs (a finished one is forgotten)."""
         with self._lock:
@@ -211,8 +215,11 @@ class Jobs:
         with self._lock:
             if owner not in self._owners:
                 self._owners[owner] = make()
-                while len(self._owners) > self._max_owners:
-                    self._owners.popitem(last=False)
+                while len(self._owners) > self._max_owners:  # never one whose run still goes: its reload finds it
+                    idle = next((o for o in self._owners if not self._running_locked(o) and o != owner), None)
+                    if idle is None:
+                        break
+                    del self._owners[idle]
             self._owners.move_to_end(owner)
             return self._owners[owner]
 
