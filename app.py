@@ -56,7 +56,7 @@ from tuning.model import ModelError, SoftPrompt, load_base
 from tuning.plan import (PlanError, checked_config, config_error, estimate_seconds, plan_run, plan_sweep, plural,
                          train_tokens)
 from tuning.progress import SERIES, ReferenceView, RunView, SweepView, duration, held_out_points, number
-from tuning.train import (Done, Step, TrainingError, held_out_for, resume_config, resume_note,
+from tuning.train import (Done, Step, TrainingError, held_out_for, resume_config, resume_note, saved_history,
                           trained_so_far)
 
 log = logging.getLogger("tuning.app")
@@ -738,7 +738,9 @@ def resumed(ctx: Context, session: Session, resume, epochs, lr, batch) -> tuple[
     soft = pick_soft(ctx, name, session)
     with user_errors():
         try:
-            return soft, name, resume_config(soft, whole(epochs), learning_rate=lr, batch_size=whole(batch))
+            # it trains here, on this server's model and dataset: the settings must say so (the adapter may be another's)
+            return soft, name, resume_config(soft, whole(epochs), learning_rate=lr, batch_size=whole(batch),
+                                             model=ctx.model, dataset=ctx.dataset)
         except ValueError as e:
             raise config_error(e) from None
 
@@ -752,13 +754,14 @@ def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, 
         plan = plan_run(ctx.rows(), config, ctx.max_steps, ctx.max_epochs)
         base = ctx.base()
         before = trained_so_far(continued[0]) if continued else (0, 0)
+        history = saved_history(continued[0]) if continued else None  # TrainingError: not in training's form
         if gpu.zero_gpu():  # a run that would outlast one GPU call is refused now, not cut off later
             gpu.check_fits(gpu.training_seconds(base, plan.train_rows, plan.config, plan.held_out_rows))
     acts = plan.config.acts
     what = acts[0] if len(acts) == 1 else plural(len(acts), "act") if acts else "all acts"
     view = RunView(before[0] + plan.step_cap, before[1] + plan.config.epochs, plan.config.batch_size, plan.notes)
     if continued:
-        view.continue_from(continued[0].meta["history"], plan.steps_per_epoch)
+        view.continue_from(history, plan.steps_per_epoch)  # empty for a plain PEFT adapter
         if note := resume_note(continued[0]):
             view.log.append(f"note: {note}")
         # a run of this session: its acts ("#2 all acts continued 5×10"); an adapter: its name ("poet-5x5 continued 5×10")

@@ -249,3 +249,18 @@ def test_a_client_cannot_name_itself_the_reference_training_and_stop_it(ctx):
     assert not references.stop.is_set()
     references.stop.set()
     assert references.join(timeout=10)
+
+
+def test_continuing_a_plain_peft_adapter_trains_here_and_records_this_servers_dataset(ctx):
+    from tuning import adapters
+
+    session, _ = app.attach(ctx, None, app.Session())
+    list(app.start_training(ctx, **{**TRAIN, "epochs": 1, "batch": 4}, session=session, request=tab("t")))
+    folder = adapters.save(session.runs[-1].soft, "plain", ctx.root)
+    (folder / adapters.META_FILE).unlink()  # what PEFT alone writes: no history, no dataset of ours
+    assert adapters.load("plain", ctx.root).config.dataset != ctx.dataset
+    *_, (chart, progress, log) = app.start_training(ctx, **{**TRAIN, "epochs": 1, "batch": 4}, session=session,
+                                                    request=tab("t"), resume="plain")
+    assert progress.startswith("step ") and "done" in progress
+    soft = session.runs[-1].soft
+    assert soft.config.dataset == soft.meta["dataset"] == ctx.dataset and soft.config.model == ctx.model

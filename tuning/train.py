@@ -286,7 +286,7 @@ def trained_so_far(soft: SoftPrompt) -> tuple[int, int]:
     starts the next epoch after the last finished one. A history that is not the shape train()
     writes (an edited or foreign tuning_meta.json) is refused: its numbers cannot be continued.
     """
-    history = _saved_history(soft)
+    history = saved_history(soft)
     return (history["step"][-1] if history["step"] else 0), (history["epoch"][-1] if history["epoch"] else 0)
 
 
@@ -326,7 +326,7 @@ def estimated_epoch_steps(history: dict) -> list[int]:
     return [max(1, min(e * per_epoch, steps[-1])) if isinstance(e, int) else 1 for e in epochs]
 
 
-def _saved_history(soft: SoftPrompt) -> dict[str, list]:
+def saved_history(soft: SoftPrompt) -> dict[str, list]:
     """`soft`'s loss history as train() writes it, checked; every key empty when it has none."""
     history = soft.meta.get("history")
     if not history:
@@ -440,7 +440,7 @@ def train(
     base_held = None
     yield Start(total, len(data), len(held), sum(lengths), resumed_at=done_steps)
 
-    history = _saved_history(resume) if resume is not None else {k: [] for k in HISTORY_KEYS}
+    history = saved_history(resume) if resume is not None else {k: [] for k in HISTORY_KEYS}
     epochs_before = len(history["epoch"])
     step, tokens_done, train_time, stopped = done_steps, 0, 0.0, False
     for epoch in range(done_epochs + 1, done_epochs + config.epochs + 1):
