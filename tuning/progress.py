@@ -78,6 +78,7 @@ class RunView:
     _train_rows: int = 0
     _resumed_at: int = 0  # steps the prompt had trained before this run (a resumed adapter)
     _step_elapsed: float = 0.0  # seconds since the start at the last Step
+    _train_seconds: float | None = None  # seconds spent in this run's steps so far (None: not known)
     _eval_seconds: list[float] = field(default_factory=list)  # each epoch end's scoring time
     _epochs_scored: int = 0
     _epochs_before: int = 0  # epochs of a resumed prompt's earlier runs
@@ -96,11 +97,14 @@ class RunView:
             self.progress = f"step {self.step:,} / {self.step_cap:,} · starting"
         elif isinstance(event, Step):
             self.step, self._step_elapsed = event.step, event.elapsed
+            if event.tokens_per_s > 0:  # the time in steps alone, not waits between them (a paused background run)
+                self._train_seconds = event.tokens / event.tokens_per_s
             self.points.append((event.step, event.loss, "train"))
             self.progress = (f"step {event.step:,} / {self.step_cap:,} · epoch {event.epoch} / {self.epochs} · "
                              f"{event.tokens_per_s:,.0f} tokens/s · about {duration(self.eta())} left")
         elif isinstance(event, EpochEnd):
-            self._eval_seconds.append(max(0.0, event.elapsed - self._step_elapsed))
+            scoring = event.scoring_seconds
+            self._eval_seconds.append(max(0.0, event.elapsed - self._step_elapsed) if scoring is None else scoring)
             self._epochs_scored = event.epoch
             if event.held_out_loss is not None:
                 self.points.append((self.step, event.held_out_loss, "held-out"))
@@ -131,7 +135,8 @@ class RunView:
         done = self.step - self._resumed_at
         if done <= 0:
             return 0.0
-        train_seconds = self._step_elapsed - sum(self._eval_seconds)
+        train_seconds = self._train_seconds if self._train_seconds is not None else (
+            self._step_elapsed - sum(self._eval_seconds))
         per_step = max(train_seconds, 0.0) / done
         if self._eval_seconds:  # the first epoch end scored twice (tuned and base)
             per_scoring = self._eval_seconds[-1] if len(self._eval_seconds) > 1 else self._eval_seconds[0] / 2

@@ -83,6 +83,9 @@ class EpochEnd:
     # not before the first step, so the first point of a live chart appears at once
     base_held_out_loss: float | None
     elapsed: float
+    # seconds this epoch end spent scoring: `elapsed` also counts any wait between events (a
+    # background run paused for a visitor), which a time estimate must not take for work
+    scoring_seconds: float | None = None
 
 
 @dataclass
@@ -483,14 +486,16 @@ def train(
             )
         if stopped:
             break
+        t_scoring = time.perf_counter()
         held_loss = mean_loss(base, prompt.detach(), held, config.batch_size) if held else None
         if held and base_held is None:
             base_held = mean_loss(base, None, held, config.batch_size)
+        scoring = time.perf_counter() - t_scoring
         history["epoch"].append(epoch)
         history["epoch_step"].append(step)
         history["held_out_loss"].append(held_loss)
         history["epoch_train_loss"].append(epoch_loss / epoch_tokens)
-        yield EpochEnd(epoch, epoch_loss / epoch_tokens, held_loss, base_held, time.perf_counter() - t0)
+        yield EpochEnd(epoch, epoch_loss / epoch_tokens, held_loss, base_held, time.perf_counter() - t0, scoring)
 
     if step == done_steps:
         raise TrainingError("training was stopped before the first step; there is nothing to keep")
