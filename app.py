@@ -780,9 +780,13 @@ def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, 
                 session.remember(event.soft, what, plan.steps_per_epoch)
             yield event
 
+    def waiting() -> None:
+        view.progress = ("waiting: the reference adapters are training; they step aside for yours after their "
+                         "current step" if ctx.jobs.slot.held_in_background else
+                         "waiting: another run is training on this server; yours starts when it ends")
+
     job = Job(owner_of(session, request), f"a training ({what})", events, view.add, ctx.jobs.slot,
-              on_wait=lambda: setattr(view, "progress", "waiting: another run is training on this server; "
-                                                        "yours starts when it ends"), view=view)
+              on_wait=waiting, view=view)
     yield from follow(ctx, start_job(ctx, job), request.session_hash, run_update)
 
 

@@ -151,8 +151,11 @@ def test_a_background_job_hands_the_slot_to_a_visitor_between_two_steps_and_resu
 
     background = jobs.start(Job("reference", "references", stamped("bg", 40, 0.01), slot=jobs.slot, background=True))
     time.sleep(0.1)
-    visitor = jobs.start(Job("a", "visitor", stamped("visitor", 5, 0.02), slot=jobs.slot))
+    told = []  # what a waiting visitor reads: who holds the slot
+    visitor = jobs.start(Job("a", "visitor", stamped("visitor", 5, 0.02), slot=jobs.slot,
+                             on_wait=lambda: told.append(jobs.slot.held_in_background)))
     assert visitor.join(timeout=10) and background.join(timeout=10)
+    assert told == [True] and not jobs.slot.held_in_background
     assert len(background.events) == 40 and len(visitor.events) == 5  # both finished, nothing lost
     first, last = log.index(("visitor", "start")), len(log) - 1 - log[::-1].index(("visitor", "end"))
     assert all(name == "visitor" for name, _ in log[first:last + 1])  # no background step ran meanwhile

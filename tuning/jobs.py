@@ -33,6 +33,7 @@ class Slot:
         self._cond = threading.Condition()
         self._busy = False
         self._visitors_waiting = 0
+        self._background_holds = False
 
     def acquire(self, stop: threading.Event, background: bool = False,
                 on_wait: Callable[[], None] = lambda: None) -> bool:
@@ -49,7 +50,7 @@ class Slot:
                         on_wait()
                         told = True
                     self._cond.wait(timeout=0.5)
-                self._busy = True
+                self._busy, self._background_holds = True, background
                 return True
             finally:
                 if not background:
@@ -57,8 +58,13 @@ class Slot:
 
     def release(self) -> None:
         with self._cond:
-            self._busy = False
+            self._busy = self._background_holds = False
             self._cond.notify_all()
+
+    @property
+    def held_in_background(self) -> bool:
+        """The slot's holder is a background job: a waiting visitor gets it after that job's current step."""
+        return self._busy and self._background_holds
 
     @property
     def wanted(self) -> bool:
