@@ -614,16 +614,20 @@ def search_acts(ctx: Context, query: str) -> pd.DataFrame:
 def restore_act(session: Session):
     """After a reload: the act this browser picked before, in every place that shows it (it is what Train uses)."""
     if session.act is None:
-        return (gr.update(),) * 5
-    line = act_line(session.act)
-    return session.act.act, session.act.prompt, line, line, evaluate.act_instruction(session.act.act)
+        return (gr.update(),) * 6
+    return session.act.act, *shown_act(session.act)
 
 
 def select_act(ctx: Context, name: str, session: Session):
     with user_errors():
         session.act = find_act(ctx.rows(), name)
-    line = act_line(session.act)
-    return session.act.prompt, line, line, evaluate.act_instruction(session.act.act)
+    return shown_act(session.act)
+
+
+def shown_act(act: Row) -> tuple:
+    """(whole prompt, Train's act line, Compare's, Compare's input, the tab's act name) for a picked act."""
+    line = act_line(act)
+    return act.prompt, line, line, evaluate.act_instruction(act.act), act.act
 
 
 class DatasetTab(NamedTuple):
@@ -659,24 +663,32 @@ def run_choices(session: Session, listing: list[dict], current: str | None = Non
     return gr.Dropdown(choices=choices, value=current if current in choices else (choices[0] if choices else None))
 
 
-def train_config(ctx: Context, session: Session, tokens, epochs, lr, batch, init, data, chosen, seed) -> TuneConfig:
-    """The widgets' values as a checked TuneConfig; one sentence naming the field by its label when one is wrong."""
+def train_config(ctx: Context, session: Session, tokens, epochs, lr, batch, init, data, chosen, seed,
+                 shown_act: str | None = None) -> TuneConfig:
+    """The widgets' values as a checked TuneConfig; one sentence naming the field by its label when one is wrong.
+
+    `shown_act`: the act this tab shows (two tabs of one browser may show two); else the browser's last pick.
+    """
     chosen = chosen or []
     if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
         raise refuse("selected acts must be a list of act names")
-    if data == "only the current act" and not session.act:
+    current = session.act
+    if isinstance(shown_act, str) and shown_act:
+        with user_errors():
+            current = find_act(ctx.rows(), shown_act)
+    if data == "only the current act" and not current:
         raise refuse("pick an act in the Dataset tab first (or train on all acts)")
-    acts = [session.act.act] if data == "only the current act" else chosen if data == "selected acts" else []
+    acts = [current.act] if data == "only the current act" else chosen if data == "selected acts" else []
     if data == "selected acts" and not acts:
         raise refuse("choose at least one act for 'selected acts'")
     use_text = INITS.get(init) == "text"
-    if use_text and not session.act:  # the engine would start from whichever training row comes first
+    if use_text and not current:  # the engine would start from whichever training row comes first
         raise refuse("pick an act in the Dataset tab first: the prompt starts from the current act's text")
     with user_errors():
         return checked_config(
             model=ctx.model, dataset=ctx.dataset, num_virtual_tokens=whole(tokens), epochs=whole(epochs),
             learning_rate=lr, batch_size=whole(batch), seed=whole(seed), init=INITS.get(init, init),
-            init_text=session.act.prompt if use_text else None, acts=tuple(acts),
+            init_text=current.prompt if use_text else None, acts=tuple(acts),
         )
 
 
@@ -746,10 +758,11 @@ def resumed(ctx: Context, session: Session, resume, epochs, lr, batch) -> tuple[
 
 
 def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, seed, session: Session,
-                   request: gr.Request, resume=NEW_PROMPT):
+                   request: gr.Request, resume=NEW_PROMPT, shown_act: str | None = None):
     """Plan the run, start it in the job registry, then stream it (a reloaded page re-attaches with `reattach`)."""
     continued = resumed(ctx, session, resume, epochs, lr, batch)
-    config = continued[2] if continued else train_config(ctx, session, tokens, epochs, lr, batch, init, data, chosen, seed)
+    config = continued[2] if continued else train_config(ctx, session, tokens, epochs, lr, batch, init, data, chosen,
+                                                         seed, shown_act)
     with user_errors():
         plan = plan_run(ctx.rows(), config, ctx.max_steps, ctx.max_epochs)
         base = ctx.base()
@@ -830,6 +843,7 @@ class TrainTab(NamedTuple):
     plot: gr.LinePlot
     progress: gr.Markdown
     log: gr.Textbox
+    shown_act: gr.State  # the act name this tab shows (set with the act lines)
 
 
 def resume_choices(ctx: Context, session: Session, current: str | None = None) -> gr.Dropdown:
@@ -866,13 +880,14 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
             progress = gr.Markdown("not started: set the prompt's size and press Train", elem_id="progress")
             log_box = gr.Textbox(label="Log", lines=8, max_lines=30, interactive=False, autoscroll=True)
     preset.input(bind(set_preset, ctx), preset, [tokens, epochs], api_name="set_preset", **HIDDEN)
+    tab_act = gr.State(None)  # the act this tab shows: what "only the current act" trains on here
     trained = start.click(bind(start_training, ctx),
-                          [tokens, epochs, lr, batch, init, data, chosen, seed, session, resume],
+                          [tokens, epochs, lr, batch, init, data, chosen, seed, session, resume, tab_act],
                           [plot, progress, log_box], api_name="train", **HIDDEN, concurrency_limit=8, concurrency_id="train")
     stop.click(bind(stop_run, ctx), session, progress, api_name="stop", **HIDDEN)
     for event in (tab.select, trained.then):
         event(bind(resume_choices, ctx), [session, resume], resume, api_name=False)
-    return TrainTab(act, chosen, lr, batch, seed, trained, plot, progress, log_box)
+    return TrainTab(act, chosen, lr, batch, seed, trained, plot, progress, log_box, tab_act)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1749,7 +1764,7 @@ def build_app(
                 adapters_table, save_run_choice = adapters_tab(ctx, session, tab)
 
         # the links between tabs: an act picked in Dataset shows in Train and Compare; a finished run shows everywhere
-        picked = [data.full_prompt, train_.act, compare.act, compare.text]
+        picked = [data.full_prompt, train_.act, compare.act, compare.text, train_.shown_act]
         attached = demo.load(bind(attach, ctx), [browser, session], [session, browser], api_name=False)
         attached.then(restore_act, session, [data.act_name, *picked], api_name=False)
         # no concurrency limit: a re-attached tab follows its run to the end, and four of them must not make

@@ -59,9 +59,9 @@ def test_a_reloaded_page_shows_the_act_it_will_train_on(ctx):
     act = ctx.rows()[0]
     app.select_act(ctx, act.act, session)
     again, _ = app.attach(ctx, browser, app.Session())  # the reload
-    name, prompt, train_line, compare_line, text = app.restore_act(again)
+    name, prompt, train_line, compare_line, text, tab_act = app.restore_act(again)
     assert name == act.act and prompt == act.prompt and text.startswith("I want you to act as")
-    assert train_line == compare_line == f"**Current act:** {act.act}"
+    assert train_line == compare_line == f"**Current act:** {act.act}" and tab_act == act.act
 
 
 def test_re_attached_tabs_are_not_held_to_the_default_concurrency_limit(ctx):
@@ -264,3 +264,13 @@ def test_continuing_a_plain_peft_adapter_trains_here_and_records_this_servers_da
     assert progress.startswith("step ") and "done" in progress
     soft = session.runs[-1].soft
     assert soft.config.dataset == soft.meta["dataset"] == ctx.dataset and soft.config.model == ctx.model
+
+
+def test_two_tabs_of_one_browser_each_train_on_the_act_they_show(ctx):
+    session, _ = app.attach(ctx, None, app.Session())
+    first, second = ctx.rows()[0], ctx.rows()[1]
+    shown_in_tab_1 = app.select_act(ctx, first.act, session)[-1]
+    app.select_act(ctx, second.act, session)  # tab 2 picks another act: the browser's last pick
+    settings = (5, 1, 0.1, 4, "random", "only the current act", [], 0)
+    assert app.train_config(ctx, session, *settings, shown_in_tab_1).acts == (first.act,)
+    assert app.train_config(ctx, session, *settings).acts == (second.act,)  # no tab state (a script): the last pick
