@@ -1647,6 +1647,8 @@ def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, ep
                              "selected acts" if chosen else DATA_CHOICES[0], chosen, 0, session, request)
     for _ in updates:
         pass
+    if not session.runs:  # stopped while it waited for the training slot: no step, nothing to save
+        raise refuse("the training was stopped before its first step; nothing was saved")
     run = session.runs[-1]
     wanted = wanted or \
         f"{chosen[0] if len(chosen) == 1 else 'acts' if chosen else 'all'}-{num_virtual_tokens}x{run.soft.config.epochs}"

@@ -274,3 +274,9 @@ def test_two_tabs_of_one_browser_each_train_on_the_act_they_show(ctx):
     settings = (5, 1, 0.1, 4, "random", "only the current act", [], 0)
     assert app.train_config(ctx, session, *settings, shown_in_tab_1).acts == (first.act,)
     assert app.train_config(ctx, session, *settings).acts == (second.act,)  # no tab state (a script): the last pick
+
+
+def test_an_api_training_stopped_before_its_first_step_says_so(ctx, monkeypatch):
+    monkeypatch.setattr(app, "start_training", lambda *a, **k: iter(()))  # stopped while waiting for the slot
+    with pytest.raises(app.gr.Error, match="stopped before its first step; nothing was saved"):
+        app.train_adapter(ctx, "", 3, 1, 0.1, "", tab("client"))

@@ -167,10 +167,12 @@ def test_a_background_job_waits_while_visitors_train():
     visitor = jobs.start(Job("a", "visitor", counting(20, 0.01), slot=jobs.slot))
     time.sleep(0.05)
     waited = []
-    background = jobs.start(Job("reference", "references", counting(3, 0.0), slot=jobs.slot, background=True,
-                                on_wait=lambda: waited.append(len(visitor.events))))
+    background = Job("reference", "references", counting(3, 0.0), slot=jobs.slot, background=True,
+                     on_wait=lambda: waited.append((len(visitor.events), background.paused)))
+    jobs.start(background)
     assert visitor.join(timeout=10) and background.join(timeout=10)
-    assert waited and waited[0] < 20 and background.events == [1, 2, 3]
+    assert waited and waited[0][0] < 20 and background.events == [1, 2, 3]
+    assert waited[0][1] and not background.paused  # paused while it waited for its first turn, not after
 
 
 def test_a_job_runs_in_the_context_of_the_request_that_started_it():

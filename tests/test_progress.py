@@ -80,3 +80,11 @@ def test_a_pause_between_steps_is_not_taken_for_work():
     assert view.eta() == pytest.approx(10 * 1.0 + 3 * 10 / 3)  # scoring still guessed: 3 scorings of 10 batches
     view.add(EpochEnd(1, 3.0, 2.9, 3.1, 1300.0, scoring_seconds=2.0))  # paused again before scoring tuned and base
     assert view.eta() == pytest.approx(10 * 1.0 + 1.0)  # one scoring left, 1 s as measured
+
+
+def test_the_reference_line_before_its_first_step_says_whether_it_waits_or_loads():
+    from tuning.progress import ReferenceView
+
+    view = ReferenceView()
+    assert view.line(paused=False).endswith(": loading the model…")
+    assert view.line(paused=True).endswith(": waiting while a visitor trains")

@@ -104,6 +104,7 @@ class Job:
         try:
             if self._slot is not None:
                 held = self._slot.acquire(self.stop, self.background, self._waiting)
+                self.paused = False
                 if not held:
                     return
             for event in self._make(self.stop):
@@ -131,6 +132,7 @@ class Job:
 
     def _waiting(self) -> None:
         with self.lock:
+            self.paused = self.background  # a background job that has not started waits for visitors too
             self._on_wait()  # "waiting for the training slot"
             self.lock.notify_all()
 

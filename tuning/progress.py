@@ -290,7 +290,7 @@ class ReferenceView:
         saved = f" ({', '.join(n.split('-')[1].replace('x', '×') for n in self.saved)} saved)" if self.saved else ""
         head = f"Training the reference adapters{saved}: "
         if self.run is None:
-            return head + "loading the model…"
+            return head + ("waiting while a visitor trains" if paused else "loading the model…")
         if self.run.finished:
             return head + f"{self.label} done, saving…"
         where = head + f"{self.label} at step {self.run.step:,} / {self.run.step_cap:,}"
