@@ -323,6 +323,14 @@ def checked_number(value, label: str) -> float | int:
     return value
 
 
+def checked_whole(value, label: str, lo: int, hi: int) -> int:
+    """`value` as an int from `lo` to `hi` (20.0 is 20); 2.5, 'abc' or out of range -> gr.Error."""
+    n = whole(checked_number(value, label))
+    if not isinstance(n, int) or not lo <= n <= hi:
+        raise refuse(f"{label} must be a whole number from {lo} to {hi}, got {value}")
+    return n
+
+
 def checked_name(value, label: str = "the adapter name") -> str | None:
     """A dropdown value that allows custom text: None, or text of at most 200 characters."""
     return checked_text(value, label, MAX_FIELD_CHARS) or None
@@ -496,9 +504,13 @@ def nearest_frame(nearest: list[list[tuple[str, float]]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["virtual token"] + [f"nearest {j + 1}" for j in range(k)])
 
 
+def shown_text(text: str) -> str:
+    """A finished continuation as shown: an empty one says the model ended at once (not "still waiting")."""
+    return text if text.strip() else NOTHING_GENERATED
+
+
 def rouge_frame(scored: list[dict]) -> pd.DataFrame:
-    shown = lambda text: text if text.strip() else NOTHING_GENERATED  # noqa: E731  (scored 0: nothing to match)
-    rows = [[r["act"], shown(r["base_text"]), shown(r["tuned_text"]), round(r["base_rouge"], 3),
+    rows = [[r["act"], shown_text(r["base_text"]), shown_text(r["tuned_text"]), round(r["base_rouge"], 3),
              round(r["tuned_rouge"], 3)] for r in scored]
     return pd.DataFrame(rows, columns=["act", "base text", "tuned text", "base ROUGE-L", "tuned ROUGE-L"])
 
@@ -664,18 +676,18 @@ def run_choices(session: Session, listing: list[dict], current: str | None = Non
 
 
 def train_config(ctx: Context, session: Session, tokens, epochs, lr, batch, init, data, chosen, seed,
-                 shown_act: str | None = None) -> TuneConfig:
+                 tab_act: str | None = None) -> TuneConfig:
     """The widgets' values as a checked TuneConfig; one sentence naming the field by its label when one is wrong.
 
-    `shown_act`: the act this tab shows (two tabs of one browser may show two); else the browser's last pick.
+    `tab_act`: the act this tab shows (two tabs of one browser may show two); else the browser's last pick.
     """
     chosen = chosen or []
     if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
         raise refuse("selected acts must be a list of act names")
     current = session.act
-    if isinstance(shown_act, str) and shown_act:
+    if isinstance(tab_act, str) and tab_act:
         with user_errors():
-            current = find_act(ctx.rows(), shown_act)
+            current = find_act(ctx.rows(), tab_act)
     if data == "only the current act" and not current:
         raise refuse("pick an act in the Dataset tab first (or train on all acts)")
     acts = [current.act] if data == "only the current act" else chosen if data == "selected acts" else []
@@ -758,11 +770,11 @@ def resumed(ctx: Context, session: Session, resume, epochs, lr, batch) -> tuple[
 
 
 def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, seed, session: Session,
-                   request: gr.Request, resume=NEW_PROMPT, shown_act: str | None = None):
+                   request: gr.Request, resume=NEW_PROMPT, tab_act: str | None = None):
     """Plan the run, start it in the job registry, then stream it (a reloaded page re-attaches with `reattach`)."""
     continued = resumed(ctx, session, resume, epochs, lr, batch)
     config = continued[2] if continued else train_config(ctx, session, tokens, epochs, lr, batch, init, data, chosen,
-                                                         seed, shown_act)
+                                                         seed, tab_act)
     with user_errors():
         plan = plan_run(ctx.rows(), config, ctx.max_steps, ctx.max_epochs)
         base = ctx.base()
@@ -843,7 +855,7 @@ class TrainTab(NamedTuple):
     plot: gr.LinePlot
     progress: gr.Markdown
     log: gr.Textbox
-    shown_act: gr.State  # the act name this tab shows (set with the act lines)
+    tab_act: gr.State  # the act name this tab shows (set with the act lines)
 
 
 def resume_choices(ctx: Context, session: Session, current: str | None = None) -> gr.Dropdown:
@@ -931,7 +943,7 @@ def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top
             yield (*texts, "") if len(texts) == 2 else texts
     # the end: a column still empty is a model that ended at once, not one still thinking (or broken)
     if not all(t.strip() for t in texts):
-        final = tuple(t if t.strip() else NOTHING_GENERATED for t in texts)
+        final = tuple(shown_text(t) for t in texts)
         yield (*final, "") if len(final) == 2 else final
 
 
@@ -1215,7 +1227,8 @@ def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session, r
     cells = ", ".join(sweep.label(t, e) for t, e in plan.grid)
     text = f"{plural(len(plan.grid), 'cell')} ({cells}): {plural(plan.total_steps, 'step')} in all"
     speed = last_speed(session)
-    n_rouge = min(whole(rouge_acts), len(plan.held_out_rows)) if isinstance(whole(rouge_acts), int) else 0
+    n_rouge = whole(rouge_acts)
+    n_rouge = min(n_rouge, len(plan.held_out_rows)) if isinstance(n_rouge, int) else 0
     rouge = (f", then ROUGE-L generation for {plural(n_rouge, 'held-out act')} in each cell"
              if n_rouge > 0 else "")
     if speed is None:
@@ -1611,9 +1624,7 @@ def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "
     if "base" in names:  # the key of the base model's text
         raise refuse("the answer names the base model's text 'base'; rename the adapter called 'base' to compare it")
     text = checked_text(text, "the input", MAX_INPUT_CHARS)
-    tokens = whole(checked_number(max_new_tokens, "max_new_tokens"))
-    if not isinstance(tokens, int) or not 1 <= tokens <= MAX_NEW_TOKENS:  # what the page's slider allows
-        raise refuse(f"max_new_tokens must be a whole number from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens}")
+    tokens = checked_whole(max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS)  # what the page's slider allows
     with user_errors():
         prompts = [adapters.load(name, ctx.root, ctx.base()) for name in names]
         texts = ()
@@ -1674,9 +1685,7 @@ def evaluate_adapter(ctx: Context, adapter: str, rouge_acts: int = 3) -> dict:
     """
     if not (name := checked_name(adapter, "adapter")):
         raise refuse("name a saved adapter (see list_saved_adapters)")
-    n = whole(checked_number(rouge_acts, "rouge_acts"))
-    if not isinstance(n, int) or not 0 <= n <= 20:
-        raise refuse(f"rouge_acts must be a whole number from 0 to 20, got {rouge_acts}")
+    n = checked_whole(rouge_acts, "rouge_acts", 0, 20)
     with user_errors():
         soft = adapters.load(name, ctx.root, ctx.base())
     metrics, held, scored = held_out_scores(ctx, soft, n, 64, lambda *args, **kwargs: None)
@@ -1766,7 +1775,7 @@ def build_app(
                 adapters_table, save_run_choice = adapters_tab(ctx, session, tab)
 
         # the links between tabs: an act picked in Dataset shows in Train and Compare; a finished run shows everywhere
-        picked = [data.full_prompt, train_.act, compare.act, compare.text, train_.shown_act]
+        picked = [data.full_prompt, train_.act, compare.act, compare.text, train_.tab_act]
         attached = demo.load(bind(attach, ctx), [browser, session], [session, browser], api_name=False)
         attached.then(restore_act, session, [data.act_name, *picked], api_name=False)
         # no concurrency limit: a re-attached tab follows its run to the end, and four of them must not make
