@@ -186,7 +186,7 @@ def cmd_train(args) -> int:
     else:
         config = TuneConfig(**given)
     root = _writable_folder(args.adapters_dir)  # before minutes of training, not after
-    taken = {a["name"] for a in adapters.list_adapters(root)} | {p.name for p in root.iterdir()}
+    taken = {p.name for p in root.iterdir()}  # every folder name (loading each adapter to list it adds none)
     if args.name or args.resume:
         name = adapters.sanitize_name(args.name or args.resume)
         continued = args.resume is not None and name == args.resume  # a resumed run is saved back over itself
