@@ -124,7 +124,37 @@ def test_generate_refuses_bad_adapter_choices_in_one_line(two_adapters, names, m
 
 def test_generate_with_a_foreign_adapter_for_a_named_model_is_refused(two_adapters, tiny_model_dir, capsys):
     assert main(generate_args(two_adapters, "foreign", extra=["--model", str(tiny_model_dir)])) == 1
-    assert capsys.readouterr().err.strip() == f"error: adapter was trained on another/model, the loaded model is {tiny_model_dir}"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: the adapter was trained on another/model, the loaded model is {tiny_model_dir}; "
+        f"if {tiny_model_dir} is a local copy of another/model, add --hub-model another/model")
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_a_local_copy_named_by_hub_model_runs_an_adapter_of_that_hub_id(command, two_adapters, tiny_model_dir, capsys):
+    # Offline, the advice is "start with a local model": an adapter trained on the Hub id must run on the copy.
+    argv = (generate_args(two_adapters, "foreign", extra=["--json"]) if command == "generate"
+            else ["--adapters-dir", str(two_adapters), "eval", "--adapter", "foreign", "--precision", "fp32"])
+    argv += ["--model", str(tiny_model_dir), "--hub-model", "another/model"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert ('"foreign"' in out) if command == "generate" else out.startswith("held-out: ")
+    from tuning.model import load_base
+    assert load_base(str(tiny_model_dir), "fp32").hub_id is None  # the cached model kept its own names
+
+
+def test_an_adapter_that_does_not_name_its_model_asks_for_model(two_adapters, capsys):
+    import json
+    import shutil
+
+    shutil.copytree(two_adapters / "A", two_adapters / "anonymous")
+    (two_adapters / "anonymous" / "tuning_meta.json").unlink()  # a plain PEFT adapter
+    config_path = two_adapters / "anonymous" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = None
+    config_path.write_text(json.dumps(config))
+    assert main(["--adapters-dir", str(two_adapters), "eval", "--adapter", "anonymous"]) == 1
+    assert capsys.readouterr().err == ("error: the adapter does not record which model it was trained on; "
+                                       "name it with --model\n")
 
 
 def test_eval_prints_base_and_tuned_perplexity(trained, capsys):
@@ -300,3 +330,98 @@ def test_first_ctrl_c_asks_to_stop_and_the_second_aborts():
     finally:
         restore()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_name_taken_while_training_is_kept_and_the_run_saved_under_a_free_one(tiny_model_dir, tiny_csv, tmp_path, capsys,
+                                                                                monkeypatch):
+    import tuning.train
+
+    real_train = tuning.train.train
+
+    def meanwhile(*a, **k):  # another run (or a pull) saves "mine" while this one trains
+        for event in real_train(*a, **k):
+            if not (tmp_path / "mine").exists():
+                (tmp_path / "mine").mkdir()
+                (tmp_path / "mine" / "theirs.txt").write_text("another run's adapter")
+            yield event
+
+    monkeypatch.setattr(tuning.train, "train", meanwhile)
+    assert main(train_args(tiny_model_dir, tiny_csv, tmp_path, "--name", "mine", "--epochs", "1")) == 0
+    captured = capsys.readouterr()
+    assert (tmp_path / "mine" / "theirs.txt").read_text() == "another run's adapter"
+    assert "saved adapter 'mine-2'" in captured.out and "saving this one as 'mine-2'" in captured.err
+    from tuning import adapters
+    assert adapters.load("mine-2", tmp_path).num_virtual_tokens == 4
+
+
+def test_init_text_trains_from_that_text(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    from tuning import adapters
+
+    assert main(train_args(tiny_model_dir, tiny_csv, tmp_path, "--name", "t", "--epochs", "1",
+                           "--init-text", "You are a poet")) == 0
+    config = adapters.load("t", tmp_path).config
+    assert (config.init, config.init_text) == ("text", "You are a poet")
+    assert main(train_args(tiny_model_dir, tiny_csv, tmp_path, "--name", "u", "--init", "random",
+                           "--init-text", "You are a poet")) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --init-text seeds the prompt only with --init text, not --init random")
+
+
+def must_not_load(monkeypatch):
+    monkeypatch.setattr("tuning.model.load_base", lambda *a, **k: pytest.fail("loaded the model"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--adapter", "cli-run", "--rouge", "-1"], "error: --rouge is a number of held-out acts, 0 or more, got -1"),
+    (["eval", "--adapter", "cli-run", "--rouge", "2", "--max-new-tokens", "0"], "error: max_new_tokens must be"),
+    (["report", "cli-run", "--out", "{out}", "--max-new-tokens", "0"], "error: max_new_tokens must be"),
+    (["report", "cli-run", "--out", "{blocker}/out"], "error: cannot save the report in {blocker}/out"),
+    (["sweep", "--rouge", "-2"], "error: --rouge is a number of held-out acts, 0 or more, got -2"),
+])
+def test_bad_flags_fail_before_the_model_loads(argv, message, trained, tmp_path, capsys, monkeypatch):
+    must_not_load(monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    fill = {"{out}": str(tmp_path / "out"), "{blocker}": str(blocker)}
+    for key, value in fill.items():
+        argv = [a.replace(key, value) for a in argv]
+        message = message.replace(key, value)
+    assert main(["--adapters-dir", str(trained), *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)
+
+
+def test_reference_into_a_folder_that_cannot_be_written_fails_before_loading(tiny_model_dir, tiny_csv, tmp_path, capsys,
+                                                                             monkeypatch):
+    must_not_load(monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["--adapters-dir", str(blocker), "reference", "--model", str(tiny_model_dir),
+                 "--dataset", str(tiny_csv)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: cannot save adapters in {blocker}")
+
+
+def test_ctrl_c_outside_training_is_one_word_and_exit_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tuning.cli.cmd_list", interrupted)
+    assert main(["list"]) == 130
+    assert capsys.readouterr().err == "aborted\n"
+
+
+def test_output_cut_short_by_a_closed_pipe_ends_quietly(tmp_path):
+    # `python -m tuning acts | head -1`: no error line, no "Exception ignored", exit 0
+    import csv
+
+    path = tmp_path / "many.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["act", "prompt"])
+        writer.writerows((f"Act number {i} with a long enough name", f"prompt {i} " * 5) for i in range(6000))
+    process = subprocess.Popen([sys.executable, "-m", "tuning", "acts", "--dataset", str(path)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith(b"Act number 0")
+    process.stdout.close()
+    assert process.wait(timeout=60) == 0
+    assert process.stderr.read() == b""

@@ -320,3 +320,9 @@ def test_cli_pull_from_a_local_folder(repo, root, capsys):
     assert main(["--adapters-dir", str(root), "pull", str(repo), "--name", "from-hub"]) == 0
     assert capsys.readouterr().out == f"saved adapter 'from-hub' to {root / 'from-hub'}\n"
     assert adapters.load("from-hub", root).num_virtual_tokens == 4
+
+
+@pytest.mark.parametrize("spelled", [".", "./"])
+def test_pull_of_the_current_folder_is_named_after_it(spelled, repo, tmp_path, monkeypatch):
+    monkeypatch.chdir(repo)
+    assert hub.pull(spelled, None, tmp_path / "elsewhere").name == repo.name

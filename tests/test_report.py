@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import re
 
 import pytest
@@ -137,6 +138,7 @@ def test_cli_report_end_to_end(report, tiny_model_dir, tmp_path, capsys):
     assert len(html.encode()) > 5 * 1024 and 'src="data:image/png;base64,' in html and "cli-poet" in html
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "library_name: peft" in card and f"base_model: {tiny_model_dir}" in card and "- prompt-tuning" in card
+    assert f"PeftModel.from_pretrained(base, {json.dumps((root / 'cli-poet').as_posix())})" in card  # where it is
 
 
 def test_cli_report_of_an_unknown_adapter_is_one_line(tmp_path, capsys):

@@ -251,3 +251,29 @@ def test_held_out_for_an_adapter_is_what_it_recorded_else_the_split():
     assert train_module.held_out_for(recorded, rows, "other.csv") == split_held
     foreign = SoftPrompt(torch.zeros(1, 4), "m", TuneConfig(held_out_fraction=0.5, acts=("Astronaut",)), {})
     assert train_module.held_out_for(foreign, rows, "a.csv") == split_held
+
+
+def test_held_out_for_never_returns_an_act_the_adapter_trained_on():
+    # One recorded held-out act is gone from the file (edited since): the others still count, and
+    # a fallback split of the edited file (which mixes the acts anew) leaves the trained ones out.
+    from tuning.model import SoftPrompt
+
+    rows = rows_of([f"prompt number {i}" for i in range(20)])
+    cfg = TuneConfig(held_out_fraction=0.5, seed=0, dataset="a.csv")
+    trained_acts = [r.act for r in split_rows(rows, cfg)[0]]
+    edited = [r for r in rows if r.act != "Act 3"]
+    recorded = SoftPrompt(torch.zeros(1, 4), "m", cfg, {"held_out_acts": ["Act 3", "Act 7"], "acts": trained_acts})
+    assert [r.act for r in train_module.held_out_for(recorded, edited, "a.csv")] == ["Act 7"]
+    gone = SoftPrompt(torch.zeros(1, 4), "m", cfg, {"held_out_acts": ["Act 3"], "acts": trained_acts})
+    reshuffled = train_module.held_out_for(gone, edited, "a.csv")
+    assert reshuffled and not {r.act for r in reshuffled} & set(trained_acts)
+    assert not {r.act for r in train_module.held_out_for(gone, rows, "other.csv")} & set(trained_acts)
+
+
+def test_held_out_for_skips_recorded_acts_that_are_not_text():
+    from tuning.model import SoftPrompt
+
+    rows = rows_of([f"prompt number {i}" for i in range(20)])
+    cfg = TuneConfig(held_out_fraction=0.5, seed=0, dataset="a.csv")
+    odd = SoftPrompt(torch.zeros(1, 4), "m", cfg, {"held_out_acts": [1, None, "Act 7"], "acts": "not a list"})
+    assert [r.act for r in train_module.held_out_for(odd, rows, "a.csv")] == ["Act 7"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import signal
 import sys
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="NAME",
                    help="continue training saved adapter NAME (its prompt and optimizer state) for --epochs more "
                         "epochs, with its own settings unless flags change them; saved back under NAME (or --name)")
+    p.add_argument("--hub-model", metavar="ID",
+                   help="with --resume and --model: the Hub id --model is a local copy of, when the adapter was "
+                        "trained on that id")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an adapter already saved under --name (default: refuse before training starts)")
 
@@ -86,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help='print one JSON object {"base": ..., "<adapter>": ...} and nothing else on stdout')
     p.add_argument("--model", help="model to load (default: the adapters' base model)")
+    p.add_argument("--hub-model", metavar="ID", help="the Hub id --model is a local copy of: adapters trained on that id run on it")
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     _add_decoding_flags(p)
 
     p = sub.add_parser("eval", help="held-out loss and perplexity, base vs tuned")
     p.add_argument("--adapter", required=True, help="name of a saved adapter")
     p.add_argument("--model", help="model to load (default: the adapter's base model)")
+    p.add_argument("--hub-model", metavar="ID", help="the Hub id --model is a local copy of: adapters trained on that id run on it")
     p.add_argument("--dataset", help="dataset (default: the adapter's)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--batch-size", type=_positive_int, default=8, help="rows scored at once (default: 8)")
@@ -177,6 +183,11 @@ def cmd_train(args) -> int:
 
     names = {f.name for f in dataclasses.fields(TuneConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}  # only the flags typed (see _add_config_flags)
+    if "init_text" in given:  # the text only seeds the prompt under init=text: asking for it asks for that
+        if given.setdefault("init", "text") != "text":
+            raise ValueError(f"--init-text seeds the prompt only with --init text, not --init {given['init']}")
+    if args.hub_model and not args.resume:
+        raise ValueError("--hub-model applies to --resume only: a new run records the model it loads")
     resume = None
     if args.resume:
         if given.keys() & {"init", "init_text"}:
@@ -187,9 +198,10 @@ def cmd_train(args) -> int:
         config = TuneConfig(**given)
     root = _writable_folder(args.adapters_dir)  # before minutes of training, not after
     taken = {p.name for p in root.iterdir()}  # every folder name (loading each adapter to list it adds none)
+    continued = False  # a resumed run is saved back over itself
     if args.name or args.resume:
         name = adapters.sanitize_name(args.name or args.resume)
-        continued = args.resume is not None and name == args.resume  # a resumed run is saved back over itself
+        continued = args.resume is not None and name == args.resume
         if name in taken and not (continued or args.overwrite):
             raise ValueError(f"an adapter named {name!r} already exists in {root}; choose another --name, "
                              f"pass --overwrite to replace it, or --resume {name} to continue it")
@@ -204,7 +216,10 @@ def cmd_train(args) -> int:
         if world > 1:
             print(f"data parallel: {world} processes share every batch of {config.batch_size} rows", file=sys.stderr)
         print(f"loading {config.model} ...", file=sys.stderr)
-    base = load_base(config.model, config.precision)
+    if resume is None:
+        base = load_base(config.model, config.precision)
+    else:  # a local --model may stand in for the Hub model the adapter was trained on
+        base = _base_for(resume.base_model, given.get("model"), config.precision, args.hub_model, announce=False)
     if resume is not None and main_process:
         steps, epochs = trained_so_far(resume)
         print(f"resuming {args.resume} at step {steps} (epoch {epochs}) for {config.epochs} more epochs")
@@ -236,7 +251,8 @@ def cmd_train(args) -> int:
             bar.close()
     if not main_process:
         return 0
-    path = _save_or_rescue(done.soft, name, root)
+    path = _save_or_rescue(done.soft, name, root, overwrite=args.overwrite or continued)
+    name = path.name
     state = "stopped early" if done.stopped else "finished"
     steps = f"{done.steps} more steps ({done.soft.meta['steps']} in all)" if resume is not None else f"{done.steps} steps"
     print(f"{state} after {steps} in {done.elapsed:.1f} s; saved adapter {name!r} to {path}")
@@ -267,17 +283,27 @@ def _writable_folder(folder: str | Path, what: str = "adapters") -> Path:
     return path
 
 
-def _save_or_rescue(soft, name: str, root: Path) -> Path:
+def _save_or_rescue(soft, name: str, root: Path, overwrite: bool = False) -> Path:
     """Save the trained prompt; when that fails after all (a full disk), save it in a temp folder instead.
 
-    Training took minutes: a failed save must not lose it. The error still says what went wrong.
+    Training took minutes: a failed save must not lose it, and must not replace an adapter that
+    was saved under the same name while it trained (another run, a pull): without `overwrite`
+    it takes the next free name and says so. The error still says what went wrong.
     """
     import tempfile
 
     from . import adapters
 
     try:
-        return adapters.save(soft, name, root)
+        try:
+            return adapters.save(soft, name, root, overwrite=overwrite)
+        except adapters.AdapterError:
+            if overwrite or not (root / adapters.sanitize_name(name)).exists():
+                raise
+            free = adapters.free_name(adapters.sanitize_name(name), {p.name for p in root.iterdir()})
+            print(f"note: an adapter named {name!r} was saved while this one trained; saving this one as {free!r}",
+                  file=sys.stderr)
+            return adapters.save(soft, free, root, overwrite=False)
     except (OSError, adapters.AdapterError) as e:
         rescue = Path(tempfile.mkdtemp(prefix="tuning-rescued-"))
         try:
@@ -288,12 +314,39 @@ def _save_or_rescue(soft, name: str, root: Path) -> Path:
                          f"copy that folder into your adapters folder") from e
 
 
-def _load_adapter_and_base(args):
-    from . import adapters
+def _base_for(base_model: str, model: str | None, precision: str, hub_model: str | None = None,
+              announce: bool = True):
+    """The model an adapter trained on `base_model` runs on: that one, or `--model` when given.
+
+    `hub_model` (`--hub-model`): the Hub id `model` is a local copy of, so an adapter trained on
+    that id fits it (the offline advice is to start from a local copy). Refused, in one sentence
+    with that hint, when the adapter was trained on another model.
+    """
     from .model import load_base
 
+    if model is None:
+        if base_model == "unknown":
+            raise ValueError("the adapter does not record which model it was trained on; name it with --model")
+        if announce:
+            print(f"loading {base_model} ...", file=sys.stderr)
+        return load_base(base_model, precision)
+    if announce:
+        print(f"loading {model} ...", file=sys.stderr)
+    base = load_base(model, precision)
+    if hub_model:
+        base = dataclasses.replace(base, hub_id=hub_model)  # a copy: the cached model keeps its own names
+    if base_model != "unknown" and not base.is_model(base_model):
+        hint = (f"; if {model} is a local copy of {base_model}, add --hub-model {base_model}"
+                if Path(model).expanduser().exists() and not hub_model else "")
+        raise ValueError(f"the adapter was trained on {base_model}, the loaded model is {model}{hint}")
+    return base
+
+
+def _load_adapter_and_base(args):
+    from . import adapters
+
     soft = adapters.load(args.adapter, args.adapters_dir)
-    base = load_base(args.model or soft.base_model, args.precision)
+    base = _base_for(soft.base_model, args.model, args.precision, args.hub_model)
     return adapters.load(args.adapter, args.adapters_dir, base=base), base  # checked against the model
 
 
@@ -303,7 +356,6 @@ def cmd_generate(args) -> int:
 
     from . import adapters
     from .generate import Decoding, stream_compare
-    from .model import load_base
 
     names = args.adapter
     if len(names) > 2:
@@ -320,7 +372,7 @@ def cmd_generate(args) -> int:
                          f"{softs[1].base_model}; compare adapters of one base model")
     # stdout carries the result only (one JSON object with --json): whatever a library prints goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
-        base = load_base(args.model or softs[0].base_model, args.precision)
+        base = _base_for(softs[0].base_model, args.model, args.precision, args.hub_model)
         softs = [adapters.load(name, args.adapters_dir, base=base) for name in names]  # checked against the model
         texts = ("",) * (1 + len(softs))
         for texts in stream_compare(base, softs, args.text, decoding):
@@ -359,8 +411,12 @@ def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
 
 def cmd_eval(args) -> int:
     from .evaluate import compare
+    from .generate import Decoding
     from .train import encode_rows, held_out_for
 
+    if args.rouge < 0:
+        raise ValueError(f"--rouge is a number of held-out acts, 0 or more, got {args.rouge}")
+    decoding = Decoding(max_new_tokens=args.max_new_tokens)  # checked before minutes of loading
     soft, base = _load_adapter_and_base(args)
     config = dataclasses.replace(soft.config, dataset=args.dataset or soft.config.dataset)
     rows = _rows(config.dataset, config.text_only)
@@ -377,11 +433,10 @@ def cmd_eval(args) -> int:
         from tqdm import tqdm
 
         from .evaluate import rouge_compare
-        from .generate import Decoding
 
         acts = held[: args.rouge]
         with tqdm(total=len(acts), unit="act", desc="ROUGE-L", dynamic_ncols=True) as bar:
-            rouge = rouge_compare(base, soft, acts, Decoding(max_new_tokens=args.max_new_tokens),
+            rouge = rouge_compare(base, soft, acts, decoding,
                                   progress=lambda done, total: bar.update(done - bar.n))
         print(f"ROUGE-L on {len(acts)} held-out acts (greedy, {args.max_new_tokens} new tokens): "
               f"base {rouge['base']:.4f}  tuned {rouge['tuned']:.4f}")
@@ -430,6 +485,8 @@ def cmd_sweep(args) -> int:
     from .train import EpochEnd, Step
 
     grid = parse_grid(args.grid)
+    if args.rouge < 0:
+        raise ValueError(f"--rouge is a number of held-out acts, 0 or more, got {args.rouge}")
     config = TuneConfig(**{k: getattr(args, k) for k in _SWEEP_FIELDS})
     out = _writable_folder(args.out, "the sweep's table and chart")
     decoding = Decoding(max_new_tokens=args.max_new_tokens)
@@ -526,13 +583,18 @@ def cmd_reference(args) -> int:
             print(f"{reference.name(args.model, args.dataset, *cell)}: already saved")
     if not todo:
         return 0
+    root = _writable_folder(args.adapters_dir)  # before minutes of training, not after
     rows = _rows(args.dataset)
     print(f"loading {args.model} ...", file=sys.stderr)
     base = load_base(args.model)
     stop, restore_ctrl_c = ctrl_c_stops()
     bar = None
+
+    def save(soft, name: str, root: Path) -> Path:  # a reference replaces a broken one of its own name
+        return _save_or_rescue(soft, name, root, overwrite=True)
+
     try:
-        for event in reference.train_references(base, rows, args.model, args.dataset, args.adapters_dir, stop, todo):
+        for event in reference.train_references(base, rows, args.model, args.dataset, root, stop, todo, save):
             if isinstance(event, reference.ReferenceSaved):
                 bar.close()
                 tqdm.write(f"saved {event.name} to {event.folder}")
@@ -559,6 +621,7 @@ def cmd_reference(args) -> int:
 def _add_share_commands(sub) -> None:
     def measured(p: argparse.ArgumentParser) -> None:  # what computing a report needs
         p.add_argument("--model", help="model to load (default: the adapter's base model)")
+        p.add_argument("--hub-model", metavar="ID", help="the Hub id --model is a local copy of: adapters trained on that id run on it")
         p.add_argument("--dataset", help="dataset whose held-out acts are scored (default: the adapter's)")
         p.add_argument("--precision", default="auto", choices=PRECISIONS)
         p.add_argument("--samples", type=int, default=3, metavar="N",
@@ -600,16 +663,16 @@ def _token() -> str | None:
     return get_token()  # reads HF_TOKEN first, then the file `hf auth login` wrote
 
 
-def _report_inputs(args):
-    """(soft, base, rows, dataset) for a report on args.name, as `eval` loads them."""
+def _report_inputs(args, out: str | None = None):
+    """(soft, base, rows, dataset) for a report on args.name, as `eval` loads them; `out` checked writable first."""
     from . import adapters
-    from .model import load_base
 
     soft = adapters.load(args.name, args.adapters_dir)
     if args.samples < 0:
         raise ValueError(f"--samples must be 0 or more, got {args.samples}")
-    print(f"loading {args.model or soft.base_model} ...", file=sys.stderr)
-    base = load_base(args.model or soft.base_model, args.precision)
+    if out is not None:  # before minutes of loading and measuring
+        _writable_folder(out, "the report")
+    base = _base_for(soft.base_model, args.model, args.precision, args.hub_model)
     soft = adapters.load(args.name, args.adapters_dir, base=base)  # checked against the model
     dataset = args.dataset or soft.config.dataset
     return soft, base, _rows(dataset, soft.config.text_only), dataset
@@ -622,10 +685,10 @@ def cmd_push(args) -> int:
     token = _token()
     if not token:
         raise ValueError("pushing needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
+    decoding = Decoding(max_new_tokens=args.max_new_tokens)  # checked before minutes of loading and measuring
     soft, base, rows, dataset = _report_inputs(args)
     url = hub.push(args.name, args.repo, token, args.adapters_dir, private=args.private, base=base, rows=rows,
-                   dataset=dataset, base_model=args.base_model, decoding=Decoding(max_new_tokens=args.max_new_tokens),
-                   samples=args.samples)
+                   dataset=dataset, base_model=args.base_model, decoding=decoding, samples=args.samples)
     print(f"pushed {args.name!r} to {url}")
     return 0
 
@@ -639,12 +702,14 @@ def cmd_pull(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from . import adapters
     from .generate import Decoding
     from .report import build_report
 
-    soft, base, rows, dataset = _report_inputs(args)
-    html_path, card_path = build_report(base, soft, rows, dataset, args.name, args.out,
-                                        Decoding(max_new_tokens=args.max_new_tokens), args.samples)
+    decoding = Decoding(max_new_tokens=args.max_new_tokens)  # checked before minutes of loading and measuring
+    soft, base, rows, dataset = _report_inputs(args, args.out)
+    where = (Path(args.adapters_dir) / adapters.sanitize_name(args.name)).as_posix()  # the card's usage snippet
+    html_path, card_path = build_report(base, soft, rows, dataset, args.name, args.out, decoding, args.samples, where)
     print(f"wrote {html_path} and {card_path}")
     return 0
 
@@ -657,6 +722,15 @@ def main(argv: list[str] | None = None) -> int:
                "push": cmd_push, "pull": cmd_pull, "report": cmd_report}
     try:
         return command[args.command](args)
+    except BrokenPipeError:
+        # `python -m tuning acts | head -1`: the reader has what it wanted. Point stdout at nothing
+        # so Python's flush at exit does not complain, and end quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C while loading, or the second one during training
+        print("aborted", file=sys.stderr)
+        return 130
     except (ValueError, RuntimeError, OSError) as e:
         # Our errors (DataError, ModelError, AdapterError, GenerationError, TrainingError, a bad
         # TuneConfig) carry one sentence for the user, and so does a file the OS refused; anything

@@ -131,11 +131,13 @@ def pull(
     """
     if not local_ok or not isinstance(repo_id, str) or not repo_id.strip():
         _check_repo_id(repo_id)  # before the name: an empty box is a repo problem, not a name one
+    local = Path(repo_id).expanduser() if local_ok and isinstance(repo_id, str) and repo_id else None
+    if name is None and local is not None and local.is_dir():
+        name = local.resolve().name  # `pull .` or `pull ./`: the folder's own name, not "."
     wanted = adapters.sanitize_name(name if name is not None else str(repo_id).rstrip("/").rsplit("/", 1)[-1])
     if wanted.startswith(adapters.RESERVED_PREFIX):
         raise HubError(f"names starting with {adapters.RESERVED_PREFIX!r} are kept for the reference adapters; "
                        "give the adapter another name")
-    local = Path(repo_id) if local_ok and isinstance(repo_id, str) and repo_id else None
     with tempfile.TemporaryDirectory(prefix="tuning-pull-") as tmp:
         folder = Path(tmp) / "adapter"
         folder.mkdir()

@@ -22,12 +22,12 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from . import adapters
 from .config import TuneConfig
 from .data import Row
-from .model import Base
+from .model import Base, SoftPrompt
 from .train import Done, Event, train, split_rows
 
 GRID: tuple[tuple[int, int], ...] = ((5, 5), (20, 10))  # (virtual tokens, epochs): the seed's two runs
@@ -86,11 +86,13 @@ def train_references(
     root: Path | str,
     stop: threading.Event | None = None,
     cells: Sequence[tuple[int, int]] | None = None,
+    save: Callable[[SoftPrompt, str, Path | str], Path] = adapters.save,
 ) -> Iterator[ReferenceEvent | ReferenceSaved]:
     """Train and save each reference in `cells` (default: the missing ones), one after the other.
 
-    Every training event comes wrapped in a ReferenceEvent; a finished one is saved and
-    announced with ReferenceSaved. A stopped one is not saved (a reference is the whole run).
+    Every training event comes wrapped in a ReferenceEvent; a finished one is saved, by
+    `save(soft, name, root)`, and announced with ReferenceSaved. A stopped one is not saved (a
+    reference is the whole run).
     """
     config = TuneConfig(model=model, dataset=dataset, seed=0)  # the default recipe
     for tokens, epochs in missing(root, model, dataset) if cells is None else cells:
@@ -103,5 +105,5 @@ def train_references(
                 if event.stopped:
                     return
                 event.soft.meta["reference"] = {"grid": [tokens, epochs], "model": model, "dataset": dataset}
-                folder = adapters.save(event.soft, target, root)
+                folder = save(event.soft, target, root)
                 yield ReferenceSaved(label, target, folder)

@@ -95,9 +95,13 @@ def build_report(
     out_dir: Path | str,
     decoding: Decoding | None = None,
     samples: int = 3,
+    where: str | None = None,
 ) -> tuple[Path, Path]:
-    """`measure()` then `write_report()`: (path of report.html, path of README.md) under `out_dir`."""
-    return write_report(measure(base, soft, rows, dataset, name, decoding, samples), out_dir)
+    """`measure()` then `write_report()`: (path of report.html, path of README.md) under `out_dir`.
+
+    `where`: the adapter's folder, for the card's usage snippet (default `adapters/<name>`).
+    """
+    return write_report(measure(base, soft, rows, dataset, name, decoding, samples), out_dir, repo_id=where)
 
 
 def write_report(findings: Findings, out_dir: Path | str, repo_id: str | None = None,

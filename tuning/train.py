@@ -44,7 +44,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .config import TuneConfig
-from .data import DataError, Row, select, split_by_act
+from .data import DataError, Row, find_act, select, split_by_act
 from .evaluate import mean_loss
 from .model import Base, SoftPrompt, token_losses
 
@@ -117,19 +117,38 @@ def split_rows(rows: Sequence[Row], config: TuneConfig) -> tuple[list[Row], list
 def held_out_for(soft: SoftPrompt, rows: Sequence[Row], dataset: str) -> list[Row]:
     """The acts `soft` never trained on: the ones it recorded when it was trained on `dataset`, else the split's.
 
-    Falls back to the seeded split when a recorded act is no longer in the file, and drops the
-    config's own acts when this dataset does not have them (an adapter trained elsewhere).
+    Recorded held-out acts that are no longer in the file are skipped; when none is left (or the
+    dataset is another one) the seeded split stands in, without the config's own acts when this
+    dataset does not have them (an adapter trained elsewhere). Whichever way, no act the adapter
+    recorded as trained on is ever returned: a split of an edited file mixes the acts anew.
     """
-    acts = soft.meta.get("held_out_acts")
-    if acts and soft.config.dataset == dataset:
+    trained = set()
+    for name in _texts(soft.meta.get("acts")):
         try:
-            return select(list(rows), acts)
+            trained.add(find_act(rows, name).group)
         except DataError:
-            pass
+            pass  # not in this file: nothing to leave out
+    if soft.config.dataset == dataset:
+        kept = []
+        for name in _texts(soft.meta.get("held_out_acts")):
+            try:
+                row = find_act(rows, name)
+            except DataError:
+                continue  # renamed or deleted since training
+            if row not in kept:
+                kept.append(row)
+        if kept:
+            return [r for r in kept if r.group not in trained]
     try:
-        return split_rows(rows, soft.config)[1]
+        held = split_rows(rows, soft.config)[1]
     except DataError:
-        return split_rows(rows, dataclasses.replace(soft.config, acts=()))[1]
+        held = split_rows(rows, dataclasses.replace(soft.config, acts=()))[1]
+    return [r for r in held if r.group not in trained]
+
+
+def _texts(value) -> list[str]:
+    """The strings of a list read from metadata (a pulled adapter's may hold anything)."""
+    return [v for v in value if isinstance(v, str) and v.strip()] if isinstance(value, list) else []
 
 
 def encode_rows(base: Base, rows: Sequence[Row], config: TuneConfig) -> list[list[int]]:
@@ -552,11 +571,7 @@ def _resumed_meta(resume: SoftPrompt, meta: dict, name: str | None, steps: int, 
     the result never scores an act it trained on. `resumed` gains one entry per resume.
     """
     old = resume.meta
-
-    def texts(value) -> list[str]:  # tuning_meta.json may come from an upload: take lists of text only
-        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
-
-    acts = list(dict.fromkeys(texts(old.get("acts")) + meta["acts"]))
+    acts = list(dict.fromkeys(_texts(old.get("acts")) + meta["acts"]))
     trained = set(acts)
     resumed = [r for r in old.get("resumed", []) if isinstance(r, dict)] if isinstance(old.get("resumed"), list) else []
     resumed.append({
