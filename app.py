@@ -72,6 +72,7 @@ NEAREST_K = 5  # vocabulary tokens shown beside each virtual token (Evaluate)
 DATA_CHOICES = ("all training acts", "only the current act", "selected acts")
 COLOURS = {"train": "#2563eb", "held-out": "#ea580c", "base held-out": "#9ca3af"}  # one run's chart
 PRESETS = {"5 tokens × 5 epochs": (5, 5), "20 tokens × 10 epochs": (20, 10)}
+OUT_OF_MEMORY = "out of memory: try fewer virtual tokens, a smaller batch or a shorter run"
 USER_ERRORS = (DataError, ModelError, AdapterError, GenerationError, TrainingError, PlanError, hub.HubError)
 MAX_UPLOAD_BYTES = 50 * 2**20  # uncompressed; a GPT-2 prompt of 100 tokens is 300 KB
 MAX_UPLOAD_FILES = 16
@@ -279,8 +280,7 @@ def user_errors():
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the failed run's blocks back, so the next request can have them
         log.warning("out of memory: %s", str(e)[:200])
-        raise gr.Error("out of memory: try fewer virtual tokens, a smaller batch or a shorter run",
-                       print_exception=False) from None
+        raise gr.Error(OUT_OF_MEMORY, print_exception=False) from None
 
 
 @contextlib.contextmanager
@@ -679,12 +679,13 @@ def train_config(ctx: Context, session: Session, tokens, epochs, lr, batch, init
                  tab_act: str | None = None) -> TuneConfig:
     """The widgets' values as a checked TuneConfig; one sentence naming the field by its label when one is wrong.
 
-    `tab_act`: the act this tab shows (two tabs of one browser may show two); else the browser's last pick.
+    `tab_act`: the act this tab shows (two tabs of one browser may show two). A tab that shows
+    none trains on none, even when another tab of the browser has picked one.
     """
     chosen = chosen or []
     if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
         raise refuse("selected acts must be a list of act names")
-    current = session.act
+    current = None
     if isinstance(tab_act, str) and tab_act:
         with user_errors():
             current = find_act(ctx.rows(), tab_act)
@@ -717,7 +718,9 @@ def follow(ctx: Context, job: Job, session_hash: str, render: Callable):
             count = job.wait(seen, timeout=1.0)
             with job.lock:
                 finished = job.finished
-                if finished and job.error is None and not job.view.finished:
+                if finished and job.error is not None:  # the line must not go on saying "about 6m left"
+                    job.view.progress = f"failed: {failure(job.error)}"
+                elif finished and not job.view.finished:
                     job.view.progress = "stopped before its first step: nothing to keep"
                 update = render(job.view)
             if count != seen or finished:
@@ -730,6 +733,15 @@ def follow(ctx: Context, job: Job, session_hash: str, render: Callable):
     if job.error is not None:
         with user_errors():
             raise job.error
+
+
+def failure(error: BaseException) -> str:
+    """A failed job's error as the progress line words it: the sentence `user_errors` shows, else a generic one."""
+    if isinstance(error, USER_ERRORS):
+        return str(error)
+    if isinstance(error, RuntimeError) and "out of memory" in str(error).lower():
+        return OUT_OF_MEMORY
+    return "an error on the server (it is in the server's log)"
 
 
 def step_axis(last_step: int) -> list[int]:
@@ -831,13 +843,33 @@ def reattach_sweep(ctx: Context, session: Session, request: gr.Request):
     yield from follow(ctx, job, request.session_hash, sweep_render(ctx, job.view, request.session_hash))
 
 
-def stop_run(ctx: Context, session: Session, request: gr.Request) -> str:
-    job = ctx.jobs.stop(owner_of(session, request))
+def stop_run(ctx: Context, session: Session, request: gr.Request, kind: type | None = None) -> str:
+    """Stop this browser's running job after its step: the tab's progress line says so.
+
+    `kind` (RunView for the Train tab, SweepView for the Sweep tab): another kind of job is
+    left running, with a line that says where to stop it (this tab's line would otherwise
+    say "stopping…" for good: only the job's own tab follows it).
+    """
+    owner = owner_of(session, request)
+    job = ctx.jobs.running(owner)
     if job is None:
+        return "nothing is training in this session"
+    if kind is not None and not isinstance(job.view, kind):
+        where = "Sweep & history" if isinstance(job.view, SweepView) else "Train"
+        return f"{job.label[0].upper()}{job.label[1:]} is running in this browser: stop it in the {where} tab"
+    if ctx.jobs.stop(owner) is not job:  # it ended meanwhile
         return "nothing is training in this session"
     with job.lock:
         job.view.request_stop()
         return job.view.progress
+
+
+def stop_training(ctx: Context, session: Session, request: gr.Request) -> str:
+    return stop_run(ctx, session, request, RunView)
+
+
+def stop_sweep(ctx: Context, session: Session, request: gr.Request) -> str:
+    return stop_run(ctx, session, request, SweepView)
 
 
 def set_preset(ctx: Context, preset: str):
@@ -856,6 +888,7 @@ class TrainTab(NamedTuple):
     progress: gr.Markdown
     log: gr.Textbox
     tab_act: gr.State  # the act name this tab shows (set with the act lines)
+    resume: gr.Dropdown  # "Continue from": offers a run as soon as it ends
 
 
 def resume_choices(ctx: Context, session: Session, current: str | None = None) -> gr.Dropdown:
@@ -896,10 +929,10 @@ def train_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> TrainTab:
     trained = start.click(bind(start_training, ctx),
                           [tokens, epochs, lr, batch, init, data, chosen, seed, session, resume, tab_act],
                           [plot, progress, log_box], api_name="train", **HIDDEN, concurrency_limit=8, concurrency_id="train")
-    stop.click(bind(stop_run, ctx), session, progress, api_name="stop", **HIDDEN)
+    stop.click(bind(stop_training, ctx), session, progress, api_name="stop", **HIDDEN)
     for event in (tab.select, trained.then):
         event(bind(resume_choices, ctx), [session, resume], resume, api_name=False)
-    return TrainTab(act, chosen, lr, batch, seed, trained, plot, progress, log_box, tab_act)
+    return TrainTab(act, chosen, lr, batch, seed, trained, plot, progress, log_box, tab_act, resume)
 
 
 # ---------------------------------------------------------------------------------------
@@ -965,21 +998,24 @@ def refresh_choices(ctx: Context, session: Session, current: str | None = None, 
     return run_choices(session, ctx.prompts(), newest_run(session, runs_seen) or current), session.run_count
 
 
-def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str | None = None, runs_seen: int = 0):
+def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str | None = None, runs_seen: int = 0,
+                    arrived: bool = False):
     """Both prompt dropdowns, and the session's run count for the next call.
 
     A visitor's picks stay, except that a run finished since the page last offered its prompts
     takes the first dropdown: train, then Compare shows your run beside base and the second
     dropdown's prompt (the reference 20×10 when that was empty). With nothing picked the reference
-    adapters (the seed's finding) open.
+    adapters (the seed's finding) open; `arrived` (a reference was just saved) opens the second
+    beside the first. A second dropdown the visitor emptied stays empty otherwise.
     """
     names = prompt_names(session, ctx.prompts())
     refs = [name for name in (reference.name(ctx.model, ctx.dataset, *cell) for cell in reference.GRID) if name in names]
     fresh = newest_run(session, runs_seen)
+    opening = a not in names  # nothing picked yet (a new page)
     a = fresh or (a if a in names else refs[0] if refs else names[0] if names else None)
     b = b if b in names else NO_PROMPT
-    if refs and b == NO_PROMPT and (fresh or (len(refs) == 2 and a == refs[0])):
-        b = refs[-1]  # your run beside the seed's longer one; or the second reference just arrived: both side by side
+    if refs and b == NO_PROMPT and (fresh or ((opening or arrived) and len(refs) == 2 and a == refs[0])):
+        b = refs[-1]  # your run beside the seed's longer one; or both references side by side
     return gr.Dropdown(choices=names, value=a), gr.Dropdown(choices=[NO_PROMPT] + names, value=b), session.run_count
 
 
@@ -1007,7 +1043,8 @@ def reference_tick(ctx: Context, seen: int, session: Session, a: str | None, b: 
     line, saved = reference_status(ctx)
     if saved is not None and saved == seen:
         return line, gr.Timer(active=True), seen, gr.skip(), gr.skip(), gr.skip()
-    return (line, gr.Timer(active=saved is not None), saved or 0, *compare_choices(ctx, session, a, b, runs_seen))
+    return (line, gr.Timer(active=saved is not None), saved or 0,
+            *compare_choices(ctx, session, a, b, runs_seen, arrived=True))
 
 
 class CompareTab(NamedTuple):
@@ -1068,11 +1105,12 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
     tab.select(bind(compare_choices, ctx), [session, a, b, runs_seen], [a, b, runs_seen], api_name="compare_choices",
                **HIDDEN).then(
         lambda: reference_status(ctx)[0], None, status, api_name=False)
-    a.change(column_label, a, a_out, api_name=False)
-    b.change(column_label, b, b_out, api_name=False)
-    go.click(bind(generate, ctx), [text, a, *decoding[:-1], session, b, decoding[-1]], [base_out, a_out, b_out],
-             api_name="generate", **HIDDEN,
-             concurrency_limit=4, concurrency_id="generate")
+    generating = go.click(bind(generate, ctx), [text, a, *decoding[:-1], session, b, decoding[-1]],
+                          [base_out, a_out, b_out], api_name="generate", **HIDDEN,
+                          concurrency_limit=4, concurrency_id="generate")
+    # another prompt in a column stops the generation streaming into it: its text would go on under the new name
+    a.change(column_label, a, a_out, api_name=False, cancels=[generating])
+    b.change(column_label, b, b_out, api_name=False, cancels=[generating])
     return CompareTab(act, text, [a, b], runs_seen)
 
 
@@ -1272,7 +1310,7 @@ def sweep_render(ctx: Context, view: SweepView, session_hash: str) -> Callable[[
     def render(view: SweepView) -> tuple:
         nonlocal sent, csv_file, written
         if len(view.results) > written:  # each finished cell: the file holds what is done even if a later cell fails
-            csv_file = str(sweep.write_csv(view.results, ctx.jobs.folder(session_hash) / "sweep.csv"))
+            csv_file = str(sweep.write_csv(view.results, ctx.jobs.folder(session_hash, "sweep") / "sweep.csv"))
             written = len(view.results)
         # the first update carries the data alone, so the map that follows rebuilds with it (see `colours`)
         plot = gr.LinePlot(loss_frame(list(view.points), series), x_lim=step_axis(view.x_end),
@@ -1340,7 +1378,7 @@ def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> 
     swept = go.click(bind(start_sweep, ctx), [grid, rouge, train.lr, train.batch, train.seed, session],
                      [plot, progress, table, csv_out], api_name="sweep", **HIDDEN, concurrency_limit=8, concurrency_id="train")
     swept.then(bind(show_history, ctx), session, history, api_name="history_after_sweep", **HIDDEN)
-    stop.click(bind(stop_run, ctx), session, progress, api_name="stop_sweep", **HIDDEN)
+    stop.click(bind(stop_sweep, ctx), session, progress, api_name="stop_sweep", **HIDDEN)
     refresh.click(bind(show_history, ctx), session, history, api_name="refresh_history", **HIDDEN)
     export.click(bind(export_history, ctx), session, history_csv, api_name="export_history", **HIDDEN)
     return SweepTab(history, swept, [plot, progress, table, csv_out])
@@ -1555,7 +1593,8 @@ def adapters_tab(ctx: Context, session: gr.State, tab: gr.Tab):
     upload_msg = gr.Markdown()
     hub_section(ctx, picked, table)
 
-    tab.select(bind(listing_update, ctx), None, [table, picked, message], api_name="list_adapters", **HIDDEN).then(
+    # the adapter picked before stays picked (its details, a typed repo id): the visit only refreshes the list
+    tab.select(bind(listing_update, ctx), picked, [table, picked, message], api_name="list_adapters", **HIDDEN).then(
         run_names, [session, run], run, api_name="run_choices", **HIDDEN)
     table.select(first_cell, None, picked, api_name="pick_adapter_row", **HIDDEN)
     picked.change(bind(adapter_details, ctx), picked, details, api_name="adapter_details", **HIDDEN)
@@ -1781,7 +1820,8 @@ def build_app(
         # no concurrency limit: a re-attached tab follows its run to the end, and four of them must not make
         # a fifth reload wait past the grace after which a tab that left stops its training
         attached.then(bind(reattach, ctx), session, [train_.plot, train_.progress, train_.log], api_name=False,
-                      concurrency_limit=None)
+                      concurrency_limit=None).then(  # the run followed to its end can be continued at once
+            bind(resume_choices, ctx), [session, train_.resume], train_.resume, api_name=False)
         attached.then(bind(reattach_sweep, ctx), session, sweeps.outputs, api_name=False, concurrency_limit=None).then(
             bind(show_history, ctx), session, sweeps.history, api_name=False)  # with the cells the sweep added
         demo.load(bind(load_page, ctx), None, [data.acts_table, train_.chosen, status, adapters_table],

@@ -256,7 +256,7 @@ def test_save_list_download_upload_delete(trained, tmp_path):
     assert generate(trained, adapter="copy") == generate(trained, adapter="my-rapper")
 
     _, _, message, download, details = trained.predict("copy", api_name="/delete_adapter")
-    table, *_ = trained.predict(api_name="/list_adapters")
+    table, *_ = trained.predict(None, api_name="/list_adapters")
     assert message == "deleted **copy**" and "copy" not in [r[0] for r in table["data"]]
     assert download is None and not details  # nothing offers the deleted adapter any more
     trained.predict("my-rapper", api_name="/delete_adapter")
@@ -269,7 +269,7 @@ def test_yes_deletes_the_adapter_the_question_named_not_the_one_picked_since(tra
     assert question.startswith("Delete **asked-about** for every visitor")
     with pytest.raises(AppError, match="the question was about 'asked-about', but 'keep-me' is picked now"):
         trained.predict("keep-me", api_name="/delete_adapter")  # a row clicked after "Delete…"
-    table, *_ = trained.predict(api_name="/list_adapters")
+    table, *_ = trained.predict(None, api_name="/list_adapters")
     assert {"keep-me", "asked-about"} <= {r[0] for r in table["data"]}
     _, _, message, *_ = trained.predict("asked-about", api_name="/delete_adapter")
     assert message == "deleted **asked-about**"
@@ -279,7 +279,7 @@ def test_yes_deletes_the_adapter_the_question_named_not_the_one_picked_since(tra
 def test_upload_refuses_a_hostile_zip(client, tmp_path):
     with pytest.raises(AppError, match="unsafe path: ../evil"):
         client.predict(handle_file(str(hostile_zip(tmp_path / "evil.zip"))), "evil", api_name="/upload_adapter")
-    table, *_ = client.predict(api_name="/list_adapters")
+    table, *_ = client.predict(None, api_name="/list_adapters")
     assert "evil" not in [r[0] for r in table["data"]]
 
 

@@ -108,6 +108,7 @@ def test_evaluate_uses_the_held_out_acts_the_adapter_recorded(trained, server):
     meta_path = Path(server[1]) / "adapters" / "three-held" / adapters.META_FILE
     record = json.loads(meta_path.read_text())
     record["meta"]["held_out_acts"] = ["Poet", "Chef", "Doctor"]
+    record["meta"]["acts"] = [a for a in record["meta"]["acts"] if a not in ("Poet", "Chef", "Doctor")]  # consistent
     meta_path.write_text(json.dumps(record))
     try:
         _, _, summary, rows = trained.predict("three-held", 3, 8, api_name="/evaluate")
@@ -255,3 +256,28 @@ def test_sweep_and_history_charts_draw_every_series_in_a_browser(server):
             assert drawn(page, "#sweep-plot") == 5  # base held-out, and train and held-out per cell
             assert drawn(page, "#history-plot") == runs
         browser.close()
+
+
+def _wiring():
+    demo = app.build_app(model="/no/such/model", dataset="/no/such/acts.csv")
+    return demo, {d["id"]: d for d in demo.config["dependencies"]}
+
+
+def test_another_prompt_in_a_compare_column_stops_the_generation_streaming_into_it():
+    demo, deps = _wiring()
+    (generating,) = [i for i, f in demo.fns.items() if f.name == "generate"]
+    relabels = [deps[i]["targets"] for i, f in demo.fns.items() if f.name == "column_label"]
+    cancels = [d["targets"] for d in deps.values() if d["cancels"] == [generating]]
+    assert len(relabels) == 2 and sorted(cancels) == sorted(relabels)  # both dropdowns' changes cancel it
+
+
+def test_a_reattached_training_offers_its_run_to_continue_when_it_ends():
+    demo, deps = _wiring()
+    (reattached,) = [i for i, f in demo.fns.items() if f.name == "reattach"]
+    assert any(f.name == "resume_choices" and deps[i]["trigger_after"] == reattached for i, f in demo.fns.items())
+
+
+def test_visiting_the_adapters_tab_keeps_the_picked_adapter():
+    demo, deps = _wiring()
+    (listing,) = [f for f in demo.fns.values() if f.name == "listing_update" and f.api_name == "list_adapters"]
+    assert listing.inputs == [listing.outputs[1]]  # the picked dropdown goes in and comes back (kept if still listed)

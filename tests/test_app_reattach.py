@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import gradio as gr
 import pandas as pd
 import pytest
 
@@ -273,10 +274,63 @@ def test_two_tabs_of_one_browser_each_train_on_the_act_they_show(ctx):
     app.select_act(ctx, second.act, session)  # tab 2 picks another act: the browser's last pick
     settings = (5, 1, 0.1, 4, "random", "only the current act", [], 0)
     assert app.train_config(ctx, session, *settings, shown_in_tab_1).acts == (first.act,)
-    assert app.train_config(ctx, session, *settings).acts == (second.act,)  # no tab state (a script): the last pick
+    with pytest.raises(gr.Error, match="pick an act in the Dataset tab first"):  # a tab that shows no act yet
+        app.train_config(ctx, session, *settings)
 
 
 def test_an_api_training_stopped_before_its_first_step_says_so(ctx, monkeypatch):
     monkeypatch.setattr(app, "start_training", lambda *a, **k: iter(()))  # stopped while waiting for the slot
     with pytest.raises(app.gr.Error, match="stopped before its first step; nothing was saved"):
         app.train_adapter(ctx, "", 3, 1, 0.1, "", tab("client"))
+
+
+def test_a_training_that_fails_says_so_on_its_progress_line(ctx, monkeypatch):
+    from tuning.train import TrainingError
+
+    real = app.TRAIN_ON_GPU
+
+    def diverges(*a, **k):  # two steps, then the loss turns NaN
+        for n, event in enumerate(real(*a, **k)):
+            if n == 3:
+                raise TrainingError("the loss became NaN at step 2; try a lower learning rate")
+            yield event
+
+    monkeypatch.setattr(app, "TRAIN_ON_GPU", diverges)
+    session, _ = app.attach(ctx, None, app.Session())
+    updates = app.start_training(ctx, *TRAIN.values(), session, tab("t"))
+    last = None
+    with pytest.raises(gr.Error, match="the loss became NaN"):
+        for last in updates:
+            pass
+    assert last[1] == "failed: the loss became NaN at step 2; try a lower learning rate"
+
+
+def test_compare_opens_on_both_references_but_keeps_a_second_column_the_visitor_emptied(ctx):
+    from tuning import adapters, reference
+
+    session, _ = app.attach(ctx, None, app.Session())
+    list(app.start_training(ctx, *{**TRAIN, "epochs": 1, "batch": 4}.values(), session, tab("t")))
+    refs = [reference.name(ctx.model, ctx.dataset, *cell) for cell in reference.GRID]
+    for name in refs:
+        adapters.save(session.runs[-1].soft, name, ctx.root)
+    runs_seen = session.run_count
+
+    def shown(a, b, **kw):
+        a, b, _ = app.compare_choices(ctx, session, a, b, runs_seen, **kw)
+        return a.constructor_args["value"], b.constructor_args["value"]
+
+    assert shown(None, app.NO_PROMPT) == tuple(refs)  # a new page: the seed's two runs
+    assert shown(refs[0], app.NO_PROMPT) == (refs[0], app.NO_PROMPT)  # emptied by the visitor: a tab visit keeps it
+    assert shown(refs[0], app.NO_PROMPT, arrived=True) == tuple(refs)  # the second reference was just saved
+
+
+def test_each_tabs_stop_stops_its_own_kind_of_job_and_points_to_the_other(ctx):
+    session, _ = app.attach(ctx, None, app.Session())
+    run = app.start_training(ctx, *TRAIN.values(), session, tab("t"))
+    next(update for update in run if train_steps(update) >= 1)
+    assert app.stop_sweep(ctx, session, tab("t")) == (
+        "A training (all acts) is running in this browser: stop it in the Train tab")
+    assert not ctx.jobs.running(session.owner).stop.is_set()  # the Sweep tab's Stop left the training alone
+    assert app.stop_training(ctx, session, tab("t")).startswith("stopping after this step…")
+    *_, (chart, progress, log) = run
+    assert progress.startswith("stopped at step")

@@ -131,8 +131,11 @@ def test_a_sessions_folder_holds_its_last_download_and_goes_with_it():
     first = jobs.folder("s")
     second = jobs.folder("s")
     assert not first.exists() and second.is_dir()
+    sweep = jobs.folder("s", "sweep")  # a running sweep's table: a download must not remove it
+    third = jobs.folder("s")
+    assert sweep.is_dir() and not second.exists() and third.is_dir()
     jobs.close("s")
-    assert not second.exists()
+    assert not third.exists() and not sweep.exists()
 
 
 def test_a_background_job_hands_the_slot_to_a_visitor_between_two_steps_and_resumes_after():

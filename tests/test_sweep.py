@@ -98,6 +98,25 @@ def test_a_set_stop_trains_nothing(base):
     assert isinstance(events[-1], SweepDone) and events[-1].results == [] and events[-1].stopped
 
 
+def test_a_cell_stopped_mid_run_is_not_scored_for_rouge(base, monkeypatch):
+    # "Stop" means now: minutes of decoding for a cut cell would keep the page at "stopping…"
+    import threading
+
+    import tuning.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "base_continuations", lambda *a, **k: pytest.fail("decoded after a stop"))
+    monkeypatch.setattr(sweep_module, "rouge_compare", lambda *a, **k: pytest.fail("decoded after a stop"))
+    stop = threading.Event()
+    events = []
+    for event in run_sweep(base, ROWS, CONFIG, [(2, 3), (3, 1)], stop=stop, rouge_rows=2,
+                           decoding=Decoding(max_new_tokens=4)):
+        events.append(event)
+        if isinstance(event, CellEvent) and isinstance(event.event, Step) and event.event.step == 2:
+            stop.set()
+    (cut,) = events[-1].results
+    assert cut.stopped and cut.steps == 2 and cut.rouge_base is cut.rouge_tuned is cut.rouge_acts is None
+
+
 def test_csv_has_the_header_and_one_row_per_cell(events, tmp_path):
     path = write_csv(events[-1].results, tmp_path / "sweep.csv")
     with path.open(newline="") as f:

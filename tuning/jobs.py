@@ -156,7 +156,7 @@ class Jobs:
         self.slot = Slot()  # one training at a time
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
-        self._folders: dict[str, str] = {}
+        self._folders: dict[tuple[str, str], str] = {}  # (session, purpose) -> its folder
         self._owners: OrderedDict[str, Any] = OrderedDict()  # owner -> its state, least recently used first
         self._max_owners = max_owners
 
@@ -232,14 +232,15 @@ class Jobs:
             return self._owners[owner]
 
     # --- per-session folders for downloads
-    def folder(self, session: str) -> Path:
-        """A fresh folder for this session's next download; the previous one is removed.
+    def folder(self, session: str, purpose: str = "download") -> Path:
+        """A fresh folder for this session's next file of `purpose`; the previous one of that purpose is removed.
 
-        Gradio copies a returned file into its own cache to serve it, so ours holds the last file only.
+        Gradio copies a returned file into its own cache to serve it, so ours holds the last file
+        only. Purposes do not share: a download does not remove the file a running sweep still shows.
         """
         with self._lock:
-            old = self._folders.pop(session, None)
-            self._folders[session] = new = tempfile.mkdtemp(prefix="tuning-session-")
+            old = self._folders.pop((session, purpose), None)
+            self._folders[(session, purpose)] = new = tempfile.mkdtemp(prefix="tuning-session-")
         if old:
             shutil.rmtree(old, ignore_errors=True)
         return Path(new)
@@ -248,6 +249,6 @@ class Jobs:
         """The session ended: leave its jobs and remove its folder."""
         self.leave(session)
         with self._lock:
-            old = self._folders.pop(session, None)
-        if old:
+            gone = [self._folders.pop(key) for key in [k for k in self._folders if k[0] == session]]
+        for old in gone:
             shutil.rmtree(old, ignore_errors=True)

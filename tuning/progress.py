@@ -253,7 +253,7 @@ class SweepView:
             self._done_before += inner.steps
             self._seconds_before += inner.elapsed
             self._step = 0
-            if self.rouge_acts:
+            if self.rouge_acts and not inner.stopped:  # a stopped cell is not scored
                 self.progress = f"cell {name}: scoring ROUGE-L on up to {plural(self.rouge_acts, 'held-out act')}…"
 
     def _base_line(self, loss: float | None) -> None:

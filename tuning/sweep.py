@@ -162,7 +162,7 @@ def run_sweep(
         metrics = done.soft.meta["metrics"]
         base_loss, tuned_loss = metrics["base_held_out_loss"], metrics["held_out_loss"]
         rouge = None
-        if rouge_held:
+        if rouge_held and not done.stopped and not (stop is not None and stop.is_set()):  # a stop means now
             if base_texts is None:
                 base_texts = base_continuations(base, rouge_held, decoding)
             rouge = rouge_compare(base, done.soft, rouge_held, decoding, base_texts=base_texts)
