@@ -346,15 +346,55 @@ def _linear_conv1d() -> type:
     return LinearConv1D
 
 
-PACK_FOR_DECODING: bool | None = None  # None: where measured to win (bf16 on an AMX CPU); True/False to compare
+PACK_FOR_DECODING: bool | None = None  # None: where measured to win (packs_for_decoding); True/False to compare
 PACKED_ROWS = 16  # inputs of at most this many rows (a decoding step: one per column) use the packed weights
 
 
 def packs_for_decoding(device: torch.device, precision: str) -> bool:
-    """Whether decoding steps multiply with weights packed for the CPU's matmul kernels (`_pack_for_decoding`)."""
+    """Whether decoding steps multiply with weights packed for the CPU's matmul kernels (`_pack_for_decoding`).
+
+    bf16: on an AMX CPU (measured there). fp32: where a probe finds it faster (`fp32_packing_wins`).
+    """
     if PACK_FOR_DECODING is not None:
         return PACK_FOR_DECODING and device.type == "cpu"
-    return device.type == "cpu" and precision == "bf16" and _this_cpu_kind() == "amx"
+    if device.type != "cpu":
+        return False
+    if precision == "bf16":
+        return _this_cpu_kind() == "amx"
+    return precision == "fp32" and fp32_packing_wins()
+
+
+@functools.lru_cache(maxsize=1)
+def fp32_packing_wins() -> bool:
+    """Whether oneDNN-packed weights multiply a decoding step's rows faster than `linear` in float32 here.
+
+    A probe, once per process (about 0.15 s and 50 MB while it runs): the CPU kinds disagree, and
+    not by their flags. On an AMD EPYC with AVX2 only (2 cores) the plain `linear` (MKL's sgemm)
+    costs as much per row as if it read the weights once per row: GPT-2's 50,257-row head took
+    25.6 ms for two rows and 34.6 ms for three against 7.4 and 6.8 ms packed, and base + tuned
+    took 1.9x one column. On the Intel Xeon with AMX packing gained nothing in float32 (one row:
+    25.5 vs 26.6 ms for the blocks). The probe multiplies two rows by a [16384, 768] matrix both
+    ways, interleaved (a smaller one is lost in thread wake-ups: a [3072, 768] probe swung from
+    0.67x to 1.35x between processes on the EPYC, this one 0.48-0.56x); packed wins under 0.8x.
+    """
+    import statistics
+
+    try:
+        with torch.inference_mode():
+            weight, rows = torch.randn(16384, 768), torch.randn(2, 768)
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)  # as `_packed_weight` packs
+            ways = {"plain": lambda: torch.nn.functional.linear(rows, weight),
+                    "packed": lambda: torch.ops.mkldnn._linear_pointwise(rows, packed, None, "none", [], "")}
+            times: dict[str, list[float]] = {name: [] for name in ways}
+            for n in range(10):
+                for name, way in ways.items():
+                    t = time.perf_counter()
+                    way()
+                    if n >= 2:  # the first runs build the kernels and wake the threads
+                        times[name].append(time.perf_counter() - t)
+    except (RuntimeError, AttributeError):  # a torch without oneDNN
+        return False
+    return statistics.median(times["packed"]) < 0.8 * statistics.median(times["plain"])
 
 
 def _pack_for_decoding(model: torch.nn.Module) -> None:
@@ -364,8 +404,8 @@ def _pack_for_decoding(model: torch.nn.Module) -> None:
     `linear` spent 14.2 ms a step on GPT-2-124M's 48 block matrices and 7.0 ms on the head,
     against 9.1 and 2.5 ms with weights reordered once by `torch.ops.mkldnn._reorder_linear_weight`
     (the layout PyTorch's own compiler packs to; 2 cores, one row; the same tokens, logits within
-    bf16 rounding). In float32, and on that CPU, packing gained nothing (25.5 vs 26.6 ms, 10.6 vs 10.2 ms), so only bf16 on
-    AMX packs. Only in inference mode (decoding), on the CPU and for at most `PACKED_ROWS` rows:
+    bf16 rounding). In float32, and on that CPU, packing gained nothing (25.5 vs 26.6 ms, 10.6 vs 10.2 ms); on
+    an AVX2-only AMD EPYC it gains a lot in float32 (`fp32_packing_wins` decides). Only in inference mode (decoding), on the CPU and for at most `PACKED_ROWS` rows:
     training and scoring use the weights as they are. The packed copy is made at the first
     decoding step (a second copy of the weights: 250 MB for GPT-2-124M in bf16), dropped when
     the model moves (`.to()`) or is copied, and redone when a weight is replaced or changed in
@@ -386,7 +426,9 @@ def _packed(cls: type) -> type:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if torch.is_inference_mode_enabled() and x.device.type == "cpu" and x.numel() <= PACKED_ROWS * x.shape[-1]:
-                return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(self), self.bias, "none", [], "")
+                packed = _packed_weight(self)
+                if packed is not None:
+                    return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
             return super().forward(x)
 
         def _apply(self, fn, recurse=True):  # .to(), .float(), ...: the packed copy would be stale and held in RAM
@@ -402,13 +444,21 @@ def _packed(cls: type) -> type:
     return Packed
 
 
-def _packed_weight(module: torch.nn.Module) -> torch.Tensor:
-    """The module's weight as oneDNN packs it for a few rows, made once and redone if the weight changed."""
+def _packed_weight(module: torch.nn.Module) -> torch.Tensor | None:
+    """The module's weight as oneDNN packs it for a few rows, made once and redone if the weight changed.
+
+    None where oneDNN cannot pack this dtype on this CPU (bf16 needs AVX-512 or AVX-NE-CONVERT;
+    a model cast after it was packed): the layer then multiplies as it is.
+    """
     rows = module.weight if isinstance(module, torch.nn.Linear) else module.weight.t()  # [out, in]
     key = (rows.data_ptr(), 0 if rows.is_inference() else rows._version, rows.dtype, rows.device)
     cached = module.__dict__.get("_packed_weight")  # not a parameter or buffer: state dicts never see it
     if cached is None or cached[0] != key:
-        cached = (key, torch.ops.mkldnn._reorder_linear_weight(rows.detach().contiguous(), 1))
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(rows.detach().contiguous(), 1)
+        except RuntimeError:
+            packed = None
+        cached = (key, packed)
         module.__dict__["_packed_weight"] = cached
     return cached[1]
 
