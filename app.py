@@ -831,6 +831,9 @@ def reattach(ctx: Context, session: Session, request: gr.Request):
     """After a reload: if this browser's training still runs, show it again and follow it to the end."""
     job = ctx.jobs.running(session.owner)
     if job is None or not isinstance(job.view, RunView):
+        # nothing to follow: leave the tab as it is. A generator that ends without yielding blanks
+        # its outputs in the browser (the "not started" line, the empty chart)
+        yield (gr.skip(),) * 3
         return
     yield from follow(ctx, job, request.session_hash, run_update)
 
@@ -839,6 +842,7 @@ def reattach_sweep(ctx: Context, session: Session, request: gr.Request):
     """After a reload: if this browser's sweep still runs, show it again in the Sweep tab and follow it to the end."""
     job = ctx.jobs.running(session.owner)
     if job is None or not isinstance(job.view, SweepView):
+        yield (gr.skip(),) * 4  # nothing to follow: leave the tab as it is (see `reattach`)
         return
     yield from follow(ctx, job, request.session_hash, sweep_render(ctx, job.view, request.session_hash))
 

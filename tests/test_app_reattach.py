@@ -198,7 +198,7 @@ def test_a_reloaded_page_re_attaches_to_the_running_sweep(ctx):
     app.on_close(ctx, tab("tab-1"))
     first.close()
     again, _ = app.attach(ctx, browser, app.Session())
-    assert list(app.reattach(ctx, again, tab("tab-2"))) == []  # the Train tab has nothing to follow
+    assert list(app.reattach(ctx, again, tab("tab-2"))) == [(app.gr.skip(),) * 3]  # the Train tab: nothing to follow
     follower = app.reattach_sweep(ctx, again, tab("tab-2"))
     chart, progress, results, csv_file = next(follower)
     assert "cell 3×40" in progress and len(results) == 1 and csv_file  # the finished cell, and its file
@@ -334,3 +334,11 @@ def test_each_tabs_stop_stops_its_own_kind_of_job_and_points_to_the_other(ctx):
     assert app.stop_training(ctx, session, tab("t")).startswith("stopping after this step…")
     *_, (chart, progress, log) = run
     assert progress.startswith("stopped at step")
+
+
+def test_a_new_page_with_nothing_to_follow_keeps_its_empty_states(ctx):
+    # A follower that ends without an update blanks its outputs in the browser: the Train tab lost
+    # "not started: …" and its chart's axes, the Sweep tab its results table's headers.
+    session, _ = app.attach(ctx, None, app.Session())
+    assert list(app.reattach(ctx, session, tab("t"))) == [(app.gr.skip(),) * 3]
+    assert list(app.reattach_sweep(ctx, session, tab("t"))) == [(app.gr.skip(),) * 4]

@@ -54,6 +54,8 @@ def test_pick_train_watch_compare(page):
     # Train: the small preset, then watch the progress line reach the end and the chart draw.
     page.get_by_role("tab", name="Train").click()
     expect(page.get_by_text("Current act: Rapper")).to_be_visible()
+    # a new page keeps its empty state (the re-attach on load, with nothing to follow, once blanked it)
+    expect(page.locator("#progress")).to_contain_text("not started: set the prompt's size and press Train")
     page.get_by_text("5 tokens × 5 epochs").click()
     # the preset fills the sliders through a server round trip: wait for it before training
     expect(page.get_by_label("number input for Epochs")).to_have_value("5")
