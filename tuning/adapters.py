@@ -244,8 +244,8 @@ def load_folder(folder: Path | str, base: Base | None = None) -> SoftPrompt:
     else:  # a plain PEFT adapter
         config = TuneConfig(num_virtual_tokens=v, model=base_model)
 
-    if base is not None and base_model != "unknown" and not base.is_model(base_model):
-        raise AdapterError(f"adapter was trained on {base_model}, the loaded model is {base.model_id}")
+    if base is not None and (why := base.mismatch(base_model)):
+        raise AdapterError(why)
     return SoftPrompt(embeddings, base_model, config, meta, optimizer_state)
 
 

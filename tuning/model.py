@@ -84,6 +84,18 @@ class Base:
         """Whether an adapter recorded as trained on `name` was trained on this model (ids, old ids, `hub_id`)."""
         return same_model(name, self.model_id) or (self.hub_id is not None and same_model(name, self.hub_id))
 
+    def mismatch(self, trained_on: str) -> str | None:
+        """None when an adapter recorded as trained on `trained_on` fits this model, else the sentence refusing it.
+
+        'unknown' (a plain PEFT adapter that names no model) fits. A model loaded from a local
+        path without a `hub_id` is told how to say which Hub model it is a copy of.
+        """
+        if trained_on == "unknown" or self.is_model(trained_on):
+            return None
+        hint = (f"; if {self.model_id} is a local copy of {trained_on}, add --hub-model {trained_on}"
+                if self.hub_id is None and os.path.exists(os.path.expanduser(self.model_id)) else "")
+        return f"the adapter was trained on {trained_on}, the loaded model is {self.model_id}{hint}"
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -165,6 +177,11 @@ class SoftPrompt:
     @property
     def num_virtual_tokens(self) -> int:
         return self.embeddings.shape[0]
+
+    def meta_texts(self, key: str) -> list[str]:
+        """The strings of the list `meta[key]` (acts, held-out acts): a pulled adapter's metadata may hold anything."""
+        value = self.meta.get(key)
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def context_length(config) -> int:
@@ -368,7 +385,7 @@ def packs_for_decoding(device: torch.device, precision: str) -> bool:
 def fp32_packing_wins() -> bool:
     """Whether oneDNN-packed weights multiply a decoding step's rows faster than `linear` in float32 here.
 
-    A probe, once per process (about 0.15 s and 50 MB while it runs): the CPU kinds disagree, and
+    A probe, once per process (0.25-0.37 s on an AVX2-only AMD EPYC, 50 MB while it runs): the CPU kinds disagree, and
     not by their flags. On an AMD EPYC with AVX2 only (2 cores) the plain `linear` (MKL's sgemm)
     costs as much per row as if it read the weights once per row: GPT-2's 50,257-row head took
     25.6 ms for two rows and 34.6 ms for three against 7.4 and 6.8 ms packed, and base + tuned

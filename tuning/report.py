@@ -328,7 +328,7 @@ def model_card(
         f"(`[{soft.num_virtual_tokens}, {soft.embeddings.shape[1]}]` float32) placed in front of every input; "
         "the model itself is unchanged.",
         "",
-        f"- dataset: {md_inline(dataset)}, {len(_texts(soft.meta.get('acts')))} training rows, "
+        f"- dataset: {md_inline(dataset)}, {len(soft.meta_texts('acts'))} training rows, "
         f"{metrics.get('held_out_acts', 0)} held-out acts (never trained on)",
         f"- training: {c.epochs} epochs, learning rate {c.learning_rate:g}, batch {c.batch_size}, "
         f"init {c.init}, seed {c.seed}",
@@ -393,10 +393,6 @@ def model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
 
 
-def _texts(value) -> list[str]:
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
-
-
 # ---------------------------------------------------------------------------------------
 # the page
 
@@ -434,7 +430,7 @@ def report_html(f: Findings) -> str:
     from .progress import duration
 
     soft, meta = f.soft, f.soft.meta
-    trained = _texts(meta.get("acts"))
+    trained = soft.meta_texts("acts")
     train_seconds = _meta_number(soft, "train_seconds")
     chart = base64.b64encode(f.chart).decode("ascii")
     parts = [

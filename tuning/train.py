@@ -123,14 +123,14 @@ def held_out_for(soft: SoftPrompt, rows: Sequence[Row], dataset: str) -> list[Ro
     recorded as trained on is ever returned: a split of an edited file mixes the acts anew.
     """
     trained = set()
-    for name in _texts(soft.meta.get("acts")):
+    for name in soft.meta_texts("acts"):
         try:
             trained.add(find_act(rows, name).group)
         except DataError:
             pass  # not in this file: nothing to leave out
     if soft.config.dataset == dataset:
         kept = []
-        for name in _texts(soft.meta.get("held_out_acts")):
+        for name in soft.meta_texts("held_out_acts"):
             try:
                 row = find_act(rows, name)
             except DataError:
@@ -144,11 +144,6 @@ def held_out_for(soft: SoftPrompt, rows: Sequence[Row], dataset: str) -> list[Ro
     except DataError:
         held = split_rows(rows, dataclasses.replace(soft.config, acts=()))[1]
     return [r for r in held if r.group not in trained]
-
-
-def _texts(value) -> list[str]:
-    """The strings of a list read from metadata (a pulled adapter's may hold anything)."""
-    return [v for v in value if isinstance(v, str) and v.strip()] if isinstance(value, list) else []
 
 
 def encode_rows(base: Base, rows: Sequence[Row], config: TuneConfig) -> list[list[int]]:
@@ -380,8 +375,8 @@ def _check_resume(soft: SoftPrompt, config: TuneConfig, base: Base | None = None
         raise TrainingError(
             f"the adapter's hidden size is {soft.embeddings.shape[1]}, the loaded model's is {base.hidden_size}"
         )
-    if base is not None and soft.base_model != "unknown" and not base.is_model(soft.base_model):
-        raise TrainingError(f"the adapter was trained on {soft.base_model}, the loaded model is {base.model_id}")
+    if base is not None and (why := base.mismatch(soft.base_model)):
+        raise TrainingError(why)
     state = soft.optimizer_state
     if state is not None and (set(state) != {"exp_avg", "exp_avg_sq", "step"}
                               or any(state[k].shape != soft.embeddings.shape for k in ("exp_avg", "exp_avg_sq"))):
@@ -571,7 +566,7 @@ def _resumed_meta(resume: SoftPrompt, meta: dict, name: str | None, steps: int, 
     the result never scores an act it trained on. `resumed` gains one entry per resume.
     """
     old = resume.meta
-    acts = list(dict.fromkeys(_texts(old.get("acts")) + meta["acts"]))
+    acts = list(dict.fromkeys(resume.meta_texts("acts") + meta["acts"]))
     trained = set(acts)
     resumed = [r for r in old.get("resumed", []) if isinstance(r, dict)] if isinstance(old.get("resumed"), list) else []
     resumed.append({
