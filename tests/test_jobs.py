@@ -70,6 +70,39 @@ def test_the_slot_lets_one_training_run_at_a_time_and_says_the_second_waits():
     assert started[1] >= started[0] + 20 * 0.02 * 0.9  # the second began only after the first ended
 
 
+def test_visitors_get_the_slot_in_the_order_they_asked_for_it():
+    jobs, order = Jobs(), []
+
+    def noting(name):
+        def events(stop):
+            order.append(name)
+            time.sleep(0.03)
+            yield name
+        return events
+
+    first = jobs.start(Job("first", "first", counting(10, 0.03), slot=jobs.slot))
+    waiting = []
+    for n in range(6):
+        time.sleep(0.02)  # each asks after the one before
+        waiting.append(jobs.start(Job(f"v{n}", f"v{n}", noting(f"v{n}"), slot=jobs.slot)))
+    assert first.join(timeout=10) and all(job.join(timeout=10) for job in waiting)
+    assert order == [f"v{n}" for n in range(6)]
+
+
+def test_a_visitor_who_stops_waiting_leaves_the_line():
+    jobs, started = Jobs(), []
+    jobs.start(Job("a", "first", counting(1000, 0.01), slot=jobs.slot))
+    quitter = jobs.start(Job("b", "quitter", counting(3, 0.0, started), slot=jobs.slot))
+    time.sleep(0.05)
+    after = jobs.start(Job("c", "after", counting(2, 0.0, started), slot=jobs.slot))
+    time.sleep(0.05)
+    quitter.stop.set()
+    assert quitter.join(timeout=5)
+    jobs.stop("a")
+    assert after.join(timeout=5) and after.events == [1, 2] and quitter.events == []
+    assert not jobs.slot.wanted
+
+
 def test_a_job_stopped_while_it_waits_for_the_slot_never_starts():
     jobs, started = Jobs(), []
     jobs.start(Job("a", "first", counting(1000, 0.01), slot=jobs.slot))

@@ -18,32 +18,38 @@ import contextvars
 import shutil
 import tempfile
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 
 class Slot:
-    """One training at a time on this machine. Visitors wait their turn; a background job (the
-    reference adapters) takes the slot only while no visitor waits, and gives it back between two
-    of its steps as soon as one does (`Job(background=True)`).
+    """One training at a time on this machine. Visitors wait their turn, first come first served; a
+    background job (the reference adapters) takes the slot only while no visitor waits, and gives it
+    back between two of its steps as soon as one does (`Job(background=True)`).
     """
 
     def __init__(self):
         self._cond = threading.Condition()
         self._busy = False
-        self._visitors_waiting = 0
+        self._line: deque[object] = deque()  # the waiting visitors' tickets, the longest waiting first
         self._background_holds = False
 
     def acquire(self, stop: threading.Event, background: bool = False,
                 on_wait: Callable[[], None] = lambda: None) -> bool:
-        """Wait for the slot (calling `on_wait` once if it must); False when `stop` is set first."""
+        """Wait for the slot (calling `on_wait` once if it must); False when `stop` is set first.
+
+        Visitors get it in the order they asked: a `notify_all` wakes every waiter, and without
+        the line whichever thread ran first took the slot, so a visitor could wait through
+        several trainings of visitors who came after.
+        """
+        ticket = object()
         with self._cond:
             if not background:
-                self._visitors_waiting += 1
+                self._line.append(ticket)
             try:
                 told = False
-                while self._busy or (background and self._visitors_waiting):
+                while self._busy or (self._line[0] is not ticket if not background else bool(self._line)):
                     if stop.is_set():
                         return False
                     if not told:
@@ -54,7 +60,8 @@ class Slot:
                 return True
             finally:
                 if not background:
-                    self._visitors_waiting -= 1
+                    self._line.remove(ticket)
+                    self._cond.notify_all()  # the next in line may go once the slot is free
 
     def release(self) -> None:
         with self._cond:
@@ -69,7 +76,7 @@ class Slot:
     @property
     def wanted(self) -> bool:
         """A visitor is waiting for the slot."""
-        return self._visitors_waiting > 0
+        return bool(self._line)
 
 
 class Job:
