@@ -40,7 +40,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import gradio as gr
 import pandas as pd
@@ -1122,9 +1122,11 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
 # 4d. the Evaluate tab
 
 
-def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, progress) -> tuple:
-    """(perplexity metrics, held-out rows, ROUGE-L rows) of `soft` on the acts it never trained on.
+def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, progress) -> Iterator[tuple]:
+    """(perplexity metrics, held-out rows, ROUGE-L rows so far) of `soft` on the acts it never trained on.
 
+    Yielded once perplexity is scored and again after each act's continuations, so a page shows the
+    numbers as they come and a stopped evaluation (another prompt picked) ends at the next act.
     Perplexity is scored exactly as training scores it (its batch size), so it matches the run history.
     """
     with user_errors():
@@ -1132,14 +1134,14 @@ def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, p
         if not held:
             raise refuse("there are no held-out acts to evaluate on (this adapter was trained on every act)")
         progress(0, desc="held-out perplexity")
-        picked, scored, metrics = held[:n_acts], [], None
+        picked, scored = held[:n_acts], []
         for kind, result in EVALUATE_ON_GPU(base, soft, held, picked, Decoding(max_new_tokens=max_new)):
             if kind == "perplexity":
                 metrics = result
-                continue
-            scored.append(result)
-            progress((len(scored), len(picked)), desc="ROUGE-L: generating", unit="acts")
-    return metrics, held, scored
+            else:
+                scored.append(result)
+                progress((len(scored), len(picked)), desc="ROUGE-L: generating", unit="acts")
+            yield metrics, held, list(scored)
 
 
 def mean_rouge(scored: list[dict]) -> dict[str, float | None]:
@@ -1147,18 +1149,26 @@ def mean_rouge(scored: list[dict]) -> dict[str, float | None]:
 
 
 def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progress=gr.Progress()):
-    """Held-out perplexity and ROUGE-L, base vs tuned: bars, a summary and a table per act."""
+    """Held-out perplexity and ROUGE-L, base vs tuned: bars, a summary and a table per act, filled in as they come."""
     soft = pick_soft(ctx, adapter, session)
     n_acts, max_new = whole(n_acts), whole(max_new)
-    metrics, held, scored = held_out_scores(ctx, soft, n_acts, max_new, progress)
-    ppl, mean = {side: metrics[side].perplexity for side in ("base", "tuned")}, mean_rouge(scored)
-    short = f" (only {len(held)} held-out acts)" if n_acts > len(held) else ""
     shown = session.runs[-1].name if adapter == SESSION_RUN and session.runs else adapter
-    summary = (f"**{report.md_inline(shown)}**  \n**Held-out perplexity** over {plural(len(held), 'act')} ({plural(metrics['base'].tokens, 'token')}): "
-               f"base {ppl['base']:.2f}, tuned {ppl['tuned']:.2f}.  \n"
-               + (f"**ROUGE-L** of greedy continuations (no repeated 3-grams) against the real prompt, {plural(len(scored), 'act')}{short}: "
-                  f"base {mean['base']:.3f}, tuned {mean['tuned']:.3f}." if scored else "ROUGE-L: skipped (0 acts)."))
-    return bars(ppl, "perplexity", ".2f"), bars(mean, "ROUGE-L", ".3f"), summary, rouge_frame(scored)
+    for metrics, held, scored in held_out_scores(ctx, soft, n_acts, max_new, progress):
+        ppl, mean = {side: metrics[side].perplexity for side in ("base", "tuned")}, mean_rouge(scored)
+        wanted = min(n_acts, len(held))
+        short = f" (only {len(held)} held-out acts)" if n_acts > len(held) else ""
+        if not wanted:
+            rouge = "ROUGE-L: skipped (0 acts)."
+        elif len(scored) < wanted:
+            rouge = f"**ROUGE-L**: generating, {len(scored)} of {plural(wanted, 'act')} done{short}…" + (
+                f" So far base {mean['base']:.3f}, tuned {mean['tuned']:.3f}." if scored else "")
+        else:
+            rouge = (f"**ROUGE-L** of greedy continuations (no repeated 3-grams) against the real prompt, "
+                     f"{plural(len(scored), 'act')}{short}: base {mean['base']:.3f}, tuned {mean['tuned']:.3f}.")
+        summary = (f"**{report.md_inline(shown)}**  \n**Held-out perplexity** over {plural(len(held), 'act')} "
+                   f"({plural(metrics['base'].tokens, 'token')}): base {ppl['base']:.2f}, tuned {ppl['tuned']:.2f}.  \n"
+                   + rouge)
+        yield bars(ppl, "perplexity", ".2f"), bars(mean, "ROUGE-L", ".3f"), summary, rouge_frame(scored)
 
 
 def no_evaluation() -> tuple:
@@ -1731,7 +1741,7 @@ def evaluate_adapter(ctx: Context, adapter: str, rouge_acts: int = 3) -> dict:
     n = checked_whole(rouge_acts, "rouge_acts", 0, 20)
     with user_errors():
         soft = adapters.load(name, ctx.root, ctx.base())
-    metrics, held, scored = held_out_scores(ctx, soft, n, 64, lambda *args, **kwargs: None)
+    *_, (metrics, held, scored) = held_out_scores(ctx, soft, n, 64, lambda *args, **kwargs: None)
     return {"held_out_acts": len(held), "tokens": metrics["base"].tokens,
             "perplexity": {side: metrics[side].perplexity for side in ("base", "tuned")},
             "rouge_l": mean_rouge(scored), "acts_scored": [r["act"] for r in scored]}

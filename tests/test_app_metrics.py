@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -103,20 +104,51 @@ def test_evaluate_compares_held_out_perplexity_and_rouge(trained):
     assert [m for _, m, _ in rouge["data"]] == ["base", "tuned"]
 
 
-def test_evaluate_uses_the_held_out_acts_the_adapter_recorded(trained, server):
+@pytest.fixture
+def three_held(trained, server):
+    """The session's run saved as 'three-held', recording Poet, Chef and Doctor as its held-out acts."""
     trained.predict("three-held", app.SESSION_RUN, api_name="/save_adapter")
     meta_path = Path(server[1]) / "adapters" / "three-held" / adapters.META_FILE
     record = json.loads(meta_path.read_text())
     record["meta"]["held_out_acts"] = ["Poet", "Chef", "Doctor"]
     record["meta"]["acts"] = [a for a in record["meta"]["acts"] if a not in ("Poet", "Chef", "Doctor")]  # consistent
     meta_path.write_text(json.dumps(record))
-    try:
-        _, _, summary, rows = trained.predict("three-held", 3, 8, api_name="/evaluate")
-        assert [r["act"] for r in table(rows)] == ["Poet", "Chef", "Doctor"]
-        assert "over 3 acts" in summary and summary.startswith("**three-held**")  # which prompt the numbers are of
-        assert all(0 <= r["tuned ROUGE-L"] <= 1 for r in table(rows))
-    finally:
-        trained.predict("three-held", api_name="/delete_adapter")
+    yield "three-held"
+    trained.predict("three-held", api_name="/delete_adapter")
+
+
+def test_evaluate_uses_the_held_out_acts_the_adapter_recorded(trained, three_held):
+    job = trained.submit(three_held, 3, 8, api_name="/evaluate")
+    _, _, summary, rows = job.result(timeout=60)
+    assert [r["act"] for r in table(rows)] == ["Poet", "Chef", "Doctor"]
+    # shown as they come: perplexity first, then one act at a time (another pick stops it between two acts)
+    steps = [(s, len(table(r))) for _, _, s, r in job.outputs()]
+    assert [n for _, n in steps] == [0, 1, 2, 3] and "generating, 0 of 3 acts done…" in steps[0][0]
+    assert "generating, 2 of 3 acts done… So far base" in steps[2][0] and "Held-out perplexity" in steps[0][0]
+    assert "over 3 acts" in summary and summary.startswith("**three-held**")  # which prompt the numbers are of
+    assert all(0 <= r["tuned ROUGE-L"] <= 1 for r in table(rows))
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_evaluation_stops_generating_at_the_next_act(trained, three_held, monkeypatch):
+    from tuning import evaluate
+
+    real, started = evaluate.iter_rouge, []
+
+    def slow(*args, **kwargs):
+        for result in real(*args, **kwargs):
+            started.append(result["act"])
+            time.sleep(0.5)
+            yield result
+
+    monkeypatch.setattr(evaluate, "iter_rouge", slow)
+    job = trained.submit(three_held, 3, 8, api_name="/evaluate")
+    deadline = time.monotonic() + 30
+    while not started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.cancel()  # what picking another prompt does (its .change cancels the evaluation)
+    time.sleep(2.0)  # the whole evaluation would have scored all three acts by now
+    assert started == ["Poet"]
 
 
 def test_picking_another_prompt_in_evaluate_empties_every_result():
