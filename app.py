@@ -284,13 +284,13 @@ def user_errors():
 
 
 @contextlib.contextmanager
-def disk_errors():
-    """A failed write (disk full, read-only folder) is one sentence; adapters.save has already cleaned up."""
+def disk_errors(doing: str = "write the adapter"):
+    """A failed write or delete (disk full, read-only folder) is one sentence; adapters.save has already cleaned up."""
     try:
         yield
     except OSError as e:
-        log.warning("write failed: %s", e)
-        raise gr.Error(f"the server could not write the adapter ({e.strerror or e}); nothing was changed",
+        log.warning("could not %s: %s", doing, e)
+        raise gr.Error(f"the server could not {doing} ({e.strerror or e}); nothing was changed",
                        print_exception=False) from None
 
 
@@ -316,6 +316,8 @@ def checked_text(value, label: str, max_chars: int) -> str:
 
 def checked_number(value, label: str) -> float | int:
     """`value` if it is a finite int or float; 'abc', True, None, NaN, infinity -> gr.Error."""
+    if value is None or value == "":  # a field the visitor cleared
+        raise refuse(f"{label} is empty: enter a number")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise refuse(f"{label} must be a number, got {value!r}"[:200])
     if not math.isfinite(value):
@@ -1464,7 +1466,8 @@ def download(ctx: Context, name: str | None, request: gr.Request) -> str:
         raise refuse("pick an adapter to download")
     if name not in [a["name"] for a in ctx.adapters()]:  # only real adapter folders
         raise refuse(f"no adapter named {name!r}")
-    return str(zip_adapter(ctx.root / name, ctx.jobs.folder(request.session_hash)))
+    with disk_errors("write the download"):
+        return str(zip_adapter(ctx.root / name, ctx.jobs.folder(request.session_hash)))
 
 
 def upload(ctx: Context, path: str | None, name: str, session: Session):
@@ -1498,7 +1501,7 @@ def delete(ctx: Context, name: str | None, session: Session, asked: str | None =
         raise refuse(f"the question was about {asked!r}, but {name!r} is picked now; press Delete… again")
     if reference.is_reference(name):
         raise refuse("the reference adapters belong to this server; they cannot be deleted here")
-    with user_errors():
+    with user_errors(), disk_errors("delete the adapter"):
         adapters.delete(name, ctx.root)
     return (*listing_update(ctx, None, f"deleted **{name}**"), gr.Row(visible=False), None, {}, None)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import os
 import re
 import shutil
 import socket
@@ -119,7 +120,8 @@ HOSTILE_GENERATE = [
     (dict(max_new=math.inf), "Max new tokens must be a finite number"),
     (dict(max_new=-math.inf), "Max new tokens must be a finite number"),
     (dict(max_new="64"), "Max new tokens must be a number"),
-    (dict(max_new=None), "Max new tokens must be a number"),
+    (dict(max_new=None), "Max new tokens is empty: enter a number"),  # a cleared field
+    (dict(seed=""), "Seed is empty: enter a number"),
     (dict(max_new=True), "Max new tokens must be a number"),
     (dict(max_new=10**9), "Max new tokens: Value 1000000000 is greater than maximum value 512"),
     (dict(max_new=0), "Max new tokens: Value 0 is less than minimum value 1"),
@@ -154,7 +156,8 @@ HOSTILE_TRAIN = [
     (dict(tokens=1000), "Virtual tokens: Value 1000 is greater than maximum value 100"),
     (dict(tokens=2.5), "Virtual tokens must be a whole number from 1 to 100, got 2.5"),
     (dict(epochs=math.inf), "Epochs must be a finite number"),
-    (dict(batch=None), "Batch size must be a number"),
+    (dict(batch=None), "Batch size is empty: enter a number"),
+    (dict(lr=None), "Learning rate is empty: enter a number"),
     (dict(lr=math.nan), "Learning rate must be a finite number"),
     (dict(lr="fast"), "Learning rate must be a number"),
     (dict(lr=-1), "Learning rate must be from 1e-06 to 10, got -1"),
@@ -571,6 +574,31 @@ def test_a_failed_save_keeps_the_previous_adapter_and_leaves_no_partial_folder(s
         client.predict(SAVED, None, api_name="/save_adapter")
     assert torch.equal(load_file(str(folder / SAVED / adapters.WEIGHTS_FILE))["prompt_embeddings"], before)
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_delete_or_download_is_one_sentence_and_keeps_the_adapter(server, client, monkeypatch):
+    folder = server[1] / "adapters"
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    class NoMoves:  # adapters' os, whose replace (the move aside, before any removal) fails
+        replace = staticmethod(refused)
+
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+    monkeypatch.setattr(adapters, "os", NoMoves())
+    with pytest.raises(AppError, match="could not delete the adapter \\(Permission denied\\); nothing was changed"):
+        client.predict(SAVED, api_name="/delete_adapter")
+    monkeypatch.undo()
+    assert (folder / SAVED / adapters.WEIGHTS_FILE).is_file()
+
+    monkeypatch.setattr(app.zipfile, "ZipFile", refused)
+    with pytest.raises(AppError, match="could not write the download \\(Permission denied\\)"):
+        client.predict(SAVED, api_name="/download_adapter")
+    monkeypatch.undo()
+    assert client.predict(SAVED, api_name="/download_adapter").endswith(f"{SAVED}.zip")  # and it works again
 
 
 def test_a_nan_loss_aborts_cleanly_and_keeps_the_sessions_last_run(client, monkeypatch):

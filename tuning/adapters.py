@@ -289,10 +289,11 @@ def delete(name: str, root: Path | str = DEFAULT_ROOT) -> None:
     folder = _adapter_dir(name, root)
     if not folder.is_dir():
         raise AdapterError(f"no adapter named {name!r}")
-    # Move it aside first so a half-deleted folder is never listed as an adapter.
+    # Move it aside first so a half-deleted folder is never listed as an adapter. Once moved it is
+    # gone for every reader: a file the removal cannot take is left in the hidden folder, not reported.
     trash = root / f".old-{secrets.token_hex(8)}"
     os.replace(folder, trash)
-    shutil.rmtree(trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 # adapter_config.json settings that make PEFT or transformers fetch or run code when someone loads
