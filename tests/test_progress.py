@@ -88,3 +88,39 @@ def test_the_reference_line_before_its_first_step_says_whether_it_waits_or_loads
     view = ReferenceView()
     assert view.line(paused=False).endswith(": loading the model…")
     assert view.line(paused=True).endswith(": waiting while a visitor trains")
+
+
+def test_the_sweep_estimate_adds_rouge_l_at_the_pace_of_the_cells_already_scored(monkeypatch):
+    from tuning import progress
+    from tuning.progress import SweepView
+    from tuning.sweep import CellEvent, CellResult, SweepStart
+
+    now = [100.0]
+    monkeypatch.setattr(progress, "clock", lambda: now[0])
+    view = SweepView(cells=2, rouge_acts=3, labels=["2×1", "3×1"])
+    view.add(SweepStart(total_steps=8, labels=["2×1", "3×1"], train_rows=8, held_out_rows=3))
+
+    def cell(i, label, events):
+        for e in events:
+            view.add(CellEvent(cell=i, label=label, event=e))
+
+    cell(0, "2×1", [step(2, 20.0)])  # 10 s a step, 6 steps to go; ROUGE-L not measured yet
+    assert view.progress.endswith("about 1m 00s of training left, then ROUGE-L")
+    cell(0, "2×1", [step(4, 40.0), done(4, elapsed=40.0)])
+    assert view.progress == "cell 2×1: scoring ROUGE-L on up to 3 held-out acts…"
+    now[0] += 30.0  # the first cell's ROUGE-L took 30 s
+    view.add(CellResult("2×1", 2, 1, 3.0, 2.0, 0.1, 0.2, 40.0, 4, 4, False, {}, None))
+    cell(1, "3×1", [step(2, 20.0)])  # 2 steps of training left (20 s) and this cell's ROUGE-L (30 s)
+    assert view.progress.endswith("about 50s left")
+    cell(1, "3×1", [step(4, 40.0), done(4, elapsed=40.0)])
+    assert view.progress == "cell 3×1: scoring ROUGE-L on up to 3 held-out acts… · about 30s left"
+
+
+def test_without_rouge_l_the_sweep_estimate_is_the_training_left():
+    from tuning.progress import SweepView
+    from tuning.sweep import CellEvent, SweepStart
+
+    view = SweepView(cells=1)
+    view.add(SweepStart(total_steps=4, labels=["2×1"], train_rows=4, held_out_rows=1))
+    view.add(CellEvent(cell=0, label="2×1", event=step(1, 10.0)))
+    assert view.progress.endswith("about 30s left")

@@ -14,11 +14,13 @@ What it does not do: run anything, or choose colours (a front end's business).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 from .plan import plural
 from .train import Done, EpochEnd, Start, Step
 
+clock = time.monotonic  # a module attribute so tests can move it
 SERIES = ("train", "held-out", "base held-out")  # the series of one run's chart, in legend order
 
 
@@ -206,6 +208,8 @@ class SweepView:
     _done_before: int = 0  # steps of the finished cells
     _step: int = 0
     _seconds_before: float = 0.0
+    _scoring_since: float | None = None  # clock() when the current cell's ROUGE-L scoring began
+    _scoring_seconds: list[float] = field(default_factory=list)  # each scored cell's ROUGE-L time, as measured
 
     def add(self, event) -> None:
         from .sweep import CellEvent, CellResult, SweepDone, SweepStart
@@ -218,6 +222,9 @@ class SweepView:
             self._cell_event(event)
         elif isinstance(event, CellResult):
             self.results.append(event)
+            if self._scoring_since is not None:
+                self._scoring_seconds.append(clock() - self._scoring_since)
+                self._scoring_since = None
         elif isinstance(event, SweepDone):
             self.finished = True
             seconds = f"{duration(sum(r.seconds for r in event.results))} of training"
@@ -239,7 +246,7 @@ class SweepView:
             done = self._done_before + inner.step
             per_step = (self._seconds_before + inner.elapsed) / done
             self.progress = (f"step {done:,} / {self.total:,} · cell {name} ({event.cell + 1} / {self.cells}) · "
-                             f"epoch {inner.epoch} · about {duration((self.total - done) * per_step)} left")
+                             f"epoch {inner.epoch} · {self._left((self.total - done) * per_step, event.cell)}")
         elif isinstance(inner, EpochEnd):
             if inner.held_out_loss is not None:
                 self.points.append((self._step, inner.held_out_loss, f"{name} held-out"))
@@ -254,7 +261,25 @@ class SweepView:
             self._seconds_before += inner.elapsed
             self._step = 0
             if self.rouge_acts and not inner.stopped:  # a stopped cell is not scored
-                self.progress = f"cell {name}: scoring ROUGE-L on up to {plural(self.rouge_acts, 'held-out act')}…"
+                self._scoring_since = clock()
+                per_step = self._seconds_before / self._done_before if self._done_before else 0.0
+                training_s = (self.total - self._done_before) * per_step  # the later cells'
+                left = f" · {self._left(training_s, event.cell)}" if self._scoring_seconds else ""
+                self.progress = (f"cell {name}: scoring ROUGE-L on up to {plural(self.rouge_acts, 'held-out act')}…"
+                                 + left)
+
+    def _left(self, training_s: float, cell: int) -> str:
+        """'about 3m left': the training still to come plus, once a cell was scored, ROUGE-L at its measured pace.
+
+        Before the first cell is scored, ROUGE-L's time is unknown and the line says so.
+        """
+        if not self.rouge_acts:
+            return f"about {duration(training_s)} left"
+        if not self._scoring_seconds:
+            return f"about {duration(training_s)} of training left, then ROUGE-L"
+        to_score = self.cells - cell  # this cell and the ones after it
+        pace = sum(self._scoring_seconds) / len(self._scoring_seconds)
+        return f"about {duration(training_s + to_score * pace)} left"
 
     def _base_line(self, loss: float | None) -> None:
         if loss is not None and not any(s == "base held-out" for _, _, s in self.points):
