@@ -1170,7 +1170,9 @@ def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progr
         summary = (f"**{report.md_inline(shown)}**  \n**Held-out perplexity** over {plural(len(held), 'act')} "
                    f"({plural(metrics['base'].tokens, 'token')}): base {ppl['base']:.2f}, tuned {ppl['tuned']:.2f}.  \n"
                    + rouge)
-        yield bars(ppl, "perplexity", ".2f"), bars(mean, "ROUGE-L", ".3f"), summary, rouge_frame(scored)
+        # no bars yet: None, as on a new page (a chart first sent no rows keeps a y axis that later bars never fill)
+        rouge_bars = bars(mean, "ROUGE-L", ".3f") if scored else None
+        yield bars(ppl, "perplexity", ".2f"), rouge_bars, summary, rouge_frame(scored)
 
 
 def no_evaluation() -> tuple:
@@ -1220,7 +1222,8 @@ def evaluate_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> tuple[gr.Dropd
         ppl_plot = gr.BarPlot(x="label", y="perplexity", color="model", title="Held-out perplexity", x_title=" ",
                               color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, None], height=260)
         rouge_plot = gr.BarPlot(x="label", y="ROUGE-L", color="model", title="ROUGE-L (mean over acts)", x_title=" ",
-                                color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, 1], height=260)
+                                color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, 1], height=260,
+                                elem_id="rouge-plot")
     summary = gr.Markdown(elem_id="eval-summary")
     rouge_table = gr.Dataframe(rouge_frame([]), label="Per held-out act", interactive=False, wrap=True, max_height=360,
                                column_widths=["14%", "35%", "35%", "8%", "8%"])

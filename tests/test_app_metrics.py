@@ -161,7 +161,7 @@ def test_picking_another_prompt_in_evaluate_empties_every_result():
 
 def test_evaluate_with_no_rouge_acts_scores_perplexity_only(trained):
     ppl, rouge, summary, rows = trained.predict(app.SESSION_RUN, 0, 8, api_name="/evaluate")
-    assert len(ppl["data"]) == 2 and rouge["data"] == [] and "skipped" in summary
+    assert len(ppl["data"]) == 2 and rouge is None and "skipped" in summary  # an empty chart, as on a new page
 
 
 def test_evaluate_without_a_run_asks_for_one(client):

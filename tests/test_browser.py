@@ -79,6 +79,18 @@ def test_pick_train_watch_compare(page):
     page.wait_for_timeout(1000)  # let the stream finish before the picture
     page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
 
+    # Evaluate: perplexity first, then ROUGE-L act by act; both charts end with a bar per model.
+    page.get_by_role("tab", name="Evaluate").click()
+    expect(page.locator("#eval-adapter input")).to_have_value(re.compile("^#1 all acts 5×5"))
+    page.get_by_role("button", name="Evaluate").click()
+    expect(page.locator("#eval-summary")).to_contain_text("ROUGE-L of greedy continuations", timeout=60_000)
+    # a chart whose first update had no rows kept a broken scale: one '0' tick, no legend, bars of the full height
+    expect(page.locator("#rouge-plot svg .mark-rect path")).to_have_count(2)
+    texts = page.locator("#rouge-plot svg text").evaluate_all("ts => ts.map(t => t.textContent)")
+    assert {"0.0", "1.0"} <= set(texts), texts  # y_lim [0, 1]
+    assert {"base", "tuned"} <= set(texts), texts  # the legend
+    page.screenshot(path=str(ARTIFACTS / "browser-evaluate.png"), full_page=True)
+
 
 def test_closing_the_tab_stops_its_training(page, monkeypatch):
     """A closed tab must not hold the one training slot: its run stops after the grace, the next user's starts."""
