@@ -1136,14 +1136,23 @@ def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, p
         if not held:
             raise refuse("there are no held-out acts to evaluate on (this adapter was trained on every act)")
         progress(0, desc="held-out perplexity")
-        picked, scored = held[:n_acts], []
-        for kind, result in EVALUATE_ON_GPU(base, soft, held, picked, Decoding(max_new_tokens=max_new)):
-            if kind == "perplexity":
-                metrics = result
-            else:
-                scored.append(result)
-                progress((len(scored), len(picked)), desc="ROUGE-L: generating", unit="acts")
-            yield metrics, held, list(scored)
+        picked, scored, metrics = held[:n_acts], [], None
+        runs = EVALUATE_ON_GPU(base, soft, held, picked, Decoding(max_new_tokens=max_new))
+        try:
+            for kind, result in runs:
+                if kind == "perplexity":
+                    metrics = result
+                else:
+                    scored.append(result)
+                    progress((len(scored), len(picked)), desc="ROUGE-L: generating", unit="acts")
+                assert metrics is not None, "gpu.evaluate_run yields perplexity first"
+                yield metrics, held, list(scored)
+        except GeneratorExit:
+            # Stopped (another prompt picked): Gradio closes this generator on its event loop. On
+            # ZeroGPU closing the GPU call waits for the worker's next item, a whole act's two
+            # continuations, and would hold up every page meanwhile: close it in a thread.
+            threading.Thread(target=runs.close, daemon=True, name="evaluate-close").start()
+            raise
 
 
 def mean_rouge(scored: list[dict]) -> dict[str, float | None]:

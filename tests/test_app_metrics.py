@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -138,7 +140,7 @@ def test_a_cancelled_evaluation_stops_generating_at_the_next_act(trained, three_
     def slow(*args, **kwargs):
         for result in real(*args, **kwargs):
             started.append(result["act"])
-            time.sleep(0.5)
+            time.sleep(1.5)
             yield result
 
     monkeypatch.setattr(evaluate, "iter_rouge", slow)
@@ -147,8 +149,36 @@ def test_a_cancelled_evaluation_stops_generating_at_the_next_act(trained, three_
     while not started and time.monotonic() < deadline:
         time.sleep(0.05)
     job.cancel()  # what picking another prompt does (its .change cancels the evaluation)
-    time.sleep(2.0)  # the whole evaluation would have scored all three acts by now
+    time.sleep(5.0)  # the whole evaluation would have started all three acts by now
     assert started == ["Poet"]
+
+
+@pytest.mark.timeout(30)
+def test_a_stopped_evaluation_does_not_wait_for_the_gpu_call_to_close(monkeypatch):
+    # On ZeroGPU, closing the GPU call's generator waits for the worker's next item (a whole act);
+    # Gradio closes ours on its event loop, so the close must not wait there.
+    closed = threading.Event()
+
+    class SlowToClose:
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return "perplexity", {"base": None, "tuned": None}
+
+        def close(self):
+            time.sleep(2.0)
+            closed.set()
+
+    monkeypatch.setattr(app, "EVALUATE_ON_GPU", lambda *args: SlowToClose())
+    monkeypatch.setattr(app, "held_out_for", lambda soft, rows, dataset: ["an act"])
+    ctx = types.SimpleNamespace(base=lambda: None, rows=lambda: (), dataset="acts.csv")
+    scores = app.held_out_scores(ctx, None, 1, 8, lambda *args, **kwargs: None)
+    assert next(scores)[1] == ["an act"]
+    started = time.perf_counter()
+    scores.close()
+    assert time.perf_counter() - started < 1.0 and not closed.is_set()
+    assert closed.wait(10)  # and the GPU call is closed all the same
 
 
 def test_picking_another_prompt_in_evaluate_empties_every_result():

@@ -80,11 +80,15 @@ def test_visitors_get_the_slot_in_the_order_they_asked_for_it():
             yield name
         return events
 
-    first = jobs.start(Job("first", "first", counting(10, 0.03), slot=jobs.slot))
+    first = jobs.start(Job("first", "first", counting(100, 0.03), slot=jobs.slot))
     waiting = []
     for n in range(6):
-        time.sleep(0.02)  # each asks after the one before
         waiting.append(jobs.start(Job(f"v{n}", f"v{n}", noting(f"v{n}"), slot=jobs.slot)))
+        deadline = time.monotonic() + 5
+        while jobs.slot.waiting < n + 1 and time.monotonic() < deadline:  # each asks after the one before
+            time.sleep(0.005)
+    assert jobs.slot.waiting == 6
+    first.stop.set()
     assert first.join(timeout=10) and all(job.join(timeout=10) for job in waiting)
     assert order == [f"v{n}" for n in range(6)]
 

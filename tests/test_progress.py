@@ -97,23 +97,30 @@ def test_the_sweep_estimate_adds_rouge_l_at_the_pace_of_the_cells_already_scored
 
     now = [100.0]
     monkeypatch.setattr(progress, "clock", lambda: now[0])
-    view = SweepView(cells=2, rouge_acts=3, labels=["2×1", "3×1"])
-    view.add(SweepStart(total_steps=8, labels=["2×1", "3×1"], train_rows=8, held_out_rows=3))
+    view = SweepView(cells=3, rouge_acts=3, labels=["2×1", "3×1", "4×1"])
+    view.add(SweepStart(total_steps=12, labels=["2×1", "3×1", "4×1"], train_rows=8, held_out_rows=3))
 
     def cell(i, label, events):
         for e in events:
             view.add(CellEvent(cell=i, label=label, event=e))
 
-    cell(0, "2×1", [step(2, 20.0)])  # 10 s a step, 6 steps to go; ROUGE-L not measured yet
-    assert view.progress.endswith("about 1m 00s of training left, then ROUGE-L")
+    def result(label):
+        return CellResult(label, 2, 1, 3.0, 2.0, 0.1, 0.2, 40.0, 4, 4, False, {}, None)
+
+    cell(0, "2×1", [step(2, 20.0)])  # 10 s a step, 10 steps to go; ROUGE-L not measured yet
+    assert view.progress.endswith("about 1m 40s of training left, then ROUGE-L")
     cell(0, "2×1", [step(4, 40.0), done(4, elapsed=40.0)])
     assert view.progress == "cell 2×1: scoring ROUGE-L on up to 3 held-out acts…"
-    now[0] += 30.0  # the first cell's ROUGE-L took 30 s
-    view.add(CellResult("2×1", 2, 1, 3.0, 2.0, 0.1, 0.2, 40.0, 4, 4, False, {}, None))
-    cell(1, "3×1", [step(2, 20.0)])  # 2 steps of training left (20 s) and this cell's ROUGE-L (30 s)
-    assert view.progress.endswith("about 50s left")
-    cell(1, "3×1", [step(4, 40.0), done(4, elapsed=40.0)])
-    assert view.progress == "cell 3×1: scoring ROUGE-L on up to 3 held-out acts… · about 30s left"
+    now[0] += 50.0  # the first cell's ROUGE-L took 50 s (the base model's continuations too)
+    view.add(result("2×1"))
+    cell(1, "3×1", [step(2, 20.0)])  # 6 steps left (60 s), two cells' ROUGE-L at the only pace measured (2 x 50 s)
+    assert view.progress.endswith("about 2m 40s left")
+    cell(1, "3×1", [step(4, 40.0), done(4, elapsed=40.0)])  # 4 steps of the last cell (40 s), two cells to score
+    assert view.progress == "cell 3×1: scoring ROUGE-L on up to 3 held-out acts… · about 2m 20s left"
+    now[0] += 30.0  # a later cell: 30 s, the pace from now on
+    view.add(result("3×1"))
+    cell(2, "4×1", [step(2, 20.0)])
+    assert view.progress.endswith("about 50s left")  # 20 s of training, 30 s of ROUGE-L
 
 
 def test_without_rouge_l_the_sweep_estimate_is_the_training_left():

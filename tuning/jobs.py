@@ -78,6 +78,11 @@ class Slot:
         """A visitor is waiting for the slot."""
         return bool(self._line)
 
+    @property
+    def waiting(self) -> int:
+        """How many visitors wait for the slot."""
+        return len(self._line)
+
 
 class Job:
     """`events(stop)` run in a daemon thread once `start()` is called; `wait()` for news, `stop` to end it."""

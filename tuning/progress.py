@@ -271,14 +271,17 @@ class SweepView:
     def _left(self, training_s: float, cell: int) -> str:
         """'about 3m left': the training still to come plus, once a cell was scored, ROUGE-L at its measured pace.
 
-        Before the first cell is scored, ROUGE-L's time is unknown and the line says so.
+        Before the first cell is scored, ROUGE-L's time is unknown and the line says so. The first
+        cell's time also holds the base model's continuations, decoded once for every cell
+        (sweep.run): once a later cell is scored, the pace leaves it out.
         """
         if not self.rouge_acts:
             return f"about {duration(training_s)} left"
         if not self._scoring_seconds:
             return f"about {duration(training_s)} of training left, then ROUGE-L"
         to_score = self.cells - cell  # this cell and the ones after it
-        pace = sum(self._scoring_seconds) / len(self._scoring_seconds)
+        later = self._scoring_seconds[1:] or self._scoring_seconds
+        pace = sum(later) / len(later)
         return f"about {duration(training_s + to_score * pace)} left"
 
     def _base_line(self, loss: float | None) -> None:
