@@ -48,6 +48,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.streamers import BaseStreamer
 
+from . import turns
 from .config import Decoding, GenerationError  # beside TuneConfig, torch-free (the CLI's --help reads Decoding)
 from .model import Base, SoftPrompt, prompt_inputs
 
@@ -320,19 +321,20 @@ def stream_ids(
 
     def work():
         try:
-            if LEAN_DECODE:
-                for step in decode_steps(base, embeds, mask, positions, decoding, cancel):
-                    streamer.queue.put(step)
-            else:
-                config = GenerationConfig(
-                    max_new_tokens=decoding.max_new_tokens, do_sample=False,
-                    eos_token_id=base.eos_id, pad_token_id=base.tokenizer.pad_token_id,
-                )
-                base.model.generate(
-                    inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                    generation_config=config, logits_processor=_processors(decoding, len(tensors), base.device),
-                    stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]), streamer=streamer,
-                )
+            with turns.decoding(base.device):  # a training in this process waits between its steps
+                if LEAN_DECODE:
+                    for step in decode_steps(base, embeds, mask, positions, decoding, cancel):
+                        streamer.queue.put(step)
+                else:
+                    config = GenerationConfig(
+                        max_new_tokens=decoding.max_new_tokens, do_sample=False,
+                        eos_token_id=base.eos_id, pad_token_id=base.tokenizer.pad_token_id,
+                    )
+                    base.model.generate(
+                        inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                        generation_config=config, logits_processor=_processors(decoding, len(tensors), base.device),
+                        stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]), streamer=streamer,
+                    )
         except BaseException as e:  # re-raised in the consuming thread
             failure.append(e)
         finally:

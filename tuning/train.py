@@ -43,6 +43,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from . import turns
 from .config import TuneConfig
 from .data import DataError, Row, find_act, select, split_by_act
 from .evaluate import mean_loss
@@ -463,6 +464,8 @@ def train(
     for epoch in range(done_epochs + 1, done_epochs + config.epochs + 1):
         epoch_loss, epoch_tokens = 0.0, 0
         for batch in length_batches(lengths, config.batch_size, rng):
+            if world == 1:
+                turns.let_decoding_run(device, stop)  # a generation on this CPU goes first (not training time)
             if _any_process(stop is not None and stop.is_set(), world, device):
                 stopped = True
                 break

@@ -1,0 +1,101 @@
+"""Decoding goes first on a shared CPU (tuning.turns): a training waits between two steps while a generation runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from tuning import turns
+from tuning.config import TuneConfig
+from tuning.data import Row
+from tuning.generate import Decoding, generate
+from tuning.train import Step, train
+
+from conftest import CORPUS
+
+CPU, GPU = torch.device("cpu"), torch.device("cuda")
+pytestmark = pytest.mark.timeout(60)
+
+
+_holders: list[threading.Thread] = []
+
+
+@pytest.fixture(autouse=True)
+def no_generation_left_running():
+    yield
+    while _holders:
+        _holders.pop().join(10)
+    assert turns.decoding_now() == 0
+
+
+def hold_decoding(seconds: float, device=CPU) -> None:
+    """A generation 'running' on `device` for `seconds` in another thread, from the moment this returns."""
+    began = threading.Event()
+
+    def run():
+        with turns.decoding(device):
+            began.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=run, daemon=True)
+    _holders.append(thread)
+    thread.start()
+    assert began.wait(5)
+
+
+def test_nothing_decoding_means_no_wait():
+    assert turns.decoding_now() == 0 and turns.let_decoding_run(CPU) < 0.05
+
+
+def test_a_step_waits_until_the_generation_ends():
+    hold_decoding(0.6)
+    waited = turns.let_decoding_run(CPU)
+    assert 0.4 < waited < 3.0 and turns.decoding_now() == 0
+
+
+def test_the_wait_is_capped_and_a_stop_ends_it():
+    hold_decoding(3.0)
+    assert 0.2 < turns.let_decoding_run(CPU, max_wait=0.3) < 1.5  # a busy Compare tab cannot stop training for good
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    assert turns.let_decoding_run(CPU, stop) < 2.0
+
+
+def test_a_gpu_never_waits_and_a_gpu_generation_holds_no_cpu_step():
+    hold_decoding(1.0, device=GPU)  # marks nothing
+    assert turns.decoding_now() == 0 and turns.let_decoding_run(CPU) < 0.05
+    hold_decoding(1.0)
+    assert turns.let_decoding_run(GPU) == 0.0
+
+
+def test_a_generation_marks_itself_while_it_decodes(base, monkeypatch):
+    seen = []
+    real = turns.decoding
+
+    def spy(device):
+        seen.append(device.type)
+        return real(device)
+
+    monkeypatch.setattr(turns, "decoding", spy)
+    generate(base, None, "I want you to act as a poet.", Decoding(max_new_tokens=3))
+    assert seen == ["cpu"] and turns.decoding_now() == 0
+
+
+def test_training_takes_its_next_step_after_the_generation_and_leaves_the_wait_out_of_its_speed(base):
+    rows = [Row(act=f"Act {i}", prompt=t, group=f"act {i}") for i, t in enumerate(CORPUS)]
+    config = TuneConfig(model="tiny-gpt2", dataset="test", num_virtual_tokens=4, epochs=1, batch_size=2,
+                        learning_rate=0.1, seed=0)
+    events = train(base, rows, config)
+    next(events)  # Start
+    first = next(events)
+    assert isinstance(first, Step)
+    hold_decoding(1.0)
+    started = time.perf_counter()
+    second = next(events)
+    assert isinstance(second, Step) and time.perf_counter() - started > 0.7
+    assert second.elapsed - first.elapsed > 0.7  # the wall clock saw the wait…
+    assert second.tokens / second.tokens_per_s < 0.7  # …the training time did not
+    list(events)

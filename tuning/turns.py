@@ -1,0 +1,69 @@
+"""Decoding goes first on a shared CPU: a training pauses between two steps while a generation runs.
+
+One server process trains and generates at once (the app: one visitor's training, another's
+Compare). On a CPU both want every core, and the generation, which someone watches token by
+token, suffered most: GPT-2-124M shape, base + tuned, 64 tokens, fp32, 2 cores, an AVX2-only AMD
+EPYC: 3.61 s alone, 6.10 s while a training ran in the same process (1.69x; README "Speed II").
+So `decode_steps` runs inside `decoding()`, and `train()` calls `let_decoding_run()` before each
+step: the step waits until no decoding runs, at most `MAX_PAUSE_S` (a busy Compare tab must not
+stop a training for good). The wait is not training time: tokens/s and the ETA leave it out.
+
+On a GPU nothing waits: the two do not share the CPU's cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Iterator
+
+import torch
+
+MAX_PAUSE_S = 10.0  # the longest one training step waits for decoding (about one 200-token, three-column answer)
+
+_cond = threading.Condition()
+_decoding = 0  # generations running on the CPU now
+
+
+@contextlib.contextmanager
+def decoding(device: torch.device) -> Iterator[None]:
+    """Mark a generation on `device` as running (a CPU's trainings wait between steps meanwhile)."""
+    global _decoding
+    if device.type != "cpu":
+        yield
+        return
+    with _cond:
+        _decoding += 1
+    try:
+        yield
+    finally:
+        with _cond:
+            _decoding -= 1
+            _cond.notify_all()
+
+
+def let_decoding_run(device: torch.device, stop: threading.Event | None = None,
+                     max_wait: float | None = None) -> float:
+    """Before a training step on `device`: wait while a generation runs on the CPU; the seconds waited.
+
+    Returns at once on a GPU or when nothing decodes; otherwise when the last generation ends,
+    `stop` is set (checked every 0.1 s), or `max_wait` (default MAX_PAUSE_S) has passed.
+    """
+    if device.type != "cpu":
+        return 0.0
+    limit = MAX_PAUSE_S if max_wait is None else max_wait
+    started = time.perf_counter()
+    with _cond:
+        while _decoding and not (stop is not None and stop.is_set()):
+            left = limit - (time.perf_counter() - started)
+            if left <= 0:
+                break
+            _cond.wait(min(left, 0.1))
+    return time.perf_counter() - started
+
+
+def decoding_now() -> int:
+    """How many generations run on the CPU now."""
+    with _cond:
+        return _decoding
