@@ -807,7 +807,7 @@ def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, 
         what = f"{what if continued[1].startswith('#') else continued[1]} continued"
 
     def events(stop: threading.Event):
-        flag = gpu.StopFlag()
+        flag = gpu.StopFlag(also=stop)
         resume = dict(resume=continued[0], resume_name=continued[1]) if continued else {}
         run = TRAIN_ON_GPU(base, plan.train_rows, plan.config, plan.held_out_rows, flag, **resume)
         for event in stoppable(stop, run, flag):
@@ -1318,7 +1318,7 @@ def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: S
             gpu.check_fits(gpu.sweep_seconds(base, rows, plan.config, plan.grid, rouge_acts=n_rouge), "this sweep")
 
     def events(stop: threading.Event):
-        flag = gpu.StopFlag()
+        flag = gpu.StopFlag(also=stop)
         for event in stoppable(stop, SWEEP_ON_GPU(base, rows, plan.config, list(plan.grid), flag, n_rouge), flag):
             if isinstance(event, sweep.CellResult):
                 session.remember(event.soft, "sweep", event.steps_per_epoch)

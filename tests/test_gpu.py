@@ -62,6 +62,21 @@ def test_a_copy_of_a_base_has_its_own_key_and_the_original_still_pickles(base):
     assert pickle.loads(pickle.dumps(base)) is base
 
 
+def test_a_stop_flag_sees_its_jobs_stop_at_once_here_and_its_file_only_in_a_worker():
+    import threading
+
+    stop = threading.Event()
+    flag = gpu.StopFlag(also=stop)
+    assert not flag.is_set()
+    stop.set()  # the Stop button: a training pausing for a generation sees it without an event passing
+    assert flag.is_set()
+    copy = pickle.loads(pickle.dumps(flag))  # what a ZeroGPU worker gets
+    assert copy.also is None and copy.path == flag.path and not copy.is_set()
+    flag.set()
+    assert copy.is_set()
+    flag.remove()
+
+
 def test_everything_a_training_call_takes_and_yields_pickles(base):
     flag = gpu.StopFlag()
     args = (base, ROWS[:4], config(), ROWS[4:], flag)

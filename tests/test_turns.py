@@ -64,6 +64,11 @@ def test_the_wait_is_capped_and_a_stop_ends_it():
     assert turns.let_decoding_run(CPU, stop) < 2.0
 
 
+def test_the_wait_is_at_most_a_few_times_the_last_steps_own_time():
+    hold_decoding(3.0)  # Compare busy without a break: a training with 0.1 s steps still steps every ~0.5 s
+    assert 0.3 < turns.let_decoding_run(CPU, last_step_s=0.1) < 1.5
+
+
 def test_a_gpu_never_waits_and_a_gpu_generation_holds_no_cpu_step():
     hold_decoding(1.0, device=GPU)  # marks nothing
     assert turns.decoding_now() == 0 and turns.let_decoding_run(CPU) < 0.05
@@ -84,7 +89,8 @@ def test_a_generation_marks_itself_while_it_decodes(base, monkeypatch):
     assert seen == ["cpu"] and turns.decoding_now() == 0
 
 
-def test_training_takes_its_next_step_after_the_generation_and_leaves_the_wait_out_of_its_speed(base):
+def test_training_takes_its_next_step_after_the_generation_and_leaves_the_wait_out_of_its_speed(base, monkeypatch):
+    monkeypatch.setattr(turns, "PAUSE_PER_STEP", 1000.0)  # the tiny model's steps take milliseconds
     rows = [Row(act=f"Act {i}", prompt=t, group=f"act {i}") for i, t in enumerate(CORPUS)]
     config = TuneConfig(model="tiny-gpt2", dataset="test", num_virtual_tokens=4, epochs=1, batch_size=2,
                         learning_rate=0.1, seed=0)

@@ -60,18 +60,24 @@ class StopFlag:
     `threading.Event` does not cross into a ZeroGPU worker; `train` only calls `is_set()`.
     """
 
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, also: threading.Event | None = None):
         if path is None:
             handle, path = tempfile.mkstemp(prefix="tuning-stop-")
             os.close(handle)
             os.unlink(path)  # the name is ours; the file appears on set()
         self.path = path
+        # In the process that made it, a stop request (the job's Event) counts at once: a training
+        # pausing for a generation (turns.let_decoding_run) then ends its pause without an event passing.
+        self.also = also
 
     def set(self) -> None:
         Path(self.path).touch()
 
     def is_set(self) -> bool:
-        return os.path.exists(self.path)
+        return (self.also is not None and self.also.is_set()) or os.path.exists(self.path)
+
+    def __getstate__(self) -> dict:  # into a ZeroGPU worker: the file only (an Event does not cross)
+        return {"path": self.path, "also": None}
 
     def remove(self) -> None:
         """Forget the request (the run is over): the file goes."""

@@ -461,11 +461,12 @@ def train(
     history = saved_history(resume) if resume is not None else {k: [] for k in HISTORY_KEYS}
     epochs_before = len(history["epoch"])
     step, tokens_done, train_time, stopped = done_steps, 0, 0.0, False
+    last_step_s: float | None = None  # the last step's own seconds: bounds a pause for a generation
     for epoch in range(done_epochs + 1, done_epochs + config.epochs + 1):
         epoch_loss, epoch_tokens = 0.0, 0
         for batch in length_batches(lengths, config.batch_size, rng):
-            if world == 1:
-                turns.let_decoding_run(device, stop)  # a generation on this CPU goes first (not training time)
+            if world == 1:  # a generation on this CPU goes first (not training time)
+                turns.let_decoding_run(device, stop, last_step_s=last_step_s)
             if _any_process(stop is not None and stop.is_set(), world, device):
                 stopped = True
                 break
@@ -493,7 +494,8 @@ def train(
             tokens_done += count
             epoch_loss += loss_sum.item()
             epoch_tokens += count
-            train_time += time.perf_counter() - t_step
+            last_step_s = time.perf_counter() - t_step
+            train_time += last_step_s
             history["step"].append(step)
             history["train_loss"].append(loss.item())
             yield Step(
@@ -503,6 +505,8 @@ def train(
             )
         if stopped:
             break
+        if world == 1 and held:
+            turns.let_decoding_run(device, stop, last_step_s=last_step_s)
         t_scoring = time.perf_counter()
         held_loss = mean_loss(base, prompt.detach(), held, config.batch_size) if held else None
         if held and base_held is None:

@@ -5,8 +5,9 @@ Compare). On a CPU both want every core, and the generation, which someone watch
 token, suffered most: GPT-2-124M shape, base + tuned, 64 tokens, fp32, 2 cores, an AVX2-only AMD
 EPYC: 3.61 s alone, 6.10 s while a training ran in the same process (1.69x; README "Speed II").
 So `decode_steps` runs inside `decoding()`, and `train()` calls `let_decoding_run()` before each
-step: the step waits until no decoding runs, at most `MAX_PAUSE_S` (a busy Compare tab must not
-stop a training for good). The wait is not training time: tokens/s and the ETA leave it out.
+step and each held-out scoring: it waits until no decoding runs, at most `MAX_PAUSE_S` and
+`PAUSE_PER_STEP` times the last step's time (a busy Compare tab slows a training, it cannot stop
+it). The wait is not training time: a run's tokens/s and the Train tab's ETA leave it out.
 
 On a GPU nothing waits: the two do not share the CPU's cores.
 """
@@ -21,6 +22,7 @@ from typing import Iterator
 import torch
 
 MAX_PAUSE_S = 10.0  # the longest one training step waits for decoding (about one 200-token, three-column answer)
+PAUSE_PER_STEP = 5.0  # and at most this many times the last step's own time: a training keeps a sixth of the CPU
 
 _cond = threading.Condition()
 _decoding = 0  # generations running on the CPU now
@@ -43,16 +45,20 @@ def decoding(device: torch.device) -> Iterator[None]:
             _cond.notify_all()
 
 
-def let_decoding_run(device: torch.device, stop: threading.Event | None = None,
-                     max_wait: float | None = None) -> float:
+def let_decoding_run(device: torch.device, stop=None, max_wait: float | None = None,
+                     last_step_s: float | None = None) -> float:
     """Before a training step on `device`: wait while a generation runs on the CPU; the seconds waited.
 
     Returns at once on a GPU or when nothing decodes; otherwise when the last generation ends,
-    `stop` is set (checked every 0.1 s), or `max_wait` (default MAX_PAUSE_S) has passed.
+    `stop` (anything with `is_set()`) is set, checked every 0.1 s, or the limit has passed:
+    `max_wait` (default MAX_PAUSE_S), and at most PAUSE_PER_STEP times `last_step_s`, so
+    generations that follow one another without a break slow a training by a bounded share.
     """
     if device.type != "cpu":
         return 0.0
     limit = MAX_PAUSE_S if max_wait is None else max_wait
+    if last_step_s is not None:
+        limit = min(limit, PAUSE_PER_STEP * last_step_s)
     started = time.perf_counter()
     with _cond:
         while _decoding and not (stop is not None and stop.is_set()):
