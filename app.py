@@ -1025,9 +1025,17 @@ def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str
     return gr.Dropdown(choices=names, value=a), gr.Dropdown(choices=[NO_PROMPT] + names, value=b), session.run_count
 
 
+EMPTY_COLUMN = "Pick a tuned prompt above to fill this column."
+
+
 def column_label(name: str | None) -> gr.Textbox:
-    """A column named after its newly picked prompt, emptied: the text below was another prompt's."""
-    return gr.Textbox(label="Tuned" if name in (None, NO_PROMPT) else f"Tuned: {name}", value="")
+    """A column named after its newly picked prompt, emptied: the text below was another prompt's.
+
+    With no prompt picked, the empty box says how to fill it (a blank third column looked broken).
+    """
+    if name in (None, NO_PROMPT):
+        return gr.Textbox(label="Tuned", value="", placeholder=EMPTY_COLUMN)
+    return gr.Textbox(label=f"Tuned: {name}", value="", placeholder="")
 
 
 def reference_status(ctx: Context) -> tuple[str, int | None]:
@@ -1099,8 +1107,8 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
     go = gr.Button("Generate", variant="primary")
     with gr.Row():
         base_out = gr.Textbox(label="Base", lines=10, elem_id="base-output")
-        a_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output")
-        b_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output-b")
+        a_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output", placeholder=EMPTY_COLUMN)
+        b_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output-b", placeholder=EMPTY_COLUMN)
     gr.Examples(["I want you to act as a rapper.", "I want you to act as a linux terminal. ls -la",
                  "I want you to act as a travel guide. I am in Rome."], inputs=text)
     timer = gr.Timer(2.0, active=ctx.jobs.running(REFERENCE_OWNER) is not None)

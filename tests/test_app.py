@@ -61,8 +61,9 @@ def test_evaluates_empty_tables_show_the_headers_a_result_will_have():
 
 def test_picking_another_prompt_names_its_column_and_empties_it():
     update = app.column_label("poet-5x5").constructor_args
-    assert update == {"label": "Tuned: poet-5x5", "value": ""}  # not poet-5x5 above another prompt's text
-    assert app.column_label(app.NO_PROMPT).constructor_args["label"] == "Tuned"
+    assert update == {"label": "Tuned: poet-5x5", "value": "", "placeholder": ""}  # not above another prompt's text
+    empty = app.column_label(app.NO_PROMPT).constructor_args
+    assert empty["label"] == "Tuned" and empty["placeholder"] == app.EMPTY_COLUMN  # says how to fill it
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (45, "45s"), (130, "2m 10s"), (3720, "1h 2m")])
