@@ -244,9 +244,9 @@ class SweepView:
             self._step = inner.step
             self.points.append((inner.step, inner.loss, f"{name} train"))
             done = self._done_before + inner.step
-            per_step = (self._seconds_before + inner.elapsed) / done
+            left = self._left(done, self._seconds_before + inner.elapsed, event.cell)
             self.progress = (f"step {done:,} / {self.total:,} · cell {name} ({event.cell + 1} / {self.cells}) · "
-                             f"epoch {inner.epoch} · {self._left((self.total - done) * per_step, event.cell)}")
+                             f"epoch {inner.epoch} · {left}")
         elif isinstance(inner, EpochEnd):
             if inner.held_out_loss is not None:
                 self.points.append((self._step, inner.held_out_loss, f"{name} held-out"))
@@ -262,19 +262,20 @@ class SweepView:
             self._step = 0
             if self.rouge_acts and not inner.stopped:  # a stopped cell is not scored
                 self._scoring_since = clock()
-                per_step = self._seconds_before / self._done_before if self._done_before else 0.0
-                training_s = (self.total - self._done_before) * per_step  # the later cells'
-                left = f" · {self._left(training_s, event.cell)}" if self._scoring_seconds else ""
+                left = (f" · {self._left(self._done_before, self._seconds_before, event.cell)}"
+                        if self._scoring_seconds else "")
                 self.progress = (f"cell {name}: scoring ROUGE-L on up to {plural(self.rouge_acts, 'held-out act')}…"
                                  + left)
 
-    def _left(self, training_s: float, cell: int) -> str:
-        """'about 3m left': the training still to come plus, once a cell was scored, ROUGE-L at its measured pace.
+    def _left(self, done: int, seconds: float, cell: int) -> str:
+        """'about 3m left': the training still to come at the pace of `done` steps in `seconds`, plus,
+        once a cell was scored, ROUGE-L from `cell` on at its measured pace.
 
         Before the first cell is scored, ROUGE-L's time is unknown and the line says so. The first
         cell's time also holds the base model's continuations, decoded once for every cell
         (sweep.run): once a later cell is scored, the pace leaves it out.
         """
+        training_s = (self.total - done) * seconds / done if done else 0.0
         if not self.rouge_acts:
             return f"about {duration(training_s)} left"
         if not self._scoring_seconds:
