@@ -131,3 +131,19 @@ def test_without_rouge_l_the_sweep_estimate_is_the_training_left():
     view.add(SweepStart(total_steps=4, labels=["2×1"], train_rows=4, held_out_rows=1))
     view.add(CellEvent(cell=0, label="2×1", event=step(1, 10.0)))
     assert view.progress.endswith("about 30s left")
+
+
+def test_a_sweep_cell_paused_for_a_generation_says_so_until_its_next_step():
+    from tuning.progress import SweepView
+    from tuning.sweep import CellEvent, SweepStart
+    from tuning.train import Paused
+
+    view = SweepView(cells=2)
+    view.add(SweepStart(total_steps=8, labels=["2×1", "4×1"], train_rows=4, held_out_rows=1))
+    for e in [step(1, 10.0), step(2, 20.0), step(3, 30.0), step(4, 40.0), done(4, elapsed=40.0)]:
+        view.add(CellEvent(cell=0, label="2×1", event=e))
+    view.add(CellEvent(cell=1, label="4×1", event=step(1, 10.0)))
+    view.add(CellEvent(cell=1, label="4×1", event=Paused(1, 2.6)))
+    assert view.progress == "step 5 / 8 · cell 4×1 · paused while a generation runs on this CPU (at most 3s)"
+    view.add(CellEvent(cell=1, label="4×1", event=step(2, 20.0)))
+    assert view.progress.startswith("step 6 / 8 · cell 4×1 (2 / 2)") and "paused" not in view.progress

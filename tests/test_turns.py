@@ -12,7 +12,8 @@ from tuning import turns
 from tuning.config import TuneConfig
 from tuning.data import Row
 from tuning.generate import Decoding, generate
-from tuning.train import Step, train
+from tuning.progress import RunView
+from tuning.train import Paused, Step, train
 
 from conftest import CORPUS
 
@@ -100,8 +101,29 @@ def test_training_takes_its_next_step_after_the_generation_and_leaves_the_wait_o
     assert isinstance(first, Step)
     hold_decoding(1.0)
     started = time.perf_counter()
+    paused = next(events)  # said before the wait, so a progress line can say it at once
+    assert isinstance(paused, Paused) and paused.step == first.step and time.perf_counter() - started < 0.5
     second = next(events)
     assert isinstance(second, Step) and time.perf_counter() - started > 0.7
     assert second.elapsed - first.elapsed > 0.7  # the wall clock saw the wait…
     assert second.tokens / second.tokens_per_s < 0.7  # …the training time did not
     list(events)
+
+
+def test_the_train_line_says_paused_while_it_waits_and_where_it_is_once_it_steps_again(base, monkeypatch):
+    monkeypatch.setattr(turns, "PAUSE_PER_STEP", 1e6)  # one pause lasts the whole generation: at most 3 s
+    monkeypatch.setattr(turns, "MAX_PAUSE_S", 3.0)
+    rows = [Row(act=f"Act {i}", prompt=t, group=f"act {i}") for i, t in enumerate(CORPUS)]
+    config = TuneConfig(model="tiny-gpt2", dataset="test", num_virtual_tokens=4, epochs=1, batch_size=2,
+                        learning_rate=0.1, seed=0)
+    view, lines = RunView(step_cap=3, epochs=1, batch_size=2), []
+    events = train(base, rows, config)
+    for _ in range(2):  # Start, the first step
+        view.add(next(events))
+    hold_decoding(0.5)
+    for event in events:
+        view.add(event)
+        lines.append(view.progress)
+    assert lines[0] == "step 1 / 3 · paused while a generation runs on this CPU (at most 3s)"
+    assert lines[1].startswith("step 2 / 3 · epoch 1 / 1 ·") and "paused" not in " ".join(lines[1:])
+    assert view.finished

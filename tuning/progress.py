@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from .plan import plural
-from .train import Done, EpochEnd, Start, Step
+from .train import Done, EpochEnd, Paused, Start, Step
 
 clock = time.monotonic  # a module attribute so tests can move it
 SERIES = ("train", "held-out", "base held-out")  # the series of one run's chart, in legend order
@@ -55,6 +55,16 @@ def held_out_points(history: dict, steps_per_epoch: int, series: str = "held-out
     if len(ends) != len(history["epoch"]):
         ends = [min(e * steps_per_epoch, last) for e in history["epoch"]]
     return [(end, loss, series) for end, loss in zip(ends, history["held_out_loss"]) if loss is not None]
+
+
+def paused_for_generation(event: Paused) -> str:
+    """What a line says while a training gives way to a generation (a visitor's Compare) on the same CPU.
+
+    >>> paused_for_generation(Paused(4, 2.5)), paused_for_generation(Paused(4, 0.2))
+    ('paused while a generation runs on this CPU (at most 2s)', 'paused while a generation runs on this CPU (under a second)')
+    """
+    limit = f"at most {duration(event.max_seconds)}" if event.max_seconds >= 1 else "under a second"
+    return f"paused while a generation runs on this CPU ({limit})"
 
 
 @dataclass
@@ -104,6 +114,8 @@ class RunView:
             self.points.append((event.step, event.loss, "train"))
             self.progress = (f"step {event.step:,} / {self.step_cap:,} · epoch {event.epoch} / {self.epochs} · "
                              f"{event.tokens_per_s:,.0f} tokens/s · about {duration(self.eta())} left")
+        elif isinstance(event, Paused):  # the next Step (or EpochEnd) says where the run is again
+            self.progress = f"step {self.step:,} / {self.step_cap:,} · {paused_for_generation(event)}"
         elif isinstance(event, EpochEnd):
             scoring = event.scoring_seconds
             self._eval_seconds.append(max(0.0, event.elapsed - self._step_elapsed) if scoring is None else scoring)
@@ -247,6 +259,9 @@ class SweepView:
             left = self._left(done, self._seconds_before + inner.elapsed, event.cell)
             self.progress = (f"step {done:,} / {self.total:,} · cell {name} ({event.cell + 1} / {self.cells}) · "
                              f"epoch {inner.epoch} · {left}")
+        elif isinstance(inner, Paused):
+            self.progress = (f"step {self._done_before + self._step:,} / {self.total:,} · cell {name} · "
+                             f"{paused_for_generation(inner)}")
         elif isinstance(inner, EpochEnd):
             if inner.held_out_loss is not None:
                 self.points.append((self._step, inner.held_out_loss, f"{name} held-out"))

@@ -2,7 +2,7 @@
 
 `train()` learns a `[num_virtual_tokens, hidden]` float32 tensor in front of a frozen base
 model and yields `Start`, `Step`, `EpochEnd` and finally `Done` (which carries the
-`SoftPrompt`). A UI turns the events into a chart, the CLI into a progress bar, tests into
+`SoftPrompt`); `Paused` before a step that waits for a generation on the same CPU (`turns`). A UI turns the events into a chart, the CLI into a progress bar, tests into
 assertions. Stopping is a `threading.Event` checked between steps; what was learned so far
 comes back in `Done(stopped=True)`. A NaN/inf loss raises `TrainingError` and returns nothing.
 
@@ -90,6 +90,13 @@ class EpochEnd:
 
 
 @dataclass
+class Paused:
+    """The training waits before its next step while a generation runs on this CPU (`turns`: decoding goes first)."""
+    step: int  # steps done so far
+    max_seconds: float  # the longest this wait can last; the next Step ends it
+
+
+@dataclass
 class Done:
     soft: SoftPrompt
     stopped: bool  # True when asked to stop before the last step
@@ -97,7 +104,7 @@ class Done:
     elapsed: float
 
 
-Event = Start | Step | EpochEnd | Done
+Event = Start | Step | Paused | EpochEnd | Done
 
 
 def split_rows(rows: Sequence[Row], config: TuneConfig) -> tuple[list[Row], list[Row]]:
@@ -465,7 +472,8 @@ def train(
     for epoch in range(done_epochs + 1, done_epochs + config.epochs + 1):
         epoch_loss, epoch_tokens = 0.0, 0
         for batch in length_batches(lengths, config.batch_size, rng):
-            if world == 1:  # a generation on this CPU goes first (not training time)
+            if world == 1 and device.type == "cpu" and turns.decoding_now():  # a generation goes first
+                yield Paused(step, turns.pause_limit(last_step_s=last_step_s))  # (the wait is not training time)
                 turns.let_decoding_run(device, stop, last_step_s=last_step_s)
             if _any_process(stop is not None and stop.is_set(), world, device):
                 stopped = True
@@ -506,6 +514,8 @@ def train(
         if stopped:
             break
         if world == 1 and held:
+            if device.type == "cpu" and turns.decoding_now():
+                yield Paused(step, turns.pause_limit(last_step_s=last_step_s))
             turns.let_decoding_run(device, stop, last_step_s=last_step_s)
         t_scoring = time.perf_counter()
         held_loss = mean_loss(base, prompt.detach(), held, config.batch_size) if held else None

@@ -8,6 +8,7 @@ So `decode_steps` runs inside `decoding()`, and `train()` calls `let_decoding_ru
 step and each held-out scoring: it waits until no decoding runs, at most `MAX_PAUSE_S` and
 `PAUSE_PER_STEP` times the last step's time (a busy Compare tab slows a training, it cannot stop
 it). The wait is not training time: a run's tokens/s and the Train tab's ETA leave it out.
+`train()` yields a `Paused` event before it waits, so a progress line can say why nothing moves.
 
 On a GPU nothing waits: the two do not share the CPU's cores.
 """
@@ -56,9 +57,7 @@ def let_decoding_run(device: torch.device, stop=None, max_wait: float | None = N
     """
     if device.type != "cpu":
         return 0.0
-    limit = MAX_PAUSE_S if max_wait is None else max_wait
-    if last_step_s is not None:
-        limit = min(limit, PAUSE_PER_STEP * last_step_s)
+    limit = pause_limit(max_wait, last_step_s)
     started = time.perf_counter()
     with _cond:
         while _decoding and not (stop is not None and stop.is_set()):
@@ -67,6 +66,16 @@ def let_decoding_run(device: torch.device, stop=None, max_wait: float | None = N
                 break
             _cond.wait(min(left, 0.1))
     return time.perf_counter() - started
+
+
+def pause_limit(max_wait: float | None = None, last_step_s: float | None = None) -> float:
+    """The longest one pause may last: `max_wait` (default MAX_PAUSE_S), at most PAUSE_PER_STEP × `last_step_s`.
+
+    >>> pause_limit(), pause_limit(last_step_s=0.5), pause_limit(3.0, last_step_s=10.0)
+    (10.0, 2.5, 3.0)
+    """
+    limit = MAX_PAUSE_S if max_wait is None else max_wait
+    return limit if last_step_s is None else min(limit, PAUSE_PER_STEP * last_step_s)
 
 
 def decoding_now() -> int:
