@@ -1828,6 +1828,8 @@ def build_app(
     """
     ctx = Context(model, dataset, Path(adapters_dir), max(1, min(int(max_epochs), 50)), max_steps, max_adapters,
                   max_adapter_bytes, Jobs(grace=reattach_grace), hub_model)
+    if removed := adapters.remove_leftovers(ctx.root):  # a crashed save's or a failed removal's folders
+        log.info("removed %d leftover folder(s) of an interrupted save or delete from %s", removed, ctx.root)
     if reference_adapters:
         start_references(ctx)
     # delete_cache: Gradio's copies of uploads and download zips go after an hour (and at restart).

@@ -441,3 +441,23 @@ def test_an_adapter_of_the_hub_model_loads_on_its_local_copy(tmp_path, base):
 def test_matching_base_loads(tmp_path, base):
     save(make_soft(), "a", tmp_path)
     assert load("a", tmp_path, base=base).num_virtual_tokens == 5
+
+
+def test_leftover_folders_of_a_crashed_save_or_delete_are_removed_once_an_hour_old(tmp_path):
+    root = tmp_path / "adapters"
+    save(make_soft(), "kept", root)
+    stale = [root / ".tmp-crashed", root / ".old-0123456789abcdef"]
+    fresh = root / ".tmp-saving-now"  # another process's save in progress
+    for folder in stale + [fresh]:
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"x" * 10)
+    hour_ago = os.path.getmtime(root) - 3700
+    for folder in stale:
+        os.utime(folder, (hour_ago, hour_ago))
+    (root / ".hidden-by-someone").mkdir()  # not ours: untouched
+    os.utime(root / ".hidden-by-someone", (hour_ago, hour_ago))
+
+    assert adapters.remove_leftovers(root) == 2
+    assert sorted(p.name for p in root.iterdir()) == [".hidden-by-someone", ".tmp-saving-now", "kept"]
+    assert [a["name"] for a in list_adapters(root)] == ["kept"]
+    assert adapters.remove_leftovers(tmp_path / "missing") == 0

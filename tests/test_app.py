@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import zipfile
 
@@ -315,6 +316,15 @@ def test_the_page_renders_when_the_dataset_cannot_be_loaded(tmp_path):
             client.predict("Rapper", api_name="/select_act")
     finally:
         demo.close()
+
+
+def test_the_app_clears_what_an_interrupted_save_left_in_the_adapters_folder_when_it_starts(tmp_path):
+    leftover = tmp_path / ".old-0123456789abcdef"
+    leftover.mkdir()
+    (leftover / "adapter_model.safetensors").write_bytes(b"x")
+    os.utime(leftover, (1e9, 1e9))  # 2001: long untouched
+    app.build_app(model="/no/such/model", dataset="/no/such/acts.csv", adapters_dir=tmp_path)
+    assert not leftover.exists()
 
 
 def test_refused_inputs_log_one_line_and_no_traceback(served, capfd):  # noqa: F811

@@ -24,6 +24,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -294,6 +295,30 @@ def delete(name: str, root: Path | str = DEFAULT_ROOT) -> None:
     trash = root / f".old-{secrets.token_hex(8)}"
     os.replace(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_leftovers(root: Path | str = DEFAULT_ROOT, older_than: float = 3600.0) -> int:
+    """Remove the hidden `.tmp-*` and `.old-*` folders a crashed save or a failed removal left in `root`.
+
+    Only folders untouched for `older_than` seconds go: a save in another process may be writing
+    its `.tmp-` folder right now. Returns how many were removed (what cannot be removed stays, quietly).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    cutoff = time.time() - older_than
+    for folder in root.iterdir():
+        if not folder.name.startswith((".tmp-", ".old-")) or folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            if folder.stat().st_mtime > cutoff:
+                continue
+            shutil.rmtree(folder)
+        except OSError:
+            continue  # in use, or not ours to remove: the next start tries again
+        removed += 1
+    return removed
 
 
 # adapter_config.json settings that make PEFT or transformers fetch or run code when someone loads
