@@ -50,7 +50,7 @@ from tuning import adapters, evaluate, gpu, hub, reference, report, sweep
 from tuning.adapters import AdapterError
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, TuneConfig, same_model
 from tuning.data import DataError, Row, find_act, load_rows, matching, source_note
-from tuning.generate import Decoding, GenerationError, fit_input
+from tuning.generate import Decoding, GenerationError, decode_pace, fit_input
 from tuning.jobs import Job, Jobs
 from tuning.model import ModelError, SoftPrompt, load_base
 from tuning.plan import (PlanError, checked_config, config_error, estimate_seconds, plan_run, plan_sweep, plural,
@@ -1290,9 +1290,12 @@ def last_speed(session: Session) -> float | None:
 
 
 def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session, rouge_acts=0) -> str:
-    """How long the grid will train, before it starts: its steps and, once a run has measured the speed, the time.
+    """How long the grid will take, before it starts: its steps and, once a run has measured the speed, the time.
 
-    ROUGE-L's generation is not timed by any run; with acts to score, the estimate says it comes on top.
+    ROUGE-L decodes each act alone, once for the base model and once per cell, at most
+    ROUGE_NEW_TOKENS tokens each: counted at the pace of this server's last one-row generation
+    (an Evaluate, an earlier sweep's ROUGE-L; else Compare's, more rows a step: an upper bound).
+    With none measured yet, the estimate says it comes on top.
     """
     try:
         plan = sweep_plan(ctx, grid_text, lr, batch, seed)
@@ -1311,15 +1314,23 @@ def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session, r
     tokens, held = (train_tokens(rows, lambda text: len(base.encode(text)))
                     for rows in (plan.train_rows, plan.held_out_rows))
     seconds = estimate_seconds(sum(e for _, e in plan.grid) * tokens, speed, held / tokens)
-    return (text + f"; about {duration(seconds)} of training at {speed:,.0f} tokens/s (your last run's speed)"
-            + (rouge + ", not counted" if rouge else "") + ".")
+    text += f"; about {duration(seconds)} of training at {speed:,.0f} tokens/s (your last run's speed)"
+    if not rouge:
+        return text + "."
+    pace = None if gpu.zero_gpu() else decode_pace(1)  # a ZeroGPU worker's generations are timed out of sight
+    if pace is None:
+        return text + rouge + (", not counted." if gpu.zero_gpu() else
+                               ", not counted until a generation has been timed (Generate in Compare once).")
+    rouge_s = (len(plan.grid) + 1) * n_rouge * evaluate.ROUGE_NEW_TOKENS * pace
+    return text + rouge + f", up to about {duration(rouge_s)} more at this server's last generation pace."
 
 
 def start_sweep(ctx: Context, grid_text, rouge_acts, lr, batch, seed, session: Session, request: gr.Request):
     plan = sweep_plan(ctx, grid_text, lr, batch, seed)
     n_rouge = whole(rouge_acts)
     view = SweepView(len(plan.grid), plan.steps_per_epoch * plan.longest_epochs, n_rouge,
-                     labels=[sweep.label(t, e) for t, e in plan.grid])
+                     labels=[sweep.label(t, e) for t, e in plan.grid],
+                     rouge_pace=None if gpu.zero_gpu() else decode_pace(1))
     base, rows = ctx.base(), ctx.rows()
     if gpu.zero_gpu():
         with user_errors():

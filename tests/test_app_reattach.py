@@ -11,7 +11,9 @@ import pytest
 
 import app
 from app_fixtures import write_assets
+from tuning import generate
 from tuning.jobs import Jobs
+from tuning.progress import duration
 
 TRAIN = dict(tokens=5, epochs=50, lr=0.1, batch=1, init="random", data="all training acts", chosen=[], seed=0)
 
@@ -122,7 +124,7 @@ def test_resuming_past_the_epoch_cap_is_refused_by_label(ctx):
                                 resume=session.runs[-1].name))
 
 
-def test_the_sweep_estimate_gives_a_time_once_a_run_has_measured_the_speed(ctx):
+def test_the_sweep_estimate_gives_a_time_once_a_run_has_measured_the_speed(ctx, monkeypatch):
     session, _ = app.attach(ctx, None, app.Session())
     before = app.sweep_estimate(ctx, "5x5, 20x10", 0.03, 4, 0, session)
     assert before == ("2 cells (5×5, 20×10): 45 steps in all; train once (any run) and this will say about how "
@@ -132,9 +134,17 @@ def test_the_sweep_estimate_gives_a_time_once_a_run_has_measured_the_speed(ctx):
     after = app.sweep_estimate(ctx, "5x5, 20x10", 0.03, 4, 0, session)
     assert after.startswith("2 cells (5×5, 20×10): 45 steps in all; about ")
     assert after.endswith(f" of training at {speed:,.0f} tokens/s (your last run's speed).")
+    monkeypatch.setattr(generate, "_pace", {})
     with_rouge = app.sweep_estimate(ctx, "5x5, 20x10", 0.03, 4, 0, session, 5)  # the fixture holds 1 act out
     assert with_rouge.endswith("(your last run's speed), then ROUGE-L generation for 1 held-out act in each cell, "
-                               "not counted.")
+                               "not counted until a generation has been timed (Generate in Compare once).")
+    # once a one-row generation was timed: 1 act, decoded for the base model and each of the 2 cells, 64 tokens each
+    generate.generate(ctx.base(), None, "I want you to act as a poet.", generate.Decoding(max_new_tokens=24))
+    pace = generate.decode_pace(1)
+    assert pace is not None and 0 < pace < 5
+    with_rouge = app.sweep_estimate(ctx, "5x5, 20x10", 0.03, 4, 0, session, 5)
+    assert with_rouge.endswith(f"(your last run's speed), then ROUGE-L generation for 1 held-out act in each cell, "
+                               f"up to about {duration(3 * 64 * pace)} more at this server's last generation pace.")
 
 
 def test_the_reference_timer_offers_the_prompts_only_when_a_reference_was_just_saved(ctx, monkeypatch):

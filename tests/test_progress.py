@@ -147,3 +147,18 @@ def test_a_sweep_cell_paused_for_a_generation_says_so_until_its_next_step():
     assert view.progress == "step 5 / 8 · cell 4×1 · paused while a generation runs on this CPU (at most 3s)"
     view.add(CellEvent(cell=1, label="4×1", event=step(2, 20.0)))
     assert view.progress.startswith("step 6 / 8 · cell 4×1 (2 / 2)") and "paused" not in view.progress
+
+
+def test_before_any_cell_is_scored_the_sweep_estimate_counts_rouge_l_at_a_pace_timed_before():
+    from tuning.progress import SweepView
+    from tuning.sweep import CellEvent, SweepStart
+
+    # 0.1 s a token: 2 cells, 3 acts asked for but 2 held out: (base + 2 cells) x 2 acts x 64 tokens = 38.4 s
+    view = SweepView(cells=2, rouge_acts=3, labels=["2×1", "4×1"], rouge_pace=0.1)
+    view.add(SweepStart(total_steps=8, labels=["2×1", "4×1"], train_rows=4, held_out_rows=2))
+    view.add(CellEvent(cell=0, label="2×1", event=step(2, 20.0)))  # 6 steps left at 10 s: 60 s
+    assert view.progress.endswith("epoch 1 · about 1m 38s left")
+    unknown = SweepView(cells=2, rouge_acts=3, labels=["2×1", "4×1"])  # no generation timed yet
+    unknown.add(SweepStart(total_steps=8, labels=["2×1", "4×1"], train_rows=4, held_out_rows=2))
+    unknown.add(CellEvent(cell=0, label="2×1", event=step(2, 20.0)))
+    assert unknown.progress.endswith("epoch 1 · about 1m 00s of training left, then ROUGE-L")

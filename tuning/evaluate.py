@@ -27,6 +27,8 @@ from .data import Row
 from .generate import Decoding, generate
 from .model import Base, SoftPrompt, token_losses
 
+ROUGE_NEW_TOKENS = 64  # each ROUGE-L continuation's length unless a Decoding says otherwise
+
 
 @dataclass
 class Metrics:
@@ -148,7 +150,7 @@ def base_continuations(base: Base, rows: Sequence[Row], decoding: Decoding | Non
     A sweep decodes these once and passes them to every cell's `rouge_compare(base_texts=...)`:
     its base column is then the same in every cell by construction.
     """
-    decoding = decoding or Decoding(max_new_tokens=64)
+    decoding = decoding or Decoding(max_new_tokens=ROUGE_NEW_TOKENS)
     return [generate(base, None, act_instruction(row.act), decoding) for row in rows]
 
 
@@ -172,7 +174,7 @@ def iter_rouge(
     not. `base_texts` (from `base_continuations`, same rows and decoding) skips decoding the
     base model again. Texts are shown without leading whitespace, which ROUGE-L ignores anyway.
     """
-    decoding = decoding or Decoding(max_new_tokens=64)
+    decoding = decoding or Decoding(max_new_tokens=ROUGE_NEW_TOKENS)
     if base_texts is not None and len(base_texts) != len(rows):
         raise ValueError(f"{len(base_texts)} base continuations were given for {len(rows)} rows")
     for i, row in enumerate(rows):

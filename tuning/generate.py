@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import time
 from typing import Iterator, Sequence
 
 import torch
@@ -127,6 +128,21 @@ def _processors(decoding: Decoding, rows: int, device: torch.device) -> LogitsPr
             procs.append(TopPLogitsWarper(decoding.top_p))
         procs.append(_SampleWithGenerators(decoding.seed, rows, device))
     return procs
+
+
+PACE_MIN_STEPS = 16
+_pace: dict[int, float] = {}  # rows -> seconds per new token of this process's last generation of that many rows
+
+
+def decode_pace(rows: int = 1) -> float | None:
+    """Seconds per new token of this process's last generation of `rows` rows, as measured (None: none yet).
+
+    Without one of exactly `rows`, the nearest measured batch above it stands in (more rows take
+    longer per step: an upper bound); only a smaller one measured gives None. What an estimate of
+    work still to come goes by (the Sweep tab's ROUGE-L before a sweep starts).
+    """
+    known = sorted(n for n in _pace if n >= rows)
+    return _pace[known[0]] if known else None
 
 
 LEAN_DECODE = True  # decode_steps rather than HF `generate` (README "Performance": measured per CPU kind)
@@ -323,8 +339,12 @@ def stream_ids(
         try:
             with turns.decoding(base.device):  # a training in this process waits between its steps
                 if LEAN_DECODE:
+                    started, steps = time.perf_counter(), 0
                     for step in decode_steps(base, embeds, mask, positions, decoding, cancel):
                         streamer.queue.put(step)
+                        steps += 1
+                    if steps >= PACE_MIN_STEPS:  # a few steps are mostly the prompt's forward pass
+                        _pace[len(tensors)] = (time.perf_counter() - started) / steps
                 else:
                     config = GenerationConfig(
                         max_new_tokens=decoding.max_new_tokens, do_sample=False,

@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from .evaluate import ROUGE_NEW_TOKENS
 from .plan import plural
 from .train import Done, EpochEnd, Paused, Start, Step
 
@@ -222,12 +223,15 @@ class SweepView:
     _seconds_before: float = 0.0
     _scoring_since: float | None = None  # clock() when the current cell's ROUGE-L scoring began
     _scoring_seconds: list[float] = field(default_factory=list)  # each scored cell's ROUGE-L time, as measured
+    rouge_pace: float | None = None  # seconds per new token of a one-row generation, timed before the sweep
+    _rouge_rows: int = 0  # the acts ROUGE-L will score: rouge_acts, at most the held-out acts
 
     def add(self, event) -> None:
         from .sweep import CellEvent, CellResult, SweepDone, SweepStart
 
         if isinstance(event, SweepStart):
             self.total = event.total_steps
+            self._rouge_rows = min(self.rouge_acts, event.held_out_rows)
             self.progress = (f"step 0 / {self.total:,} · {plural(self.cells, 'cell')} · "
                              f"{plural(event.held_out_rows, 'held-out act')}")
         elif isinstance(event, CellEvent):
@@ -286,15 +290,20 @@ class SweepView:
         """'about 3m left': the training still to come at the pace of `done` steps in `seconds`, plus,
         once a cell was scored, ROUGE-L from `cell` on at its measured pace.
 
-        Before the first cell is scored, ROUGE-L's time is unknown and the line says so. The first
-        cell's time also holds the base model's continuations, decoded once for every cell
-        (sweep.run): once a later cell is scored, the pace leaves it out.
+        Before the first cell is scored, ROUGE-L's time comes from `rouge_pace` (every act decoded
+        for the base model once and for each cell, ROUGE_NEW_TOKENS tokens at most: an upper
+        bound); without one, it is unknown and the line says so. The first cell's time also holds
+        the base model's continuations, decoded once for every cell (sweep.run): once a later
+        cell is scored, the pace leaves it out.
         """
         training_s = (self.total - done) * seconds / done if done else 0.0
         if not self.rouge_acts:
             return f"about {duration(training_s)} left"
         if not self._scoring_seconds:
-            return f"about {duration(training_s)} of training left, then ROUGE-L"
+            if self.rouge_pace is None:
+                return f"about {duration(training_s)} of training left, then ROUGE-L"
+            generations = (self.cells - cell + 1) * self._rouge_rows  # the base model's once, then each cell's
+            return f"about {duration(training_s + generations * ROUGE_NEW_TOKENS * self.rouge_pace)} left"
         to_score = self.cells - cell  # this cell and the ones after it
         later = self._scoring_seconds[1:] or self._scoring_seconds
         pace = sum(later) / len(later)
