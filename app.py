@@ -1418,8 +1418,10 @@ def sweep_tab(ctx: Context, session: gr.State, tab: gr.Tab, train: TrainTab) -> 
     history_csv = gr.File(label="History (.csv)", interactive=False, height=90)
 
     estimate_inputs = [grid, train.lr, train.batch, train.seed, session, rouge]
+    # always_last: gr.on takes "once" from its first trigger (select), which drops a field's change
+    # that comes while the estimate for the previous one is still being computed (a stale line)
     gr.on([tab.select, grid.change, rouge.change], bind(sweep_estimate, ctx), estimate_inputs, estimate,
-          api_name="sweep_estimate", **HIDDEN)
+          api_name="sweep_estimate", trigger_mode="always_last", **HIDDEN)
     history = [history_table, history_plot]
     tab.select(bind(show_history, ctx), session, history, api_name="history", **HIDDEN)
     swept = go.click(bind(start_sweep, ctx), [grid, rouge, train.lr, train.batch, train.seed, session],

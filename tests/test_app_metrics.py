@@ -320,6 +320,33 @@ def test_sweep_and_history_charts_draw_every_series_in_a_browser(server):
         browser.close()
 
 
+def test_a_field_changed_while_the_sweep_estimate_is_being_worked_out_still_counts(server, monkeypatch):
+    chromium = Path("/usr/bin/chromium")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api = None
+    need(sync_api is not None and chromium.exists(), "needs Playwright and /usr/bin/chromium")
+    plan = app.sweep_plan
+
+    def slow_plan(*args):  # a large dataset's token count: the next field changes before the estimate is back
+        time.sleep(1.0)
+        return plan(*args)
+
+    monkeypatch.setattr(app, "sweep_plan", slow_plan)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+        page.goto(server[0])
+        page.get_by_role("tab", name="Sweep & history").click()
+        page.get_by_label("Grid (tokens x epochs, comma-separated)").fill("2x2")
+        page.get_by_label("Held-out acts for ROUGE-L (0: skip)").last.fill("1")
+        estimate = page.locator("#sweep-estimate")
+        sync_api.expect(estimate).to_contain_text("1 cell (2×2)", timeout=20_000)
+        sync_api.expect(estimate).to_contain_text("then ROUGE-L generation for 1 held-out act", timeout=20_000)
+        browser.close()
+
+
 def _wiring():
     demo = app.build_app(model="/no/such/model", dataset="/no/such/acts.csv")
     return demo, {d["id"]: d for d in demo.config["dependencies"]}
