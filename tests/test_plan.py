@@ -67,4 +67,5 @@ def test_a_sweep_is_checked_whole_before_anything_trains():
 def test_an_estimate_needs_a_measured_speed():
     assert estimate_seconds(1000, None) is None
     assert estimate_seconds(1000, 500.0) == 2.0
-    assert estimate_seconds(900, 300.0, held_out_share=0.3) == pytest.approx(3.3)
+    # 2 epochs of 900 tokens, 100 held-out tokens scored 3 times (the base model once): each at SCORING_COST
+    assert estimate_seconds(1800, 300.0, scored_tokens=300) == pytest.approx((1800 + 0.45 * 300) / 300)

@@ -59,10 +59,10 @@ def test_one_act_and_one_step_are_singular():
 def test_the_estimate_counts_the_held_out_scoring_still_to_come():
     view = RunView(step_cap=20, epochs=2, batch_size=4)
     view.add(Start(20, 40, 40, 4000))  # as many held-out rows as training rows: scoring is a real cost
-    view.add(step(1, 1.0, total=20))  # 1 s a step; scoring 40 rows is 10 batches at a third of a step each
+    view.add(step(1, 1.0, total=20))  # 1 s a step; scoring 40 rows is 10 batches at 0.45 of a step each
     plain = 19 * 1.0
     assert view.eta() > plain  # ETA 6s for a run that took 30 s more: the old estimate ignored scoring
-    assert view.eta() == pytest.approx(plain + 3 * 10 / 3)  # epoch 1 scores tuned and base, epoch 2 tuned
+    assert view.eta() == pytest.approx(plain + 3 * 10 * 0.45)  # epoch 1 scores tuned and base, epoch 2 tuned
     for n in range(2, 11):
         view.add(step(n, float(n), total=20))
     view.add(EpochEnd(1, 3.0, 2.9, 3.1, 16.0))  # the first epoch end took 6 s: 3 s a scoring, measured
@@ -77,7 +77,7 @@ def test_a_pause_between_steps_is_not_taken_for_work():
     for n in range(1, 10):
         view.add(step(n, float(n), total=20))  # 1 s a step
     view.add(step(10, 610.0, total=20, in_steps=10.0))  # resumed after a 600 s pause
-    assert view.eta() == pytest.approx(10 * 1.0 + 3 * 10 / 3)  # scoring still guessed: 3 scorings of 10 batches
+    assert view.eta() == pytest.approx(10 * 1.0 + 3 * 10 * 0.45)  # scoring still guessed: 3 scorings of 10 batches
     view.add(EpochEnd(1, 3.0, 2.9, 3.1, 1300.0, scoring_seconds=2.0))  # paused again before scoring tuned and base
     assert view.eta() == pytest.approx(10 * 1.0 + 1.0)  # one scoring left, 1 s as measured
 

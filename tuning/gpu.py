@@ -187,9 +187,7 @@ def _tokens(base: Base, rows: Sequence[Row]) -> int:
 
 def _epoch_seconds(base: Base, train_rows: Sequence[Row], held_out_rows: Sequence[Row]) -> float:
     """GPU seconds of one epoch over `train_rows` and its held-out scoring, at the GPU speed."""
-    tokens = _tokens(base, train_rows)
-    held = _tokens(base, held_out_rows) / tokens if tokens else 0.0
-    return estimate_seconds(tokens, gpu_speed(), held)
+    return estimate_seconds(_tokens(base, train_rows), gpu_speed(), _tokens(base, held_out_rows))
 
 
 def training_seconds(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_rows: Sequence[Row],

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from .evaluate import ROUGE_NEW_TOKENS
-from .plan import plural
+from .plan import SCORING_COST, plural
 from .train import Done, EpochEnd, Paused, Start, Step
 
 clock = time.monotonic  # a module attribute so tests can move it
@@ -144,7 +144,7 @@ class RunView:
 
         Each epoch end scores the held-out rows (the first also scores the base model on them).
         Until one has been measured, its cost is guessed from the step time: a forward pass over
-        the held-out rows costs about a third of training steps over as many rows (a step trains
+        the held-out rows costs SCORING_COST of training steps over as many rows (a step trains
         its batch's rows: fewer when there are fewer training rows, as for one act).
         """
         done = self.step - self._resumed_at
@@ -157,7 +157,7 @@ class RunView:
             per_scoring = self._eval_seconds[-1] if len(self._eval_seconds) > 1 else self._eval_seconds[0] / 2
         else:
             rows_per_step = min(self.batch_size, self._train_rows or self.batch_size)
-            per_scoring = per_step * math.ceil(self._held_rows / max(1, rows_per_step)) / 3
+            per_scoring = per_step * math.ceil(self._held_rows / max(1, rows_per_step)) * SCORING_COST
         planned_epochs = min(self.epochs, math.ceil(self.step_cap / max(1, self._steps_per_epoch())))
         scored_before = self._epochs_before if self._resumed_at else 0
         scorings = max(0, planned_epochs - max(self._epochs_scored, scored_before))
