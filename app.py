@@ -436,9 +436,21 @@ def cell_colours(labels: list[str]) -> dict[str, str]:
 
 
 def adapters_frame(listing: list[dict]) -> pd.DataFrame:
-    rows = [[a["name"], a["num_virtual_tokens"], a["config"].get("epochs"), number(a["metrics"].get("held_out_loss")),
-             a["created"].replace("T", " ")[:16], short_name(a["base_model"])] for a in listing]
-    return pd.DataFrame(rows, columns=["name", "tokens", "epochs", "held-out loss", "created", "base model"])
+    """One row per adapter; its held-out perplexity as the rest of the app shows it, and as a share of the base model's
+    on the same rows (each adapter's own held-out acts: a one-act prompt holds out others than an all-acts one)."""
+    rows = []
+    for a in listing:
+        tuned, base = (perplexity(_finite(a["metrics"].get(k))) for k in ("held_out_loss", "base_held_out_loss"))
+        share = f"{tuned / base:.2f}×" if tuned is not None and base else "–"
+        rows.append([a["name"], a["num_virtual_tokens"], a["config"].get("epochs"), number(tuned, ".2f"), share,
+                     a["created"].replace("T", " ")[:16], short_name(a["base_model"])])
+    return pd.DataFrame(rows, columns=["name", "tokens", "epochs", "held-out ppl", "× base", "created", "base model"])
+
+
+def _finite(value) -> float | None:
+    """A metric as a number, or None: an uploaded adapter's metadata may hold anything."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and 0 <= value < 50 else None  # a loss in nats; exp() of more is no perplexity anyone measured
 
 
 def perplexity(loss: float | None) -> float | None:

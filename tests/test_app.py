@@ -278,6 +278,17 @@ def test_yes_deletes_the_adapter_the_question_named_not_the_one_picked_since(tra
     trained.predict("keep-me", api_name="/delete_adapter")  # asked about nothing now: a client names it outright
 
 
+def test_the_adapters_table_shows_held_out_perplexity_and_its_share_of_the_base_models():
+    listing = [{"name": n, "num_virtual_tokens": 20, "config": {"epochs": 10}, "metrics": m,
+                "created": "2026-12-04T16:49:00+00:00", "base_model": "org/model"}
+               for n, m in [("tuned", {"held_out_loss": 2.9, "base_held_out_loss": 3.5}),
+                            ("no-base", {"held_out_loss": 2.9}), ("upload", {"held_out_loss": "junk"}), ("none", {})]]
+    frame = app.adapters_frame(listing)
+    assert list(frame.columns) == ["name", "tokens", "epochs", "held-out ppl", "× base", "created", "base model"]
+    assert frame.values.tolist()[0] == ["tuned", 20, 10, "18.17", "0.55×", "2026-12-04 16:49", "org/model"]  # e^2.9, e^-0.6
+    assert [r[3:5] for r in frame.values.tolist()[1:]] == [["18.17", "–"], ["–", "–"], ["–", "–"]]
+
+
 def test_upload_refuses_a_hostile_zip(client, tmp_path):
     with pytest.raises(AppError, match="unsafe path: ../evil"):
         client.predict(handle_file(str(hostile_zip(tmp_path / "evil.zip"))), "evil", api_name="/upload_adapter")
