@@ -440,17 +440,12 @@ def adapters_frame(listing: list[dict]) -> pd.DataFrame:
     on the same rows (each adapter's own held-out acts: a one-act prompt holds out others than an all-acts one)."""
     rows = []
     for a in listing:
-        tuned, base = (perplexity(_finite(a["metrics"].get(k))) for k in ("held_out_loss", "base_held_out_loss"))
+        tuned, base = adapters.held_out_perplexity(a["metrics"])
         share = f"{tuned / base:.2f}×" if tuned is not None and base else "–"
         rows.append([a["name"], a["num_virtual_tokens"], a["config"].get("epochs"), number(tuned, ".2f"), share,
                      a["created"].replace("T", " ")[:16], short_name(a["base_model"])])
     return pd.DataFrame(rows, columns=["name", "tokens", "epochs", "held-out ppl", "× base", "created", "base model"])
 
-
-def _finite(value) -> float | None:
-    """A metric as a number, or None: an uploaded adapter's metadata may hold anything."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and 0 <= value < 50 else None  # a loss in nats; exp() of more is no perplexity anyone measured
 
 
 def perplexity(loss: float | None) -> float | None:

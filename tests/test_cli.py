@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +32,11 @@ def test_train_saves_a_named_adapter(trained, capsys):
     assert (trained / "cli-run" / "adapter_model.safetensors").is_file()
     assert main(["--adapters-dir", str(trained), "list"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("name") and "cli-run" in out
+    header, row = out.splitlines()
+    assert header.split()[:6] == ["name", "tokens", "held-out", "ppl", "x", "base"] and row.startswith("cli-run")
+    metrics = json.loads((trained / "cli-run" / "tuning_meta.json").read_text())["meta"]["metrics"]
+    tuned, base = math.exp(metrics["held_out_loss"]), math.exp(metrics["base_held_out_loss"])
+    assert row.split()[1:4] == ["4", f"{tuned:.2f}", f"{tuned / base:.2f}x"]
 
 
 def test_list_lines_up_its_columns_for_long_names(tmp_path, capsys):

@@ -18,6 +18,7 @@ What this file does not do: train (train.py), or apply the prompt to a model (mo
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -282,6 +283,23 @@ def list_adapters(root: Path | str = DEFAULT_ROOT) -> list[dict]:
             "size_bytes": sum(f.stat().st_size for f in files),
         })
     return sorted(found, key=lambda a: _timestamp(a["created"]), reverse=True)
+
+
+def held_out_perplexity(metrics: dict) -> tuple[float | None, float | None]:
+    """(tuned, base) held-out perplexity from a listed adapter's metrics; None where not measured.
+
+    An upload's metadata may hold anything: only a finite loss of 0-50 nats counts.
+
+    >>> [round(p, 2) for p in held_out_perplexity({"held_out_loss": 2.9, "base_held_out_loss": 3.5})]
+    [18.17, 33.12]
+    >>> held_out_perplexity({"held_out_loss": "junk"})
+    (None, None)
+    """
+    def ppl(loss) -> float | None:
+        ok = isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss) and 0 <= loss < 50
+        return math.exp(loss) if ok else None
+
+    return ppl(metrics.get("held_out_loss")), ppl(metrics.get("base_held_out_loss"))
 
 
 def delete(name: str, root: Path | str = DEFAULT_ROOT) -> None:

@@ -549,13 +549,14 @@ def cmd_list(args) -> int:
         return 0
     rows = []
     for a in items:
-        loss = (a.get("metrics") or {}).get("held_out_loss")
-        loss_text = f"{loss:.4f}" if isinstance(loss, (int, float)) and not isinstance(loss, bool) else "-"
-        rows.append((a["name"], str(a["num_virtual_tokens"]), loss_text, str(a.get("created") or "-"), a["base_model"]))
-    header = ("name", "tokens", "held-out loss", "created", "base model")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]  # columns as wide as their longest cell
+        tuned, base = adapters.held_out_perplexity(a.get("metrics") or {})
+        share = f"{tuned / base:.2f}x" if tuned is not None and base else "-"
+        rows.append((a["name"], str(a["num_virtual_tokens"]), "-" if tuned is None else f"{tuned:.2f}", share,
+                     str(a.get("created") or "-"), a["base_model"]))
+    header = ("name", "tokens", "held-out ppl", "x base", "created", "base model")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]  # columns as wide as their longest cell
     for r in [header, *rows]:
-        print(f"{r[0]:{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:{widths[3]}}  {r[4]}")
+        print(f"{r[0]:{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]:{widths[4]}}  {r[5]}")
     return 0
 
 
