@@ -1320,8 +1320,8 @@ def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session, r
     base = ctx.base()
     tokens, held = (train_tokens(rows, lambda text: len(base.encode(text)))
                     for rows in (plan.train_rows, plan.held_out_rows))
-    # each epoch end scores the held-out rows, and each cell's first also scores the base model on them
-    scored = (sum(e for _, e in plan.grid) + len(plan.grid)) * held
+    # each epoch end scores the held-out rows, and the first cell's first also scores the base model on them
+    scored = (sum(e for _, e in plan.grid) + 1) * held
     seconds = estimate_seconds(sum(e for _, e in plan.grid) * tokens, speed, scored)
     text += f"; about {duration(seconds)} of training at {speed:,.0f} tokens/s (your last run's speed)"
     if not rouge:

@@ -89,6 +89,25 @@ def test_the_base_rouge_column_is_the_same_in_every_cell(tokenizer):
     assert [r["act"] for r in first.rouge_acts] == [r["act"] for r in second.rouge_acts] and len(first.rouge_acts) == 2
 
 
+def test_the_base_model_is_scored_on_the_held_out_rows_once_per_sweep(base, monkeypatch):
+    # Each cell used to score the base model anew (~8 s a cell on SmolLM2) for the same number.
+    import tuning.train as train_module
+
+    real, calls = train_module.mean_loss, []
+
+    def counting(model_base, prompt, *args, **kwargs):
+        calls.append("base" if prompt is None else "tuned")
+        return real(model_base, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "mean_loss", counting)
+    done = list(run_sweep(base, ROWS, CONFIG, [(2, 2), (3, 1)]))[-1]
+    first, second = done.results
+    assert calls.count("base") == 1 and calls.count("tuned") == 3  # one per epoch end
+    assert first.held_out_ppl_base == second.held_out_ppl_base and math.isfinite(first.held_out_ppl_base)
+    losses = [r.soft.meta["metrics"]["base_held_out_loss"] for r in done.results]
+    assert losses[0] == losses[1] == pytest.approx(math.log(first.held_out_ppl_base))
+
+
 def test_a_set_stop_trains_nothing(base):
     import threading
 

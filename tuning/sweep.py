@@ -11,7 +11,8 @@ numbers are comparable. The base model's ROUGE-L continuations are decoded once 
 scored in every cell, so the base column is identical across cells by construction. (Decoded
 in one batch with each cell's tuned row, it was not: in bf16 the base row's greedy text
 depends on its batch, see generate.py, and a sweep reported base 0.149 in one cell, 0.127 in
-another.)
+another.) The base model's held-out perplexity is scored once as well, by the first cell, and
+read by the others (`train`'s `base_scores`): on SmolLM2 each cell spent ~8 s scoring it anew.
 
 What it does not do: save the prompts (each `CellResult` carries its `SoftPrompt`;
 adapters.save keeps one), or run as several processes.
@@ -141,12 +142,13 @@ def run_sweep(
     results: list[CellResult] = []
     rouge_held = held[:rouge_rows]
     base_texts: list[str] | None = None  # decoded once, when the first cell is scored
+    base_scores: dict = {}  # the base model's held-out loss, scored by the first cell and read by the rest
     for index, (cell_config, name) in enumerate(zip(configs, labels)):
         if stop is not None and stop.is_set():
             break
         done: Done | None = None
         try:
-            for event in train(base, train_rows, cell_config, held, stop):
+            for event in train(base, train_rows, cell_config, held, stop, base_scores=base_scores):
                 if isinstance(event, Start):
                     steps_per_epoch = event.total_steps // cell_config.epochs
                 if isinstance(event, Done):

@@ -400,6 +400,17 @@ def _check_resume(soft: SoftPrompt, config: TuneConfig, base: Base | None = None
     return steps, epochs
 
 
+def _base_loss(base: Base, held: list[list[int]], batch_size: int, memo: dict | None) -> float:
+    """The base model's mean loss on `held`, from `memo` when these rows were scored before (see train)."""
+    key = (tuple(map(tuple, held)), batch_size)
+    if memo is not None and key in memo:
+        return memo[key]
+    loss = mean_loss(base, None, held, batch_size)
+    if memo is not None:
+        memo[key] = loss
+    return loss
+
+
 def train(
     base: Base,
     train_rows: Sequence[Row],
@@ -408,6 +419,7 @@ def train(
     stop: threading.Event | None = None,
     resume: SoftPrompt | None = None,
     resume_name: str | None = None,
+    base_scores: dict | None = None,
 ) -> Iterator[Event]:
     """Prompt-tune `base` on `train_rows`; yields Start, then Step per batch and EpochEnd per epoch, then Done.
 
@@ -415,6 +427,8 @@ def train(
     for `config.epochs` more epochs: steps and epochs are numbered on from its history, the
     result's history is the old one followed by the new, its config records the epochs of
     both runs, and `meta["resumed"]` lists each resume (from `resume_name`, at which step).
+    `base_scores`: a dict the caller keeps across runs on the same `base` (a sweep's cells): the
+    base model's held-out loss is scored once per distinct held-out encoding and read from it after.
     Refused (TrainingError) when the prompt does not fit `config` or `base`.
 
     >>> for event in train(base, rows, TuneConfig(epochs=1)):   # doctest: +SKIP
@@ -520,7 +534,7 @@ def train(
         t_scoring = time.perf_counter()
         held_loss = mean_loss(base, prompt.detach(), held, config.batch_size) if held else None
         if held and base_held is None:
-            base_held = mean_loss(base, None, held, config.batch_size)
+            base_held = _base_loss(base, held, config.batch_size, base_scores)
         scoring = time.perf_counter() - t_scoring
         history["epoch"].append(epoch)
         history["epoch_step"].append(step)
@@ -535,7 +549,7 @@ def train(
     if stopped and held:  # the kept prompt is not the one the last epoch measured
         last_held = mean_loss(base, prompt.detach(), held, config.batch_size)
         if base_held is None:
-            base_held = mean_loss(base, None, held, config.batch_size)
+            base_held = _base_loss(base, held, config.batch_size, base_scores)
     elapsed = time.perf_counter() - t0
     cfg = base.model.config
     state = optimizer.state[prompt]
