@@ -90,6 +90,21 @@ def test_the_reference_line_before_its_first_step_says_whether_it_waits_or_loads
     assert view.line(paused=True).endswith(": waiting while a visitor trains")
 
 
+def test_the_reference_line_says_when_it_gives_way_to_a_generation_until_its_next_step():
+    from tuning.progress import ReferenceView
+    from tuning.reference import ReferenceEvent
+    from tuning.train import Paused
+
+    view = ReferenceView()
+    for event in (Start(20, 8, 2, 800), step(1, 1.0, total=20), Paused(1, 2.4)):
+        view.add(ReferenceEvent((5, 5), "reference-5x5", event))
+    assert view.line() == ("Training the reference adapters: 5×5 at step 1 / 20, "
+                           "paused while a generation runs on this CPU (at most 2s)")
+    assert view.line(paused=True).endswith("5×5 at step 1 / 20, paused while a visitor trains")
+    view.add(ReferenceEvent((5, 5), "reference-5x5", step(2, 2.0, total=20)))
+    assert "paused" not in view.line() and view.line().endswith("left")
+
+
 def test_the_sweep_estimate_adds_rouge_l_at_the_pace_of_the_cells_already_scored(monkeypatch):
     from tuning import progress
     from tuning.progress import SweepView

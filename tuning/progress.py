@@ -327,6 +327,7 @@ class ReferenceView:
     label: str = ""
     saved: list[str] = field(default_factory=list)
     finished: bool = False
+    gave_way: Paused | None = None  # the run waits for a generation (a visitor's Compare) until its next event
 
     def add(self, event) -> None:
         from .reference import ReferenceSaved
@@ -336,6 +337,7 @@ class ReferenceView:
             return
         if isinstance(event.event, Start):
             self.label, self.run = event.label, RunView(event.event.total_steps, event.cell[1])
+        self.gave_way = event.event if isinstance(event.event, Paused) else None
         self.run.add(event.event)
 
     def line(self, paused: bool = False) -> str:
@@ -349,4 +351,6 @@ class ReferenceView:
         where = head + f"{self.label} at step {self.run.step:,} / {self.run.step_cap:,}"
         if paused:
             return where + ", paused while a visitor trains"
+        if self.gave_way is not None:
+            return where + ", " + paused_for_generation(self.gave_way)
         return where + (f", about {duration(self.run.eta())} left" if self.run.step else ", starting")
