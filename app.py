@@ -1038,11 +1038,22 @@ EMPTY_COLUMN = "Pick a tuned prompt above to fill this column."
 def column_label(name: str | None) -> gr.Textbox:
     """A column named after its newly picked prompt, emptied: the text below was another prompt's.
 
-    With no prompt picked, the empty box says how to fill it (a blank third column looked broken).
+    With no prompt picked (none saved or trained yet), the empty box says how to fill it.
     """
     if name in (None, NO_PROMPT):
         return gr.Textbox(label="Tuned", value="", placeholder=EMPTY_COLUMN)
     return gr.Textbox(label=f"Tuned: {name}", value="", placeholder="")
+
+
+def third_column(name: str | None) -> gr.Textbox:
+    """The second prompt's column: named and shown when one is picked, hidden when not.
+
+    Visible but unpicked, the box sat empty under a progress spinner through every generation
+    of the other two columns, as if a third answer were coming.
+    """
+    if name in (None, NO_PROMPT):
+        return gr.Textbox(label="Tuned", value="", visible=False)
+    return gr.Textbox(label=f"Tuned: {name}", value="", placeholder="", visible=True)
 
 
 def reference_status(ctx: Context) -> tuple[str, int | None]:
@@ -1115,7 +1126,7 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
     with gr.Row():
         base_out = gr.Textbox(label="Base", lines=10, elem_id="base-output")
         a_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output", placeholder=EMPTY_COLUMN)
-        b_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output-b", placeholder=EMPTY_COLUMN)
+        b_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output-b", visible=False)  # third_column shows it
     gr.Examples(["I want you to act as a rapper.", "I want you to act as a linux terminal. ls -la",
                  "I want you to act as a travel guide. I am in Rome."], inputs=text)
     timer = gr.Timer(2.0, active=ctx.jobs.running(REFERENCE_OWNER) is not None)
@@ -1131,7 +1142,7 @@ def compare_tab(ctx: Context, session: gr.State, tab: gr.Tab) -> CompareTab:
                           concurrency_limit=4, concurrency_id="generate")
     # another prompt in a column stops the generation streaming into it: its text would go on under the new name
     a.change(column_label, a, a_out, api_name=False, cancels=[generating])
-    b.change(column_label, b, b_out, api_name=False, cancels=[generating])
+    b.change(third_column, b, b_out, api_name=False, cancels=[generating])
     return CompareTab(act, text, [a, b], runs_seen)
 
 

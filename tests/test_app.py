@@ -67,6 +67,13 @@ def test_picking_another_prompt_names_its_column_and_empties_it():
     assert empty["label"] == "Tuned" and empty["placeholder"] == app.EMPTY_COLUMN  # says how to fill it
 
 
+def test_the_third_column_shows_only_while_a_second_prompt_is_picked():
+    # unpicked but shown, it sat empty under a spinner through every generation of the other two
+    assert app.third_column(app.NO_PROMPT).constructor_args["visible"] is False
+    shown = app.third_column("reference-20x10").constructor_args
+    assert shown == {"label": "Tuned: reference-20x10", "value": "", "placeholder": "", "visible": True}
+
+
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (45, "45s"), (130, "2m 10s"), (3720, "1h 2m")])
 def test_duration_reads_like_a_clock(seconds, text):
     assert app.duration(seconds) == text

@@ -77,7 +77,12 @@ def test_pick_train_watch_compare(page):
     for box in ("#base-output textarea", "#tuned-output textarea"):
         expect(page.locator(box)).not_to_have_value("", timeout=30_000)
     page.wait_for_timeout(1000)  # let the stream finish before the picture
+    expect(page.locator("#tuned-output-b")).to_be_hidden()  # no second prompt: no third column (nor its spinner)
     page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
+    page.locator("#compare-adapter-b input").click()
+    page.get_by_role("option", name=re.compile("^#1 all acts 5×5")).click()
+    expect(page.locator("#tuned-output-b")).to_be_visible()
+    expect(page.locator("#tuned-output-b")).to_contain_text("Tuned: #1 all acts 5×5")
 
     # Evaluate: perplexity first, then ROUGE-L act by act; both charts end with a bar per model.
     page.get_by_role("tab", name="Evaluate").click()
