@@ -632,6 +632,14 @@ def search_acts(ctx: Context, query: str) -> pd.DataFrame:
     return acts_frame(ctx.rows(), query)
 
 
+def search_after_load(ctx: Context, query: str):
+    """A search typed while the page loaded, applied again: the whole table the load sent came after it.
+
+    The first load may download the dataset; a search typed meanwhile was shown, then overwritten.
+    """
+    return search_acts(ctx, query) if query else gr.skip()
+
+
 def restore_act(session: Session):
     """After a reload: the act this browser picked before, in every place that shows it (it is what Train uses)."""
     if session.act is None:
@@ -655,6 +663,7 @@ class DatasetTab(NamedTuple):
     act_name: gr.Textbox
     acts_table: gr.Dataframe
     full_prompt: gr.Textbox
+    search: gr.Textbox
 
 
 def dataset_tab(ctx: Context) -> DatasetTab:
@@ -664,7 +673,7 @@ def dataset_tab(ctx: Context) -> DatasetTab:
     act_name = Text(label="Act (or type a name and press Enter)", max_length=MAX_FIELD_CHARS)
     full_prompt = gr.Textbox(label="Whole prompt", lines=6, interactive=False)
     search.change(bind(search_acts, ctx), search, acts_table, api_name="search_acts", **HIDDEN)
-    return DatasetTab(act_name, acts_table, full_prompt)
+    return DatasetTab(act_name, acts_table, full_prompt, search)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1897,7 +1906,8 @@ def build_app(
         attached.then(bind(reattach_sweep, ctx), session, sweeps.outputs, api_name=False, concurrency_limit=None).then(
             bind(show_history, ctx), session, sweeps.history, api_name=False)  # with the cells the sweep added
         demo.load(bind(load_page, ctx), None, [data.acts_table, train_.chosen, status, adapters_table],
-                  api_name="load_page", **HIDDEN)
+                  api_name="load_page", **HIDDEN).then(
+            bind(search_after_load, ctx), data.search, data.acts_table, api_name=False, show_progress="hidden")
         data.acts_table.select(first_cell, None, data.act_name, api_name="pick_row", **HIDDEN).then(
             bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act", **HIDDEN)
         data.act_name.submit(bind(select_act, ctx), [data.act_name, session], picked, api_name="select_act_by_name", **HIDDEN)

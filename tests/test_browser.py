@@ -126,3 +126,18 @@ def test_closing_the_tab_stops_its_training(page, monkeypatch):
     playwright.expect(other.locator("#progress")).to_contain_text("step 15 / 15 · done", timeout=30_000)
     print("second visitor done after", round(time.monotonic() - started, 1), "s")
     assert steps_of(steps, run) - at_stop == after  # stopped for good, not paused while the other trained
+
+
+def test_a_search_typed_while_the_page_loads_keeps_its_rows(page, monkeypatch):
+    """The first load may download the dataset; a search typed meanwhile was overwritten by the whole table."""
+    import app
+
+    real = app.source_note
+    monkeypatch.setattr(app, "source_note", lambda *a: time.sleep(2) or real(*a))  # a slow first load
+    page.reload()
+    page.get_by_label("Search acts").fill("terminal")
+    visible = lambda name: page.get_by_text(name, exact=True).locator("visible=true")  # noqa: E731
+    playwright.expect(visible("Linux Terminal")).to_have_count(1)
+    page.wait_for_timeout(4000)  # the slow load has answered by now
+    playwright.expect(visible("Linux Terminal")).to_have_count(1)
+    playwright.expect(visible("Rapper")).to_have_count(0)
