@@ -85,6 +85,7 @@ MAX_NEW_TOKENS = 512  # a Compare continuation, on the page and through the API
 NOTHING_GENERATED = "(no text: the model ended its answer at once)"
 SAMPLING_ONLY = "when sampling"
 MAX_CELLS = 12  # sweep grid cells per click
+MAX_API_TRAININGS = 64  # trainings started through the API whose status is kept
 GAIN_SCALE = 1.0  # nats of per-token gain drawn at full colour: the legend's −1…+1 is in nats
 # Twelve hues, each dark and light (matplotlib's tab20 without its grey, which is the base line's,
 # and three of tab20b): a sweep's 12 cells get a hue each (held-out dark, train light); the run
@@ -99,10 +100,17 @@ def on_gpu(fn: Callable, duration: Callable) -> Callable:
     """`fn` as a ZeroGPU call (`spaces.GPU`, its `duration` computed from the call's arguments).
 
     On a ZeroGPU Space the call runs in a worker that borrows a GPU; anywhere else (no `spaces`,
-    or `spaces` off ZeroGPU) it is `fn` itself. What `tuning.gpu` guarantees for it: arguments and
-    results pickle, the model moves to the GPU inside the call, a stop crosses as a file.
+    or `spaces` off ZeroGPU) it runs here. What `tuning.gpu` guarantees for it: arguments and
+    results pickle, the model moves to the GPU inside the call, a stop crosses as a file, and an
+    error inside comes out as an event and is raised again here with its sentence (`gpu.carrying`).
     """
-    return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+    carried = gpu.carrying(fn)
+    call = spaces.GPU(duration=duration)(carried) if spaces is not None else carried
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return gpu.reraising(call(*args, **kwargs))
+    return run
 
 
 # One training, one sweep, one generation, one evaluation: each owns the GPU for its call only.
@@ -162,6 +170,7 @@ class Context:
     max_adapter_bytes: int = 500 * 2**20
     jobs: Jobs = field(default_factory=Jobs)
     hub_model: str | None = None  # the Hub id of `model` when it is a local copy: model cards must name one
+    api_trainings: dict = field(default_factory=dict)  # job id -> ApiTraining, oldest first
 
     def base(self):
         with user_errors():
@@ -802,6 +811,18 @@ def resumed(ctx: Context, session: Session, resume, epochs, lr, batch) -> tuple[
 def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, seed, session: Session,
                    request: gr.Request, resume=NEW_PROMPT, tab_act: str | None = None):
     """Plan the run, start it in the job registry, then stream it (a reloaded page re-attaches with `reattach`)."""
+    job = training_job(ctx, tokens, epochs, lr, batch, init, data, chosen, seed, session, owner_of(session, request),
+                       resume, tab_act)
+    yield from follow(ctx, start_job(ctx, job), request.session_hash, run_update)
+
+
+def training_job(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, seed, session: Session, owner: str,
+                 resume=NEW_PROMPT, tab_act: str | None = None, when_done: Callable[[Run], None] | None = None) -> Job:
+    """The planned, checked training as a job not yet started; its run joins `session` when it ends.
+
+    `when_done(run)` runs in the job's thread after the run has joined the session (an API
+    training saves its adapter there, whether or not anyone is still asking).
+    """
     continued = resumed(ctx, session, resume, epochs, lr, batch)
     config = continued[2] if continued else train_config(ctx, session, tokens, epochs, lr, batch, init, data, chosen,
                                                          seed, tab_act)
@@ -825,6 +846,8 @@ def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, 
     def events(stop: threading.Event):
         flag = gpu.StopFlag(also=stop)
         resume = dict(resume=continued[0], resume_name=continued[1]) if continued else {}
+        if gpu.zero_gpu():  # the call stops itself before ZeroGPU cuts it off at its duration
+            resume["seconds"] = gpu.train_duration(base, plan.train_rows, plan.config, plan.held_out_rows)
         run = TRAIN_ON_GPU(base, plan.train_rows, plan.config, plan.held_out_rows, flag, **resume)
         for event in stoppable(stop, run, flag):
             if isinstance(event, Step) and event.step >= view.step_cap:
@@ -832,7 +855,9 @@ def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, 
                 flag.set()
             if isinstance(event, Done):
                 gpu.note_run(event)  # a GPU run's speed: the next duration estimate goes by it
-                session.remember(event.soft, what, plan.steps_per_epoch)
+                run = session.remember(event.soft, what, plan.steps_per_epoch)
+                if when_done is not None:
+                    when_done(run)
             yield event
 
     def waiting() -> None:
@@ -840,9 +865,7 @@ def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, 
                          "current step" if ctx.jobs.slot.held_in_background else
                          "waiting: another run is training on this server; yours starts when it ends")
 
-    job = Job(owner_of(session, request), f"a training ({what})", events, view.add, ctx.jobs.slot,
-              on_wait=waiting, view=view)
-    yield from follow(ctx, start_job(ctx, job), request.session_hash, run_update)
+    return Job(owner, f"a training ({what})", events, view.add, ctx.jobs.slot, on_wait=waiting, view=view)
 
 
 def reattach(ctx: Context, session: Session, request: gr.Request):
@@ -1751,9 +1774,20 @@ def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "
     return dict(zip(["base", *names], texts))
 
 
+class ApiTraining(NamedTuple):
+    """A training started through the API: its job, the session its run joins, and where it is saved."""
+
+    job: Job
+    session: Session
+    saved: list  # [adapter name] once saved, [None] when saving failed (the error is in `failed`)
+    failed: list  # [sentence] when the saving failed
+
+
 def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, epochs: int = 10,
                   learning_rate: float = TuneConfig.learning_rate, save_as: str = "", request: gr.Request = None) -> dict:
-    """Prompt-tune the base model and save the adapter; returns when training is done, with its metrics.
+    """Start prompt-tuning the base model; returns at once with a job id. The adapter is saved when training ends.
+
+    Training takes minutes on a CPU: follow it with training_status(job), stop it with stop_training_job(job).
 
     Args:
         acts: act names to train on, comma-separated (see list_acts); empty for all training acts
@@ -1763,32 +1797,105 @@ def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, ep
         save_as: the adapter's name; empty for one made from the settings
 
     Returns:
-        {"adapter", "steps", "seconds", "held_out_loss", "base_held_out_loss", "held_out_perplexity",
-        "base_held_out_perplexity", "stopped"}
+        {"job", "status", "steps"}: the id for training_status, "waiting" or "training", the planned steps
     """
     chosen = [a.strip() for a in checked_text(acts, "acts", MAX_INPUT_CHARS).split(",") if a.strip()]
     wanted = checked_text(save_as, "save_as", MAX_FIELD_CHARS).strip()
     if wanted:
         with user_errors():
             own_name(wanted)  # a bad or reserved name is refused now, not after minutes of training
-    session = Session()
-    updates = start_training(ctx, num_virtual_tokens, epochs, learning_rate, 4, "random",
-                             "selected acts" if chosen else DATA_CHOICES[0], chosen, 0, session, request)
-    for _ in updates:
-        pass
-    if not session.runs:  # stopped while it waited for the training slot: no step, nothing to save
-        raise refuse("the training was stopped before its first step; nothing was saved")
-    run = session.runs[-1]
-    wanted = wanted or \
-        f"{chosen[0] if len(chosen) == 1 else 'acts' if chosen else 'all'}-{num_virtual_tokens}x{run.soft.config.epochs}"
-    with user_errors(), disk_errors():
-        folder = adapters.save(run.soft, adapters.free_name(own_name(wanted), {a["name"] for a in ctx.adapters()}),
-                               ctx.root, overwrite=False, **ctx.caps)
+    session, saved, failed = Session(), [], []
+
+    def save(run: Run) -> None:
+        c = run.soft.config
+        name = wanted or f"{chosen[0] if len(chosen) == 1 else 'acts' if chosen else 'all'}-{c.num_virtual_tokens}x{c.epochs}"
+        try:
+            with user_errors(), disk_errors():
+                name = adapters.free_name(own_name(name), {a["name"] for a in ctx.adapters()})
+                saved.append(adapters.save(run.soft, name, ctx.root, overwrite=False, **ctx.caps).name)
+        except gr.Error as e:
+            failed.append(str(e))
+            saved.append(None)
+
+    job_id = secrets.token_hex(8)
+    job = training_job(ctx, num_virtual_tokens, epochs, learning_rate, 4, "random", "selected acts" if chosen else DATA_CHOICES[0],
+                       chosen, 0, session, f"api:{job_id}", when_done=save)
+    ctx.api_trainings[job_id] = ApiTraining(start_job(ctx, job), session, saved, failed)
+    while len(ctx.api_trainings) > MAX_API_TRAININGS:  # the oldest finished ones are forgotten
+        oldest = next((k for k, t in ctx.api_trainings.items() if t.job.finished), None)
+        if oldest is None:
+            break
+        del ctx.api_trainings[oldest]
+    return {"job": job_id, "status": training_state(job), "steps": job.view.step_cap}
+
+
+def training_state(job: Job) -> str:
+    """waiting, training, done, stopped or failed (a run stopped before its first step counts as stopped)."""
+    if not job.finished:
+        return "training" if job.view.step or job.events else "waiting"
+    if job.view.stopping and not job.view.finished:  # Stop was asked before the first step
+        return "stopped"
+    return "failed" if job.error is not None else "stopped" if job.view.stopped else "done"
+
+
+def training_status(ctx: Context, job: str, wait_seconds: float = 0) -> dict:
+    """How a training started with train_adapter is going; once it has ended, its adapter and held-out scores.
+
+    Args:
+        job: the id train_adapter returned
+        wait_seconds: wait up to this long (0-30) for the training to end before answering
+
+    Returns:
+        {"job", "status" (waiting, training, done, stopped or failed), "step", "steps", "progress"} and, once ended:
+        "adapter", "seconds", "held_out_perplexity", "base_held_out_perplexity" (or "error": one sentence)
+    """
+    job_id = checked_text(job, "job", MAX_FIELD_CHARS).strip()
+    wait = checked_number(wait_seconds, "wait_seconds")
+    if not 0 <= wait <= 30:
+        raise refuse(f"wait_seconds must be from 0 to 30, got {wait}")
+    training = ctx.api_trainings.get(job_id)
+    if training is None:
+        raise refuse(f"no training {job_id!r} on this server (train_adapter gives the id; ended ones are kept for "
+                     f"the last {MAX_API_TRAININGS})")
+    with training.job.lock:
+        training.job.lock.wait_for(lambda: training.job.finished, timeout=wait)
+    job_, view = training.job, training.job.view
+    with job_.lock:
+        answer = {"job": job_id, "status": training_state(job_), "step": view.step, "steps": view.step_cap,
+                  "progress": view.progress}
+    if not job_.finished:
+        return answer
+    if not training.session.runs:
+        if answer["status"] == "stopped":
+            return {**answer, "error": "the training was stopped before its first step; nothing was saved"}
+        return {**answer, "error": failure(job_.error) if job_.error else "the training ended with nothing to keep"}
+    run = training.session.runs[-1]
     m = run.soft.meta["metrics"]
-    return {"adapter": folder.name, "steps": run.soft.meta["steps"], "seconds": run.soft.meta["train_seconds"],
-            "held_out_loss": m["held_out_loss"], "base_held_out_loss": m["base_held_out_loss"],
-            "held_out_perplexity": perplexity(m["held_out_loss"]),
-            "base_held_out_perplexity": perplexity(m["base_held_out_loss"]), "stopped": run.soft.meta["stopped"]}
+    answer.update(adapter=training.saved[0] if training.saved else None, seconds=run.soft.meta["train_seconds"],
+                  held_out_perplexity=perplexity(m["held_out_loss"]),
+                  base_held_out_perplexity=perplexity(m["base_held_out_loss"]))
+    if training.failed:
+        answer["error"] = training.failed[0]
+    return answer
+
+
+def stop_training_job(ctx: Context, job: str) -> dict:
+    """Stop a training started with train_adapter after its current step; what it learned is saved.
+
+    Args:
+        job: the id train_adapter returned
+
+    Returns:
+        training_status's answer at the moment of asking
+    """
+    job_id = checked_text(job, "job", MAX_FIELD_CHARS).strip()
+    training = ctx.api_trainings.get(job_id)
+    if training is None:
+        raise refuse(f"no training {job_id!r} on this server")
+    training.job.stop.set()
+    with training.job.lock:
+        training.job.view.request_stop()
+    return training_status(ctx, job_id)
 
 
 def evaluate_adapter(ctx: Context, adapter: str, rouge_acts: int = 3) -> dict:
@@ -1813,7 +1920,8 @@ def evaluate_adapter(ctx: Context, adapter: str, rouge_acts: int = 3) -> dict:
 
 
 def api_endpoints(ctx: Context) -> None:
-    for fn in (list_acts, list_saved_adapters, compare_texts, train_adapter, evaluate_adapter):
+    for fn in (list_acts, list_saved_adapters, compare_texts, train_adapter, training_status, stop_training_job,
+               evaluate_adapter):
         gr.api(bind(fn, ctx), api_name=fn.__name__)
 
 
@@ -1951,8 +2059,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="events waiting at once; one more is answered 'queue is full'")
     parser.add_argument("--hub-model", default=os.environ.get("TUNING_HUB_MODEL"),
                         help="the Hub id of --model when it is a local copy (pushed model cards name it)")
-    parser.add_argument("--mcp", action="store_true",
-                        help="also serve the documented API as MCP tools (Gradio's mcp_server) at /gradio_api/mcp/")
+    # None when not given: Gradio then reads GRADIO_MCP_SERVER, the only switch a Space has (it passes no flags)
+    parser.add_argument("--mcp", action="store_const", const=True, default=None,
+                        help="also serve the documented API as MCP tools at /gradio_api/mcp/ "
+                             "(also GRADIO_MCP_SERVER=true)")
     parser.add_argument("--no-reference-adapters", dest="reference_adapters", action="store_false",
                         default=os.environ.get("TUNING_REFERENCE_ADAPTERS", "1") != "0",
                         help="do not train the reference adapters (the seed's 5x5 and 20x10) at start "

@@ -1,4 +1,4 @@
-"""The documented API, also served as MCP tools by `python app.py --mcp`: five functions, no UI plumbing."""
+"""The documented API, also served as MCP tools by `python app.py --mcp` (or GRADIO_MCP_SERVER=true): seven functions, no UI plumbing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 
 from app_fixtures import ACTS, Client, free_port, write_assets
 
-TOOLS = {"list_acts", "list_saved_adapters", "compare_texts", "train_adapter", "evaluate_adapter"}
+TOOLS = {"list_acts", "list_saved_adapters", "compare_texts", "train_adapter", "training_status", "stop_training_job",
+         "evaluate_adapter"}
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +24,16 @@ def server(tmp_path_factory):
     demo.close()
 
 
-def test_the_mcp_schema_lists_the_five_tools_with_their_docs(server):
+def test_the_mcp_schema_lists_the_seven_tools_with_their_docs(server):
     tools = {t["name"]: t for t in httpx.get(server + "gradio_api/mcp/schema", timeout=30).json()}
     assert set(tools) == TOOLS  # the tabs' events (charts, dropdowns) stay out
     train = tools["train_adapter"]
-    assert train["description"].startswith("Prompt-tune the base model and save the adapter")
+    assert train["description"].startswith("Start prompt-tuning the base model; returns at once with a job id")
     assert train["inputSchema"]["properties"]["num_virtual_tokens"]["description"] == "the soft prompt's length, 1-100"
+    assert tools["training_status"]["inputSchema"]["properties"]["job"]["description"] == "the id train_adapter returned"
 
 
-def test_the_documented_api_is_the_same_five(server):
+def test_the_documented_api_is_the_same_seven(server):
     endpoints = set(Client(server, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert endpoints == {"/" + t for t in TOOLS}
 
@@ -40,8 +42,12 @@ def test_train_then_list_compare_and_evaluate_through_the_api(server):
     client = Client(server, verbose=False)
     acts = client.predict("", api_name="/list_acts")
     assert len(acts) == 12 and {"act": "Rapper", "words": len(ACTS["Rapper"].split())} in acts
-    done = client.predict("", 3, 1, 0.1, "api-run", api_name="/train_adapter")
-    assert done["adapter"] == "api-run" and done["steps"] == 3 and not done["stopped"]
+    started = client.predict("", 3, 1, 0.1, "api-run", api_name="/train_adapter")
+    assert started["status"] in ("waiting", "training") and started["steps"] == 3 and started["job"]
+    done = client.predict(started["job"], 30, api_name="/training_status")
+    while done["status"] in ("waiting", "training"):  # each call waits up to 30 s for the end
+        done = client.predict(started["job"], 30, api_name="/training_status")
+    assert done["status"] == "done" and done["adapter"] == "api-run" and done["step"] == done["steps"] == 3
     assert done["held_out_perplexity"] > 1 and done["base_held_out_perplexity"] > 1
     assert [a["name"] for a in client.predict(api_name="/list_saved_adapters")] == ["api-run"]
     texts = client.predict("I want you to act as a poet.", "api-run", "", 6, api_name="/compare_texts")
@@ -57,13 +63,16 @@ def test_train_then_list_compare_and_evaluate_through_the_api(server):
     ("/compare_texts", ("hi", "base", "", 6), "rename the adapter called 'base'"),
     ("/compare_texts", ("hi", "x", "", 1024), "max_new_tokens must be a whole number from 1 to 512"),
     ("/evaluate_adapter", ("x", 2.5), "rouge_acts must be a whole number from 0 to 20, got 2.5"),
+    ("/training_status", ("no-such-job", 0), "no training 'no-such-job' on this server"),
+    ("/training_status", ("x", 31), "wait_seconds must be from 0 to 30"),
+    ("/stop_training_job", ("no-such-job",), "no training 'no-such-job' on this server"),
 ])
 def test_bad_api_arguments_are_refused_in_one_sentence_before_any_work(server, endpoint, args, message, monkeypatch):
     import app
     from gradio_client.exceptions import AppError
 
     trained = []
-    monkeypatch.setattr(app, "start_training", lambda *a, **k: trained.append(a) or iter(()))
+    monkeypatch.setattr(app, "training_job", lambda *a, **k: trained.append(a))
     with pytest.raises(AppError) as error:
         Client(server, verbose=False).predict(*args, api_name=endpoint)
     assert message in str(error.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -288,10 +289,26 @@ def test_two_tabs_of_one_browser_each_train_on_the_act_they_show(ctx):
         app.train_config(ctx, session, *settings)
 
 
-def test_an_api_training_stopped_before_its_first_step_says_so(ctx, monkeypatch):
-    monkeypatch.setattr(app, "start_training", lambda *a, **k: iter(()))  # stopped while waiting for the slot
-    with pytest.raises(app.gr.Error, match="stopped before its first step; nothing was saved"):
-        app.train_adapter(ctx, "", 3, 1, 0.1, "", tab("client"))
+def test_an_api_training_stopped_before_its_first_step_says_so(ctx):
+    assert ctx.jobs.slot.acquire(threading.Event())  # another run trains: the API's waits for the slot
+    try:
+        started = app.train_adapter(ctx, "", 3, 1, 0.1, "", tab("client"))
+        assert started["status"] == "waiting"
+        app.stop_training_job(ctx, started["job"])
+    finally:
+        ctx.jobs.slot.release()
+    status = app.training_status(ctx, started["job"], 10)
+    assert status["status"] == "stopped" and status["step"] == 0
+    assert status["error"] == "the training was stopped before its first step; nothing was saved"
+    assert ctx.adapters() == []
+
+
+def test_an_api_training_is_saved_when_it_ends_even_if_nobody_asks(ctx):
+    started = app.train_adapter(ctx, "", 3, 1, 0.1, "", tab("client"))
+    ctx.api_trainings[started["job"]].job.join(60)
+    assert [a["name"] for a in ctx.adapters()] == ["all-3x1"]  # saved in the job's thread
+    status = app.training_status(ctx, started["job"])
+    assert status["status"] == "done" and status["adapter"] == "all-3x1" and status["held_out_perplexity"] > 1
 
 
 def test_a_training_that_fails_says_so_on_its_progress_line(ctx, monkeypatch):

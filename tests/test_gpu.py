@@ -18,12 +18,12 @@ import pytest
 import torch
 
 import tuning.gpu as gpu
-from tuning.config import TuneConfig
+from tuning.config import GenerationError, TuneConfig
 from tuning.data import Row
 from tuning.generate import Decoding
 from tuning.model import Base, ModelError, SoftPrompt
 from tuning.plan import PlanError
-from tuning.train import Done, EpochEnd, Start, Step, train
+from tuning.train import Done, EpochEnd, Start, Step, TrainingError, train
 
 from conftest import CORPUS, need
 
@@ -241,7 +241,7 @@ def test_the_app_decorates_each_gpu_job_with_a_duration_computed_from_its_argume
 
     def GPU(duration):
         def wrap(fn):
-            decorated[fn] = duration
+            decorated[fn.__wrapped__] = duration  # the call itself, its errors carried out as events
             return fn
         return wrap
 
@@ -255,6 +255,98 @@ def test_the_app_decorates_each_gpu_job_with_a_duration_computed_from_its_argume
     finally:
         monkeypatch.delitem(sys.modules, "spaces")
         importlib.reload(app)
+
+
+def zero_gpu_stand_in(duration):
+    """spaces.GPU as it behaves on ZeroGPU (spaces 0.51, zero/wrappers.py): every value crosses the process
+    boundary pickled, a gr.Error is raised again as it is, and any other exception becomes
+    gr.Error(<its class name>, title="ZeroGPU worker error")."""
+    import gradio as gr
+
+    def wrap(fn):
+        def call(*args, **kwargs):
+            try:
+                for value in fn(*args, **kwargs):
+                    yield roundtrip(value)
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise gr.Error(type(e).__name__, title="ZeroGPU worker error", print_exception=False) from None
+        return call
+    return wrap
+
+
+@pytest.mark.parametrize("call, error", [
+    ("TRAIN_ON_GPU", TrainingError("the loss became nan at step 3 (epoch 1); try a lower learning rate")),
+    ("GENERATE_ON_GPU", GenerationError("the input is 2,000 tokens; the model's context holds 1,024")),
+    ("EVALUATE_ON_GPU", ModelError("could not download openai-community/gpt2: start with a local model: --model PATH")),
+    ("SWEEP_ON_GPU", PlanError("this sweep needs about 900 s of GPU time")),
+])
+def test_an_error_inside_a_zero_gpu_call_reaches_the_visitor_as_its_sentence(monkeypatch, call, error):
+    import gradio as gr
+
+    import app
+
+    def fails(*args, **kwargs):
+        yield "first"
+        raise error
+
+    names = {"TRAIN_ON_GPU": "train_run", "GENERATE_ON_GPU": "generate_run", "EVALUATE_ON_GPU": "evaluate_run",
+             "SWEEP_ON_GPU": "sweep_run"}
+    monkeypatch.setattr(gpu, names[call], fails)
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=zero_gpu_stand_in))
+    try:
+        importlib.reload(app)
+        events = getattr(app, call)()
+        assert next(events) == "first"
+        with pytest.raises(gr.Error) as shown, app.user_errors():
+            next(events)
+        assert shown.value.message == str(error)  # not "TrainingError" (the class name is all ZeroGPU would keep)
+    finally:
+        monkeypatch.delitem(sys.modules, "spaces")
+        monkeypatch.undo()
+        importlib.reload(app)
+
+
+def test_without_carrying_the_stand_in_shows_only_the_class_name():
+    """The stand-in is faithful: a call that raises across it loses the sentence (what the app used to show)."""
+    import gradio as gr
+
+    def fails():
+        raise TrainingError("the loss became nan")
+        yield
+
+    with pytest.raises(gr.Error) as shown:
+        next(zero_gpu_stand_in(None)(fails)())
+    assert shown.value.message == "TrainingError"
+
+
+def test_a_bug_inside_a_gpu_call_is_raised_again_on_the_server_not_swallowed():
+    def broken():
+        yield 1
+        raise KeyError("a bug")
+
+    events = gpu.reraising(gpu.carrying(broken)())
+    assert next(events) == 1
+    with pytest.raises(KeyError, match="a bug"):
+        next(events)
+
+
+def test_a_training_call_stops_itself_before_its_duration_and_keeps_what_it_learned(base, monkeypatch):
+    clock = iter(range(10_000))  # each look at the clock is one "second" later
+    monkeypatch.setattr(gpu.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(gpu, "stop_before", lambda seconds, base, held: 3.5)  # the deadline: 3.5 looks after the start
+    events = list(gpu.train_run(base, ROWS[:-2], config(epochs=20), ROWS[-2:], gpu.StopFlag(), seconds=60))
+    done = events[-1]
+    steps = [e for e in events if isinstance(e, Step)]
+    assert isinstance(done, Done) and done.stopped and 1 <= len(steps) < 60
+    assert done.soft.meta["steps"] == len(steps) and done.soft.meta["metrics"]["held_out_loss"] is not None
+
+
+def test_the_deadline_leaves_room_for_the_last_scoring(base):
+    assert gpu.stop_before(100, base, []) == pytest.approx(85.0)
+    assert gpu.stop_before(100, base, ROWS) < 85.0
+    assert gpu.stop_before(1, base, ROWS) >= 1.0
 
 
 def test_the_real_spaces_package_off_zero_gpu_leaves_the_functions_as_they_are(monkeypatch):

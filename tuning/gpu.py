@@ -17,6 +17,10 @@ are plain generators. What that asks of this module, and what it guarantees:
 - `*_seconds` estimate each call's GPU time from its planned tokens (ZeroGPU reserves that
   much of the visitor's quota up front); `check_fits` refuses a run over the per-call cap,
   before it starts, with the estimate and the cap.
+- An error inside a call comes out as a `Failed` event (`carrying`) and is raised again on the
+  server (`reraising`): ZeroGPU's wrapper would turn it into its class name alone.
+- A training stops itself before its call's time is up (`Deadline`), so it ends with a Done
+  that keeps what it learned rather than being cut off with nothing.
 
 The GPU speeds below are assumptions until a run measures one (`note_run`): the first
 estimate after a start uses DEFAULT_GPU_TOKENS_PER_S, later ones the last measured speed.
@@ -24,11 +28,16 @@ estimate after a start uses DEFAULT_GPU_TOKENS_PER_S, later ones the last measur
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import pickle
 import tempfile
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -37,7 +46,10 @@ from .data import Row
 from .model import Base, SoftPrompt, attention_kernels, resolve_precision, zero_gpu
 from .plan import PlanError, estimate_seconds, train_tokens
 
-__all__ = ["StopFlag", "on_accelerator", "zero_gpu", "check_fits", "note_run"]  # and the *_run / *_duration pairs
+__all__ = ["StopFlag", "Deadline", "Failed", "carrying", "reraising", "on_accelerator", "zero_gpu", "check_fits",
+           "note_run"]  # and the *_run / *_duration pairs
+
+log = logging.getLogger(__name__)
 
 # Seconds one decorated call may ask for; ZeroGPU refuses a call that asks more than the
 # visitor's remaining daily quota (a few minutes for a free account), so one call stays well under it.
@@ -87,6 +99,74 @@ class StopFlag:
         return f"StopFlag({self.path!r}, set={self.is_set()})"
 
 
+class Deadline:
+    """A stop flag that is also set once `seconds` have passed since it was made (in the GPU worker).
+
+    ZeroGPU ends a call at its duration and everything the worker held is lost; a training that
+    stops itself a little earlier ends like a Stop: its last held-out scoring, then Done.
+    """
+
+    def __init__(self, flag, seconds: float):
+        self.flag, self.at = flag, time.monotonic() + seconds
+
+    def is_set(self) -> bool:
+        return self.flag.is_set() or time.monotonic() >= self.at
+
+    def set(self) -> None:
+        self.flag.set()
+
+    @property
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
+
+
+@dataclass
+class Failed:
+    """An error raised inside a GPU call, carried out as the call's last event (it pickles, with its message)."""
+
+    error: Exception
+
+
+def _portable(error: Exception) -> Exception:
+    """`error` if it survives pickling as it is, else a RuntimeError with its text (a worker's result must pickle)."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # an exception whose __init__ takes other arguments than its message
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def carrying(fn: Callable[..., Iterator]) -> Callable[..., Iterator]:
+    """`fn` (a generator function) whose errors come out as a `Failed` event instead of being raised.
+
+    ZeroGPU's `spaces.GPU` wrapper turns any exception but `gr.Error` into an error titled
+    "ZeroGPU worker error" that says only the class name ("TrainingError"); carried as an event,
+    the server raises the real one again (`reraising`) and the visitor reads its sentence.
+    """
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            yield from fn(*args, **kwargs)
+        except Exception as e:  # raised again by the server: a bug still fails there
+            if not type(e).__module__.startswith("tuning."):  # not one of our one-sentence errors: keep its traceback
+                log.exception("error in a GPU call")
+            yield Failed(_portable(e))
+    return call
+
+
+def reraising(events: Iterator) -> Iterator:
+    """The events of a `carrying` call, its `Failed` raised again here, in the server."""
+    try:
+        for event in events:
+            if isinstance(event, Failed):
+                raise event.error
+            yield event
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
 _forked = False  # this process is a fork (a ZeroGPU worker) of the one that imported this module
 
 
@@ -127,12 +207,29 @@ def on_accelerator(base: Base) -> Base:
 
 
 def train_run(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_rows: Sequence[Row],
-              stop: StopFlag, resume: SoftPrompt | None = None, resume_name: str | None = None) -> Iterator:
-    """One training (train.train's events, CPU tensors only), on the GPU when there is one."""
+              stop: StopFlag, resume: SoftPrompt | None = None, resume_name: str | None = None,
+              seconds: float | None = None) -> Iterator:
+    """One training (train.train's events, CPU tensors only), on the GPU when there is one.
+
+    `seconds`: the call's duration; the training stops itself in time for its last held-out
+    scoring and Done (`stop_before`), so a call cut off at its duration does not lose the run.
+    """
     from .train import train
 
+    if seconds is not None:
+        stop = Deadline(stop, stop_before(seconds, base, held_out_rows))
     yield from train(on_accelerator(base), list(train_rows), config, list(held_out_rows), stop,
                      resume=resume, resume_name=resume_name)
+
+
+def stop_before(seconds: float, base: Base, held_out_rows: Sequence[Row]) -> float:
+    """When a training call of `seconds` stops itself: room left for one held-out scoring, Done and a margin.
+
+    >>> stop_before(100, base, [])   # doctest: +SKIP
+    85.0
+    """
+    scoring = (estimate_seconds(0, gpu_speed(), _tokens(base, held_out_rows)) or 0.0) if held_out_rows else 0.0
+    return max(1.0, 0.85 * seconds - 2 * scoring)
 
 
 def sweep_run(base: Base, rows: Sequence[Row], config: TuneConfig, grid: Sequence[tuple[int, int]],
