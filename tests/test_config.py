@@ -11,7 +11,7 @@ def test_defaults_are_valid():
     config = TuneConfig()
     assert (config.num_virtual_tokens, config.epochs) == (20, 10)
     assert config.model == "openai-community/gpt2" and config.dataset == "fka/awesome-chatgpt-prompts"
-    # the recipe README "Quality" measured on SmolLM2
+    # the recipe docs/quality.md measured on SmolLM2
     assert config.init == "instruction"
 
 

@@ -146,7 +146,7 @@ def run(
     ours = result["ours"]
 
     def ours_also(key: str, what: str, variant: Job) -> None:
-        """Ours once more, one setting changed: the comparison a README lever line quotes."""
+        """Ours once more, one setting changed: the comparison a lever line in docs/performance.md quotes."""
         out(f"ours {what} ...")
         result[key] = _spawn(_ours, variant)
         result[key].pop("prompt")  # generation uses the default run's prompt
@@ -203,7 +203,7 @@ def _so_far(part: dict) -> str:
 
 
 def report(r: dict) -> str:
-    """The results as Markdown, ready for README "Performance"."""
+    """The results as Markdown, ready for docs/performance.md."""
     m, seed, ours, fp32, gen = r["machine"], r["seed"], r["ours"], r["ours_fp32"], r["generation"]
     lines = [
         f"Machine: {m['cpu']} ({m['cpu_kind']}){', GPU ' + m['gpu'] if m.get('gpu') else ''}, {m['cores']} cores ({m['threads']} torch threads), torch {m['torch']}, "

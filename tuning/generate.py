@@ -145,8 +145,8 @@ def decode_pace(rows: int = 1) -> float | None:
     return _pace[known[0]] if known else None
 
 
-LEAN_DECODE = True  # decode_steps rather than HF `generate` (README "Performance": measured per CPU kind)
-GPT2_STEP = True  # decoding steps of a GPT-2 through GPT2Step rather than the model's forward (README "Speed II")
+LEAN_DECODE = True  # decode_steps rather than HF `generate` (docs/performance.md: measured per CPU kind)
+GPT2_STEP = True  # decoding steps of a GPT-2 through GPT2Step rather than the model's forward (docs/performance.md "Speed II")
 
 
 class ReservedLayer(DynamicLayer):
@@ -157,7 +157,7 @@ class ReservedLayer(DynamicLayer):
     (GPT-2-124M shape, fp32, Intel Xeon without AVX-512 BF16). Here `keys`/`values` are views
     of the filled part of tensors sized for the prompt plus every new token, so attention
     reads exactly the positions so far (`StaticCache`, which attends over its whole reserved
-    length, was slower: README "Speed II"). Past the room it grows, doubling.
+    length, was slower: docs/performance.md "Speed II"). Past the room it grows, doubling.
     """
 
     def __init__(self, room: int):
@@ -216,7 +216,7 @@ class GPT2Step:
     linears and the GELU in use are the ones that run), without the forward's Python: module
     calls, argument handling, the causal mask rebuilt every step. The padding mask becomes an
     additive bias once. Same logits as the model's forward (tests/test_generate.py); on the
-    GPT-2-124M shape that Python was a fifth of a decode's time (README "Speed II").
+    GPT-2-124M shape that Python was a fifth of a decode's time (docs/performance.md "Speed II").
     Only for what it writes out: a `GPT2LMHeadModel` on a CPU (where the model has eager
     attention and `decode_steps` reserves the cache) in eval mode, no cross-attention, no
     reordered upcast attention, and no forward hooks anywhere, since they would not run (`fits`);

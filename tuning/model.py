@@ -117,7 +117,7 @@ class Base:
         slower than the second (issue 12; each batch length a new shape); lengths in steps of 16
         give a batch of 4 rows a multiple of 64 positions. Elsewhere there is nothing to win: on
         a Xeon without AMX (fp32, and emulated bf16) the first pass was not consistently slower,
-        and padding showed no consistent difference within the VM's noise (README "Speed II").
+        and padding showed no consistent difference within the VM's noise (docs/performance.md "Speed II").
         """
         if self.pad_to_multiple_of is not None:
             m = self.pad_to_multiple_of
@@ -134,7 +134,7 @@ class Base:
 
         Once saves FLOPs, which bound a step on a CPU: 1,150 against 1,316 ms for a step of 4
         rows of ~58 tokens (GPT-2-124M shape, fp32, Xeon without AMX). A GPU step is bound by
-        kernel launches instead (README "GPU": 35-38 ms whatever the precision), and the two
+        kernel launches instead (docs/performance.md "GPU": 35-38 ms whatever the precision), and the two
         passes launch more: 2,405 against 1,325 top-level ATen ops for that step. So one pass
         on a GPU: 14,409 against 7,644 useful tokens/s on an H200 (bench, bf16, GPT-2-124M shape).
         """

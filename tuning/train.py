@@ -12,7 +12,7 @@ ones (`resume_config` plans such a run, `resume_note` says when the optimizer st
 
 What it does not do: load models or data (model.py, data.py), save files (adapters.py).
 
-Choices, each measured or explained in README "Performance":
+Choices, each measured or explained in docs/performance.md:
 - the base model keeps its own dtype (bf16 on CPUs that have it), the prompt and the loss
   are float32;
 - rows of similar length are batched together (little padding), batch order shuffled per
@@ -250,7 +250,7 @@ def init_prompt(base: Base, config: TuneConfig, fallback_text: str | None = None
     text's tokens, repeated or cut to length (PEFT's TEXT logic, done here with the loaded
     tokenizer because PEFT's would load a tokenizer by name, possibly from the network).
     instruction: text init from `config.INSTRUCTION` ("I want you to act as"), whatever
-    `init_text` says; on SmolLM2 it beat the others (README "Quality").
+    `init_text` says; on SmolLM2 it beat the others (docs/quality.md).
     """
     from peft import PromptTuningConfig
     from peft.tuners.prompt_tuning.model import PromptEmbedding
@@ -466,7 +466,7 @@ def train(
         saved["state"] = {0: {k: v.detach().clone() for k, v in resume.optimizer_state.items()}}
         optimizer.load_state_dict(saved)
     # Linear warm-up over config.warmup_fraction of this run's steps, then linear decay to zero
-    # (README "Quality" measures both). A resumed run starts a fresh warm-up and decay from
+    # (docs/quality.md measures both). A resumed run starts a fresh warm-up and decay from
     # config.learning_rate: the saved run's own schedule ended at zero, so continuing it would
     # not move the prompt; restarting it is a warm restart (SGDR), and a lower --learning-rate
     # makes the restart gentler.
