@@ -24,6 +24,7 @@ except ImportError:  # not installed (Spaces installs its own; it is not in requ
     spaces = None
 
 import argparse
+import asyncio
 import contextlib
 import csv
 import functools
@@ -1643,7 +1644,7 @@ def run_report(ctx: Context, run_name, session: Session, request: gr.Request) ->
 
 
 def hub_section(ctx: Context, picked: gr.Dropdown, table: gr.Dataframe) -> None:
-    on_space = bool(os.environ.get("SPACE_ID"))  # Hugging Face sets it; OAuth login exists only there
+    on_space = gr.utils.get_space() is not None  # Gradio's own test: its OAuth routes are real only there
     gr.Markdown("### The Hugging Face Hub\nPush a saved adapter to your account (its PEFT files, a model card and "
                 "the run report), or load one from any repo. " + (
                     "Log in to push; loading needs no login." if on_space else
@@ -2026,6 +2027,9 @@ def build_app(
         train_.trained.then(bind(show_history, ctx), session, sweeps.history, api_name="history_after_train", **HIDDEN)
         demo.unload(bind(on_close, ctx))
         api_endpoints(ctx)
+    for fn in demo.fns.values():  # the Log in button's own check (on a Space) is no tool of ours
+        if fn.name == "_check_login_status":
+            fn.api_visibility = "undocumented"
     # A full queue answers "Queue is full" at once, rather than letting waits grow without end.
     return demo.queue(max_size=max_queue, default_concurrency_limit=4)
 
@@ -2070,14 +2074,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":
+async def _built(args: argparse.Namespace) -> gr.Blocks:
+    return build_app(args.model, args.dataset, args.adapters_dir, args.max_epochs, args.max_steps,
+                     args.max_adapters, args.max_adapter_bytes, args.max_queue,
+                     reference_adapters=args.reference_adapters, hub_model=args.hub_model)
+
+
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = parse_args()
-    app = build_app(args.model, args.dataset, args.adapters_dir, args.max_epochs, args.max_steps,
-                    args.max_adapters, args.max_adapter_bytes, args.max_queue,
-                    reference_adapters=args.reference_adapters, hub_model=args.hub_model)
+    args = parse_args(argv)
+    # Built inside a running event loop: outside one, Gradio makes a new loop for each internal app it
+    # builds and drops the last, and a dropped loop's finalizer can print a traceback into the server log.
+    app = asyncio.run(_built(args))
     # Load the base model while the page comes up, so the first Train click does not wait for it.
     # A failure here is not cached: the first request that needs the model tries again and says why.
     threading.Thread(target=warm_up, args=(args.model,), daemon=True, name="load-base").start()
     app.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES,
                mcp_server=args.mcp)
+
+
+if __name__ == "__main__":
+    main()
