@@ -77,8 +77,8 @@ class Job:
     batch_size: int | None = None  # ours; None: TuneConfig's default
     length_multiple: int | None = None  # ours: Base.pad_to_multiple_of; None: the machine's choice
     share_prompt: bool | None = None  # ours: Base.share_prompt; None: the device's choice
-    exact_gelu: bool | None = None  # model.EXACT_GELU; None: the machine's choice
-    packed: bool | None = None  # model.PACK_FOR_DECODING; None: the machine's choice
+    exact_gelu: bool | None = None  # kernels.EXACT_GELU; None: the machine's choice
+    packed: bool | None = None  # kernels.PACK_FOR_DECODING; None: the machine's choice
     gpt2_step: bool | None = None  # generate.GPT2_STEP; None: the default (GPT2Step wherever it fits)
     prompt: list | None = None  # a trained soft prompt, for generation
     new_tokens: int = 64
@@ -111,8 +111,8 @@ def run(
     so the machine that pads shows what the padding buys. `fp32_generation` also times generation
     in fp32 (default: when ours generates in another precision), for choosing decode precision per job.
     `other_gelu` also trains ours with the other GELU (default: where ours uses the exact one,
-    `model.exact_gelu`); `other_packing` also generates the other way, packed or plain weights
-    (default: where ours packs, `model.packs_for_decoding`; only a CPU packs); `model_step` also generates
+    `kernels.exact_gelu`); `other_packing` also generates the other way, packed or plain weights
+    (default: where ours packs, `kernels.packs_for_decoding`; only a CPU packs); `model_step` also generates
     with the model's own forward at every step instead of `generate.GPT2Step` (default: where GPT2Step
     runs, a CPU): each lever the machine pulls is measured against not pulling it, in the same run.
 
@@ -315,7 +315,7 @@ def _warm_and_cold(ours: dict, other: dict) -> str:
 def machine() -> dict:
     import transformers
 
-    from .model import cpu_kind, cpu_model
+    from .hardware import cpu_kind, cpu_model
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
@@ -351,7 +351,7 @@ def _matmul_rate(dtype: torch.dtype, n: int, repeat: int) -> float:
 
 
 def _device() -> torch.device:
-    from .model import pick_device
+    from .hardware import pick_device
 
     return pick_device()
 
@@ -438,13 +438,14 @@ def _random_base(job: Job, model_id: str, precision: str):
     """
     from transformers import AutoModelForCausalLM, GPT2Config
 
-    from . import model as model_module
-    from .model import _DTYPES, from_model, resolve_precision
+    from . import kernels
+    from .hardware import resolve_precision
+    from .model import _DTYPES, from_model
 
     if job.exact_gelu is not None:  # this part's own process: the flags are its own
-        model_module.EXACT_GELU = job.exact_gelu
+        kernels.EXACT_GELU = job.exact_gelu
     if job.packed is not None:
-        model_module.PACK_FOR_DECODING = job.packed
+        kernels.PACK_FOR_DECODING = job.packed
     if job.gpt2_step is not None:
         from . import generate as generate_module
 
@@ -624,7 +625,7 @@ def _generation(job: Job) -> dict:
     import statistics
 
     from .generate import Decoding, GPT2Step, generate, stream_compare, stream_ids, stream_pair
-    from .model import packs_for_decoding
+    from .kernels import packs_for_decoding
 
     _quiet()
     base = _random_base(job, "gpt2-124m-random", job.precision)

@@ -9,7 +9,7 @@ are plain generators. What that asks of this module, and what it guarantees:
 - Arguments and results pickle, and are small: rows, configs, `Decoding`, CPU tensors,
   events. The model is not copied: a `Base` pickles as a reference that the forked worker
   resolves to its own inherited copy (`model.Base.__reduce__`).
-- The model loads on the CPU in the server (`model.pick_device`) and moves to the GPU inside
+- The model loads on the CPU in the server (`hardware.pick_device`) and moves to the GPU inside
   the call (`on_accelerator`), in the precision `auto` picks for that GPU (bf16 on Ampere and
   newer, fp16 with a loss scaler before).
 - A stop request crosses the process boundary as a file (`StopFlag`): a training stopped
@@ -34,7 +34,9 @@ import torch
 
 from .config import TuneConfig
 from .data import Row
-from .model import Base, SoftPrompt, attention_kernels, resolve_precision, zero_gpu
+from .hardware import resolve_precision, zero_gpu
+from .kernels import attention_kernels
+from .model import Base, SoftPrompt
 from .plan import PlanError, estimate_seconds, train_tokens
 
 __all__ = ["StopFlag", "on_accelerator", "zero_gpu", "check_fits", "note_run"]  # and the *_run / *_duration pairs

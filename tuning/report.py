@@ -32,7 +32,8 @@ from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .data import Row
 from .evaluate import Metrics, compare, nearest_tokens, rouge_compare
 from .generate import Decoding
-from .model import Base, SoftPrompt, cpu_model
+from .hardware import cpu_model
+from .model import Base, SoftPrompt
 
 CHART_FILE = "loss.png"  # next to README.md: the card shows it by this relative name
 CARD_FILE = "README.md"
