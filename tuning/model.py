@@ -27,8 +27,8 @@ import torch
 
 from . import kernels
 from .config import DEFAULT_MODEL, TuneConfig, same_model
-from .data import hub_reachable, is_connection_error, offline_mode
 from .hardware import ModelError, pick_device, resolve_precision, this_cpu_kind
+from .hubprobe import hub_reachable, is_connection_error, offline_mode
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AMX_LENGTH_MULTIPLE = 16  # bf16 batches on an AMX CPU are padded to a multiple of this many positions
