@@ -56,8 +56,10 @@ from tuning.model import ModelError, SoftPrompt, load_base
 from tuning.plan import (PlanError, checked_config, config_error, estimate_seconds, plan_run, plan_sweep, plural,
                          train_tokens)
 from tuning.progress import SERIES, ReferenceView, RunView, SweepView, duration, held_out_points, number
-from tuning.train import (Done, Step, TrainingError, held_out_for, resume_config, resume_note, saved_history,
-                          trained_so_far)
+from tuning.events import Done, Step, TrainingError
+from tuning.history import saved_history, trained_so_far
+from tuning.rows import held_out_for
+from tuning.train import resume_config, resume_note
 
 log = logging.getLogger("tuning.app")
 

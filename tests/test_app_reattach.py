@@ -295,7 +295,7 @@ def test_an_api_training_stopped_before_its_first_step_says_so(ctx, monkeypatch)
 
 
 def test_a_training_that_fails_says_so_on_its_progress_line(ctx, monkeypatch):
-    from tuning.train import TrainingError
+    from tuning.events import TrainingError
 
     real = app.TRAIN_ON_GPU
 

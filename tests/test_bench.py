@@ -91,7 +91,8 @@ def test_peak_memory_also_covers_the_whole_splits_largest_batch(result, tiny_csv
     # The timed rows are a sample; the reported whole-split peak comes after a step on the batch
     # with the most positions among all of the training split's length-sorted batches.
     from tuning.data import load_rows
-    from tuning.train import length_batches, split_rows
+    from tuning.rows import split_rows
+    from tuning.train import length_batches
 
     r, lines = result
     rows, _ = split_rows(load_rows(str(tiny_csv)), TuneConfig(dataset=str(tiny_csv)))
@@ -137,7 +138,7 @@ def test_rows_are_drawn_from_the_training_split_and_never_held_out(tiny_csv, tok
 
 def test_timed_rows_do_not_repeat_while_the_split_has_enough(tiny_csv, tokenizer_dir):
     from tuning.data import load_rows
-    from tuning.train import split_rows
+    from tuning.rows import split_rows
 
     job = bench.Job(str(tiny_csv), str(tokenizer_dir), {}, steps=1, warmup=1)
     config, *_ = bench._training_rows(job)
@@ -181,6 +182,7 @@ def test_the_cold_epoch_and_the_seeds_warm_up_run_the_timed_rows_in_the_timed_ba
     import transformers
 
     import tuning.train as train_module
+    from tuning.events import Step
 
     monkeypatch.setattr(bench, "_quiet", lambda: None)
     job = bench.Job(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=2, warmup=2)
@@ -190,7 +192,7 @@ def test_the_cold_epoch_and_the_seeds_warm_up_run_the_timed_rows_in_the_timed_ba
     def recording_train(base, rows, config, *held, **kwargs):
         losses = []
         for event in real_train(base, rows, config, *held, **kwargs):
-            if isinstance(event, train_module.Step):
+            if isinstance(event, Step):
                 losses.append(event.loss)
             yield event
         calls.append((list(rows), config, bool(held), losses))

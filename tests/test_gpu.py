@@ -23,7 +23,8 @@ from tuning.data import Row
 from tuning.generate import Decoding
 from tuning.model import Base, ModelError, SoftPrompt
 from tuning.plan import PlanError
-from tuning.train import Done, EpochEnd, Start, Step, train
+from tuning.events import Done, EpochEnd, Start, Step
+from tuning.train import train
 
 from conftest import CORPUS, need
 

@@ -17,7 +17,9 @@ from tuning.cli import main
 from tuning.config import TuneConfig
 from tuning.data import Row
 from tuning.model import SoftPrompt
-from tuning.train import Done, Start, Step, TrainingError, resume_config, resume_note, train, trained_so_far
+from tuning.events import Done, Start, Step, TrainingError
+from tuning.history import trained_so_far
+from tuning.train import resume_config, resume_note, train
 
 from conftest import CORPUS
 

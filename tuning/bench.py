@@ -401,7 +401,7 @@ def _training_rows(job: Job):
 
     from .config import TuneConfig
     from .data import load_rows
-    from .train import split_rows
+    from .rows import split_rows
 
     config = TuneConfig(model="gpt2-124m-random", dataset=job.dataset, precision=job.precision, epochs=1,
                         **({} if job.batch_size is None else {"batch_size": job.batch_size}))
@@ -546,7 +546,8 @@ def _ours(job: Job) -> dict:
     order: the first, right after the model loaded, is the cold start (on AMX every new batch
     shape builds its kernels), the timed one the steady state, and the two compare as times.
     """
-    from .train import Done, EpochEnd, Start, Step, train
+    from .events import Done, EpochEnd, Start, Step
+    from .train import train
 
     _quiet()
     config, timed, held = _training_rows(job)
@@ -606,7 +607,8 @@ def _largest_batch_step(base, config, prompt: torch.Tensor) -> list[int]:
 
     from .data import load_rows
     from .model import token_losses
-    from .train import encode_rows, length_batches, split_rows
+    from .rows import encode_rows, split_rows
+    from .train import length_batches
 
     rows, _ = split_rows(load_rows(config.dataset), config)
     data = encode_rows(base, rows, config)

@@ -179,9 +179,10 @@ def cmd_train(args) -> int:
 
     from . import adapters
     from .model import load_base
-    from .train import (
-        Done, EpochEnd, Start, Step, data_parallel, resume_config, resume_note, split_rows, train, trained_so_far,
-    )
+    from .events import Done, EpochEnd, Start, Step
+    from .history import trained_so_far
+    from .rows import split_rows
+    from .train import data_parallel, resume_config, resume_note, train
 
     names = {f.name for f in dataclasses.fields(TuneConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}  # only the flags typed (see _add_config_flags)
@@ -409,7 +410,7 @@ def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
 def cmd_eval(args) -> int:
     from .evaluate import compare
     from .generate import Decoding
-    from .train import encode_rows, held_out_for
+    from .rows import encode_rows, held_out_for
 
     if args.rouge < 0:
         raise ValueError(f"--rouge is a number of held-out acts, 0 or more, got {args.rouge}")
@@ -479,7 +480,7 @@ def cmd_sweep(args) -> int:
     from .generate import Decoding
     from .model import load_base
     from .sweep import CellEvent, CellResult, SweepDone, SweepStart, format_table, parse_grid, plot, run_sweep, write_csv
-    from .train import EpochEnd, Step
+    from .events import EpochEnd, Step
 
     grid = parse_grid(args.grid)
     if args.rouge < 0:
@@ -573,7 +574,7 @@ def cmd_reference(args) -> int:
 
     from . import reference
     from .model import load_base
-    from .train import Start, Step
+    from .events import Start, Step
 
     todo = reference.missing(args.adapters_dir, args.model, args.dataset)
     for cell in reference.GRID:

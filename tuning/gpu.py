@@ -156,7 +156,7 @@ def evaluate_run(base: Base, soft: SoftPrompt, held_out_rows: Sequence[Row], rou
                  decoding) -> Iterator[tuple[str, object]]:
     """Held-out perplexity, then ROUGE-L act by act: ("perplexity", metrics), then ("rouge", row) per act."""
     from . import evaluate
-    from .train import encode_rows
+    from .rows import encode_rows
 
     base = on_accelerator(base)
     held = encode_rows(base, list(held_out_rows), soft.config)
@@ -205,7 +205,7 @@ def train_duration(*args, **kwargs) -> int:
 
 def sweep_seconds(base: Base, rows: Sequence[Row], config: TuneConfig, grid, stop=None, rouge_acts: int = 0) -> float:
     """Estimated GPU seconds of `sweep_run`: every cell's training, and its ROUGE-L continuations."""
-    from .train import split_rows
+    from .rows import split_rows
 
     train_rows, held = split_rows(rows, config)
     per_epoch = _epoch_seconds(base, train_rows, held)  # every cell trains on the same rows

@@ -20,7 +20,7 @@ from typing import Sequence
 
 from .config import TuneConfig
 from .data import Row
-from .train import split_rows
+from .rows import split_rows
 
 # The words a person sees for each TuneConfig field: errors name these, not the code's names.
 LABELS = {

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .evaluate import ROUGE_NEW_TOKENS
 from .plan import SCORING_COST, plural
-from .train import Done, EpochEnd, Paused, Start, Step
+from .events import Done, EpochEnd, Paused, Start, Step
 
 clock = time.monotonic  # a module attribute so tests can move it
 SERIES = ("train", "held-out", "base held-out")  # the series of one run's chart, in legend order

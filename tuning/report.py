@@ -72,7 +72,7 @@ def measure(
     seeded split's (train.held_out_for). `samples` held-out acts are decoded (greedy, 64 new
     tokens unless `decoding` says otherwise) for ROUGE-L and the side-by-side samples; 0 skips that.
     """
-    from .train import encode_rows, held_out_for
+    from .rows import encode_rows, held_out_for
 
     t0 = time.perf_counter()
     held = held_out_for(soft, rows, dataset)

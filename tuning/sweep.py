@@ -34,7 +34,9 @@ from .data import Row
 from .evaluate import base_continuations, rouge_compare
 from .generate import Decoding
 from .model import Base, SoftPrompt
-from .train import Done, Event, Start, TrainingError, split_rows, train
+from .events import Done, Event, Start, TrainingError
+from .rows import split_rows
+from .train import train
 
 # The seed notebook's two runs: (virtual tokens, epochs).
 SEED_GRID: list[tuple[int, int]] = [(5, 5), (20, 10)]

@@ -10,7 +10,8 @@ Resuming: `train(..., resume=soft)` starts from a saved prompt and its AdamW sta
 `config.epochs` more epochs; step and epoch numbers, and the loss history, continue the saved
 ones (`resume_config` plans such a run, `resume_note` says when the optimizer starts fresh).
 
-What it does not do: load models or data (model.py, data.py), save files (adapters.py).
+What it does not do: load models or data (model.py, data.py), choose or tokenize rows (rows.py),
+save files (adapters.py). Its events are events.py's, its loss history's shape history.py's.
 
 Choices, each measured or explained in README "Performance":
 - the base model keeps its own dtype (bf16 on CPUs that have it), the prompt and the loss
@@ -37,7 +38,6 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator, Sequence
 
@@ -45,131 +45,12 @@ import torch
 
 from . import turns
 from .config import TuneConfig
-from .data import DataError, Row, find_act, select, split_by_act
+from .data import Row
 from .evaluate import mean_loss
+from .events import Done, EpochEnd, Event, Paused, Start, Step, TrainingError
+from .history import HISTORY_KEYS, saved_history, trained_so_far
 from .model import Base, SoftPrompt, token_losses
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (for example the loss became NaN); the message is one sentence."""
-
-
-@dataclass
-class Start:
-    total_steps: int
-    train_rows: int
-    held_out_rows: int
-    train_tokens: int  # real text tokens per epoch
-    resumed_at: int = 0  # steps done before this run (a resumed adapter's); steps count on from here
-
-
-@dataclass
-class Step:
-    step: int  # 1-based, across epochs (and across runs, when resuming)
-    total_steps: int  # the last step's number
-    epoch: int  # 1-based (continuing a resumed adapter's)
-    loss: float  # mean cross-entropy per token of this batch
-    tokens: int  # real text tokens trained on so far
-    tokens_per_s: float
-    elapsed: float  # seconds since the start
-    eta: float  # seconds left, from the mean step time so far
-
-
-@dataclass
-class EpochEnd:
-    epoch: int
-    train_loss: float  # token-weighted mean over the epoch
-    held_out_loss: float | None
-    # the untuned model on the same rows, the chart's baseline: scored at the first epoch's end,
-    # not before the first step, so the first point of a live chart appears at once
-    base_held_out_loss: float | None
-    elapsed: float
-    # seconds this epoch end spent scoring: `elapsed` also counts any wait between events (a
-    # background run paused for a visitor), which a time estimate must not take for work
-    scoring_seconds: float | None = None
-
-
-@dataclass
-class Paused:
-    """The training waits before its next step while a generation runs on this CPU (`turns`: decoding goes first)."""
-    step: int  # steps done so far
-    max_seconds: float  # the longest this wait can last; the next Step ends it
-
-
-@dataclass
-class Done:
-    soft: SoftPrompt
-    stopped: bool  # True when asked to stop before the last step
-    steps: int  # taken by this run (a resumed adapter's earlier steps not counted)
-    elapsed: float
-
-
-Event = Start | Step | Paused | EpochEnd | Done
-
-
-def split_rows(rows: Sequence[Row], config: TuneConfig) -> tuple[list[Row], list[Row]]:
-    """Which rows to train on and which to hold out, by act.
-
-    With no `config.acts`: the seeded split's training side. With acts named: exactly those
-    rows (even ones the split would hold out); the held-out side then drops their acts, so a
-    held-out act is never trained on.
-    """
-    train_rows, held = split_by_act(list(rows), config.held_out_fraction, config.seed)
-    if config.acts:
-        train_rows = select(list(rows), config.acts)
-        trained = {r.group for r in train_rows}
-        held = [r for r in held if r.group not in trained]
-    return train_rows, held
-
-
-def held_out_for(soft: SoftPrompt, rows: Sequence[Row], dataset: str) -> list[Row]:
-    """The acts `soft` never trained on: the ones it recorded when it was trained on `dataset`, else the split's.
-
-    Recorded held-out acts that are no longer in the file are skipped; when none is left (or the
-    dataset is another one) the seeded split stands in, without the config's own acts when this
-    dataset does not have them (an adapter trained elsewhere). Whichever way, no act the adapter
-    recorded as trained on is ever returned: a split of an edited file mixes the acts anew.
-    """
-    trained = set()
-    for name in soft.meta_texts("acts"):
-        try:
-            trained.add(find_act(rows, name).group)
-        except DataError:
-            pass  # not in this file: nothing to leave out
-    if soft.config.dataset == dataset:
-        kept = []
-        for name in soft.meta_texts("held_out_acts"):
-            try:
-                row = find_act(rows, name)
-            except DataError:
-                continue  # renamed or deleted since training
-            if row not in kept:
-                kept.append(row)
-        if kept:
-            return [r for r in kept if r.group not in trained]
-    try:
-        held = split_rows(rows, soft.config)[1]
-    except DataError:
-        held = split_rows(rows, dataclasses.replace(soft.config, acts=()))[1]
-    return [r for r in held if r.group not in trained]
-
-
-def encode_rows(base: Base, rows: Sequence[Row], config: TuneConfig) -> list[list[int]]:
-    """Tokenize each prompt and end it with eos, truncated so virtual + text tokens fit the context.
-
-    The eos is a label like any other token (padding is masked by position, not by id), so
-    the tuned model learns where a prompt ends. A truncated row gets no eos: it did not end.
-    """
-    budget = min(config.max_length, base.max_positions - config.num_virtual_tokens)
-    if budget < 2:
-        raise TrainingError(
-            f"{config.num_virtual_tokens} virtual tokens leave no room in the model's {base.max_positions}-token context"
-        )
-    out = []
-    for row in rows:
-        ids = base.encode(row.prompt)
-        out.append(ids + [base.eos_id] if len(ids) < budget else ids[:budget])
-    return out
+from .rows import encode_rows
 
 
 def data_parallel() -> tuple[int, int]:
@@ -299,22 +180,6 @@ def lr_factor(steps: int, warmup_fraction: float):
     return factor
 
 
-# epoch_step: the step each epoch ended at (a continued run may change the batch size, or go on
-# from a stopped epoch, so epoch x steps-per-epoch does not say where an epoch's held-out loss goes)
-HISTORY_KEYS = ("step", "train_loss", "epoch", "held_out_loss", "epoch_train_loss", "epoch_step")
-
-
-def trained_so_far(soft: SoftPrompt) -> tuple[int, int]:
-    """(steps, epochs) `soft` has trained, read from its loss history; (0, 0) when it has none.
-
-    A run stopped mid-epoch counts all its steps but only its finished epochs, so resuming it
-    starts the next epoch after the last finished one. A history that is not the shape train()
-    writes (an edited or foreign tuning_meta.json) is refused: its numbers cannot be continued.
-    """
-    history = saved_history(soft)
-    return (history["step"][-1] if history["step"] else 0), (history["epoch"][-1] if history["epoch"] else 0)
-
-
 def resume_config(soft: SoftPrompt, epochs: int, **changes) -> TuneConfig:
     """The settings for `train(..., resume=soft)`: the adapter's own, `epochs` more epochs, and `changes`.
 
@@ -336,40 +201,6 @@ def resume_note(soft: SoftPrompt) -> str | None:
         return None
     return ("this adapter has no saved optimizer state (it is older or was trained elsewhere), "
             "so training continues from its prompt with a fresh AdamW optimizer")
-
-
-def estimated_epoch_steps(history: dict) -> list[int]:
-    """Where each epoch ended, for a history saved without `epoch_step`: its steps spread evenly over its epochs.
-
-    >>> estimated_epoch_steps({"step": [1, 2, 3, 4, 5], "epoch": [1, 2]})
-    [3, 5]
-    """
-    steps, epochs = history.get("step") or [], history.get("epoch") or []
-    if not steps or not epochs:
-        return [1] * len(epochs)
-    per_epoch = math.ceil(steps[-1] / max(epochs[-1], 1))
-    return [max(1, min(e * per_epoch, steps[-1])) if isinstance(e, int) else 1 for e in epochs]
-
-
-def saved_history(soft: SoftPrompt) -> dict[str, list]:
-    """`soft`'s loss history as train() writes it, checked; every key empty when it has none."""
-    history = soft.meta.get("history")
-    if not history:
-        return {k: [] for k in HISTORY_KEYS}
-    bad = TrainingError("this adapter's loss history is not in the form training writes, so it cannot be continued")
-    if not isinstance(history, dict) or not all(isinstance(history.get(k, []), list) for k in HISTORY_KEYS):
-        raise bad
-    history = {k: list(history.get(k, [])) for k in HISTORY_KEYS}
-    if len(history["epoch_step"]) != len(history["epoch"]):  # saved before epoch_step: the even spread
-        history["epoch_step"] = estimated_epoch_steps(history)
-    whole = [n for k in ("step", "epoch", "epoch_step") for n in history[k]]
-    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in whole):
-        raise bad
-    if len(history["step"]) != len(history["train_loss"]) or not (
-        len(history["epoch"]) == len(history["held_out_loss"]) == len(history["epoch_train_loss"])
-    ):
-        raise bad
-    return history
 
 
 def _check_resume(soft: SoftPrompt, config: TuneConfig, base: Base | None = None) -> tuple[int, int]:
