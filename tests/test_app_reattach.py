@@ -13,7 +13,7 @@ import app
 from app_fixtures import write_assets
 from tuning import generate
 from tuning.jobs import Jobs
-from tuning.progress import duration
+from tuning.formatting import duration
 
 TRAIN = dict(tokens=5, epochs=50, lr=0.1, batch=1, init="random", data="all training acts", chosen=[], seed=0)
 

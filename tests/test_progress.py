@@ -6,7 +6,9 @@ import pytest
 
 from tuning.config import TuneConfig
 from tuning.model import SoftPrompt
-from tuning.progress import RunView, duration, held_out_points, number
+from tuning.formatting import duration, number
+from tuning.history import held_out_points
+from tuning.progress import RunView
 from tuning.events import Done, EpochEnd, Start, Step
 
 

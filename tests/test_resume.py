@@ -76,7 +76,7 @@ def test_a_run_stopped_mid_epoch_resumes_at_the_next_epoch(base):
 
 
 def test_the_history_records_the_step_each_epoch_ended_at_whatever_the_batch_size(base, two_epochs):
-    from tuning.progress import held_out_points
+    from tuning.history import held_out_points
 
     assert two_epochs.meta["history"]["epoch_step"] == [3, 6]  # 6 rows in batches of 2
     soft = done(run(base, resume_config(two_epochs, 2, batch_size=4), resume=two_epochs))  # then 2 steps an epoch

@@ -5,6 +5,8 @@
 reads it back checked (it may come from an upload), `trained_so_far` says where a resumed run
 goes on from.
 
+`held_out_points` places each epoch's held-out loss on the step axis, for every chart that draws one.
+
 What it does not do: train (train.py) or draw (progress.py, report.py, sweep.py).
 """
 
@@ -63,3 +65,21 @@ def saved_history(soft: SoftPrompt) -> dict[str, list]:
     ):
         raise bad
     return history
+
+
+def held_out_points(history: dict, steps_per_epoch: int, series: str = "held-out") -> list[tuple[int, float, str]]:
+    """Each epoch's held-out loss at the step that ended the epoch (the run's last step for a cut epoch).
+
+    Where the history records those steps (`epoch_step`, since a continued run may have changed the
+    batch size) they are used; an older history's epochs are placed every `steps_per_epoch` steps.
+
+    >>> held_out_points({"step": [1, 2, 3], "epoch": [1, 2], "held_out_loss": [3.0, None]}, 2)
+    [(2, 3.0, 'held-out')]
+    >>> held_out_points({"step": [1, 2, 3], "epoch": [1, 2], "epoch_step": [1, 3], "held_out_loss": [3.0, 2.0]}, 2)
+    [(1, 3.0, 'held-out'), (3, 2.0, 'held-out')]
+    """
+    last = history["step"][-1] if history["step"] else 0
+    ends = history.get("epoch_step") or []
+    if len(ends) != len(history["epoch"]):
+        ends = [min(e * steps_per_epoch, last) for e in history["epoch"]]
+    return [(end, loss, series) for end, loss in zip(ends, history["held_out_loss"]) if loss is not None]

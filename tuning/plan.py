@@ -20,6 +20,7 @@ from typing import Sequence
 
 from .config import TuneConfig
 from .data import Row
+from .formatting import plural
 from .rows import split_rows
 
 # The words a person sees for each TuneConfig field: errors name these, not the code's names.
@@ -70,11 +71,6 @@ class SweepPlan:
     @property
     def longest_epochs(self) -> int:
         return max(e for _, e in self.grid)
-
-
-def plural(n: int, word: str) -> str:
-    """1, 'act' -> '1 act'; 2, 'act' -> '2 acts'; 2000, 'step' -> '2,000 steps'."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def config_error(error: ValueError) -> PlanError:

@@ -31,8 +31,10 @@ from typing import Sequence
 from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .data import Row
 from .evaluate import Metrics, compare, nearest_tokens, rouge_compare
+from .formatting import duration
 from .generate import Decoding
 from .hardware import cpu_model
+from .history import held_out_points
 from .model import Base, SoftPrompt
 
 CHART_FILE = "loss.png"  # next to README.md: the card shows it by this relative name
@@ -176,8 +178,6 @@ def loss_chart(soft: SoftPrompt) -> bytes:
     Drawn with matplotlib's Agg backend (no display), as sweep.plot does.
     """
     import matplotlib
-
-    from .progress import held_out_points
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -428,8 +428,6 @@ def _table(rows: Sequence[Sequence], head: Sequence[str] | None = None) -> str:
 
 def report_html(f: Findings) -> str:
     """The report as one HTML page with no external resource: configuration, data, curves, metrics, samples, machine."""
-    from .progress import duration
-
     soft, meta = f.soft, f.soft.meta
     trained = soft.meta_texts("acts")
     train_seconds = _meta_number(soft, "train_seconds")

@@ -32,7 +32,9 @@ from typing import Iterator, Sequence
 from .config import TuneConfig
 from .data import Row
 from .evaluate import base_continuations, rouge_compare
+from .formatting import number
 from .generate import Decoding
+from .history import held_out_points
 from .model import Base, SoftPrompt
 from .events import Done, Event, Start, TrainingError
 from .rows import split_rows
@@ -204,8 +206,6 @@ def plot(results: Sequence[CellResult], path: str | Path) -> Path:
     """
     import matplotlib
 
-    from .progress import held_out_points
-
     matplotlib.use("Agg")  # no display: the CLI runs on servers, the app renders the file
     import matplotlib.pyplot as plt
 
@@ -240,9 +240,6 @@ def format_table(results: Sequence[CellResult]) -> str:
     >>> print(format_table([]).splitlines()[0])
     cell     tokens epochs  ppl base ppl tuned rouge base rouge tuned  seconds
     """
-
-    from .progress import number  # one way to print a number that may not be measured, app and CLI alike
-
     lines = [f"{'cell':8} {'tokens':>6} {'epochs':>6} {'ppl base':>9} {'ppl tuned':>9} {'rouge base':>10} {'rouge tuned':>11} {'seconds':>8}"]
     for r in results:
         lines.append(
