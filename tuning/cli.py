@@ -408,9 +408,9 @@ def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import compare
+    from .evaluate import held_out
     from .generate import Decoding
-    from .rows import encode_rows, held_out_for
+    from .rows import held_out_for
 
     if args.rouge < 0:
         raise ValueError(f"--rouge is a number of held-out acts, 0 or more, got {args.rouge}")
@@ -421,7 +421,7 @@ def cmd_eval(args) -> int:
     held = held_out_for(soft, rows, config.dataset)
     if not held:
         raise ValueError("there are no held-out rows to evaluate on")
-    result = compare(base, soft, encode_rows(base, held, config), args.batch_size)
+    result = held_out(base, soft, held, args.batch_size)
     print(f"held-out: {len(held)} acts, {result['base'].tokens} tokens of {config.dataset}")
     print(f"{'':6} {'loss':>8} {'perplexity':>11}")
     for name in ("base", "tuned"):

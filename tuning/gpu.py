@@ -156,11 +156,9 @@ def evaluate_run(base: Base, soft: SoftPrompt, held_out_rows: Sequence[Row], rou
                  decoding) -> Iterator[tuple[str, object]]:
     """Held-out perplexity, then ROUGE-L act by act: ("perplexity", metrics), then ("rouge", row) per act."""
     from . import evaluate
-    from .rows import encode_rows
 
     base = on_accelerator(base)
-    held = encode_rows(base, list(held_out_rows), soft.config)
-    yield "perplexity", evaluate.compare(base, soft, held, soft.config.batch_size)
+    yield "perplexity", evaluate.held_out(base, soft, held_out_rows)
     for result in evaluate.iter_rouge(base, soft, list(rouge_rows), decoding):
         yield "rouge", result
 

@@ -1,7 +1,7 @@
 """A run report anyone can open: one self-contained `report.html`, plus the model card (`README.md`).
 
 `measure()` computes what the report shows, on the model at hand: held-out perplexity base vs
-tuned (evaluate.compare, the adapter's own batch size), ROUGE-L and base-vs-tuned samples for a
+tuned (evaluate.held_out, the adapter's own batch size), ROUGE-L and base-vs-tuned samples for a
 few held-out acts (evaluate.rouge_compare), each virtual token's nearest vocabulary tokens, and
 the loss chart drawn from the adapter's saved history. `report_html()` and `model_card()` turn
 those findings into a page and a Hugging Face model card; `write_report()` writes both, with the
@@ -30,11 +30,12 @@ from typing import Sequence
 
 from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .data import Row
-from .evaluate import Metrics, compare, nearest_tokens, rouge_compare
+from .evaluate import Metrics, held_out, nearest_tokens, rouge_compare
 from .formatting import duration
 from .generate import Decoding
 from .hardware import cpu_model
 from .history import held_out_points
+from .rows import held_out_for
 from .model import Base, SoftPrompt
 
 CHART_FILE = "loss.png"  # next to README.md: the card shows it by this relative name
@@ -51,7 +52,7 @@ class Findings:
     soft: SoftPrompt
     dataset: str
     held_out_acts: list[str]
-    perplexity: dict[str, Metrics] | None  # compare()'s result; None without held-out rows
+    perplexity: dict[str, Metrics] | None  # evaluate.held_out's result; None without held-out rows
     rouge: dict | None  # rouge_compare()'s result: base, tuned, rows (the samples); None with samples=0
     nearest: list[list[tuple[str, float]]]  # [num_virtual_tokens][NEAREST_K] (token, cosine)
     chart: bytes  # the loss chart, PNG
@@ -71,16 +72,12 @@ def measure(
     """Score `soft` against the base model on the held-out acts of `rows` and draw its loss chart.
 
     The held-out acts are the ones the adapter recorded when it was trained on `dataset`, else the
-    seeded split's (train.held_out_for). `samples` held-out acts are decoded (greedy, 64 new
+    seeded split's (rows.held_out_for). `samples` held-out acts are decoded (greedy, 64 new
     tokens unless `decoding` says otherwise) for ROUGE-L and the side-by-side samples; 0 skips that.
     """
-    from .rows import encode_rows, held_out_for
-
     t0 = time.perf_counter()
     held = held_out_for(soft, rows, dataset)
-    perplexity = None
-    if held:
-        perplexity = compare(base, soft, encode_rows(base, held, soft.config), soft.config.batch_size)
+    perplexity = held_out(base, soft, held) if held else None
     rouge = rouge_compare(base, soft, held[:samples], decoding) if held and samples > 0 else None
     return Findings(
         name=name, soft=soft, dataset=dataset, held_out_acts=[r.act for r in held], perplexity=perplexity,
