@@ -65,7 +65,7 @@ class BenchError(ValueError):
 
 
 @dataclass
-class Job:
+class BenchPart:
     """What one spawned part needs; plain values only, so it pickles."""
 
     dataset: str
@@ -133,7 +133,7 @@ def run(
     from .config import TuneConfig
 
     ours_batch = TuneConfig().batch_size if batch_size is None else TuneConfig(batch_size=batch_size).batch_size
-    job = Job(str(dataset), str(tokenizer_dir), dict(model_config or {}), steps, warmup,
+    job = BenchPart(str(dataset), str(tokenizer_dir), dict(model_config or {}), steps, warmup,
               new_tokens=new_tokens, repeats=repeats, batch_size=ours_batch, length_multiple=length_multiple)
     result: dict = {"machine": machine(), "warmup": warmup}
     rows = SEED_BATCH * steps
@@ -145,7 +145,7 @@ def run(
     out(_so_far(result["ours"]))
     ours = result["ours"]
 
-    def ours_also(key: str, what: str, variant: Job) -> None:
+    def ours_also(key: str, what: str, variant: BenchPart) -> None:
         """Ours once more, one setting changed: the comparison a README lever line quotes."""
         out(f"ours {what} ...")
         result[key] = _spawn(_ours, variant)
@@ -372,7 +372,7 @@ def _existing(path, default: Path, what: str, flag: str) -> Path:
     return path
 
 
-def _spawn(part: Callable[[Job], dict], job: Job) -> dict:
+def _spawn(part: Callable[[BenchPart], dict], job: BenchPart) -> dict:
     """Run one part in a fresh process: its peak memory is its own, nothing it allocated stays."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(part, (job,))
@@ -391,7 +391,7 @@ def _gpu_peak_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-def _training_rows(job: Job):
+def _training_rows(job: BenchPart):
     """(config, timed rows, held-out rows): the same for every part.
 
     The timed rows are drawn, seeded and without repeats, from our training split; only a file
@@ -416,19 +416,19 @@ def _cycle(rows: list, n: int) -> list:
     return (rows * math.ceil(n / len(rows)))[:n]
 
 
-def _seed_max_length(job: Job) -> int:
+def _seed_max_length(job: BenchPart) -> int:
     from transformers import GPT2Config
 
     return GPT2Config(**job.model_config).n_positions - SEED_VIRTUAL
 
 
-def _useful_tokens(job: Job, config, rows, tok) -> int:
+def _useful_tokens(job: BenchPart, config, rows, tok) -> int:
     """Text tokens of `rows` that both recipes train on: the prompt's tokens, cut where either cuts them."""
     cap = min(_seed_max_length(job), config.max_length)
     return sum(min(len(tok(r.prompt)["input_ids"]), cap) for r in rows)
 
 
-def _random_base(job: Job, model_id: str, precision: str):
+def _random_base(job: BenchPart, model_id: str, precision: str):
     """GPT-2 with the same random weights in every part: drawn in float32 from seed 0, then cast to the run's dtype.
 
     Drawn in bf16 directly, the weights would be whatever that torch version's bf16 `normal_`
@@ -468,7 +468,7 @@ def _quiet() -> None:
     logging.set_verbosity_error()
 
 
-def _tokenizer(job: Job):
+def _tokenizer(job: BenchPart):
     from transformers import GPT2TokenizerFast
 
     tok = GPT2TokenizerFast.from_pretrained(job.tokenizer_dir)
@@ -476,7 +476,7 @@ def _tokenizer(job: Job):
     return tok
 
 
-def _seed_recipe(job: Job) -> dict:
+def _seed_recipe(job: BenchPart) -> dict:
     """The seed's recipe, as it was: Trainer, fp32, batch 8, LM collator over the raw prompts."""
     import tempfile
 
@@ -539,7 +539,7 @@ def _seed_recipe(job: Job) -> dict:
     }
 
 
-def _ours(job: Job) -> dict:
+def _ours(job: BenchPart) -> dict:
     """train() with the default TuneConfig (precision and batch size from the job): untimed epochs, then the timed one.
 
     Each is a fresh run over the timed rows with the same seed, so the same batches in the same
@@ -621,7 +621,7 @@ def _largest_batch_step(base, config, prompt: torch.Tensor) -> list[int]:
     return sorted(lengths[i] for i in batch)
 
 
-def _generation(job: Job) -> dict:
+def _generation(job: BenchPart) -> dict:
     """Median seconds of one continuation, of base + tuned side by side, and of base + two tuned (Compare's three
     columns: a 20-token and a 5-token prompt, as the two reference adapters have)."""
     import statistics
