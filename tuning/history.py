@@ -22,6 +22,15 @@ from .model import SoftPrompt
 HISTORY_KEYS = ("step", "train_loss", "epoch", "held_out_loss", "epoch_train_loss", "epoch_step")
 
 
+def record_epoch(history: dict[str, list], epoch: int, step: int, held_out_loss: float | None,
+                 train_loss: float) -> None:
+    """Append one finished epoch to `history`: its number, the step that ended it, its losses."""
+    history["epoch"].append(epoch)
+    history["epoch_step"].append(step)
+    history["held_out_loss"].append(held_out_loss)
+    history["epoch_train_loss"].append(train_loss)
+
+
 def trained_so_far(soft: SoftPrompt) -> tuple[int, int]:
     """(steps, epochs) `soft` has trained, read from its loss history; (0, 0) when it has none.
 
