@@ -120,13 +120,7 @@ def run(
     >>> r["speedup"], r["ours"]["peak_mb"]                 # doctest: +SKIP
     (6.3, 1450.0)
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise BenchError(f"steps must be a whole number of at least 1, got {steps!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-        raise BenchError(f"warmup must be a whole number of at least 1, got {warmup!r}")
-    if length_multiple is not None and (isinstance(length_multiple, bool) or not isinstance(length_multiple, int)
-                                        or not 1 <= length_multiple <= 256):
-        raise BenchError(f"length multiple must be a whole number from 1 to 256, got {length_multiple!r}")
+    _check_settings(steps, warmup, length_multiple)
     dataset = _existing(dataset, DEFAULT_DATASET, "dataset", "--dataset")
     tokenizer_dir = _existing(tokenizer_dir, DEFAULT_TOKENIZER, "tokenizer folder", "--tokenizer")
     os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the spawned parts: everything here is local
@@ -134,7 +128,7 @@ def run(
 
     ours_batch = TuneConfig().batch_size if batch_size is None else TuneConfig(batch_size=batch_size).batch_size
     job = BenchPart(str(dataset), str(tokenizer_dir), dict(model_config or {}), steps, warmup,
-              new_tokens=new_tokens, repeats=repeats, batch_size=ours_batch, length_multiple=length_multiple)
+                    new_tokens=new_tokens, repeats=repeats, batch_size=ours_batch, length_multiple=length_multiple)
     result: dict = {"machine": machine(), "warmup": warmup}
     rows = SEED_BATCH * steps
     out(f"seed recipe: Trainer, fp32, batch {SEED_BATCH}, {rows} rows: {_epochs(warmup)} untimed, then one timed ...")
@@ -164,19 +158,30 @@ def run(
     out("matmul ceiling ...")
     result["matmul_gflops"] = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}
     out(f"generation, {new_tokens} new tokens ...")
-    prompt = ours.pop("prompt")
-    result["generation"] = _spawn(_generation, replace(job, prompt=prompt))
+    _generation_parts(result, replace(job, prompt=ours.pop("prompt")), out, fp32_generation, other_packing, model_step)
+
+    _add_ratios(result)
+    out(report(result))
+    return result
+
+
+def _generation_parts(result: dict, job: BenchPart, out: Callable[[str], None], fp32_generation: bool | None,
+                      other_packing: bool | None, model_step: bool | None) -> None:
+    """Generation with ours' trained prompt (`job.prompt`), then again with each decoding lever the other way."""
+    result["generation"] = _spawn(_generation, job)
     if fp32_generation or (fp32_generation is None and result["generation"]["precision"] != "fp32"):
         out("generation in fp32 ...")
-        result["generation_fp32"] = _spawn(_generation, replace(job, prompt=prompt, precision="fp32"))
+        result["generation_fp32"] = _spawn(_generation, replace(job, precision="fp32"))
     if (other_packing and _device().type == "cpu") or (other_packing is None and result["generation"]["packed"]):
         out(f"generation with {'plain' if result['generation']['packed'] else 'packed'} weights ...")
-        result["generation_other_packing"] = _spawn(
-            _generation, replace(job, prompt=prompt, packed=not result["generation"]["packed"]))
+        result["generation_other_packing"] = _spawn(_generation, replace(job, packed=not result["generation"]["packed"]))
     if (model_step and _device().type == "cpu") or (model_step is None and result["generation"].get("gpt2_step")):
         out("generation with the model's forward at every step ...")
-        result["generation_model_step"] = _spawn(_generation, replace(job, prompt=prompt, gpt2_step=False))
+        result["generation_model_step"] = _spawn(_generation, replace(job, gpt2_step=False))
 
+
+def _add_ratios(result: dict) -> None:
+    """The comparisons the report quotes, from the parts' numbers: speed-up, ceiling, precision, cold start."""
     ours, seed, fp32 = result["ours"], result["seed"], result["ours_fp32"]
     result["speedup"] = ours["tokens_per_s"] / seed["tokens_per_s"]
     flops = result["matmul_gflops"]["bf16" if ours["precision"] == "bf16" else "fp32"] * 1e9
@@ -188,8 +193,17 @@ def run(
     result["three_columns_ratio"] = gen["three_s"] / gen["single_s"]
     result["cold_training_ratio"] = ours["tokens_per_s"] / ours["cold_tokens_per_s"]  # > 1: the first epoch is slower
     result["cold_generation_ratio"] = gen["cold_single_s"] / gen["single_s"]
-    out(report(result))
-    return result
+
+
+def _check_settings(steps, warmup, length_multiple) -> None:
+    """Refuse (BenchError) settings the parts cannot run with, before minutes of measuring."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise BenchError(f"steps must be a whole number of at least 1, got {steps!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+        raise BenchError(f"warmup must be a whole number of at least 1, got {warmup!r}")
+    if length_multiple is not None and (isinstance(length_multiple, bool) or not isinstance(length_multiple, int)
+                                        or not 1 <= length_multiple <= 256):
+        raise BenchError(f"length multiple must be a whole number from 1 to 256, got {length_multiple!r}")
 
 
 def _epochs(n: int) -> str:
@@ -257,6 +271,12 @@ def report(r: dict) -> str:
         f"{ours['tokens_per_s']:.0f} useful tokens/s (**{r['cold_training_ratio']:.2f}x** slower), generation "
         f"{gen['cold_single_s']:.2f} vs {gen['single_s']:.2f} s (**{r['cold_generation_ratio']:.2f}x**)",
     ]
+    return "\n".join(lines + _lever_lines(r))
+
+
+def _lever_lines(r: dict) -> list[str]:
+    """One line per lever the run also measured the other way (decode precision, packing, GELU, padding, ...)."""
+    ours, gen, lines = r["ours"], r["generation"], []
     if "generation_fp32" in r:
         g32 = r["generation_fp32"]
         lines.append(
@@ -289,7 +309,7 @@ def report(r: dict) -> str:
             "passes (fewer FLOPs; positions/s counts the prompt in every row for the first, so compare useful "
             f"tokens/s): {_warm_and_cold(ours, r['ours_shared'])}"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def _generation_vs(a: dict, b: dict) -> str:

@@ -235,6 +235,23 @@ def _name(value: Any) -> str:
     return " ".join(text.split())
 
 
+def _read_file(source: str) -> tuple[str, list[str], list[list[Any]]]:
+    """(the file's name, column names, records) of a local dataset file, read by its suffix."""
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError:  # "~someone/..." for a user this machine does not know
+        raise DataError(f"no dataset file at {source}") from None
+    if not path.exists():
+        raise DataError(f"no dataset file at {source}")
+    if path.is_dir():
+        raise DataError(f"{source} is a folder; give a .csv, .json, .jsonl or .parquet file")
+    suffix = path.suffix.lower()
+    readers = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
+    if suffix not in readers:
+        raise DataError(f"{path.name} is not a .csv, .json, .jsonl or .parquet file")
+    return path.name, *readers[suffix](path)
+
+
 # ---------------------------------------------------------------------------------------
 # the public API
 
@@ -251,20 +268,7 @@ def load_rows(source: str, text_only: bool = True) -> list[Row]:
         raise DataError("no dataset given; name a Hub dataset or a .csv, .json, .jsonl or .parquet file")
     from_snapshot = False  # set when the Hub could not be reached and the shipped copy stands in
     if _is_local(source):
-        try:
-            path = Path(source).expanduser()
-        except RuntimeError:  # "~someone/..." for a user this machine does not know
-            raise DataError(f"no dataset file at {source}") from None
-        if not path.exists():
-            raise DataError(f"no dataset file at {source}")
-        if path.is_dir():
-            raise DataError(f"{source} is a folder; give a .csv, .json, .jsonl or .parquet file")
-        suffix = path.suffix.lower()
-        readers = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
-        if suffix not in readers:
-            raise DataError(f"{path.name} is not a .csv, .json, .jsonl or .parquet file")
-        name = path.name
-        columns, records = readers[suffix](path)
+        name, columns, records = _read_file(source)
     else:
         name = source
         try:

@@ -289,6 +289,53 @@ def _literal(text: str) -> str:
     return json.dumps(str(text)).replace("`", "\\u0060")
 
 
+def _card_metrics_table(metrics: dict) -> list[str]:
+    """The card's held-out section under its heading: a loss / perplexity (/ ROUGE-L) table, or why there is none."""
+    if metrics.get("base_perplexity") is None:
+        return ["No held-out acts were available to score."]
+    body = [
+        f"Scored on the same {metrics['tokens']:,} tokens of {metrics['held_out_acts']} held-out acts "
+        "(every token after a prompt's first).",
+        "",
+        "| | loss | perplexity |" + (" ROUGE-L |" if metrics.get("base_rouge") is not None else ""),
+        "|---|---:|---:|" + ("---:|" if metrics.get("base_rouge") is not None else ""),
+    ]
+    for who in ("base", "tuned"):
+        rouge = f" {_fmt(metrics.get(who + '_rouge'), '.4f')} |" if metrics.get("base_rouge") is not None else ""
+        body.append(f"| {who} | {_fmt(metrics[who + '_loss'], '.4f')} | "
+                    f"{_fmt(metrics[who + '_perplexity'], '.2f')} |{rouge}")
+    if metrics.get("base_rouge") is not None:
+        body += ["", f"ROUGE-L: greedy continuations of \"I want you to act as a <act>.\" against the act's "
+                     f"real prompt, {metrics['rouge_acts']} held-out acts."]
+    return body
+
+
+def _card_usage(base_model: str, where: str) -> list[str]:
+    """The card's usage snippet (PEFT's own loading, the cache off) and why the cache is off."""
+    return [
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f"base = AutoModelForCausalLM.from_pretrained({_literal(base_model)})",
+        f"tokenizer = AutoTokenizer.from_pretrained({_literal(base_model)})",
+        f"model = PeftModel.from_pretrained(base, {_literal(where)})",
+        "",
+        'inputs = tokenizer("I want you to act as a poet.", return_tensors="pt")',
+        "# use_cache=False: see the note below",
+        "out = model.generate(**inputs, max_new_tokens=64, use_cache=False)",
+        "print(tokenizer.decode(out[0], skip_special_tokens=True))",
+        "```",
+        "",
+        "Note: with transformers 5.24 and peft 0.21, `PeftModel.generate` with the KV cache "
+        "(`use_cache=True`, the default) returns wrong tokens after the first for prompt tuning. "
+        "Generate with `use_cache=False` as above, or, faster, call the base model's own `generate` with "
+        "`inputs_embeds` = the prompt (`model.get_prompt(1)`, or the `prompt_embeddings` tensor of "
+        "`adapter_model.safetensors`) followed by the input's token embeddings, as this project's "
+        "`tuning/generate.py` does.",
+    ]
+
+
 def model_card(
     soft: SoftPrompt,
     name: str,
@@ -334,48 +381,8 @@ def model_card(
         "## Held-out metrics",
         "",
     ]
-    if metrics.get("base_perplexity") is None:
-        body.append("No held-out acts were available to score.")
-    else:
-        body += [
-            f"Scored on the same {metrics['tokens']:,} tokens of {metrics['held_out_acts']} held-out acts "
-            "(every token after a prompt's first).",
-            "",
-            "| | loss | perplexity |" + (" ROUGE-L |" if metrics.get("base_rouge") is not None else ""),
-            "|---|---:|---:|" + ("---:|" if metrics.get("base_rouge") is not None else ""),
-        ]
-        for who in ("base", "tuned"):
-            rouge = f" {_fmt(metrics.get(who + '_rouge'), '.4f')} |" if metrics.get("base_rouge") is not None else ""
-            body.append(f"| {who} | {_fmt(metrics[who + '_loss'], '.4f')} | "
-                        f"{_fmt(metrics[who + '_perplexity'], '.2f')} |{rouge}")
-        if metrics.get("base_rouge") is not None:
-            body += ["", f"ROUGE-L: greedy continuations of \"I want you to act as a <act>.\" against the act's "
-                         f"real prompt, {metrics['rouge_acts']} held-out acts."]
-    body += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        f"base = AutoModelForCausalLM.from_pretrained({_literal(base_model)})",
-        f"tokenizer = AutoTokenizer.from_pretrained({_literal(base_model)})",
-        f"model = PeftModel.from_pretrained(base, {_literal(where)})",
-        "",
-        'inputs = tokenizer("I want you to act as a poet.", return_tensors="pt")',
-        "# use_cache=False: see the note below",
-        "out = model.generate(**inputs, max_new_tokens=64, use_cache=False)",
-        "print(tokenizer.decode(out[0], skip_special_tokens=True))",
-        "```",
-        "",
-        "Note: with transformers 5.24 and peft 0.21, `PeftModel.generate` with the KV cache "
-        "(`use_cache=True`, the default) returns wrong tokens after the first for prompt tuning. "
-        "Generate with `use_cache=False` as above, or, faster, call the base model's own `generate` with "
-        "`inputs_embeds` = the prompt (`model.get_prompt(1)`, or the `prompt_embeddings` tensor of "
-        "`adapter_model.safetensors`) followed by the input's token embeddings, as this project's "
-        "`tuning/generate.py` does.",
-    ]
+    body += _card_metrics_table(metrics)
+    body += ["", "## Usage", ""] + _card_usage(base_model, where)
     if chart_file:
         body += ["", "## Loss", "", f"![training and held-out loss]({chart_file})"]
     if samples:
