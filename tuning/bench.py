@@ -140,7 +140,7 @@ def run(
     ours = result["ours"]
 
     def ours_also(key: str, what: str, variant: BenchPart) -> None:
-        """Ours once more, one setting changed: the comparison a README lever line quotes."""
+        """Ours once more, one setting changed: the comparison a lever line of docs/performance.md quotes."""
         out(f"ours {what} ...")
         result[key] = _spawn(_ours, variant)
         result[key].pop("prompt")  # generation uses the default run's prompt
@@ -217,7 +217,7 @@ def _so_far(part: dict) -> str:
 
 
 def report(r: dict) -> str:
-    """The results as Markdown, ready for README "Performance"."""
+    """The results as Markdown, ready for docs/performance.md."""
     m, seed, ours, fp32, gen = r["machine"], r["seed"], r["ours"], r["ours_fp32"], r["generation"]
     lines = [
         f"Machine: {m['cpu']} ({m['cpu_kind']}){', GPU ' + m['gpu'] if m.get('gpu') else ''}, {m['cores']} cores ({m['threads']} torch threads), torch {m['torch']}, "
@@ -347,9 +347,9 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 10, budget_s:
     """GFLOP/s of an `n x n @ n x n` matmul in `dtype` (2 n^3 FLOPs each), after two warm-up runs, on the
     device the parts run on (the GPU when there is one).
 
-    A 512^3 probe first: where the full measurement would take over `budget_s` (bf16 emulated on a
-    CPU without native bf16 ran 2048^3 at well under 1 GFLOP/s on an AVX2-only AMD EPYC, minutes
-    for the 12 products), the probe's own rate is returned instead.
+    A 512^3 probe first: where the full measurement would take over `budget_s` (bf16 emulated on
+    a CPU without native bf16 can take minutes for the 12 products), the probe's own rate is
+    returned instead.
     """
     probe = _matmul_rate(dtype, 512, 3)
     if (repeat + 2) * 2 * n**3 / (probe * 1e9) > budget_s:
@@ -452,9 +452,8 @@ def _random_base(job: BenchPart, model_id: str, precision: str):
     """GPT-2 with the same random weights in every part: drawn in float32 from seed 0, then cast to the run's dtype.
 
     Drawn in bf16 directly, the weights would be whatever that torch version's bf16 `normal_`
-    gives: on torch 2.13 the float32 draw rounded, but the bf16 and fp32 parts of one AMX and one
-    GPU bench on torch 2.11 ended 0.8% apart in held-out loss where 2.13 machines measured 0.002%,
-    and a comparison of precisions must not also compare two random models.
+    gives, which changed between torch versions (docs/performance.md), and a comparison of
+    precisions must not also compare two random models.
     """
     from transformers import AutoModelForCausalLM, GPT2Config
 

@@ -14,7 +14,7 @@ Offline: when the Hub cannot be reached, the default dataset (`fka/awesome-chatg
 loads from the copy shipped in `snapshot/` (CC0, see its LICENSE) and `source_note()` says so;
 any other Hub dataset fails with one sentence. Whether the Hub is there is hubprobe.py's question.
 
-What it does not do: tokenize (train.py), download anything but the dataset itself, or
+What it does not do: tokenize (rows.py), download anything but the dataset itself, or
 repair a broken file; a file we cannot read faithfully is an error, not a guess.
 """
 

@@ -46,8 +46,8 @@ __all__ = ["StopFlag", "on_accelerator", "zero_gpu", "check_fits", "note_run"]  
 MAX_CALL_SECONDS = int(os.environ.get("TUNING_GPU_MAX_SECONDS", "120"))
 # Before any run has measured the GPU: useful training tokens per second assumed for the first
 # estimate (set low on purpose: an estimate too short gets the call cut off, one too long only
-# reserves more quota than it uses; ZeroGPU charges the time used). A whole H200 measured 10,004
-# for the 20x10 run (README "GPU"); a ZeroGPU slice may give less.
+# reserves more quota than it uses; ZeroGPU charges the time used). A whole GPU trains about
+# twice as fast (docs/performance.md); a ZeroGPU slice may give less.
 DEFAULT_GPU_TOKENS_PER_S = float(os.environ.get("TUNING_GPU_TOKENS_PER_S", "5000"))
 CALL_OVERHEAD_S = 15.0  # taking the GPU, moving the model onto it, the first kernels
 SECONDS_PER_NEW_TOKEN = 0.05  # one decoding step of a small model on a GPU, all rows of a batch together

@@ -1,7 +1,9 @@
 """Which hardware we run on, and the precision that suits it: device, CPU model and kind, `auto` precision.
 
-Read once where it is cheap (/proc/cpuinfo, torch.cuda); nothing here changes a model. The
-kernels a model then uses on that hardware are kernels.py's choice, the model itself model.py's.
+Read where it is cheap (/proc/cpuinfo, torch.cuda); nothing here changes a model. The kernels a
+model then uses on that hardware are kernels.py's choice, the model itself model.py's. `ModelError`
+is defined here because `resolve_precision` is the first thing that can refuse a model, and
+model.py imports this module, not the other way round.
 """
 
 from __future__ import annotations
@@ -72,9 +74,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 where the hardware computes it natively (AMX or AVX-512 BF16 CPUs, Ampere+ GPUs),
     fp16 on older GPUs, else fp32.
 
-    Not oneDNN's own "bf16 supported" answer: it says yes on any AVX-512 CPU, where bf16 is emulated
-    and a GPT-2-sized matmul ran at 49-50 GFLOP/s against fp32's 193-218, and a GPT-2-124M training
-    step 4.45 s against 1.31-1.51 s (Intel Xeon without AVX-512 BF16, 2 cores, quiet): 3-4x slower.
+    Not oneDNN's own "bf16 supported" answer: it says yes on any AVX-512 CPU, where bf16 is
+    emulated and a training step ran 3-4x slower than in fp32 (docs/performance.md).
     """
     if precision not in PRECISIONS:
         raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -23,8 +23,7 @@ def prepare(model: torch.nn.Module, device: torch.device, precision: str) -> Non
     """Every choice below for a model loaded on `device` in `precision` (resolved, not `auto`), in place."""
     attention_kernels(device)
     if device.type == "cpu" and model.config._attn_implementation == "sdpa":
-        # On CPU, SDPA's flash-attention backward is slow: eager attention trained 467-488 useful
-        # tokens/s against 381-432 for SDPA (GPT-2-124M shape, bf16, 2 cores, same run, 4 runs).
+        # On CPU, SDPA's flash-attention backward is slow: eager attention trains faster (docs/performance.md).
         model.set_attn_implementation("eager")
     _fuse_gelu(model, exact=exact_gelu(device, precision))
     _linear_layout(model)
@@ -37,12 +36,9 @@ def attention_kernels(device: torch.device) -> None:
 
     cuDNN builds an execution plan for every new shape of an attention call, and ours change
     shape all the time: every training batch has its own length, every decoding step one more
-    key. PyTorch 2.11 picked cuDNN for bf16 on an H200, where it made bf16 the slow precision:
-    a 64-token generation took 3.43 s warm (5.84 s cold) with it and 0.53 s (0.93 s) without,
-    a training step 520 ms on a new batch length against 57 ms (41 against 35 ms on lengths seen
-    before); the bench's training ran at 1,634 useful tokens/s in bf16 against 12,205 in fp32,
-    which never uses cuDNN attention (GPT-2-124M shape, batch 4, one process). Without it SDPA
-    takes the memory-efficient or flash kernels, which need no plan.
+    key. Where PyTorch picks cuDNN (bf16 on recent GPUs) that made bf16 the slow precision, in
+    generation and in training (docs/performance.md). Without it SDPA takes the memory-efficient
+    or flash kernels, which need no plan.
     """
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
@@ -61,14 +57,12 @@ def exact_gelu(device: torch.device, precision: str) -> bool:
 def _fuse_gelu(model: torch.nn.Module, exact: bool = False) -> None:
     """Swap GPT-2's `gelu_new` (seven element-wise passes written in Python) for PyTorch's fused GELU.
 
-    Tanh GELU, the same formula in one kernel each way: training went from 499 to 526 useful
-    tokens/s (GPT-2-124M shape, bf16, batch 8, 2 cores, same rows); in float32 outputs agree to
-    rounding (tested). `exact`: the erf GELU instead, whose CPU kernels are cheaper: a [256, 3072]
-    bf16 tensor on 2 AMX cores took 0.21 ms forward against 1.30 (1.19 backward with tanh), on a
-    Xeon without AMX 0.47 + 1.07 ms forward and backward against 1.87 + 1.54; with tanh the GELU
-    was 11% of a bf16 training step's CPU time on AMX (profiled). The two differ by at most
-    4.7e-4, a sixteenth of a bf16 rounding step at 1.0: on tiny GPT-2s in bf16 the swap moved the
-    logits about half as much as computing in bf16 instead of float32 does (tests/test_model.py).
+    Tanh GELU, the same formula in one kernel each way, trains faster; in float32 outputs agree
+    to rounding (tested). `exact`: the erf GELU instead, whose CPU kernels are several times
+    cheaper in bf16, where the tanh GELU was a tenth of a training step (docs/performance.md). The
+    two differ by at most 4.7e-4, a sixteenth of a bf16 rounding step at 1.0: on tiny GPT-2s in
+    bf16 the swap moved the logits about half as much as computing in bf16 instead of float32
+    does (tests/test_model.py).
     So bf16 on a CPU uses it (`exact_gelu`); float32 keeps GPT-2's own approximation, and so does
     a model loaded on a GPU, bound by kernel launches rather than by this kernel (one loaded on a
     CPU and moved to a GPU, as ZeroGPU does, keeps what it was loaded with).
@@ -85,10 +79,9 @@ def _linear_layout(model: torch.nn.Module) -> None:
     """Store GPT-2's `Conv1D` weights as `nn.Linear` stores its own, [out, in] row by row, and multiply with `linear`.
 
     `Conv1D` keeps `[in, out]` and calls `addmm(bias, x, W)`; for the few rows of a decoding step
-    that layout takes the slow path: a [2-3, 768] x [768, 3072] product ran 0.63-0.68 ms against
-    0.28-0.31 ms as `linear` on [3072, 768] (fp32, Intel Xeon without AVX-512 BF16, 2 cores), equal
-    at one row. The parameter stays a `[in, out]` view of the new storage, so state dicts, saving
-    and loading see GPT-2's own layout; `.to()` keeps the strides.
+    that layout takes a slow path, about twice as slow as `linear` on `[out, in]`, equal at one
+    row (docs/performance.md). The parameter stays a `[in, out]` view of the new storage, so
+    state dicts, saving and loading see GPT-2's own layout; `.to()` keeps the strides.
     """
     from transformers.pytorch_utils import Conv1D
 
@@ -119,7 +112,8 @@ PACKED_ROWS = 16  # inputs of at most this many rows (a decoding step: one per c
 def packs_for_decoding(device: torch.device, precision: str) -> bool:
     """Whether decoding steps multiply with weights packed for the CPU's matmul kernels (`_pack_for_decoding`).
 
-    bf16: on an AMX CPU (measured there). fp32: where a probe finds it faster (`fp32_packing_wins`).
+    bf16: on an AMX CPU (where it was measured to win, docs/performance.md). fp32: where a probe
+    finds it faster (`fp32_packing_wins`).
     """
     if PACK_FOR_DECODING is not None:
         return PACK_FOR_DECODING and device.type == "cpu"
@@ -134,14 +128,12 @@ def packs_for_decoding(device: torch.device, precision: str) -> bool:
 def fp32_packing_wins() -> bool:
     """Whether oneDNN-packed weights multiply a decoding step's rows faster than `linear` in float32 here.
 
-    A probe, once per process (0.25-0.37 s on an AVX2-only AMD EPYC, 50 MB while it runs): the CPU kinds disagree, and
-    not by their flags. On an AMD EPYC with AVX2 only (2 cores) the plain `linear` (MKL's sgemm)
-    costs as much per row as if it read the weights once per row: GPT-2's 50,257-row head took
-    25.6 ms for two rows and 34.6 ms for three against 7.4 and 6.8 ms packed, and base + tuned
-    took 1.9x one column. On the Intel Xeon with AMX packing gained nothing in float32 (one row:
-    25.5 vs 26.6 ms for the blocks). The probe multiplies two rows by a [16384, 768] matrix both
-    ways, interleaved (a smaller one is lost in thread wake-ups: a [3072, 768] probe swung from
-    0.67x to 1.35x between processes on the EPYC, this one 0.48-0.56x); packed wins under 0.8x.
+    A probe, once per process (a fraction of a second, 50 MB while it runs): CPU kinds disagree,
+    and not by their flags. On an AVX2-only AMD EPYC the plain `linear` (MKL's sgemm) costs as
+    much per row as if it read the weights once per row and packing wins by a lot; on an Intel
+    Xeon with AMX it gains nothing in float32 (docs/performance.md). The probe multiplies two rows
+    by a [16384, 768] matrix both ways, interleaved (a smaller one is lost in thread wake-ups and
+    swings between processes); packed wins under 0.8x.
     """
     import statistics
 
@@ -166,19 +158,16 @@ def fp32_packing_wins() -> bool:
 def _pack_for_decoding(model: torch.nn.Module) -> None:
     """Let every linear layer multiply a decoding step's few rows with a copy of its weight packed by oneDNN.
 
-    A decoding step multiplies 1-3 rows by every weight; in bf16 on an AMX CPU the plain
-    `linear` spent 14.2 ms a step on GPT-2-124M's 48 block matrices and 7.0 ms on the head,
-    against 9.1 and 2.5 ms with weights reordered once by `torch.ops.mkldnn._reorder_linear_weight`
-    (the layout PyTorch's own compiler packs to; 2 cores, one row; the same tokens, logits within
-    bf16 rounding). In float32, and on that CPU, packing gained nothing (25.5 vs 26.6 ms, 10.6 vs 10.2 ms); on
-    an AVX2-only AMD EPYC it gains a lot in float32 (`fp32_packing_wins` decides). Only in inference mode (decoding), on the CPU and for at most `PACKED_ROWS` rows:
+    A decoding step multiplies 1-3 rows by every weight; with each weight reordered once by
+    `torch.ops.mkldnn._reorder_linear_weight` (the layout PyTorch's own compiler packs to) those
+    products run faster in bf16 on an AMX CPU and in float32 on an AVX2-only AMD EPYC, with the
+    same tokens; elsewhere packing gains nothing (docs/performance.md; `packs_for_decoding`
+    decides). Only in inference mode (decoding), on the CPU and for at most `PACKED_ROWS` rows:
     training and scoring use the weights as they are. The packed copy is made at the first
     decoding step (a second copy of the weights: 250 MB for GPT-2-124M in bf16), dropped when
     the model moves (`.to()`) or is copied, and redone when a weight is replaced or changed in
     place where autograd sees it (its version counter; a change through `.data` is not seen:
-    base weights never change here). Measured end to end in the same process, same text (3
-    interleaved rounds on a shared machine whose timings swung by a third): the first generation after load 2.41 ->
-    1.69 s, one column 2.51 -> 2.31 s, two 2.77 -> 2.42 s, three 2.87 -> 2.55 s (medians).
+    base weights never change here).
     """
     for module in model.modules():
         if type(module) in (torch.nn.Linear, _linear_conv1d()):

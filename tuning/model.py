@@ -113,11 +113,10 @@ class Base:
         """Positions a training or scoring batch is padded to a multiple of: 16 for bf16 on an AMX
         CPU, else 1 (no padding beyond the batch's longest row).
 
-        oneDNN builds kernels for every new matmul shape, and on AMX the first epoch was ~25%
-        slower than the second (issue 12; each batch length a new shape); lengths in steps of 16
-        give a batch of 4 rows a multiple of 64 positions. Elsewhere there is nothing to win: on
-        a Xeon without AMX (fp32, and emulated bf16) the first pass was not consistently slower,
-        and padding showed no consistent difference within the VM's noise (README "Speed II").
+        oneDNN builds kernels for every new matmul shape, so on AMX, where each batch length was
+        a new shape, the first epoch ran markedly slower than the second; lengths in steps of 16
+        give a batch of 4 rows a multiple of 64 positions. Elsewhere padding showed no consistent
+        gain (docs/performance.md).
         """
         if self.pad_to_multiple_of is not None:
             m = self.pad_to_multiple_of
@@ -132,11 +131,9 @@ class Base:
         """Whether a training or scoring batch computes its soft prompt's positions once
         (`_behind_shared_prompt`, two passes) or in front of every row (one pass).
 
-        Once saves FLOPs, which bound a step on a CPU: 1,150 against 1,316 ms for a step of 4
-        rows of ~58 tokens (GPT-2-124M shape, fp32, Xeon without AMX). A GPU step is bound by
-        kernel launches instead (README "GPU": 35-38 ms whatever the precision), and the two
-        passes launch more: 2,405 against 1,325 top-level ATen ops for that step. So one pass
-        on a GPU: 14,409 against 7,644 useful tokens/s on an H200 (bench, bf16, GPT-2-124M shape).
+        Once saves FLOPs, which bound a step on a CPU. A GPU step is bound by kernel launches
+        instead, and the two passes launch nearly twice as many ops: one pass there
+        (docs/performance.md).
         """
         if self.share_prompt is not None:
             return bool(self.share_prompt)
@@ -395,8 +392,8 @@ def _behind_shared_prompt(
     hidden states (and keys and values, at every layer) are the same in every row of a batch.
     We run the prompt alone once, keep its keys and values (with their gradient), and run the
     text rows behind them as a batch at positions v, v+1, ...: a batch of 8 rows with 20
-    virtual tokens computes 20 prompt positions instead of 160. Trained 499 against 469
-    useful tokens/s with batch 8 (GPT-2-124M shape, bf16, 2 cores, same sample of rows).
+    virtual tokens computes 20 prompt positions instead of 160, which trains faster on a CPU
+    (docs/performance.md).
 
     Returns the text positions' hidden states flattened to `[B * T, hidden]` (row i, text
     position j at `i * T + j`) followed by the prompt's last position, and that last index.

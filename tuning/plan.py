@@ -155,8 +155,7 @@ def train_tokens(rows: Sequence[Row], count_tokens) -> int:
 
 # A held-out token scored (a forward pass) costs this share of a trained token's step. Not a third:
 # the backward pass through a frozen model computes no weight gradients, only the activations'
-# (about one more forward). Measured on SmolLM2-135M, fp32, an AVX2-only AMD EPYC, the 20
-# held-out rows in batches of 4: forward only 7.5-8.7 s, forward + backward 17.9-20.6 s (0.40-0.47).
+# (about one more forward); measured, not guessed (docs/performance.md).
 SCORING_COST = 0.45
 
 

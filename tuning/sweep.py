@@ -10,9 +10,9 @@ All cells share one split (it depends on the seed and the held-out fraction only
 numbers are comparable. The base model's ROUGE-L continuations are decoded once per sweep and
 scored in every cell, so the base column is identical across cells by construction. (Decoded
 in one batch with each cell's tuned row, it was not: in bf16 the base row's greedy text
-depends on its batch, see generate.py, and a sweep reported base 0.149 in one cell, 0.127 in
-another.) The base model's held-out perplexity is scored once as well, by the first cell, and
-read by the others (`train`'s `base_scores`): on SmolLM2 each cell spent ~8 s scoring it anew.
+depends on its batch, see generate.py.) The base model's held-out perplexity is scored once as
+well, by the first cell, and read by the others (`train`'s `base_scores`) instead of each cell
+scoring it anew.
 
 What it does not do: save the prompts (each `CellResult` carries its `SoftPrompt`;
 adapters.save keeps one), or run as several processes.

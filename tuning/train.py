@@ -13,7 +13,7 @@ ones (`resume_config` plans such a run, `resume_note` says when the optimizer st
 What it does not do: load models or data (model.py, data.py), choose or tokenize rows (rows.py),
 save files (adapters.py). Its events are events.py's, its loss history's shape history.py's.
 
-Choices, each measured or explained in README "Performance":
+Choices, each measured or explained in docs/performance.md:
 - the base model keeps its own dtype (bf16 on CPUs that have it), the prompt and the loss
   are float32;
 - rows of similar length are batched together (little padding), batch order shuffled per
@@ -131,7 +131,7 @@ def init_prompt(base: Base, config: TuneConfig, fallback_text: str | None = None
     text's tokens, repeated or cut to length (PEFT's TEXT logic, done here with the loaded
     tokenizer because PEFT's would load a tokenizer by name, possibly from the network).
     instruction: text init from `config.INSTRUCTION` ("I want you to act as"), whatever
-    `init_text` says; on SmolLM2 it beat the others (README "Quality").
+    `init_text` says; on SmolLM2 it beat the others (docs/quality.md).
     """
     from peft import PromptTuningConfig
     from peft.tuners.prompt_tuning.model import PromptEmbedding
