@@ -14,7 +14,7 @@ import app
 from app_fixtures import write_assets
 from tuning import generate
 from tuning.jobs import Jobs
-from tuning.progress import duration
+from tuning.formatting import duration
 
 TRAIN = dict(tokens=5, epochs=50, lr=0.1, batch=1, init="random", data="all training acts", chosen=[], seed=0)
 
@@ -312,7 +312,7 @@ def test_an_api_training_is_saved_when_it_ends_even_if_nobody_asks(ctx):
 
 
 def test_a_training_that_fails_says_so_on_its_progress_line(ctx, monkeypatch):
-    from tuning.train import TrainingError
+    from tuning.events import TrainingError
 
     real = app.TRAIN_ON_GPU
 

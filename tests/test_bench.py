@@ -57,7 +57,7 @@ def test_every_part_counts_the_text_tokens_of_the_same_timed_rows(result, tiny_c
     # Recounted here: each timed row's prompt tokens, cut where either recipe cuts them (the seed
     # recipe at its context less its 20 virtual tokens, ours at TuneConfig's max_length).
     r, _ = result
-    job = bench.Job(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=1, warmup=1)
+    job = bench.BenchPart(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=1, warmup=1)
     timed = bench._training_rows(job)[1]
     keep = min(TINY["n_positions"] - 20, TuneConfig().max_length)
     tokens = sum(min(len(make_tokenizer()(row.prompt)["input_ids"]), keep) for row in timed)
@@ -91,7 +91,8 @@ def test_peak_memory_also_covers_the_whole_splits_largest_batch(result, tiny_csv
     # The timed rows are a sample; the reported whole-split peak comes after a step on the batch
     # with the most positions among all of the training split's length-sorted batches.
     from tuning.data import load_rows
-    from tuning.train import length_batches, split_rows
+    from tuning.rows import split_rows
+    from tuning.train import length_batches
 
     r, lines = result
     rows, _ = split_rows(load_rows(str(tiny_csv)), TuneConfig(dataset=str(tiny_csv)))
@@ -128,7 +129,7 @@ def test_gpu_memory_is_the_allocators_peak(monkeypatch):
 
 
 def test_rows_are_drawn_from_the_training_split_and_never_held_out(tiny_csv, tokenizer_dir):
-    job = bench.Job(str(tiny_csv), str(tokenizer_dir), {}, steps=2, warmup=1)
+    job = bench.BenchPart(str(tiny_csv), str(tokenizer_dir), {}, steps=2, warmup=1)
     config, timed, held = bench._training_rows(job)
     assert len(timed) == 16
     assert not {r.act for r in timed} & {r.act for r in held}
@@ -137,9 +138,9 @@ def test_rows_are_drawn_from_the_training_split_and_never_held_out(tiny_csv, tok
 
 def test_timed_rows_do_not_repeat_while_the_split_has_enough(tiny_csv, tokenizer_dir):
     from tuning.data import load_rows
-    from tuning.train import split_rows
+    from tuning.rows import split_rows
 
-    job = bench.Job(str(tiny_csv), str(tokenizer_dir), {}, steps=1, warmup=1)
+    job = bench.BenchPart(str(tiny_csv), str(tokenizer_dir), {}, steps=1, warmup=1)
     config, *_ = bench._training_rows(job)
     n = len(split_rows(load_rows(str(tiny_csv)), config)[0])
     assert bench._cycle(list("abc"), 2) == ["a", "b"] and bench._cycle(list("abc"), 7) == list("abcabca")
@@ -149,7 +150,7 @@ def test_timed_rows_do_not_repeat_while_the_split_has_enough(tiny_csv, tokenizer
 def test_timed_rows_of_the_real_snapshot_are_all_distinct(tokenizer_dir):
     real = bench.DEFAULT_DATASET
     need(real.is_file(), f"needs the dataset snapshot {real}")
-    job = bench.Job(str(real), str(tokenizer_dir), {}, steps=23, warmup=2)
+    job = bench.BenchPart(str(real), str(tokenizer_dir), {}, steps=23, warmup=2)
     _, timed, _ = bench._training_rows(job)
     assert len({r.act for r in timed}) == len(timed) == 184  # 23 x 8 of its 189
 
@@ -181,16 +182,17 @@ def test_the_cold_epoch_and_the_seeds_warm_up_run_the_timed_rows_in_the_timed_ba
     import transformers
 
     import tuning.train as train_module
+    from tuning.events import Step
 
     monkeypatch.setattr(bench, "_quiet", lambda: None)
-    job = bench.Job(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=2, warmup=2)
+    job = bench.BenchPart(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=2, warmup=2)
     timed = bench._training_rows(job)[1]
     calls, real_train = [], train_module.train
 
     def recording_train(base, rows, config, *held, **kwargs):
         losses = []
         for event in real_train(base, rows, config, *held, **kwargs):
-            if isinstance(event, train_module.Step):
+            if isinstance(event, Step):
                 losses.append(event.loss)
             yield event
         calls.append((list(rows), config, bool(held), losses))
@@ -373,7 +375,7 @@ def test_every_precision_trains_the_same_random_weights_whatever_bf16_draws_give
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "normal_", other_bf16_draws)
-    job = bench.Job(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=1, warmup=1)
+    job = bench.BenchPart(str(tiny_csv), str(tokenizer_dir), tiny_config(), steps=1, warmup=1)
     fp32 = bench._random_base(job, "tiny", "fp32").model.state_dict()
     bf16 = bench._random_base(job, "tiny", "bf16").model.state_dict()
     assert bf16.keys() == fp32.keys()

@@ -9,11 +9,14 @@ import torch
 from conftest import ACTS, CORPUS
 
 from tuning.data import Row
+from tuning.config import TuneConfig
 from tuning.evaluate import (
-    act_instruction, base_continuations, nearest_tokens, repeated_ngrams, rouge_compare, rouge_l, token_gains,
+    act_instruction, base_continuations, compare, held_out, nearest_tokens, repeated_ngrams, rouge_compare, rouge_l,
+    token_gains,
 )
 from tuning.generate import Decoding, generate
-from tuning.model import token_losses
+from tuning.model import SoftPrompt, token_losses
+from tuning.rows import encode_rows
 
 
 @pytest.mark.parametrize(
@@ -61,6 +64,15 @@ def test_repeated_ngrams_known_answers(text, n, expected):
 )
 def test_act_instruction_reads_like_the_prompts(act, sentence):
     assert act_instruction(act) == sentence
+
+
+def test_held_out_scores_rows_encoded_as_the_adapter_was_trained(base):
+    rows = [Row(act, prompt, act.lower()) for act, prompt in list(ACTS.items())[:3]]
+    config = TuneConfig(num_virtual_tokens=3, max_length=12, batch_size=2)  # max_length cuts the longer prompts
+    soft = SoftPrompt(torch.randn(3, base.hidden_size, generator=torch.Generator().manual_seed(0)), "tiny", config)
+    expected = compare(base, soft, encode_rows(base, rows, config), batch_size=2)
+    assert held_out(base, soft, rows) == expected
+    assert held_out(base, soft, rows, batch_size=1)["tuned"].loss == pytest.approx(expected["tuned"].loss, rel=1e-4)
 
 
 def test_rouge_compare_scores_base_and_tuned_per_row(base):

@@ -23,7 +23,8 @@ from tuning.data import Row
 from tuning.generate import Decoding
 from tuning.model import Base, ModelError, SoftPrompt
 from tuning.plan import PlanError
-from tuning.train import Done, EpochEnd, Start, Step, TrainingError, train
+from tuning.events import Done, EpochEnd, Start, Step, TrainingError
+from tuning.train import train
 
 from conftest import CORPUS, need
 
@@ -212,7 +213,7 @@ def test_on_a_machine_without_a_gpu_the_model_stays_where_it_is(base):
 
 
 def test_on_zero_gpu_the_server_loads_the_model_on_the_cpu(monkeypatch):
-    from tuning.model import pick_device
+    from tuning.hardware import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # ZeroGPU's server says CUDA is there
     assert pick_device().type == "cuda"
@@ -376,7 +377,7 @@ def test_on_zero_gpu_the_app_refuses_a_training_over_the_cap_before_it_starts(tm
 
 @pytest.mark.timeout(60)
 def test_moving_the_model_to_the_gpu_turns_cudnn_attention_off(tokenizer, monkeypatch):
-    """cuDNN attention made bf16 on an H200 7-9x slower (model.attention_kernels); a ZeroGPU worker moves the
+    """cuDNN attention made bf16 on an H200 7-9x slower (kernels.attention_kernels); a ZeroGPU worker moves the
     model itself, so the move switches it off too. No GPU here: the move is recorded, not made."""
     from conftest import make_base
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuning.model import ModelError, context_length, load_base, prompt_inputs, resolve_precision, token_losses
+from tuning.hardware import resolve_precision
+from tuning.model import ModelError, context_length, load_base, prompt_inputs, token_losses
 
 
 def test_left_padded_rows_keep_their_own_positions(base):
@@ -202,7 +203,7 @@ def test_length_multiple_is_chosen_for_the_machine(tokenizer, monkeypatch, kind,
     from conftest import make_base
     from tuning import model as model_module
 
-    monkeypatch.setattr(model_module, "_this_cpu_kind", lambda: kind)
+    monkeypatch.setattr(model_module, "this_cpu_kind", lambda: kind)
     own = make_base(tokenizer, precision=precision)
     monkeypatch.setattr(type(own), "device", property(lambda self: torch.device(device)))
     assert own.length_multiple == expected
@@ -341,7 +342,7 @@ def test_gpt2_gelu_is_the_exact_one_only_in_bf16_on_a_cpu(tokenizer, precision, 
     from transformers.activations import GELUTanh
 
     from conftest import make_base
-    from tuning.model import exact_gelu
+    from tuning.kernels import exact_gelu
 
     assert exact_gelu(torch.device(device), precision) is exact
     if device == "cpu":
@@ -356,14 +357,14 @@ def test_in_bf16_the_exact_gelu_moves_the_logits_less_than_bf16_itself_does(toke
     # The two GELUs differ by at most 4.7e-4 anywhere; a bf16 rounding step at 1.0 is 7.8e-3. So the
     # swap moves a bf16 model's logits less than computing in bf16 instead of float32 moves them.
     from conftest import make_base
-    from tuning import model as model_module
+    from tuning import kernels
 
     x = torch.linspace(-10, 10, 200_001)
     gap = (torch.nn.functional.gelu(x, approximate="tanh") - torch.nn.functional.gelu(x)).abs().max().item()
     assert 4e-4 < gap < 5e-4
     logits = {}
     for name, precision, exact in (("fp32", "fp32", False), ("bf16 tanh", "bf16", False), ("bf16 exact", "bf16", True)):
-        monkeypatch.setattr(model_module, "EXACT_GELU", exact)
+        monkeypatch.setattr(kernels, "EXACT_GELU", exact)
         own = make_base(tokenizer, seed=seed, precision=precision)
         ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
@@ -379,23 +380,23 @@ def test_in_bf16_the_exact_gelu_moves_the_logits_less_than_bf16_itself_does(toke
     ("other", "fp32", "cuda", True, False),
 ])
 def test_decoding_packs_the_weights_only_where_measured_to_win(monkeypatch, kind, precision, device, fp32_wins, packs):
-    from tuning import model as model_module
+    from tuning import kernels
 
-    monkeypatch.setattr(model_module, "_this_cpu_kind", lambda: kind)
-    monkeypatch.setattr(model_module, "fp32_packing_wins", lambda: fp32_wins)  # the probe's verdict on this CPU
-    assert model_module.packs_for_decoding(torch.device(device), precision) is packs
+    monkeypatch.setattr(kernels, "this_cpu_kind", lambda: kind)
+    monkeypatch.setattr(kernels, "fp32_packing_wins", lambda: fp32_wins)  # the probe's verdict on this CPU
+    assert kernels.packs_for_decoding(torch.device(device), precision) is packs
 
 
 def test_the_fp32_packing_probe_times_both_ways_and_answers_once_per_process(monkeypatch):
-    from tuning import model as model_module
+    from tuning import kernels
 
-    model_module.fp32_packing_wins.cache_clear()
+    kernels.fp32_packing_wins.cache_clear()
     calls = []
     real = torch.ops.mkldnn._reorder_linear_weight
     monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda *a: calls.append(a[0].shape) or real(*a))
-    first = model_module.fp32_packing_wins()
-    assert isinstance(first, bool) and model_module.fp32_packing_wins() is first and calls == [(16384, 768)]
-    model_module.fp32_packing_wins.cache_clear()
+    first = kernels.fp32_packing_wins()
+    assert isinstance(first, bool) and kernels.fp32_packing_wins() is first and calls == [(16384, 768)]
+    kernels.fp32_packing_wins.cache_clear()
 
 
 def _tiny(tokenizer, family: str, precision: str):
@@ -418,14 +419,14 @@ def bf16_packs() -> bool:
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_packed_weights_decode_the_same_tokens_and_leave_training_and_files_alone(tokenizer, family, precision,
                                                                                   monkeypatch):
-    from tuning import model as model_module
+    from tuning import kernels
     from tuning.generate import Decoding, stream_compare
 
     if precision == "bf16" and not bf16_packs():  # the hardware's, not the setup's: a skip under CI too
         pytest.skip("oneDNN packs bf16 only on CPUs with AVX-512 or AVX-NE-CONVERT")
-    monkeypatch.setattr(model_module, "PACK_FOR_DECODING", False)
+    monkeypatch.setattr(kernels, "PACK_FOR_DECODING", False)
     plain = _tiny(tokenizer, family, precision)
-    monkeypatch.setattr(model_module, "PACK_FOR_DECODING", True)
+    monkeypatch.setattr(kernels, "PACK_FOR_DECODING", True)
     packed = _tiny(tokenizer, family, precision)
     linears = [m for m in packed.model.modules() if type(m).__name__.startswith("Packed")]
     assert linears and not any(type(m).__name__.startswith("Packed") for m in plain.model.modules())
@@ -454,9 +455,9 @@ def test_packed_weights_decode_the_same_tokens_and_leave_training_and_files_alon
 
 @pytest.mark.timeout(60)
 def test_a_changed_weight_is_packed_again(tokenizer, monkeypatch):
-    from tuning import model as model_module
+    from tuning import kernels
 
-    monkeypatch.setattr(model_module, "PACK_FOR_DECODING", True)
+    monkeypatch.setattr(kernels, "PACK_FOR_DECODING", True)
     own = _tiny(tokenizer, "gpt2", "fp32")
     layer = own.model.transformer.h[0].mlp.c_fc
     with torch.no_grad():
@@ -477,9 +478,9 @@ def test_a_changed_weight_is_packed_again(tokenizer, monkeypatch):
 def test_the_packed_copy_is_dropped_when_the_model_moves_or_is_copied(tokenizer, monkeypatch):
     import copy
 
-    from tuning import model as model_module
+    from tuning import kernels
 
-    monkeypatch.setattr(model_module, "PACK_FOR_DECODING", True)
+    monkeypatch.setattr(kernels, "PACK_FOR_DECODING", True)
     own = _tiny(tokenizer, "llama", "fp32")
     layer = own.model.model.layers[0].mlp.up_proj
     x = torch.randn(1, 1, own.hidden_size)
@@ -500,9 +501,9 @@ def test_the_packed_copy_is_dropped_when_the_model_moves_or_is_copied(tokenizer,
 
 @pytest.mark.timeout(60)
 def test_a_weight_onednn_cannot_pack_is_multiplied_as_it_is(tokenizer, monkeypatch):
-    from tuning import model as model_module
+    from tuning import kernels
 
-    monkeypatch.setattr(model_module, "PACK_FOR_DECODING", True)
+    monkeypatch.setattr(kernels, "PACK_FOR_DECODING", True)
     own = _tiny(tokenizer, "gpt2", "fp32")
     layer = own.model.transformer.h[0].mlp.c_fc
 
@@ -541,16 +542,16 @@ def test_gpt2_weights_are_stored_row_by_row_for_linear_with_the_same_outputs_and
     ("fpu avx2 fma", "other", "fp32"),
 ])
 def test_auto_precision_on_a_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch, flags, kind, auto):
-    import tuning.model
+    import tuning.hardware
 
     info = f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
-    assert tuning.model.cpu_kind(info) == kind
-    monkeypatch.setattr(tuning.model, "cpu_kind", lambda cpuinfo=None: kind)
+    assert tuning.hardware.cpu_kind(info) == kind
+    monkeypatch.setattr(tuning.hardware, "cpu_kind", lambda cpuinfo=None: kind)
     assert resolve_precision("auto", torch.device("cpu")) == auto
 
 
 def test_the_cpu_model_is_read_from_cpuinfo():
-    from tuning.model import cpu_model
+    from tuning.hardware import cpu_model
 
     assert cpu_model("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor @ 2.50GHz\nflags\t: fpu\n") \
         == "Intel(R) Xeon(R) Processor @ 2.50GHz"
@@ -568,7 +569,7 @@ def cudnn_attention():
 
 @pytest.mark.timeout(30)
 def test_on_a_gpu_attention_stays_off_cudnn_kernels_and_a_cpu_changes_nothing(cudnn_attention):
-    from tuning.model import attention_kernels
+    from tuning.kernels import attention_kernels
 
     attention_kernels(torch.device("cpu"))
     assert torch.backends.cuda.cudnn_sdp_enabled()

@@ -17,7 +17,7 @@ import huggingface_hub
 import pytest
 import transformers
 
-from tuning import data, model
+from tuning import data, hubprobe, model
 from tuning.cli import main
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL
 from tuning.data import SNAPSHOT, DataError, load_rows, source_note
@@ -44,9 +44,9 @@ class Clock:
 def clock(monkeypatch) -> Clock:
     """A fake clock for both loaders, and no failure remembered from another test."""
     fake = Clock()
-    monkeypatch.setattr(data, "_now", fake)
+    monkeypatch.setattr(hubprobe, "_now", fake)
     monkeypatch.setattr(model, "_now", fake)
-    monkeypatch.setattr(data, "_hub_down_at", None)
+    monkeypatch.setattr(hubprobe, "_hub_down_at", None)
     monkeypatch.setattr(data, "_snapshot_notes", {})
     monkeypatch.setattr(model, "_download_failures", {})
     monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
@@ -168,17 +168,17 @@ def test_an_id_no_repository_can_have_is_an_error_and_never_marks_the_hub_down(h
     datasets_calls.error = ValueError(f"Repo id must use alphanumeric chars: '{bad_id}'")
     with pytest.raises(DataError, match="could not load the dataset"):
         load_rows(bad_id)
-    assert hub.asked == [] and data._hub_down_at is None  # no request for it, and the Hub not taken for down
+    assert hub.asked == [] and hubprobe._hub_down_at is None  # no request for it, and the Hub not taken for down
     datasets_calls.error = None
     assert [r.act for r in load_rows(DEFAULT_DATASET)] == ["Poet"]  # the next visitor still gets the Hub's rows
     assert source_note(DEFAULT_DATASET) is None
 
 
 def test_a_hub_that_does_not_answer_in_time_is_unreachable(monkeypatch, clock):
-    monkeypatch.setattr(data, "HUB_PROBE_S", 0.2)
+    monkeypatch.setattr(hubprobe, "HUB_PROBE_S", 0.2)
     monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda *a, **k: time.sleep(2))  # a DNS that hangs
     start = time.perf_counter()
-    assert data.hub_reachable(DEFAULT_DATASET, "dataset") is False
+    assert hubprobe.hub_reachable(DEFAULT_DATASET, "dataset") is False
     assert time.perf_counter() - start < 1.5
 
 
@@ -191,7 +191,7 @@ def test_an_answer_is_reachable_a_server_error_is_not(monkeypatch, clock, status
         raise HfHubHTTPError(f"{status}", response=response)
 
     monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", answer)
-    assert data.hub_reachable("someone/x") is reachable
+    assert hubprobe.hub_reachable("someone/x") is reachable
 
 
 def test_offline_mode_lets_datasets_read_its_cache_without_asking(hub, datasets_calls, monkeypatch):

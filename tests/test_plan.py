@@ -6,7 +6,8 @@ import pytest
 
 from tuning.config import TuneConfig
 from tuning.data import Row
-from tuning.plan import PlanError, checked_config, estimate_seconds, plan_run, plan_sweep, plural
+from tuning.formatting import plural
+from tuning.plan import PlanError, checked_config, estimate_seconds, plan_run, plan_sweep
 
 ROWS = [Row(f"Act {i}", f"I want you to act as act {i}. " + "word " * i, f"act {i}") for i in range(40)]
 

@@ -6,8 +6,10 @@ import pytest
 
 from tuning.config import TuneConfig
 from tuning.model import SoftPrompt
-from tuning.progress import RunView, duration, held_out_points, number
-from tuning.train import Done, EpochEnd, Start, Step
+from tuning.formatting import duration, number
+from tuning.history import held_out_points
+from tuning.progress import RunView
+from tuning.events import Done, EpochEnd, Start, Step
 
 
 def done(steps, stopped=False, held=2.0, base_held=3.0, elapsed=10.0):
@@ -93,7 +95,7 @@ def test_the_reference_line_before_its_first_step_says_whether_it_waits_or_loads
 def test_the_reference_line_says_when_it_gives_way_to_a_generation_until_its_next_step():
     from tuning.progress import ReferenceView
     from tuning.reference import ReferenceEvent
-    from tuning.train import Paused
+    from tuning.events import Paused
 
     view = ReferenceView()
     for event in (Start(20, 8, 2, 800), step(1, 1.0, total=20), Paused(1, 2.4)):
@@ -151,7 +153,7 @@ def test_without_rouge_l_the_sweep_estimate_is_the_training_left():
 def test_a_sweep_cell_paused_for_a_generation_says_so_until_its_next_step():
     from tuning.progress import SweepView
     from tuning.sweep import CellEvent, SweepStart
-    from tuning.train import Paused
+    from tuning.events import Paused
 
     view = SweepView(cells=2)
     view.add(SweepStart(total_steps=8, labels=["2×1", "4×1"], train_rows=4, held_out_rows=1))

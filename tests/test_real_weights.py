@@ -17,7 +17,9 @@ from tuning.data import Row
 from tuning.evaluate import compare
 from tuning.generate import Decoding, generate, stream_ids
 from tuning.model import load_base, prompt_inputs
-from tuning.train import Done, encode_rows, train
+from tuning.events import Done
+from tuning.rows import encode_rows
+from tuning.train import train
 
 from conftest import ACTS, need
 

@@ -18,7 +18,9 @@ from tuning.evaluate import compare
 from tuning.generate import Decoding
 from tuning.model import SoftPrompt
 from tuning.report import Findings, build_report, loss_chart, model_card, report_html
-from tuning.train import Done, encode_rows, held_out_for, split_rows, train
+from tuning.events import Done
+from tuning.rows import encode_rows, held_out_for, split_rows
+from tuning.train import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SHORT = Decoding(max_new_tokens=8)

@@ -17,7 +17,9 @@ from tuning.cli import main
 from tuning.config import TuneConfig
 from tuning.data import Row
 from tuning.model import SoftPrompt
-from tuning.train import Done, Start, Step, TrainingError, resume_config, resume_note, train, trained_so_far
+from tuning.events import Done, Start, Step, TrainingError
+from tuning.history import trained_so_far
+from tuning.train import resume_config, resume_note, train
 
 from conftest import CORPUS
 
@@ -74,7 +76,7 @@ def test_a_run_stopped_mid_epoch_resumes_at_the_next_epoch(base):
 
 
 def test_the_history_records_the_step_each_epoch_ended_at_whatever_the_batch_size(base, two_epochs):
-    from tuning.progress import held_out_points
+    from tuning.history import held_out_points
 
     assert two_epochs.meta["history"]["epoch_step"] == [3, 6]  # 6 rows in batches of 2
     soft = done(run(base, resume_config(two_epochs, 2, batch_size=4), resume=two_epochs))  # then 2 steps an epoch

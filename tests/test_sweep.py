@@ -15,7 +15,7 @@ from tuning.generate import Decoding
 from tuning.sweep import (
     CSV_FIELDS, SEED_GRID, CellEvent, CellResult, SweepDone, SweepStart, parse_grid, plot, run_sweep, write_csv,
 )
-from tuning.train import Done, Step
+from tuning.events import Done, Step
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROWS = [Row(act, prompt, normalise(act)) for act, prompt in list(ACTS.items())[:6]]

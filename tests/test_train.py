@@ -12,10 +12,9 @@ import tuning.train as train_module
 from tuning.config import TuneConfig
 from tuning.data import Row
 from tuning.generate import generate
-from tuning.train import (
-    Done, EpochEnd, Start, Step, TrainingError, encode_rows, init_prompt, length_batches, lr_factor, split_rows,
-    train,
-)
+from tuning.events import Done, EpochEnd, Start, Step, TrainingError
+from tuning.rows import encode_rows, held_out_for, split_rows
+from tuning.train import init_prompt, length_batches, lr_factor, train
 
 from conftest import CORPUS
 
@@ -247,10 +246,10 @@ def test_held_out_for_an_adapter_is_what_it_recorded_else_the_split():
     cfg = TuneConfig(held_out_fraction=0.5, seed=0, dataset="a.csv")
     _, split_held = split_rows(rows, cfg)
     recorded = SoftPrompt(torch.zeros(1, 4), "m", cfg, {"held_out_acts": ["Act 3", "Act 7"]})
-    assert [r.act for r in train_module.held_out_for(recorded, rows, "a.csv")] == ["Act 3", "Act 7"]
-    assert train_module.held_out_for(recorded, rows, "other.csv") == split_held
+    assert [r.act for r in held_out_for(recorded, rows, "a.csv")] == ["Act 3", "Act 7"]
+    assert held_out_for(recorded, rows, "other.csv") == split_held
     foreign = SoftPrompt(torch.zeros(1, 4), "m", TuneConfig(held_out_fraction=0.5, acts=("Astronaut",)), {})
-    assert train_module.held_out_for(foreign, rows, "a.csv") == split_held
+    assert held_out_for(foreign, rows, "a.csv") == split_held
 
 
 def test_held_out_for_never_returns_an_act_the_adapter_trained_on():
@@ -263,11 +262,11 @@ def test_held_out_for_never_returns_an_act_the_adapter_trained_on():
     trained_acts = [r.act for r in split_rows(rows, cfg)[0]]
     edited = [r for r in rows if r.act != "Act 3"]
     recorded = SoftPrompt(torch.zeros(1, 4), "m", cfg, {"held_out_acts": ["Act 3", "Act 7"], "acts": trained_acts})
-    assert [r.act for r in train_module.held_out_for(recorded, edited, "a.csv")] == ["Act 7"]
+    assert [r.act for r in held_out_for(recorded, edited, "a.csv")] == ["Act 7"]
     gone = SoftPrompt(torch.zeros(1, 4), "m", cfg, {"held_out_acts": ["Act 3"], "acts": trained_acts})
-    reshuffled = train_module.held_out_for(gone, edited, "a.csv")
+    reshuffled = held_out_for(gone, edited, "a.csv")
     assert reshuffled and not {r.act for r in reshuffled} & set(trained_acts)
-    assert not {r.act for r in train_module.held_out_for(gone, rows, "other.csv")} & set(trained_acts)
+    assert not {r.act for r in held_out_for(gone, rows, "other.csv")} & set(trained_acts)
 
 
 def test_held_out_for_skips_recorded_acts_that_are_not_text():
@@ -276,4 +275,4 @@ def test_held_out_for_skips_recorded_acts_that_are_not_text():
     rows = rows_of([f"prompt number {i}" for i in range(20)])
     cfg = TuneConfig(held_out_fraction=0.5, seed=0, dataset="a.csv")
     odd = SoftPrompt(torch.zeros(1, 4), "m", cfg, {"held_out_acts": [1, None, "Act 7"], "acts": "not a list"})
-    assert [r.act for r in train_module.held_out_for(odd, rows, "a.csv")] == ["Act 7"]
+    assert [r.act for r in held_out_for(odd, rows, "a.csv")] == ["Act 7"]

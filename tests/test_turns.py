@@ -13,7 +13,8 @@ from tuning.config import TuneConfig
 from tuning.data import Row
 from tuning.generate import Decoding, generate
 from tuning.progress import RunView
-from tuning.train import Paused, Step, train
+from tuning.events import Paused, Step
+from tuning.train import train
 
 from conftest import CORPUS
 

@@ -111,15 +111,7 @@ def save(
     if target.exists() and not overwrite:
         raise AdapterError(f"an adapter named {name!r} already exists")
 
-    embeddings = soft.embeddings.detach().to("cpu", torch.float32).contiguous().clone()
-    if embeddings.dim() != 2 or not 1 <= embeddings.shape[0] <= MAX_VIRTUAL_TOKENS:
-        raise AdapterError(f"a soft prompt must be [1-{MAX_VIRTUAL_TOKENS}, hidden], got {list(embeddings.shape)}")
-    if not torch.isfinite(embeddings).all():
-        raise AdapterError("the soft prompt contains NaN or infinity (did the training diverge?), so it was not saved")
-    if soft.config.num_virtual_tokens != embeddings.shape[0]:
-        raise AdapterError(
-            f"the config says {soft.config.num_virtual_tokens} virtual tokens but the prompt has {embeddings.shape[0]}"
-        )
+    embeddings = _checked_embeddings(soft)
     optimizer_state = None
     if soft.optimizer_state is not None:
         optimizer_state = _check_optimizer_state(soft.optimizer_state, tuple(embeddings.shape))
@@ -136,23 +128,7 @@ def save(
     except ValueError as e:
         raise AdapterError(f"the adapter's metadata has NaN or infinity in it, so it was not saved ({e})") from e
 
-    # Written with PEFT's own class so the file is exactly what PEFT expects. The init is
-    # always "RANDOM" here: with "TEXT", PEFT would load a tokenizer (possibly from the network)
-    # whenever someone loads the adapter for training. Our real init is in tuning_meta.json.
-    from peft import PromptTuningConfig
-
-    peft_config = PromptTuningConfig(
-        task_type="CAUSAL_LM",
-        num_virtual_tokens=embeddings.shape[0],
-        token_dim=embeddings.shape[1],
-        num_transformer_submodules=1,
-        num_attention_heads=soft.meta.get("num_attention_heads"),
-        num_layers=soft.meta.get("num_layers"),
-        base_model_name_or_path=soft.base_model,
-        prompt_tuning_init="RANDOM",
-        inference_mode=True,
-    )
-
+    peft_config = _peft_config(soft, embeddings)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     old: Path | None = None
     try:
@@ -182,6 +158,41 @@ def save(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _checked_embeddings(soft: SoftPrompt) -> torch.Tensor:
+    """The prompt as a float32 CPU copy, refused (AdapterError) when its shape, numbers or config are wrong."""
+    embeddings = soft.embeddings.detach().to("cpu", torch.float32).contiguous().clone()
+    if embeddings.dim() != 2 or not 1 <= embeddings.shape[0] <= MAX_VIRTUAL_TOKENS:
+        raise AdapterError(f"a soft prompt must be [1-{MAX_VIRTUAL_TOKENS}, hidden], got {list(embeddings.shape)}")
+    if not torch.isfinite(embeddings).all():
+        raise AdapterError("the soft prompt contains NaN or infinity (did the training diverge?), so it was not saved")
+    if soft.config.num_virtual_tokens != embeddings.shape[0]:
+        raise AdapterError(
+            f"the config says {soft.config.num_virtual_tokens} virtual tokens but the prompt has {embeddings.shape[0]}"
+        )
+    return embeddings
+
+
+def _peft_config(soft: SoftPrompt, embeddings: torch.Tensor):
+    """PEFT's `PromptTuningConfig` for the saved prompt, so adapter_config.json is exactly what PEFT expects.
+
+    The init is always "RANDOM" here: with "TEXT", PEFT would load a tokenizer (possibly from the
+    network) whenever someone loads the adapter for training. Our real init is in tuning_meta.json.
+    """
+    from peft import PromptTuningConfig
+
+    return PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=embeddings.shape[0],
+        token_dim=embeddings.shape[1],
+        num_transformer_submodules=1,
+        num_attention_heads=soft.meta.get("num_attention_heads"),
+        num_layers=soft.meta.get("num_layers"),
+        base_model_name_or_path=soft.base_model,
+        prompt_tuning_init="RANDOM",
+        inference_mode=True,
+    )
 
 
 def load(name: str, root: Path | str = DEFAULT_ROOT, base: Base | None = None) -> SoftPrompt:

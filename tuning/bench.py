@@ -65,7 +65,7 @@ class BenchError(ValueError):
 
 
 @dataclass
-class Job:
+class BenchPart:
     """What one spawned part needs; plain values only, so it pickles."""
 
     dataset: str
@@ -77,8 +77,8 @@ class Job:
     batch_size: int | None = None  # ours; None: TuneConfig's default
     length_multiple: int | None = None  # ours: Base.pad_to_multiple_of; None: the machine's choice
     share_prompt: bool | None = None  # ours: Base.share_prompt; None: the device's choice
-    exact_gelu: bool | None = None  # model.EXACT_GELU; None: the machine's choice
-    packed: bool | None = None  # model.PACK_FOR_DECODING; None: the machine's choice
+    exact_gelu: bool | None = None  # kernels.EXACT_GELU; None: the machine's choice
+    packed: bool | None = None  # kernels.PACK_FOR_DECODING; None: the machine's choice
     gpt2_step: bool | None = None  # generate.GPT2_STEP; None: the default (GPT2Step wherever it fits)
     prompt: list | None = None  # a trained soft prompt, for generation
     new_tokens: int = 64
@@ -111,8 +111,8 @@ def run(
     so the machine that pads shows what the padding buys. `fp32_generation` also times generation
     in fp32 (default: when ours generates in another precision), for choosing decode precision per job.
     `other_gelu` also trains ours with the other GELU (default: where ours uses the exact one,
-    `model.exact_gelu`); `other_packing` also generates the other way, packed or plain weights
-    (default: where ours packs, `model.packs_for_decoding`; only a CPU packs); `model_step` also generates
+    `kernels.exact_gelu`); `other_packing` also generates the other way, packed or plain weights
+    (default: where ours packs, `kernels.packs_for_decoding`; only a CPU packs); `model_step` also generates
     with the model's own forward at every step instead of `generate.GPT2Step` (default: where GPT2Step
     runs, a CPU): each lever the machine pulls is measured against not pulling it, in the same run.
 
@@ -120,21 +120,15 @@ def run(
     >>> r["speedup"], r["ours"]["peak_mb"]                 # doctest: +SKIP
     (6.3, 1450.0)
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise BenchError(f"steps must be a whole number of at least 1, got {steps!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-        raise BenchError(f"warmup must be a whole number of at least 1, got {warmup!r}")
-    if length_multiple is not None and (isinstance(length_multiple, bool) or not isinstance(length_multiple, int)
-                                        or not 1 <= length_multiple <= 256):
-        raise BenchError(f"length multiple must be a whole number from 1 to 256, got {length_multiple!r}")
+    _check_settings(steps, warmup, length_multiple)
     dataset = _existing(dataset, DEFAULT_DATASET, "dataset", "--dataset")
     tokenizer_dir = _existing(tokenizer_dir, DEFAULT_TOKENIZER, "tokenizer folder", "--tokenizer")
     os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the spawned parts: everything here is local
     from .config import TuneConfig
 
     ours_batch = TuneConfig().batch_size if batch_size is None else TuneConfig(batch_size=batch_size).batch_size
-    job = Job(str(dataset), str(tokenizer_dir), dict(model_config or {}), steps, warmup,
-              new_tokens=new_tokens, repeats=repeats, batch_size=ours_batch, length_multiple=length_multiple)
+    job = BenchPart(str(dataset), str(tokenizer_dir), dict(model_config or {}), steps, warmup,
+                    new_tokens=new_tokens, repeats=repeats, batch_size=ours_batch, length_multiple=length_multiple)
     result: dict = {"machine": machine(), "warmup": warmup}
     rows = SEED_BATCH * steps
     out(f"seed recipe: Trainer, fp32, batch {SEED_BATCH}, {rows} rows: {_epochs(warmup)} untimed, then one timed ...")
@@ -145,8 +139,8 @@ def run(
     out(_so_far(result["ours"]))
     ours = result["ours"]
 
-    def ours_also(key: str, what: str, variant: Job) -> None:
-        """Ours once more, one setting changed: the comparison a lever line in docs/performance.md quotes."""
+    def ours_also(key: str, what: str, variant: BenchPart) -> None:
+        """Ours once more, one setting changed: the comparison a lever line of docs/performance.md quotes."""
         out(f"ours {what} ...")
         result[key] = _spawn(_ours, variant)
         result[key].pop("prompt")  # generation uses the default run's prompt
@@ -164,19 +158,30 @@ def run(
     out("matmul ceiling ...")
     result["matmul_gflops"] = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}
     out(f"generation, {new_tokens} new tokens ...")
-    prompt = ours.pop("prompt")
-    result["generation"] = _spawn(_generation, replace(job, prompt=prompt))
+    _generation_parts(result, replace(job, prompt=ours.pop("prompt")), out, fp32_generation, other_packing, model_step)
+
+    _add_ratios(result)
+    out(report(result))
+    return result
+
+
+def _generation_parts(result: dict, job: BenchPart, out: Callable[[str], None], fp32_generation: bool | None,
+                      other_packing: bool | None, model_step: bool | None) -> None:
+    """Generation with ours' trained prompt (`job.prompt`), then again with each decoding lever the other way."""
+    result["generation"] = _spawn(_generation, job)
     if fp32_generation or (fp32_generation is None and result["generation"]["precision"] != "fp32"):
         out("generation in fp32 ...")
-        result["generation_fp32"] = _spawn(_generation, replace(job, prompt=prompt, precision="fp32"))
+        result["generation_fp32"] = _spawn(_generation, replace(job, precision="fp32"))
     if (other_packing and _device().type == "cpu") or (other_packing is None and result["generation"]["packed"]):
         out(f"generation with {'plain' if result['generation']['packed'] else 'packed'} weights ...")
-        result["generation_other_packing"] = _spawn(
-            _generation, replace(job, prompt=prompt, packed=not result["generation"]["packed"]))
+        result["generation_other_packing"] = _spawn(_generation, replace(job, packed=not result["generation"]["packed"]))
     if (model_step and _device().type == "cpu") or (model_step is None and result["generation"].get("gpt2_step")):
         out("generation with the model's forward at every step ...")
-        result["generation_model_step"] = _spawn(_generation, replace(job, prompt=prompt, gpt2_step=False))
+        result["generation_model_step"] = _spawn(_generation, replace(job, gpt2_step=False))
 
+
+def _add_ratios(result: dict) -> None:
+    """The comparisons the report quotes, from the parts' numbers: speed-up, ceiling, precision, cold start."""
     ours, seed, fp32 = result["ours"], result["seed"], result["ours_fp32"]
     result["speedup"] = ours["tokens_per_s"] / seed["tokens_per_s"]
     flops = result["matmul_gflops"]["bf16" if ours["precision"] == "bf16" else "fp32"] * 1e9
@@ -188,8 +193,17 @@ def run(
     result["three_columns_ratio"] = gen["three_s"] / gen["single_s"]
     result["cold_training_ratio"] = ours["tokens_per_s"] / ours["cold_tokens_per_s"]  # > 1: the first epoch is slower
     result["cold_generation_ratio"] = gen["cold_single_s"] / gen["single_s"]
-    out(report(result))
-    return result
+
+
+def _check_settings(steps, warmup, length_multiple) -> None:
+    """Refuse (BenchError) settings the parts cannot run with, before minutes of measuring."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise BenchError(f"steps must be a whole number of at least 1, got {steps!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+        raise BenchError(f"warmup must be a whole number of at least 1, got {warmup!r}")
+    if length_multiple is not None and (isinstance(length_multiple, bool) or not isinstance(length_multiple, int)
+                                        or not 1 <= length_multiple <= 256):
+        raise BenchError(f"length multiple must be a whole number from 1 to 256, got {length_multiple!r}")
 
 
 def _epochs(n: int) -> str:
@@ -257,6 +271,12 @@ def report(r: dict) -> str:
         f"{ours['tokens_per_s']:.0f} useful tokens/s (**{r['cold_training_ratio']:.2f}x** slower), generation "
         f"{gen['cold_single_s']:.2f} vs {gen['single_s']:.2f} s (**{r['cold_generation_ratio']:.2f}x**)",
     ]
+    return "\n".join(lines + _lever_lines(r))
+
+
+def _lever_lines(r: dict) -> list[str]:
+    """One line per lever the run also measured the other way (decode precision, packing, GELU, padding, ...)."""
+    ours, gen, lines = r["ours"], r["generation"], []
     if "generation_fp32" in r:
         g32 = r["generation_fp32"]
         lines.append(
@@ -289,7 +309,7 @@ def report(r: dict) -> str:
             "passes (fewer FLOPs; positions/s counts the prompt in every row for the first, so compare useful "
             f"tokens/s): {_warm_and_cold(ours, r['ours_shared'])}"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def _generation_vs(a: dict, b: dict) -> str:
@@ -315,7 +335,7 @@ def _warm_and_cold(ours: dict, other: dict) -> str:
 def machine() -> dict:
     import transformers
 
-    from .model import cpu_kind, cpu_model
+    from .hardware import cpu_kind, cpu_model
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
@@ -327,9 +347,9 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 10, budget_s:
     """GFLOP/s of an `n x n @ n x n` matmul in `dtype` (2 n^3 FLOPs each), after two warm-up runs, on the
     device the parts run on (the GPU when there is one).
 
-    A 512^3 probe first: where the full measurement would take over `budget_s` (bf16 emulated on a
-    CPU without native bf16 ran 2048^3 at well under 1 GFLOP/s on an AVX2-only AMD EPYC, minutes
-    for the 12 products), the probe's own rate is returned instead.
+    A 512^3 probe first: where the full measurement would take over `budget_s` (bf16 emulated on
+    a CPU without native bf16 can take minutes for the 12 products), the probe's own rate is
+    returned instead.
     """
     probe = _matmul_rate(dtype, 512, 3)
     if (repeat + 2) * 2 * n**3 / (probe * 1e9) > budget_s:
@@ -351,7 +371,7 @@ def _matmul_rate(dtype: torch.dtype, n: int, repeat: int) -> float:
 
 
 def _device() -> torch.device:
-    from .model import pick_device
+    from .hardware import pick_device
 
     return pick_device()
 
@@ -372,7 +392,7 @@ def _existing(path, default: Path, what: str, flag: str) -> Path:
     return path
 
 
-def _spawn(part: Callable[[Job], dict], job: Job) -> dict:
+def _spawn(part: Callable[[BenchPart], dict], job: BenchPart) -> dict:
     """Run one part in a fresh process: its peak memory is its own, nothing it allocated stays."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(part, (job,))
@@ -391,7 +411,7 @@ def _gpu_peak_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-def _training_rows(job: Job):
+def _training_rows(job: BenchPart):
     """(config, timed rows, held-out rows): the same for every part.
 
     The timed rows are drawn, seeded and without repeats, from our training split; only a file
@@ -401,7 +421,7 @@ def _training_rows(job: Job):
 
     from .config import TuneConfig
     from .data import load_rows
-    from .train import split_rows
+    from .rows import split_rows
 
     config = TuneConfig(model="gpt2-124m-random", dataset=job.dataset, precision=job.precision, epochs=1,
                         **({} if job.batch_size is None else {"batch_size": job.batch_size}))
@@ -416,35 +436,35 @@ def _cycle(rows: list, n: int) -> list:
     return (rows * math.ceil(n / len(rows)))[:n]
 
 
-def _seed_max_length(job: Job) -> int:
+def _seed_max_length(job: BenchPart) -> int:
     from transformers import GPT2Config
 
     return GPT2Config(**job.model_config).n_positions - SEED_VIRTUAL
 
 
-def _useful_tokens(job: Job, config, rows, tok) -> int:
+def _useful_tokens(job: BenchPart, config, rows, tok) -> int:
     """Text tokens of `rows` that both recipes train on: the prompt's tokens, cut where either cuts them."""
     cap = min(_seed_max_length(job), config.max_length)
     return sum(min(len(tok(r.prompt)["input_ids"]), cap) for r in rows)
 
 
-def _random_base(job: Job, model_id: str, precision: str):
+def _random_base(job: BenchPart, model_id: str, precision: str):
     """GPT-2 with the same random weights in every part: drawn in float32 from seed 0, then cast to the run's dtype.
 
     Drawn in bf16 directly, the weights would be whatever that torch version's bf16 `normal_`
-    gives: on torch 2.13 the float32 draw rounded, but the bf16 and fp32 parts of one AMX and one
-    GPU bench on torch 2.11 ended 0.8% apart in held-out loss where 2.13 machines measured 0.002%,
-    and a comparison of precisions must not also compare two random models.
+    gives, which changed between torch versions (docs/performance.md), and a comparison of
+    precisions must not also compare two random models.
     """
     from transformers import AutoModelForCausalLM, GPT2Config
 
-    from . import model as model_module
-    from .model import _DTYPES, from_model, resolve_precision
+    from . import kernels
+    from .hardware import resolve_precision
+    from .model import _DTYPES, from_model
 
     if job.exact_gelu is not None:  # this part's own process: the flags are its own
-        model_module.EXACT_GELU = job.exact_gelu
+        kernels.EXACT_GELU = job.exact_gelu
     if job.packed is not None:
-        model_module.PACK_FOR_DECODING = job.packed
+        kernels.PACK_FOR_DECODING = job.packed
     if job.gpt2_step is not None:
         from . import generate as generate_module
 
@@ -467,7 +487,7 @@ def _quiet() -> None:
     logging.set_verbosity_error()
 
 
-def _tokenizer(job: Job):
+def _tokenizer(job: BenchPart):
     from transformers import GPT2TokenizerFast
 
     tok = GPT2TokenizerFast.from_pretrained(job.tokenizer_dir)
@@ -475,7 +495,7 @@ def _tokenizer(job: Job):
     return tok
 
 
-def _seed_recipe(job: Job) -> dict:
+def _seed_recipe(job: BenchPart) -> dict:
     """The seed's recipe, as it was: Trainer, fp32, batch 8, LM collator over the raw prompts."""
     import tempfile
 
@@ -538,14 +558,15 @@ def _seed_recipe(job: Job) -> dict:
     }
 
 
-def _ours(job: Job) -> dict:
+def _ours(job: BenchPart) -> dict:
     """train() with the default TuneConfig (precision and batch size from the job): untimed epochs, then the timed one.
 
     Each is a fresh run over the timed rows with the same seed, so the same batches in the same
     order: the first, right after the model loaded, is the cold start (on AMX every new batch
     shape builds its kernels), the timed one the steady state, and the two compare as times.
     """
-    from .train import Done, EpochEnd, Start, Step, train
+    from .events import Done, EpochEnd, Start, Step
+    from .train import train
 
     _quiet()
     config, timed, held = _training_rows(job)
@@ -605,7 +626,8 @@ def _largest_batch_step(base, config, prompt: torch.Tensor) -> list[int]:
 
     from .data import load_rows
     from .model import token_losses
-    from .train import encode_rows, length_batches, split_rows
+    from .rows import encode_rows, split_rows
+    from .train import length_batches
 
     rows, _ = split_rows(load_rows(config.dataset), config)
     data = encode_rows(base, rows, config)
@@ -618,13 +640,13 @@ def _largest_batch_step(base, config, prompt: torch.Tensor) -> list[int]:
     return sorted(lengths[i] for i in batch)
 
 
-def _generation(job: Job) -> dict:
+def _generation(job: BenchPart) -> dict:
     """Median seconds of one continuation, of base + tuned side by side, and of base + two tuned (Compare's three
     columns: a 20-token and a 5-token prompt, as the two reference adapters have)."""
     import statistics
 
     from .generate import Decoding, GPT2Step, generate, stream_compare, stream_ids, stream_pair
-    from .model import packs_for_decoding
+    from .kernels import packs_for_decoding
 
     _quiet()
     base = _random_base(job, "gpt2-124m-random", job.precision)

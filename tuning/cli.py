@@ -107,20 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also ROUGE-L of greedy generations on up to N held-out acts, base vs tuned (default: 0, off)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per act for --rouge (default: 64)")
 
-    p = sub.add_parser("bench", help="measure training and generation speed against the seed recipe",
-                       description="Training throughput (seed recipe vs ours), FLOP ceiling, generation "
-                                   "timings and peak memory on a GPT-2-124M-shaped model with random weights, offline.")
-    p.add_argument("--steps", type=int, default=12,
-                   help="timed rows, in batches of 8: every part trains on the same steps x 8 rows (default: 12)")
-    p.add_argument("--batch-size", type=int, help="our batch size (default: the training default)")
-    p.add_argument("--length-multiple", type=int, metavar="N",
-                   help="pad our batches to a multiple of N positions (default: chosen for the machine, 16 with "
-                        "bf16 on an AMX CPU, else 1); when that is not 1, ours also runs without the padding")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed epochs over the timed rows first; ours' first is its cold start (default: 1)")
-    p.add_argument("--dataset", help="prompts .csv (default: ../shared/data/awesome-chatgpt-prompts/prompts-2025-01.csv)")
-    p.add_argument("--tokenizer", help="GPT-2 tokenizer folder (default: ../shared/data/gpt2-tokenizer)")
-    p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON here")
+    _add_bench_command(sub)
 
     p = sub.add_parser("sweep", help="train one prompt per (tokens, epochs) cell and compare them",
                        description="Reproduce the seed's experiment: one prompt per virtual tokens x epochs cell, "
@@ -152,6 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_bench_command(sub) -> None:
+    p = sub.add_parser("bench", help="measure training and generation speed against the seed recipe",
+                       description="Training throughput (seed recipe vs ours), FLOP ceiling, generation "
+                                   "timings and peak memory on a GPT-2-124M-shaped model with random weights, offline.")
+    p.add_argument("--steps", type=int, default=12,
+                   help="timed rows, in batches of 8: every part trains on the same steps x 8 rows (default: 12)")
+    p.add_argument("--batch-size", type=int, help="our batch size (default: the training default)")
+    p.add_argument("--length-multiple", type=int, metavar="N",
+                   help="pad our batches to a multiple of N positions (default: chosen for the machine, 16 with "
+                        "bf16 on an AMX CPU, else 1); when that is not 1, ours also runs without the padding")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed epochs over the timed rows first; ours' first is its cold start (default: 1)")
+    p.add_argument("--dataset", help="prompts .csv (default: ../shared/data/awesome-chatgpt-prompts/prompts-2025-01.csv)")
+    p.add_argument("--tokenizer", help="GPT-2 tokenizer folder (default: ../shared/data/gpt2-tokenizer)")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON here")
+
+
 def ctrl_c_stops():
     """(stop event, restore): the first Ctrl-C sets the event, the second aborts; restore() undoes it."""
     from tqdm import tqdm
@@ -174,14 +178,31 @@ def _default_name(config: TuneConfig) -> str:
     return f"{what}-{config.num_virtual_tokens}tok-{config.epochs}ep-{stamp}"
 
 
+def _run_name(args, config: TuneConfig, root: Path) -> tuple[str, bool]:
+    """(the name `train` saves under, whether that is the resumed adapter's own): refused before training
+    when --name is taken (unless --overwrite); the default name is a free one."""
+    from . import adapters
+
+    taken = {p.name for p in root.iterdir()}  # every folder name (loading each adapter to list it adds none)
+    if not (args.name or args.resume):  # a one-second stamp: two runs started together must not meet
+        return adapters.free_name(adapters.sanitize_name(_default_name(config)), taken), False
+    name = adapters.sanitize_name(args.name or args.resume)
+    continued = args.resume is not None and name == args.resume  # a resumed run is saved back over itself
+    if name in taken and not (continued or args.overwrite):
+        raise ValueError(f"an adapter named {name!r} already exists in {root}; choose another --name, "
+                         f"pass --overwrite to replace it, or --resume {name} to continue it")
+    return name, continued
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from . import adapters
     from .model import load_base
-    from .train import (
-        Done, EpochEnd, Start, Step, data_parallel, resume_config, resume_note, split_rows, train, trained_so_far,
-    )
+    from .events import Done, EpochEnd, Start, Step
+    from .history import trained_so_far
+    from .rows import split_rows
+    from .train import data_parallel, resume_config, resume_note, train
 
     names = {f.name for f in dataclasses.fields(TuneConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}  # only the flags typed (see _add_config_flags)
@@ -199,16 +220,7 @@ def cmd_train(args) -> int:
     else:
         config = TuneConfig(**given)
     root = _writable_folder(args.adapters_dir)  # before minutes of training, not after
-    taken = {p.name for p in root.iterdir()}  # every folder name (loading each adapter to list it adds none)
-    continued = False  # a resumed run is saved back over itself
-    if args.name or args.resume:
-        name = adapters.sanitize_name(args.name or args.resume)
-        continued = args.resume is not None and name == args.resume
-        if name in taken and not (continued or args.overwrite):
-            raise ValueError(f"an adapter named {name!r} already exists in {root}; choose another --name, "
-                             f"pass --overwrite to replace it, or --resume {name} to continue it")
-    else:  # the default name has a one-second stamp: two runs started together must not meet
-        name = adapters.free_name(adapters.sanitize_name(_default_name(config)), taken)
+    name, continued = _run_name(args, config, root)
     rows = _rows(config.dataset, config.text_only)
     train_rows, held = split_rows(rows, config)
     # Under `accelerate launch` every process trains its share; only the first one talks and saves.
@@ -407,9 +419,9 @@ def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import compare
+    from .evaluate import held_out
     from .generate import Decoding
-    from .train import encode_rows, held_out_for
+    from .rows import held_out_for
 
     if args.rouge < 0:
         raise ValueError(f"--rouge is a number of held-out acts, 0 or more, got {args.rouge}")
@@ -420,7 +432,7 @@ def cmd_eval(args) -> int:
     held = held_out_for(soft, rows, config.dataset)
     if not held:
         raise ValueError("there are no held-out rows to evaluate on")
-    result = compare(base, soft, encode_rows(base, held, config), args.batch_size)
+    result = held_out(base, soft, held, args.batch_size)
     print(f"held-out: {len(held)} acts, {result['base'].tokens} tokens of {config.dataset}")
     print(f"{'':6} {'loss':>8} {'perplexity':>11}")
     for name in ("base", "tuned"):
@@ -479,7 +491,7 @@ def cmd_sweep(args) -> int:
     from .generate import Decoding
     from .model import load_base
     from .sweep import CellEvent, CellResult, SweepDone, SweepStart, format_table, parse_grid, plot, run_sweep, write_csv
-    from .train import EpochEnd, Step
+    from .events import EpochEnd, Step
 
     grid = parse_grid(args.grid)
     if args.rouge < 0:
@@ -573,7 +585,7 @@ def cmd_reference(args) -> int:
 
     from . import reference
     from .model import load_base
-    from .train import Start, Step
+    from .events import Start, Step
 
     todo = reference.missing(args.adapters_dir, args.model, args.dataset)
     for cell in reference.GRID:

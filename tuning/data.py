@@ -12,10 +12,9 @@ with a `type` column, only TEXT rows are kept unless `text_only=False`.
 
 Offline: when the Hub cannot be reached, the default dataset (`fka/awesome-chatgpt-prompts`)
 loads from the copy shipped in `snapshot/` (CC0, see its LICENSE) and `source_note()` says so;
-any other Hub dataset fails with one sentence. `hub_reachable()` asks the Hub once, for a few
-seconds, and remembers a failure for a minute, so a page that loads on every click waits once.
+any other Hub dataset fails with one sentence. Whether the Hub is there is hubprobe.py's question.
 
-What it does not do: tokenize (train.py), download anything but the dataset itself, or
+What it does not do: tokenize (rows.py), download anything but the dataset itself, or
 repair a broken file; a file we cannot read faithfully is an error, not a guess.
 """
 
@@ -28,14 +27,13 @@ import json
 import math
 import random
 import sys
-import threading
-import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from .config import DEFAULT_DATASET
+from .hubprobe import hub_reachable, is_connection_error, offline_mode, remember_hub_down
 
 SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 BOM = b"\xef\xbb\xbf"
@@ -45,8 +43,6 @@ BOM = b"\xef\xbb\xbf"
 # without the Hub still has a dataset; it is never used for any other dataset id.
 SNAPSHOT = Path(__file__).parent / "snapshot" / "awesome-chatgpt-prompts.csv"
 SNAPSHOT_DATE = "2025-11"
-HUB_PROBE_S = 4.0  # how long to wait for the Hub's first answer before calling it unreachable (seconds)
-HUB_RETRY_S = 60.0  # after the Hub could not be reached, loaders skip it this long, then ask again (seconds)
 
 
 class DataError(ValueError):
@@ -183,7 +179,7 @@ def _read_hub(source: str) -> tuple[list[str], list[list[Any]]]:
         dataset = datasets.load_dataset(source, split="train")
     except Exception as e:  # offline, unknown id, no train split, gated: all the user's to fix
         if is_connection_error(e):
-            _remember_hub_down()
+            remember_hub_down()
             raise _Unreachable(_first_line(e)) from None
         raise DataError(
             f"could not load the dataset '{source}' from the Hugging Face Hub: {_first_line(e)}"
@@ -192,82 +188,9 @@ def _read_hub(source: str) -> tuple[list[str], list[list[Any]]]:
 
 
 # ---------------------------------------------------------------------------------------
-# is the Hub there? asked once, a failure remembered for HUB_RETRY_S
+# where a snapshot stood in for the Hub
 
-_now = time.monotonic  # a module attribute so tests can move the clock
-_hub_down_at: float | None = None  # _now() when the Hub last could not be reached
 _snapshot_notes: dict[str, str] = {}  # dataset id -> the note, while its rows came from SNAPSHOT
-
-
-def offline_mode() -> bool:
-    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: the Hub libraries then use their cache only."""
-    from huggingface_hub import is_offline_mode
-
-    return is_offline_mode()
-
-
-def _remember_hub_down() -> None:
-    global _hub_down_at
-    _hub_down_at = _now()
-
-
-def hub_reachable(repo_id: str, repo_type: str = "model") -> bool:
-    """Whether the Hugging Face Hub answers a question about `repo_id` within HUB_PROBE_S seconds.
-
-    Any answer counts, "not found" included (the loader then says what is wrong); no answer,
-    a server error or offline mode (HF_HUB_OFFLINE) is False. After a False the Hub is not asked
-    again for HUB_RETRY_S seconds: every call returns False at once. One short request, no
-    retries: `datasets` and `transformers` retry for ~30 s before they give up, on every call.
-    """
-    global _hub_down_at
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:  # "me/my data", a pasted URL: no repository can have that id, and no request is made for it
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        return True  # not "the Hub is down" for everyone for a minute: the loader says what is wrong with the id
-    if _hub_down_at is not None and _now() - _hub_down_at < HUB_RETRY_S:
-        return False
-    answered = _ask_hub(repo_id, repo_type)
-    _hub_down_at = None if answered else _now()
-    return answered
-
-
-def _ask_hub(repo_id: str, repo_type: str) -> bool:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    answer: list[bool] = []
-
-    def ask() -> None:
-        try:
-            HfApi().repo_info(repo_id, repo_type=repo_type, timeout=HUB_PROBE_S)
-            answer.append(True)
-        except HfHubHTTPError as e:  # 401, 404, gated: the Hub answered; 5xx: it cannot serve now
-            status = getattr(getattr(e, "response", None), "status_code", None)
-            answer.append(status is not None and status < 500)
-        except Exception:  # no route, DNS, a timeout, offline mode: whatever it is, no answer
-            answer.append(False)
-
-    # A thread with a deadline, not only the request's timeout: name resolution is outside
-    # httpx's timeout and can hang far longer where no DNS server answers.
-    thread = threading.Thread(target=ask, name="hub-probe", daemon=True)
-    thread.start()
-    thread.join(HUB_PROBE_S)
-    return bool(answer) and answer[0]
-
-
-def is_connection_error(error: BaseException) -> bool:
-    """Whether `error`, or an error that caused it, says the Hub could not be reached (not that it refused)."""
-    import httpx2  # huggingface_hub's HTTP client; its errors are not OSErrors
-
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, (ConnectionError, TimeoutError, httpx2.TransportError)):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def source_note(dataset: str) -> str | None:
@@ -312,6 +235,23 @@ def _name(value: Any) -> str:
     return " ".join(text.split())
 
 
+def _read_file(source: str) -> tuple[str, list[str], list[list[Any]]]:
+    """(the file's name, column names, records) of a local dataset file, read by its suffix."""
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError:  # "~someone/..." for a user this machine does not know
+        raise DataError(f"no dataset file at {source}") from None
+    if not path.exists():
+        raise DataError(f"no dataset file at {source}")
+    if path.is_dir():
+        raise DataError(f"{source} is a folder; give a .csv, .json, .jsonl or .parquet file")
+    suffix = path.suffix.lower()
+    readers = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
+    if suffix not in readers:
+        raise DataError(f"{path.name} is not a .csv, .json, .jsonl or .parquet file")
+    return path.name, *readers[suffix](path)
+
+
 # ---------------------------------------------------------------------------------------
 # the public API
 
@@ -328,20 +268,7 @@ def load_rows(source: str, text_only: bool = True) -> list[Row]:
         raise DataError("no dataset given; name a Hub dataset or a .csv, .json, .jsonl or .parquet file")
     from_snapshot = False  # set when the Hub could not be reached and the shipped copy stands in
     if _is_local(source):
-        try:
-            path = Path(source).expanduser()
-        except RuntimeError:  # "~someone/..." for a user this machine does not know
-            raise DataError(f"no dataset file at {source}") from None
-        if not path.exists():
-            raise DataError(f"no dataset file at {source}")
-        if path.is_dir():
-            raise DataError(f"{source} is a folder; give a .csv, .json, .jsonl or .parquet file")
-        suffix = path.suffix.lower()
-        readers = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
-        if suffix not in readers:
-            raise DataError(f"{path.name} is not a .csv, .json, .jsonl or .parquet file")
-        name = path.name
-        columns, records = readers[suffix](path)
+        name, columns, records = _read_file(source)
     else:
         name = source
         try:

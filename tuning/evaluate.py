@@ -1,6 +1,7 @@
 """The difference a soft prompt makes, in numbers: held-out perplexity, ROUGE-L, per-token gains, nearest tokens.
 
-- `compare`: held-out loss and perplexity, base vs tuned. Both models are scored on the same
+- `compare`: held-out loss and perplexity, base vs tuned; `held_out` encodes an adapter's
+  held-out rows and compares them, the one recipe the CLI, the report and the GPU call share. Both models are scored on the same
   tokens of each row: every token after the first (the base model has no context to predict
   the first one from; the tuned model would have its soft prompt). Rows are batched by
   length, without gradients.
@@ -11,7 +12,7 @@
 - `token_gains`: how much more (or less) likely the tuned model makes each token of a text.
 - `nearest_tokens`: the vocabulary tokens each virtual token lies closest to.
 
-What it does not do: train, choose rows (train.split_rows does), or format for a UI.
+What it does not do: train, choose rows (rows.py does), or format for a UI.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from .data import Row
 from .generate import Decoding, generate
 from .model import Base, SoftPrompt, token_losses
+from .rows import encode_rows
 
 ROUGE_NEW_TOKENS = 64  # each ROUGE-L continuation's length unless a Decoding says otherwise
 
@@ -59,6 +61,19 @@ def compare(base: Base, soft: SoftPrompt, rows: Sequence[list[int]], batch_size:
         loss = mean_loss(base, prompt, rows, batch_size)
         out[name] = Metrics(loss=loss, perplexity=math.exp(loss), tokens=count)
     return out
+
+
+def held_out(base: Base, soft: SoftPrompt, rows: Sequence[Row], batch_size: int | None = None) -> dict[str, Metrics]:
+    """`compare` on held-out `rows`, encoded as `soft` was trained (its max length and virtual tokens).
+
+    The one held-out recipe of `eval`, the run report and the GPU call: which rows are held out
+    is the caller's choice (rows.held_out_for); `batch_size` defaults to the adapter's own.
+
+    >>> held_out(base, soft, held_out_for(soft, rows, soft.config.dataset))["tuned"].perplexity   # doctest: +SKIP
+    18.4
+    """
+    encoded = encode_rows(base, list(rows), soft.config)
+    return compare(base, soft, encoded, soft.config.batch_size if batch_size is None else batch_size)
 
 
 # ---------------------------------------------------------------------------------------

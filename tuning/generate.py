@@ -13,9 +13,8 @@ Sampling draws from one `torch.Generator` per row seeded with `Decoding.seed`, n
 global RNG: the base row samples the same tokens alone or next to one or two tuned rows, and
 two sessions sampling at once cannot disturb each other.
 
-Batching is exact in float32 (to 1e-6) but not in bf16: on a GPT-2-124M-shaped model (random
-weights, this project's CPU) the base row's logits moved by up to 0.02 next to a tuned row, and
-differed between a 5- and a 13-token partner from step 35 on: enough to flip a greedy near-tie.
+Batching is exact in float32 (to 1e-6) but not in bf16: a row's logits move a little with the
+rows beside it, enough to flip a greedy near-tie (docs/decoding.md).
 Side-by-side display accepts that; metrics decode each continuation alone (evaluate.iter_rouge).
 
 Texts are returned for display: without the whitespace they open with (`display_text`).
@@ -145,19 +144,18 @@ def decode_pace(rows: int = 1) -> float | None:
     return _pace[known[0]] if known else None
 
 
-LEAN_DECODE = True  # decode_steps rather than HF `generate` (docs/performance.md: measured per CPU kind)
-GPT2_STEP = True  # decoding steps of a GPT-2 through GPT2Step rather than the model's forward (docs/performance.md "Speed II")
+LEAN_DECODE = True  # decode_steps rather than HF `generate` (measured per CPU kind: docs/performance.md)
+GPT2_STEP = True  # decoding steps of a GPT-2 through GPT2Step rather than the model's forward (docs/performance.md)
 
 
 class ReservedLayer(DynamicLayer):
     """A KV-cache layer that writes each step's keys and values into room reserved once.
 
     transformers' `DynamicLayer` concatenates the whole cache with the new position at every
-    step: 24 copies of a growing tensor per GPT-2 step, `aten::cat` 9% of a decode's time
-    (GPT-2-124M shape, fp32, Intel Xeon without AVX-512 BF16). Here `keys`/`values` are views
-    of the filled part of tensors sized for the prompt plus every new token, so attention
-    reads exactly the positions so far (`StaticCache`, which attends over its whole reserved
-    length, was slower: docs/performance.md "Speed II"). Past the room it grows, doubling.
+    step: 24 copies of a growing tensor per GPT-2 step, a visible share of a decode's time. Here
+    `keys`/`values` are views of the filled part of tensors sized for the prompt plus every new
+    token, so attention reads exactly the positions so far (`StaticCache`, which attends over its
+    whole reserved length, was slower: docs/performance.md). Past the room it grows, doubling.
     """
 
     def __init__(self, room: int):
@@ -215,8 +213,8 @@ class GPT2Step:
     `eager_attention_forward`), on the model's own modules' weights (so packed or relaid
     linears and the GELU in use are the ones that run), without the forward's Python: module
     calls, argument handling, the causal mask rebuilt every step. The padding mask becomes an
-    additive bias once. Same logits as the model's forward (tests/test_generate.py); on the
-    GPT-2-124M shape that Python was a fifth of a decode's time (docs/performance.md "Speed II").
+    additive bias once. Same logits as the model's forward (tests/test_generate.py); that Python
+    was a large share of a decode's time (docs/performance.md).
     Only for what it writes out: a `GPT2LMHeadModel` on a CPU (where the model has eager
     attention and `decode_steps` reserves the cache) in eval mode, no cross-attention, no
     reordered upcast attention, and no forward hooks anywhere, since they would not run (`fits`);

@@ -9,7 +9,7 @@ are plain generators. What that asks of this module, and what it guarantees:
 - Arguments and results pickle, and are small: rows, configs, `Decoding`, CPU tensors,
   events. The model is not copied: a `Base` pickles as a reference that the forked worker
   resolves to its own inherited copy (`model.Base.__reduce__`).
-- The model loads on the CPU in the server (`model.pick_device`) and moves to the GPU inside
+- The model loads on the CPU in the server (`hardware.pick_device`) and moves to the GPU inside
   the call (`on_accelerator`), in the precision `auto` picks for that GPU (bf16 on Ampere and
   newer, fp16 with a loss scaler before).
 - A stop request crosses the process boundary as a file (`StopFlag`): a training stopped
@@ -43,7 +43,9 @@ import torch
 
 from .config import TuneConfig
 from .data import Row
-from .model import Base, SoftPrompt, attention_kernels, resolve_precision, zero_gpu
+from .hardware import resolve_precision, zero_gpu
+from .kernels import attention_kernels
+from .model import Base, SoftPrompt
 from .plan import PlanError, estimate_seconds, train_tokens
 
 __all__ = ["StopFlag", "Deadline", "Failed", "carrying", "reraising", "on_accelerator", "zero_gpu", "check_fits",
@@ -56,8 +58,8 @@ log = logging.getLogger(__name__)
 MAX_CALL_SECONDS = int(os.environ.get("TUNING_GPU_MAX_SECONDS", "120"))
 # Before any run has measured the GPU: useful training tokens per second assumed for the first
 # estimate (set low on purpose: an estimate too short gets the call cut off, one too long only
-# reserves more quota than it uses; ZeroGPU charges the time used). A whole H200 measured 10,004
-# for the 20x10 run (docs/performance.md "GPU"); a ZeroGPU slice may give less.
+# reserves more quota than it uses; ZeroGPU charges the time used). A whole GPU trains about
+# twice as fast (docs/performance.md); a ZeroGPU slice may give less.
 DEFAULT_GPU_TOKENS_PER_S = float(os.environ.get("TUNING_GPU_TOKENS_PER_S", "5000"))
 CALL_OVERHEAD_S = 15.0  # taking the GPU, moving the model onto it, the first kernels
 SECONDS_PER_NEW_TOKEN = 0.05  # one decoding step of a small model on a GPU, all rows of a batch together
@@ -251,11 +253,9 @@ def evaluate_run(base: Base, soft: SoftPrompt, held_out_rows: Sequence[Row], rou
                  decoding) -> Iterator[tuple[str, object]]:
     """Held-out perplexity, then ROUGE-L act by act: ("perplexity", metrics), then ("rouge", row) per act."""
     from . import evaluate
-    from .train import encode_rows
 
     base = on_accelerator(base)
-    held = encode_rows(base, list(held_out_rows), soft.config)
-    yield "perplexity", evaluate.compare(base, soft, held, soft.config.batch_size)
+    yield "perplexity", evaluate.held_out(base, soft, held_out_rows)
     for result in evaluate.iter_rouge(base, soft, list(rouge_rows), decoding):
         yield "rouge", result
 
@@ -300,7 +300,7 @@ def train_duration(*args, **kwargs) -> int:
 
 def sweep_seconds(base: Base, rows: Sequence[Row], config: TuneConfig, grid, stop=None, rouge_acts: int = 0) -> float:
     """Estimated GPU seconds of `sweep_run`: every cell's training, and its ROUGE-L continuations."""
-    from .train import split_rows
+    from .rows import split_rows
 
     train_rows, held = split_rows(rows, config)
     per_epoch = _epoch_seconds(base, train_rows, held)  # every cell trains on the same rows

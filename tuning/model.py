@@ -8,7 +8,8 @@ number of sessions can use different prompts at once) and lets `generate` use it
 cache, which `PeftModel.generate(use_cache=True)` gets wrong for prompt tuning with
 transformers 5.24 + peft 0.21 (wrong tokens after the first).
 
-What this file does not do: training (train.py), decoding (generate.py), files (adapters.py).
+What this file does not do: training (train.py), decoding (generate.py), files (adapters.py),
+choose the device and precision (hardware.py) or the kernels (kernels.py).
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_MODEL, PRECISIONS, TuneConfig, same_model
-from .data import hub_reachable, is_connection_error, offline_mode
+from . import kernels
+from .config import DEFAULT_MODEL, TuneConfig, same_model
+from .hardware import ModelError, pick_device, resolve_precision, this_cpu_kind
+from .hubprobe import hub_reachable, is_connection_error, offline_mode
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class ModelError(ValueError):
-    """A model that cannot be loaded or used as asked; the message is one sentence for the user."""
+AMX_LENGTH_MULTIPLE = 16  # bf16 batches on an AMX CPU are padded to a multiple of this many positions
 
 
 _bases: "weakref.WeakValueDictionary[int, Base]" = weakref.WeakValueDictionary()  # key -> loaded model
@@ -113,18 +113,17 @@ class Base:
         """Positions a training or scoring batch is padded to a multiple of: 16 for bf16 on an AMX
         CPU, else 1 (no padding beyond the batch's longest row).
 
-        oneDNN builds kernels for every new matmul shape, and on AMX the first epoch was ~25%
-        slower than the second (issue 12; each batch length a new shape); lengths in steps of 16
-        give a batch of 4 rows a multiple of 64 positions. Elsewhere there is nothing to win: on
-        a Xeon without AMX (fp32, and emulated bf16) the first pass was not consistently slower,
-        and padding showed no consistent difference within the VM's noise (docs/performance.md "Speed II").
+        oneDNN builds kernels for every new matmul shape, so on AMX, where each batch length was
+        a new shape, the first epoch ran markedly slower than the second; lengths in steps of 16
+        give a batch of 4 rows a multiple of 64 positions. Elsewhere padding showed no consistent
+        gain (docs/performance.md).
         """
         if self.pad_to_multiple_of is not None:
             m = self.pad_to_multiple_of
             if isinstance(m, bool) or not isinstance(m, int) or m < 1:
                 raise ModelError(f"pad_to_multiple_of must be a whole number of at least 1, got {m!r}")
             return m
-        cpu_amx = self.device.type == "cpu" and self.precision == "bf16" and _this_cpu_kind() == "amx"
+        cpu_amx = self.device.type == "cpu" and self.precision == "bf16" and this_cpu_kind() == "amx"
         return AMX_LENGTH_MULTIPLE if cpu_amx else 1
 
     @property
@@ -132,11 +131,9 @@ class Base:
         """Whether a training or scoring batch computes its soft prompt's positions once
         (`_behind_shared_prompt`, two passes) or in front of every row (one pass).
 
-        Once saves FLOPs, which bound a step on a CPU: 1,150 against 1,316 ms for a step of 4
-        rows of ~58 tokens (GPT-2-124M shape, fp32, Xeon without AMX). A GPU step is bound by
-        kernel launches instead (docs/performance.md "GPU": 35-38 ms whatever the precision), and the two
-        passes launch more: 2,405 against 1,325 top-level ATen ops for that step. So one pass
-        on a GPU: 14,409 against 7,644 useful tokens/s on an H200 (bench, bf16, GPT-2-124M shape).
+        Once saves FLOPs, which bound a step on a CPU. A GPU step is bound by kernel launches
+        instead, and the two passes launch nearly twice as many ops: one pass there
+        (docs/performance.md).
         """
         if self.share_prompt is not None:
             return bool(self.share_prompt)
@@ -192,72 +189,6 @@ def context_length(config) -> int:
     raise ModelError(f"cannot tell the context length of a {type(config).__name__} model")
 
 
-def zero_gpu() -> bool:
-    """True on a ZeroGPU Space (`spaces` reads the same variable)."""
-    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
-
-
-def pick_device() -> torch.device:
-    """Where a model loads: the GPU when there is one, except on a ZeroGPU Space, where the server
-    process has none of its own (a decorated call borrows one: `gpu.on_accelerator` moves it there)."""
-    return torch.device("cuda") if torch.cuda.is_available() and not zero_gpu() else torch.device("cpu")
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def cpu_model(cpuinfo: str | None = None) -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    import platform
-
-    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-@functools.lru_cache(maxsize=1)
-def _this_cpu_kind() -> str:
-    return cpu_kind()
-
-
-AMX_LENGTH_MULTIPLE = 16
-
-
-def cpu_kind(cpuinfo: str | None = None) -> str:
-    """'amx' (Intel AMX: bf16 tiles), 'avx512_bf16' (AVX-512 with native bf16 dot products) or 'other'.
-
-    Read from /proc/cpuinfo's flags (`cpuinfo` for tests); 'other' where that file does not exist.
-    """
-    flags = set()
-    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-            break
-    return "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "other"
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 where the hardware computes it natively (AMX or AVX-512 BF16 CPUs, Ampere+ GPUs),
-    fp16 on older GPUs, else fp32.
-
-    Not oneDNN's own "bf16 supported" answer: it says yes on any AVX-512 CPU, where bf16 is emulated
-    and a GPT-2-sized matmul ran at 49-50 GFLOP/s against fp32's 193-218, and a GPT-2-124M training
-    step 4.45 s against 1.31-1.51 s (Intel Xeon without AVX-512 BF16, 2 cores, quiet): 3-4x slower.
-    """
-    if precision not in PRECISIONS:
-        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_kind() in ("amx", "avx512_bf16") else "fp32"
-
-
 def from_model(model: torch.nn.Module, tokenizer, model_id: str, precision: str = "auto") -> Base:
     """Wrap an already built model (tests build tiny ones): freeze it, eval mode, cast, set the pad token.
 
@@ -267,217 +198,12 @@ def from_model(model: torch.nn.Module, tokenizer, model_id: str, precision: str 
     device = next(model.parameters()).device
     resolved = resolve_precision(precision, device)
     model.to(_DTYPES[resolved]).eval().requires_grad_(False)
-    attention_kernels(device)
-    if device.type == "cpu" and model.config._attn_implementation == "sdpa":
-        # On CPU, SDPA's flash-attention backward is slow: eager attention trained 467-488 useful
-        # tokens/s against 381-432 for SDPA (GPT-2-124M shape, bf16, 2 cores, same run, 4 runs).
-        model.set_attn_implementation("eager")
-    _fuse_gelu(model, exact=exact_gelu(device, resolved))
-    _linear_layout(model)
-    if packs_for_decoding(device, resolved):
-        _pack_for_decoding(model)
+    kernels.prepare(model, device, resolved)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
         raise ModelError(f"the tokenizer of {model_id} has no end-of-text token")
     return Base(model=model, tokenizer=tokenizer, model_id=model_id, precision=resolved, requested_precision=precision)
-
-
-def attention_kernels(device: torch.device) -> None:
-    """On a GPU, keep PyTorch's attention (SDPA) off cuDNN's kernels, for the whole process.
-
-    cuDNN builds an execution plan for every new shape of an attention call, and ours change
-    shape all the time: every training batch has its own length, every decoding step one more
-    key. PyTorch 2.11 picked cuDNN for bf16 on an H200, where it made bf16 the slow precision:
-    a 64-token generation took 3.43 s warm (5.84 s cold) with it and 0.53 s (0.93 s) without,
-    a training step 520 ms on a new batch length against 57 ms (41 against 35 ms on lengths seen
-    before); the bench's training ran at 1,634 useful tokens/s in bf16 against 12,205 in fp32,
-    which never uses cuDNN attention (GPT-2-124M shape, batch 4, one process). Without it SDPA
-    takes the memory-efficient or flash kernels, which need no plan.
-    """
-    if device.type == "cuda":
-        torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-EXACT_GELU: bool | None = None  # None: bf16 on a CPU (`exact_gelu`); True/False to compare
-
-
-def exact_gelu(device: torch.device, precision: str) -> bool:
-    """Whether GPT-2's tanh-approximated GELU is computed as the exact (erf) GELU (`_fuse_gelu`)."""
-    if EXACT_GELU is not None:
-        return EXACT_GELU
-    return device.type == "cpu" and precision == "bf16"
-
-
-def _fuse_gelu(model: torch.nn.Module, exact: bool = False) -> None:
-    """Swap GPT-2's `gelu_new` (seven element-wise passes written in Python) for PyTorch's fused GELU.
-
-    Tanh GELU, the same formula in one kernel each way: training went from 499 to 526 useful
-    tokens/s (GPT-2-124M shape, bf16, batch 8, 2 cores, same rows); in float32 outputs agree to
-    rounding (tested). `exact`: the erf GELU instead, whose CPU kernels are cheaper: a [256, 3072]
-    bf16 tensor on 2 AMX cores took 0.21 ms forward against 1.30 (1.19 backward with tanh), on a
-    Xeon without AMX 0.47 + 1.07 ms forward and backward against 1.87 + 1.54; with tanh the GELU
-    was 11% of a bf16 training step's CPU time on AMX (profiled). The two differ by at most
-    4.7e-4, a sixteenth of a bf16 rounding step at 1.0: on tiny GPT-2s in bf16 the swap moved the
-    logits about half as much as computing in bf16 instead of float32 does (tests/test_model.py).
-    So bf16 on a CPU uses it (`exact_gelu`); float32 keeps GPT-2's own approximation, and so does
-    a model loaded on a GPU, bound by kernel launches rather than by this kernel (one loaded on a
-    CPU and moved to a GPU, as ZeroGPU does, keeps what it was loaded with).
-    """
-    from transformers.activations import GELUTanh, NewGELUActivation
-
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if type(child) is NewGELUActivation:
-                setattr(module, name, torch.nn.GELU() if exact else GELUTanh())
-
-
-def _linear_layout(model: torch.nn.Module) -> None:
-    """Store GPT-2's `Conv1D` weights as `nn.Linear` stores its own, [out, in] row by row, and multiply with `linear`.
-
-    `Conv1D` keeps `[in, out]` and calls `addmm(bias, x, W)`; for the few rows of a decoding step
-    that layout takes the slow path: a [2-3, 768] x [768, 3072] product ran 0.63-0.68 ms against
-    0.28-0.31 ms as `linear` on [3072, 768] (fp32, Intel Xeon without AVX-512 BF16, 2 cores), equal
-    at one row. The parameter stays a `[in, out]` view of the new storage, so state dicts, saving
-    and loading see GPT-2's own layout; `.to()` keeps the strides.
-    """
-    from transformers.pytorch_utils import Conv1D
-
-    for module in model.modules():
-        if type(module) is Conv1D:
-            rows = module.weight.detach().t().contiguous()  # [out, in]
-            module.weight = torch.nn.Parameter(rows.t(), requires_grad=module.weight.requires_grad)
-            module.__class__ = _linear_conv1d()
-
-
-@functools.cache
-def _linear_conv1d() -> type:
-    from transformers.pytorch_utils import Conv1D
-
-    class LinearConv1D(Conv1D):
-        """GPT-2's Conv1D whose weight is a [in, out] view of [out, in] storage: multiplies with `linear`."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.linear(x, self.weight.t(), self.bias)
-
-    return LinearConv1D
-
-
-PACK_FOR_DECODING: bool | None = None  # None: where measured to win (packs_for_decoding); True/False to compare
-PACKED_ROWS = 16  # inputs of at most this many rows (a decoding step: one per column) use the packed weights
-
-
-def packs_for_decoding(device: torch.device, precision: str) -> bool:
-    """Whether decoding steps multiply with weights packed for the CPU's matmul kernels (`_pack_for_decoding`).
-
-    bf16: on an AMX CPU (measured there). fp32: where a probe finds it faster (`fp32_packing_wins`).
-    """
-    if PACK_FOR_DECODING is not None:
-        return PACK_FOR_DECODING and device.type == "cpu"
-    if device.type != "cpu":
-        return False
-    if precision == "bf16":
-        return _this_cpu_kind() == "amx"
-    return precision == "fp32" and fp32_packing_wins()
-
-
-@functools.lru_cache(maxsize=1)
-def fp32_packing_wins() -> bool:
-    """Whether oneDNN-packed weights multiply a decoding step's rows faster than `linear` in float32 here.
-
-    A probe, once per process (0.25-0.37 s on an AVX2-only AMD EPYC, 50 MB while it runs): the CPU kinds disagree, and
-    not by their flags. On an AMD EPYC with AVX2 only (2 cores) the plain `linear` (MKL's sgemm)
-    costs as much per row as if it read the weights once per row: GPT-2's 50,257-row head took
-    25.6 ms for two rows and 34.6 ms for three against 7.4 and 6.8 ms packed, and base + tuned
-    took 1.9x one column. On the Intel Xeon with AMX packing gained nothing in float32 (one row:
-    25.5 vs 26.6 ms for the blocks). The probe multiplies two rows by a [16384, 768] matrix both
-    ways, interleaved (a smaller one is lost in thread wake-ups: a [3072, 768] probe swung from
-    0.67x to 1.35x between processes on the EPYC, this one 0.48-0.56x); packed wins under 0.8x.
-    """
-    import statistics
-
-    try:
-        with torch.inference_mode():
-            weight, rows = torch.randn(16384, 768), torch.randn(2, 768)
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)  # as `_packed_weight` packs
-            ways = {"plain": lambda: torch.nn.functional.linear(rows, weight),
-                    "packed": lambda: torch.ops.mkldnn._linear_pointwise(rows, packed, None, "none", [], "")}
-            times: dict[str, list[float]] = {name: [] for name in ways}
-            for n in range(10):
-                for name, way in ways.items():
-                    t = time.perf_counter()
-                    way()
-                    if n >= 2:  # the first runs build the kernels and wake the threads
-                        times[name].append(time.perf_counter() - t)
-    except (RuntimeError, AttributeError):  # a torch without oneDNN
-        return False
-    return statistics.median(times["packed"]) < 0.8 * statistics.median(times["plain"])
-
-
-def _pack_for_decoding(model: torch.nn.Module) -> None:
-    """Let every linear layer multiply a decoding step's few rows with a copy of its weight packed by oneDNN.
-
-    A decoding step multiplies 1-3 rows by every weight; in bf16 on an AMX CPU the plain
-    `linear` spent 14.2 ms a step on GPT-2-124M's 48 block matrices and 7.0 ms on the head,
-    against 9.1 and 2.5 ms with weights reordered once by `torch.ops.mkldnn._reorder_linear_weight`
-    (the layout PyTorch's own compiler packs to; 2 cores, one row; the same tokens, logits within
-    bf16 rounding). In float32, and on that CPU, packing gained nothing (25.5 vs 26.6 ms, 10.6 vs 10.2 ms); on
-    an AVX2-only AMD EPYC it gains a lot in float32 (`fp32_packing_wins` decides). Only in inference mode (decoding), on the CPU and for at most `PACKED_ROWS` rows:
-    training and scoring use the weights as they are. The packed copy is made at the first
-    decoding step (a second copy of the weights: 250 MB for GPT-2-124M in bf16), dropped when
-    the model moves (`.to()`) or is copied, and redone when a weight is replaced or changed in
-    place where autograd sees it (its version counter; a change through `.data` is not seen:
-    base weights never change here). Measured end to end in the same process, same text (3
-    interleaved rounds on a shared machine whose timings swung by a third): the first generation after load 2.41 ->
-    1.69 s, one column 2.51 -> 2.31 s, two 2.77 -> 2.42 s, three 2.87 -> 2.55 s (medians).
-    """
-    for module in model.modules():
-        if type(module) in (torch.nn.Linear, _linear_conv1d()):
-            module.__class__ = _packed(type(module))
-
-
-@functools.cache
-def _packed(cls: type) -> type:
-    class Packed(cls):
-        """`cls`, whose decoding steps use a oneDNN-packed copy of the weight (model._pack_for_decoding)."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if torch.is_inference_mode_enabled() and x.device.type == "cpu" and x.numel() <= PACKED_ROWS * x.shape[-1]:
-                packed = _packed_weight(self)
-                if packed is not None:
-                    return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
-            return super().forward(x)
-
-        def _apply(self, fn, recurse=True):  # .to(), .float(), ...: the packed copy would be stale and held in RAM
-            self.__dict__.pop("_packed_weight", None)
-            return super()._apply(fn, recurse)
-
-        def __getstate__(self):  # deepcopy and pickle: oneDNN's packed tensor has no storage to copy
-            state = dict(self.__dict__)
-            state.pop("_packed_weight", None)
-            return state
-
-    Packed.__name__ = Packed.__qualname__ = f"Packed{cls.__name__}"
-    return Packed
-
-
-def _packed_weight(module: torch.nn.Module) -> torch.Tensor | None:
-    """The module's weight as oneDNN packs it for a few rows, made once and redone if the weight changed.
-
-    None where oneDNN cannot pack this dtype on this CPU (bf16 needs AVX-512 or AVX-NE-CONVERT;
-    a model cast after it was packed): the layer then multiplies as it is.
-    """
-    rows = module.weight if isinstance(module, torch.nn.Linear) else module.weight.t()  # [out, in]
-    key = (rows.data_ptr(), 0 if rows.is_inference() else rows._version, rows.dtype, rows.device)
-    cached = module.__dict__.get("_packed_weight")  # not a parameter or buffer: state dicts never see it
-    if cached is None or cached[0] != key:
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(rows.detach().contiguous(), 1)
-        except RuntimeError:
-            packed = None
-        cached = (key, packed)
-        module.__dict__["_packed_weight"] = cached
-    return cached[1]
 
 
 _load_lock = threading.Lock()
@@ -666,8 +392,8 @@ def _behind_shared_prompt(
     hidden states (and keys and values, at every layer) are the same in every row of a batch.
     We run the prompt alone once, keep its keys and values (with their gradient), and run the
     text rows behind them as a batch at positions v, v+1, ...: a batch of 8 rows with 20
-    virtual tokens computes 20 prompt positions instead of 160. Trained 499 against 469
-    useful tokens/s with batch 8 (GPT-2-124M shape, bf16, 2 cores, same sample of rows).
+    virtual tokens computes 20 prompt positions instead of 160, which trains faster on a CPU
+    (docs/performance.md).
 
     Returns the text positions' hidden states flattened to `[B * T, hidden]` (row i, text
     position j at `i * T + j`) followed by the prompt's last position, and that last index.

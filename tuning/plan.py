@@ -20,7 +20,8 @@ from typing import Sequence
 
 from .config import TuneConfig
 from .data import Row
-from .train import split_rows
+from .formatting import plural
+from .rows import split_rows
 
 # The words a person sees for each TuneConfig field: errors name these, not the code's names.
 LABELS = {
@@ -70,11 +71,6 @@ class SweepPlan:
     @property
     def longest_epochs(self) -> int:
         return max(e for _, e in self.grid)
-
-
-def plural(n: int, word: str) -> str:
-    """1, 'act' -> '1 act'; 2, 'act' -> '2 acts'; 2000, 'step' -> '2,000 steps'."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def config_error(error: ValueError) -> PlanError:
@@ -159,8 +155,7 @@ def train_tokens(rows: Sequence[Row], count_tokens) -> int:
 
 # A held-out token scored (a forward pass) costs this share of a trained token's step. Not a third:
 # the backward pass through a frozen model computes no weight gradients, only the activations'
-# (about one more forward). Measured on SmolLM2-135M, fp32, an AVX2-only AMD EPYC, the 20
-# held-out rows in batches of 4: forward only 7.5-8.7 s, forward + backward 17.9-20.6 s (0.40-0.47).
+# (about one more forward); measured, not guessed (docs/performance.md).
 SCORING_COST = 0.45
 
 

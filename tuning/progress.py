@@ -5,8 +5,7 @@ shows while a run goes on, so that the same events always read the same way, whe
 arrive live, are replayed to a tab that re-attached after a reload, or come from a test.
 It is a plain object over plain events: no widgets, no threads.
 
-Also here, because the app, the sweep and the CLI all print them: `number`, `duration`,
-`held_out_points` (where an epoch's held-out loss sits on the step axis).
+`SweepView` and `ReferenceView` do the same for a sweep and for the reference adapters' training.
 
 What it does not do: run anything, or choose colours (a front end's business).
 """
@@ -18,44 +17,15 @@ import time
 from dataclasses import dataclass, field
 
 from .evaluate import ROUGE_NEW_TOKENS
-from .plan import SCORING_COST, plural
-from .train import Done, EpochEnd, Paused, Start, Step
+from .events import Done, EpochEnd, Paused, Start, Step
+from .formatting import duration, number, plural
+from .history import held_out_points
+from .plan import SCORING_COST
+from .reference import ReferenceSaved
+from .sweep import CellEvent, CellResult, SweepDone, SweepStart
 
 clock = time.monotonic  # a module attribute so tests can move it
 SERIES = ("train", "held-out", "base held-out")  # the series of one run's chart, in legend order
-
-
-def number(value: float | None, spec: str = ".3f") -> str:
-    """None -> '–' (nothing measured); 3.14159 -> '3.142'; (3.14159, '.2f') -> '3.14'."""
-    return "–" if value is None else format(value, spec)
-
-
-def duration(seconds: float) -> str:
-    """45 -> '45s', 130 -> '2m 10s', 3720 -> '1h 2m'."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60}m"
-
-
-def held_out_points(history: dict, steps_per_epoch: int, series: str = "held-out") -> list[tuple[int, float, str]]:
-    """Each epoch's held-out loss at the step that ended the epoch (the run's last step for a cut epoch).
-
-    Where the history records those steps (`epoch_step`, since a continued run may have changed the
-    batch size) they are used; an older history's epochs are placed every `steps_per_epoch` steps.
-
-    >>> held_out_points({"step": [1, 2, 3], "epoch": [1, 2], "held_out_loss": [3.0, None]}, 2)
-    [(2, 3.0, 'held-out')]
-    >>> held_out_points({"step": [1, 2, 3], "epoch": [1, 2], "epoch_step": [1, 3], "held_out_loss": [3.0, 2.0]}, 2)
-    [(1, 3.0, 'held-out'), (3, 2.0, 'held-out')]
-    """
-    last = history["step"][-1] if history["step"] else 0
-    ends = history.get("epoch_step") or []
-    if len(ends) != len(history["epoch"]):
-        ends = [min(e * steps_per_epoch, last) for e in history["epoch"]]
-    return [(end, loss, series) for end, loss in zip(ends, history["held_out_loss"]) if loss is not None]
 
 
 def paused_for_generation(event: Paused) -> str:
@@ -227,8 +197,6 @@ class SweepView:
     _rouge_rows: int = 0  # the acts ROUGE-L will score: rouge_acts, at most the held-out acts
 
     def add(self, event) -> None:
-        from .sweep import CellEvent, CellResult, SweepDone, SweepStart
-
         if isinstance(event, SweepStart):
             self.total = event.total_steps
             self._rouge_rows = min(self.rouge_acts, event.held_out_rows)
@@ -330,8 +298,6 @@ class ReferenceView:
     gave_way: Paused | None = None  # the run waits for a generation (a visitor's Compare) until its next event
 
     def add(self, event) -> None:
-        from .reference import ReferenceSaved
-
         if isinstance(event, ReferenceSaved):
             self.saved.append(event.name)
             return

@@ -28,7 +28,9 @@ from . import adapters
 from .config import TuneConfig
 from .data import Row
 from .model import Base, SoftPrompt
-from .train import Done, Event, train, split_rows
+from .events import Done, Event
+from .rows import split_rows
+from .train import train
 
 GRID: tuple[tuple[int, int], ...] = ((5, 5), (20, 10))  # (virtual tokens, epochs): the seed's two runs
 PREFIX = adapters.RESERVED_PREFIX

@@ -1,7 +1,7 @@
 """A run report anyone can open: one self-contained `report.html`, plus the model card (`README.md`).
 
 `measure()` computes what the report shows, on the model at hand: held-out perplexity base vs
-tuned (evaluate.compare, the adapter's own batch size), ROUGE-L and base-vs-tuned samples for a
+tuned (evaluate.held_out, the adapter's own batch size), ROUGE-L and base-vs-tuned samples for a
 few held-out acts (evaluate.rouge_compare), each virtual token's nearest vocabulary tokens, and
 the loss chart drawn from the adapter's saved history. `report_html()` and `model_card()` turn
 those findings into a page and a Hugging Face model card; `write_report()` writes both, with the
@@ -30,9 +30,13 @@ from typing import Sequence
 
 from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .data import Row
-from .evaluate import Metrics, compare, nearest_tokens, rouge_compare
+from .evaluate import Metrics, held_out, nearest_tokens, rouge_compare
+from .formatting import duration
 from .generate import Decoding
-from .model import Base, SoftPrompt, cpu_model
+from .hardware import cpu_model
+from .history import held_out_points
+from .rows import held_out_for
+from .model import Base, SoftPrompt
 
 CHART_FILE = "loss.png"  # next to README.md: the card shows it by this relative name
 CARD_FILE = "README.md"
@@ -48,7 +52,7 @@ class Findings:
     soft: SoftPrompt
     dataset: str
     held_out_acts: list[str]
-    perplexity: dict[str, Metrics] | None  # compare()'s result; None without held-out rows
+    perplexity: dict[str, Metrics] | None  # evaluate.held_out's result; None without held-out rows
     rouge: dict | None  # rouge_compare()'s result: base, tuned, rows (the samples); None with samples=0
     nearest: list[list[tuple[str, float]]]  # [num_virtual_tokens][NEAREST_K] (token, cosine)
     chart: bytes  # the loss chart, PNG
@@ -68,16 +72,12 @@ def measure(
     """Score `soft` against the base model on the held-out acts of `rows` and draw its loss chart.
 
     The held-out acts are the ones the adapter recorded when it was trained on `dataset`, else the
-    seeded split's (train.held_out_for). `samples` held-out acts are decoded (greedy, 64 new
+    seeded split's (rows.held_out_for). `samples` held-out acts are decoded (greedy, 64 new
     tokens unless `decoding` says otherwise) for ROUGE-L and the side-by-side samples; 0 skips that.
     """
-    from .train import encode_rows, held_out_for
-
     t0 = time.perf_counter()
     held = held_out_for(soft, rows, dataset)
-    perplexity = None
-    if held:
-        perplexity = compare(base, soft, encode_rows(base, held, soft.config), soft.config.batch_size)
+    perplexity = held_out(base, soft, held) if held else None
     rouge = rouge_compare(base, soft, held[:samples], decoding) if held and samples > 0 else None
     return Findings(
         name=name, soft=soft, dataset=dataset, held_out_acts=[r.act for r in held], perplexity=perplexity,
@@ -175,8 +175,6 @@ def loss_chart(soft: SoftPrompt) -> bytes:
     Drawn with matplotlib's Agg backend (no display), as sweep.plot does.
     """
     import matplotlib
-
-    from .progress import held_out_points
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -291,6 +289,53 @@ def _literal(text: str) -> str:
     return json.dumps(str(text)).replace("`", "\\u0060")
 
 
+def _card_metrics_table(metrics: dict) -> list[str]:
+    """The card's held-out section under its heading: a loss / perplexity (/ ROUGE-L) table, or why there is none."""
+    if metrics.get("base_perplexity") is None:
+        return ["No held-out acts were available to score."]
+    body = [
+        f"Scored on the same {metrics['tokens']:,} tokens of {metrics['held_out_acts']} held-out acts "
+        "(every token after a prompt's first).",
+        "",
+        "| | loss | perplexity |" + (" ROUGE-L |" if metrics.get("base_rouge") is not None else ""),
+        "|---|---:|---:|" + ("---:|" if metrics.get("base_rouge") is not None else ""),
+    ]
+    for who in ("base", "tuned"):
+        rouge = f" {_fmt(metrics.get(who + '_rouge'), '.4f')} |" if metrics.get("base_rouge") is not None else ""
+        body.append(f"| {who} | {_fmt(metrics[who + '_loss'], '.4f')} | "
+                    f"{_fmt(metrics[who + '_perplexity'], '.2f')} |{rouge}")
+    if metrics.get("base_rouge") is not None:
+        body += ["", f"ROUGE-L: greedy continuations of \"I want you to act as a <act>.\" against the act's "
+                     f"real prompt, {metrics['rouge_acts']} held-out acts."]
+    return body
+
+
+def _card_usage(base_model: str, where: str) -> list[str]:
+    """The card's usage snippet (PEFT's own loading, the cache off) and why the cache is off."""
+    return [
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f"base = AutoModelForCausalLM.from_pretrained({_literal(base_model)})",
+        f"tokenizer = AutoTokenizer.from_pretrained({_literal(base_model)})",
+        f"model = PeftModel.from_pretrained(base, {_literal(where)})",
+        "",
+        'inputs = tokenizer("I want you to act as a poet.", return_tensors="pt")',
+        "# use_cache=False: see the note below",
+        "out = model.generate(**inputs, max_new_tokens=64, use_cache=False)",
+        "print(tokenizer.decode(out[0], skip_special_tokens=True))",
+        "```",
+        "",
+        "Note: with transformers 5.24 and peft 0.21, `PeftModel.generate` with the KV cache "
+        "(`use_cache=True`, the default) returns wrong tokens after the first for prompt tuning. "
+        "Generate with `use_cache=False` as above, or, faster, call the base model's own `generate` with "
+        "`inputs_embeds` = the prompt (`model.get_prompt(1)`, or the `prompt_embeddings` tensor of "
+        "`adapter_model.safetensors`) followed by the input's token embeddings, as this project's "
+        "`tuning/generate.py` does.",
+    ]
+
+
 def model_card(
     soft: SoftPrompt,
     name: str,
@@ -336,48 +381,8 @@ def model_card(
         "## Held-out metrics",
         "",
     ]
-    if metrics.get("base_perplexity") is None:
-        body.append("No held-out acts were available to score.")
-    else:
-        body += [
-            f"Scored on the same {metrics['tokens']:,} tokens of {metrics['held_out_acts']} held-out acts "
-            "(every token after a prompt's first).",
-            "",
-            "| | loss | perplexity |" + (" ROUGE-L |" if metrics.get("base_rouge") is not None else ""),
-            "|---|---:|---:|" + ("---:|" if metrics.get("base_rouge") is not None else ""),
-        ]
-        for who in ("base", "tuned"):
-            rouge = f" {_fmt(metrics.get(who + '_rouge'), '.4f')} |" if metrics.get("base_rouge") is not None else ""
-            body.append(f"| {who} | {_fmt(metrics[who + '_loss'], '.4f')} | "
-                        f"{_fmt(metrics[who + '_perplexity'], '.2f')} |{rouge}")
-        if metrics.get("base_rouge") is not None:
-            body += ["", f"ROUGE-L: greedy continuations of \"I want you to act as a <act>.\" against the act's "
-                         f"real prompt, {metrics['rouge_acts']} held-out acts."]
-    body += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        f"base = AutoModelForCausalLM.from_pretrained({_literal(base_model)})",
-        f"tokenizer = AutoTokenizer.from_pretrained({_literal(base_model)})",
-        f"model = PeftModel.from_pretrained(base, {_literal(where)})",
-        "",
-        'inputs = tokenizer("I want you to act as a poet.", return_tensors="pt")',
-        "# use_cache=False: see the note below",
-        "out = model.generate(**inputs, max_new_tokens=64, use_cache=False)",
-        "print(tokenizer.decode(out[0], skip_special_tokens=True))",
-        "```",
-        "",
-        "Note: with transformers 5.24 and peft 0.21, `PeftModel.generate` with the KV cache "
-        "(`use_cache=True`, the default) returns wrong tokens after the first for prompt tuning. "
-        "Generate with `use_cache=False` as above, or, faster, call the base model's own `generate` with "
-        "`inputs_embeds` = the prompt (`model.get_prompt(1)`, or the `prompt_embeddings` tensor of "
-        "`adapter_model.safetensors`) followed by the input's token embeddings, as this project's "
-        "`tuning/generate.py` does.",
-    ]
+    body += _card_metrics_table(metrics)
+    body += ["", "## Usage", ""] + _card_usage(base_model, where)
     if chart_file:
         body += ["", "## Loss", "", f"![training and held-out loss]({chart_file})"]
     if samples:
@@ -427,8 +432,6 @@ def _table(rows: Sequence[Sequence], head: Sequence[str] | None = None) -> str:
 
 def report_html(f: Findings) -> str:
     """The report as one HTML page with no external resource: configuration, data, curves, metrics, samples, machine."""
-    from .progress import duration
-
     soft, meta = f.soft, f.soft.meta
     trained = soft.meta_texts("acts")
     train_seconds = _meta_number(soft, "train_seconds")

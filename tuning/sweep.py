@@ -10,9 +10,9 @@ All cells share one split (it depends on the seed and the held-out fraction only
 numbers are comparable. The base model's ROUGE-L continuations are decoded once per sweep and
 scored in every cell, so the base column is identical across cells by construction. (Decoded
 in one batch with each cell's tuned row, it was not: in bf16 the base row's greedy text
-depends on its batch, see generate.py, and a sweep reported base 0.149 in one cell, 0.127 in
-another.) The base model's held-out perplexity is scored once as well, by the first cell, and
-read by the others (`train`'s `base_scores`): on SmolLM2 each cell spent ~8 s scoring it anew.
+depends on its batch, see generate.py.) The base model's held-out perplexity is scored once as
+well, by the first cell, and read by the others (`train`'s `base_scores`) instead of each cell
+scoring it anew.
 
 What it does not do: save the prompts (each `CellResult` carries its `SoftPrompt`;
 adapters.save keeps one), or run as several processes.
@@ -32,9 +32,13 @@ from typing import Iterator, Sequence
 from .config import TuneConfig
 from .data import Row
 from .evaluate import base_continuations, rouge_compare
+from .formatting import number
 from .generate import Decoding
+from .history import held_out_points
 from .model import Base, SoftPrompt
-from .train import Done, Event, Start, TrainingError, split_rows, train
+from .events import Done, Event, Start, TrainingError
+from .rows import split_rows
+from .train import train
 
 # The seed notebook's two runs: (virtual tokens, epochs).
 SEED_GRID: list[tuple[int, int]] = [(5, 5), (20, 10)]
@@ -202,8 +206,6 @@ def plot(results: Sequence[CellResult], path: str | Path) -> Path:
     """
     import matplotlib
 
-    from .progress import held_out_points
-
     matplotlib.use("Agg")  # no display: the CLI runs on servers, the app renders the file
     import matplotlib.pyplot as plt
 
@@ -238,9 +240,6 @@ def format_table(results: Sequence[CellResult]) -> str:
     >>> print(format_table([]).splitlines()[0])
     cell     tokens epochs  ppl base ppl tuned rouge base rouge tuned  seconds
     """
-
-    from .progress import number  # one way to print a number that may not be measured, app and CLI alike
-
     lines = [f"{'cell':8} {'tokens':>6} {'epochs':>6} {'ppl base':>9} {'ppl tuned':>9} {'rouge base':>10} {'rouge tuned':>11} {'seconds':>8}"]
     for r in results:
         lines.append(

@@ -10,7 +10,8 @@ Resuming: `train(..., resume=soft)` starts from a saved prompt and its AdamW sta
 `config.epochs` more epochs; step and epoch numbers, and the loss history, continue the saved
 ones (`resume_config` plans such a run, `resume_note` says when the optimizer starts fresh).
 
-What it does not do: load models or data (model.py, data.py), save files (adapters.py).
+What it does not do: load models or data (model.py, data.py), choose or tokenize rows (rows.py),
+save files (adapters.py). Its events are events.py's, its loss history's shape history.py's.
 
 Choices, each measured or explained in docs/performance.md:
 - the base model keeps its own dtype (bf16 on CPUs that have it), the prompt and the loss
@@ -37,7 +38,6 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator, Sequence
 
@@ -45,131 +45,12 @@ import torch
 
 from . import turns
 from .config import TuneConfig
-from .data import DataError, Row, find_act, select, split_by_act
+from .data import Row
 from .evaluate import mean_loss
+from .events import Done, EpochEnd, Event, Paused, Start, Step, TrainingError
+from .history import HISTORY_KEYS, record_epoch, saved_history, trained_so_far
 from .model import Base, SoftPrompt, token_losses
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (for example the loss became NaN); the message is one sentence."""
-
-
-@dataclass
-class Start:
-    total_steps: int
-    train_rows: int
-    held_out_rows: int
-    train_tokens: int  # real text tokens per epoch
-    resumed_at: int = 0  # steps done before this run (a resumed adapter's); steps count on from here
-
-
-@dataclass
-class Step:
-    step: int  # 1-based, across epochs (and across runs, when resuming)
-    total_steps: int  # the last step's number
-    epoch: int  # 1-based (continuing a resumed adapter's)
-    loss: float  # mean cross-entropy per token of this batch
-    tokens: int  # real text tokens trained on so far
-    tokens_per_s: float
-    elapsed: float  # seconds since the start
-    eta: float  # seconds left, from the mean step time so far
-
-
-@dataclass
-class EpochEnd:
-    epoch: int
-    train_loss: float  # token-weighted mean over the epoch
-    held_out_loss: float | None
-    # the untuned model on the same rows, the chart's baseline: scored at the first epoch's end,
-    # not before the first step, so the first point of a live chart appears at once
-    base_held_out_loss: float | None
-    elapsed: float
-    # seconds this epoch end spent scoring: `elapsed` also counts any wait between events (a
-    # background run paused for a visitor), which a time estimate must not take for work
-    scoring_seconds: float | None = None
-
-
-@dataclass
-class Paused:
-    """The training waits before its next step while a generation runs on this CPU (`turns`: decoding goes first)."""
-    step: int  # steps done so far
-    max_seconds: float  # the longest this wait can last; the next Step ends it
-
-
-@dataclass
-class Done:
-    soft: SoftPrompt
-    stopped: bool  # True when asked to stop before the last step
-    steps: int  # taken by this run (a resumed adapter's earlier steps not counted)
-    elapsed: float
-
-
-Event = Start | Step | Paused | EpochEnd | Done
-
-
-def split_rows(rows: Sequence[Row], config: TuneConfig) -> tuple[list[Row], list[Row]]:
-    """Which rows to train on and which to hold out, by act.
-
-    With no `config.acts`: the seeded split's training side. With acts named: exactly those
-    rows (even ones the split would hold out); the held-out side then drops their acts, so a
-    held-out act is never trained on.
-    """
-    train_rows, held = split_by_act(list(rows), config.held_out_fraction, config.seed)
-    if config.acts:
-        train_rows = select(list(rows), config.acts)
-        trained = {r.group for r in train_rows}
-        held = [r for r in held if r.group not in trained]
-    return train_rows, held
-
-
-def held_out_for(soft: SoftPrompt, rows: Sequence[Row], dataset: str) -> list[Row]:
-    """The acts `soft` never trained on: the ones it recorded when it was trained on `dataset`, else the split's.
-
-    Recorded held-out acts that are no longer in the file are skipped; when none is left (or the
-    dataset is another one) the seeded split stands in, without the config's own acts when this
-    dataset does not have them (an adapter trained elsewhere). Whichever way, no act the adapter
-    recorded as trained on is ever returned: a split of an edited file mixes the acts anew.
-    """
-    trained = set()
-    for name in soft.meta_texts("acts"):
-        try:
-            trained.add(find_act(rows, name).group)
-        except DataError:
-            pass  # not in this file: nothing to leave out
-    if soft.config.dataset == dataset:
-        kept = []
-        for name in soft.meta_texts("held_out_acts"):
-            try:
-                row = find_act(rows, name)
-            except DataError:
-                continue  # renamed or deleted since training
-            if row not in kept:
-                kept.append(row)
-        if kept:
-            return [r for r in kept if r.group not in trained]
-    try:
-        held = split_rows(rows, soft.config)[1]
-    except DataError:
-        held = split_rows(rows, dataclasses.replace(soft.config, acts=()))[1]
-    return [r for r in held if r.group not in trained]
-
-
-def encode_rows(base: Base, rows: Sequence[Row], config: TuneConfig) -> list[list[int]]:
-    """Tokenize each prompt and end it with eos, truncated so virtual + text tokens fit the context.
-
-    The eos is a label like any other token (padding is masked by position, not by id), so
-    the tuned model learns where a prompt ends. A truncated row gets no eos: it did not end.
-    """
-    budget = min(config.max_length, base.max_positions - config.num_virtual_tokens)
-    if budget < 2:
-        raise TrainingError(
-            f"{config.num_virtual_tokens} virtual tokens leave no room in the model's {base.max_positions}-token context"
-        )
-    out = []
-    for row in rows:
-        ids = base.encode(row.prompt)
-        out.append(ids + [base.eos_id] if len(ids) < budget else ids[:budget])
-    return out
+from .rows import encode_rows
 
 
 def data_parallel() -> tuple[int, int]:
@@ -299,22 +180,6 @@ def lr_factor(steps: int, warmup_fraction: float):
     return factor
 
 
-# epoch_step: the step each epoch ended at (a continued run may change the batch size, or go on
-# from a stopped epoch, so epoch x steps-per-epoch does not say where an epoch's held-out loss goes)
-HISTORY_KEYS = ("step", "train_loss", "epoch", "held_out_loss", "epoch_train_loss", "epoch_step")
-
-
-def trained_so_far(soft: SoftPrompt) -> tuple[int, int]:
-    """(steps, epochs) `soft` has trained, read from its loss history; (0, 0) when it has none.
-
-    A run stopped mid-epoch counts all its steps but only its finished epochs, so resuming it
-    starts the next epoch after the last finished one. A history that is not the shape train()
-    writes (an edited or foreign tuning_meta.json) is refused: its numbers cannot be continued.
-    """
-    history = saved_history(soft)
-    return (history["step"][-1] if history["step"] else 0), (history["epoch"][-1] if history["epoch"] else 0)
-
-
 def resume_config(soft: SoftPrompt, epochs: int, **changes) -> TuneConfig:
     """The settings for `train(..., resume=soft)`: the adapter's own, `epochs` more epochs, and `changes`.
 
@@ -336,40 +201,6 @@ def resume_note(soft: SoftPrompt) -> str | None:
         return None
     return ("this adapter has no saved optimizer state (it is older or was trained elsewhere), "
             "so training continues from its prompt with a fresh AdamW optimizer")
-
-
-def estimated_epoch_steps(history: dict) -> list[int]:
-    """Where each epoch ended, for a history saved without `epoch_step`: its steps spread evenly over its epochs.
-
-    >>> estimated_epoch_steps({"step": [1, 2, 3, 4, 5], "epoch": [1, 2]})
-    [3, 5]
-    """
-    steps, epochs = history.get("step") or [], history.get("epoch") or []
-    if not steps or not epochs:
-        return [1] * len(epochs)
-    per_epoch = math.ceil(steps[-1] / max(epochs[-1], 1))
-    return [max(1, min(e * per_epoch, steps[-1])) if isinstance(e, int) else 1 for e in epochs]
-
-
-def saved_history(soft: SoftPrompt) -> dict[str, list]:
-    """`soft`'s loss history as train() writes it, checked; every key empty when it has none."""
-    history = soft.meta.get("history")
-    if not history:
-        return {k: [] for k in HISTORY_KEYS}
-    bad = TrainingError("this adapter's loss history is not in the form training writes, so it cannot be continued")
-    if not isinstance(history, dict) or not all(isinstance(history.get(k, []), list) for k in HISTORY_KEYS):
-        raise bad
-    history = {k: list(history.get(k, [])) for k in HISTORY_KEYS}
-    if len(history["epoch_step"]) != len(history["epoch"]):  # saved before epoch_step: the even spread
-        history["epoch_step"] = estimated_epoch_steps(history)
-    whole = [n for k in ("step", "epoch", "epoch_step") for n in history[k]]
-    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in whole):
-        raise bad
-    if len(history["step"]) != len(history["train_loss"]) or not (
-        len(history["epoch"]) == len(history["held_out_loss"]) == len(history["epoch_train_loss"])
-    ):
-        raise bad
-    return history
 
 
 def _check_resume(soft: SoftPrompt, config: TuneConfig, base: Base | None = None) -> tuple[int, int]:
@@ -411,16 +242,119 @@ def _base_loss(base: Base, held: list[list[int]], batch_size: int, memo: dict | 
     return loss
 
 
-def train(
-    base: Base,
-    train_rows: Sequence[Row],
-    config: TuneConfig,
-    held_out_rows: Sequence[Row] = (),
-    stop: threading.Event | None = None,
-    resume: SoftPrompt | None = None,
-    resume_name: str | None = None,
-    base_scores: dict | None = None,
-) -> Iterator[Event]:
+def _start_prompt(base: Base, config: TuneConfig, first_text: str, resume: SoftPrompt | None):
+    """(the prompt as a trainable float32 Parameter on the model's device, its AdamW optimizer).
+
+    A new prompt starts from `init_prompt`; a resumed one from its saved embeddings and, when it
+    has them, AdamW's moments and step count.
+    """
+    if resume is None:
+        prompt = torch.nn.Parameter(init_prompt(base, config, first_text).to(base.device))
+    else:
+        prompt = torch.nn.Parameter(resume.embeddings.detach().to(base.device, torch.float32).clone())
+    optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=config.weight_decay)
+    if resume is not None and resume.optimizer_state is not None:
+        # AdamW's moments and step count carry on, so the first resumed step is the one the saved
+        # run would have taken next (scaled by the new learning rate), not a fresh Adam's first
+        # sign-like step of size lr on every number. load_state_dict puts each tensor where
+        # AdamW wants it (the moments on the prompt's device, `step` as it keeps it).
+        saved = optimizer.state_dict()
+        saved["state"] = {0: {k: v.detach().clone() for k, v in resume.optimizer_state.items()}}
+        optimizer.load_state_dict(saved)
+    return prompt, optimizer
+
+
+def _lr_schedule(optimizer: torch.optim.Optimizer, planned: int, config: TuneConfig):
+    """Linear warm-up over config.warmup_fraction of this run's `planned` steps, then linear decay to zero.
+
+    (docs/quality.md measures both.) A resumed run starts a fresh warm-up and decay from
+    config.learning_rate: the saved run's own schedule ended at zero, so continuing it would
+    not move the prompt; restarting it is a warm restart (SGDR), and a lower --learning-rate
+    makes the restart gentler.
+    """
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(planned, config.warmup_fraction))
+
+
+def _loss_scaler(base: Base, world: int) -> torch.amp.GradScaler:
+    """fp16 (GPUs without bf16): the loss is scaled up before backward so small gradients through
+    the fp16 model do not flush to zero; the prompt, its gradient and AdamW stay float32. Off
+    (a pass-through) otherwise. The data-parallel path does its own backward and all-reduce; it
+    runs in bf16/fp32."""
+    return torch.amp.GradScaler(base.device.type, enabled=base.precision == "fp16" and world == 1)
+
+
+def _step(base: Base, prompt: torch.nn.Parameter, rows: list[list[int]], optimizer, scaler, rank: int, world: int,
+          where: str, learning_rate: float) -> tuple[float, float, int]:
+    """One optimizer step on one global batch: (mean loss per token, summed loss, tokens counted).
+
+    A NaN/inf loss raises TrainingError (naming `where`, e.g. "step 3 (epoch 1)") before the prompt moves.
+    """
+    if world == 1:
+        loss_sum, count = token_losses(base, prompt, rows)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, count = _shard_losses(base, prompt, rows, rank, world)
+    loss = loss_sum / count
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"the loss became {loss.item()} at {where}; "
+            f"try a lower learning rate than {learning_rate:g}. Nothing was saved."
+        )
+    if world == 1:
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradient
+    torch.nn.utils.clip_grad_norm_([prompt], 1.0)
+    scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 overflowed
+    scaler.update()
+    return loss.item(), loss_sum.item(), count
+
+
+def _score_held_out(base: Base, prompt: torch.Tensor, held: list[list[int]], batch_size: int,
+                    base_held: float | None, base_scores: dict | None) -> tuple[float | None, float | None]:
+    """(the prompt's mean held-out loss, the base model's): None without held-out rows. The base
+    model's is scored once, at the first call (`base_held` is None), and passed on after."""
+    if not held:
+        return None, base_held
+    held_loss = mean_loss(base, prompt.detach(), held, batch_size)
+    if base_held is None:
+        base_held = _base_loss(base, held, batch_size, base_scores)
+    return held_loss, base_held
+
+
+def _batch_order(lengths: list[int], config: TuneConfig, done_epochs: int) -> random.Random:
+    """The seeded RNG that shuffles the batches, past the shuffles of a resumed prompt's `done_epochs`.
+
+    A resumed run replays the saved epochs' shuffles, so on the same rows it sees the batch
+    order a single longer run would have seen next, not epoch 1's order again.
+    """
+    rng = random.Random(config.seed)
+    for _ in range(done_epochs):
+        length_batches(lengths, config.batch_size, rng)
+    return rng
+
+
+def _pause_or_stop(world: int, device: torch.device, stop, step: int, last_step_s: float | None):
+    """Before a step: give way to a generation on this CPU (yields Paused first), then whether to stop.
+
+    Returns (through `yield from`) True when `stop` is set in any process, so all stop at the same step.
+    """
+    if world == 1 and device.type == "cpu" and turns.decoding_now():  # a generation goes first
+        yield Paused(step, turns.pause_limit(last_step_s=last_step_s))  # (the wait is not training time)
+        turns.let_decoding_run(device, stop, last_step_s=last_step_s)
+    return _any_process(stop is not None and stop.is_set(), world, device)
+
+
+def _before_scoring(device: torch.device, stop, step: int, last_step_s: float | None):
+    """Before a held-out scoring: give way to a generation on this CPU, announced by a Paused event."""
+    if device.type == "cpu" and turns.decoding_now():
+        yield Paused(step, turns.pause_limit(last_step_s=last_step_s))
+    turns.let_decoding_run(device, stop, last_step_s=last_step_s)
+
+
+def train(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_rows: Sequence[Row] = (),
+          stop: threading.Event | None = None, resume: SoftPrompt | None = None, resume_name: str | None = None,
+          base_scores: dict | None = None) -> Iterator[Event]:
     """Prompt-tune `base` on `train_rows`; yields Start, then Step per batch and EpochEnd per epoch, then Done.
 
     With `resume`, training continues that prompt (and its optimizer state, when it has one)
@@ -437,127 +371,81 @@ def train(
     if not train_rows:
         raise TrainingError("there are no rows to train on")
     done_steps, done_epochs = _check_resume(resume, config, base) if resume is not None else (0, 0)
-    t0 = time.perf_counter()
-    device = base.device
-    rank, world = data_parallel()
+    t0, device, (rank, world) = time.perf_counter(), base.device, data_parallel()
     data = encode_rows(base, train_rows, config)
     held = encode_rows(base, held_out_rows, config) if held_out_rows else []
-    rng = random.Random(config.seed)
     lengths = [len(r) for r in data]
-    # A resumed run replays the saved epochs' shuffles, so on the same rows it sees the batch
-    # order a single longer run would have seen next, not epoch 1's order again.
-    for _ in range(done_epochs):
-        length_batches(lengths, config.batch_size, rng)
-    steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    planned = steps_per_epoch * config.epochs  # this run's steps
+    rng = _batch_order(lengths, config, done_epochs)
+    planned = math.ceil(len(data) / config.batch_size) * config.epochs  # this run's steps
     total = done_steps + planned  # the last step's number
+    prompt, optimizer = _start_prompt(base, config, train_rows[0].prompt, resume)
+    schedule, scaler = _lr_schedule(optimizer, planned, config), _loss_scaler(base, world)
 
-    if resume is None:
-        prompt = torch.nn.Parameter(init_prompt(base, config, train_rows[0].prompt).to(device))
-    else:
-        prompt = torch.nn.Parameter(resume.embeddings.detach().to(device, torch.float32).clone())
-    optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=config.weight_decay)
-    if resume is not None and resume.optimizer_state is not None:
-        # AdamW's moments and step count carry on, so the first resumed step is the one the saved
-        # run would have taken next (scaled by the new learning rate), not a fresh Adam's first
-        # sign-like step of size lr on every number. load_state_dict puts each tensor where
-        # AdamW wants it (the moments on the prompt's device, `step` as it keeps it).
-        saved = optimizer.state_dict()
-        saved["state"] = {0: {k: v.detach().clone() for k, v in resume.optimizer_state.items()}}
-        optimizer.load_state_dict(saved)
-    # Linear warm-up over config.warmup_fraction of this run's steps, then linear decay to zero
-    # (docs/quality.md measures both). A resumed run starts a fresh warm-up and decay from
-    # config.learning_rate: the saved run's own schedule ended at zero, so continuing it would
-    # not move the prompt; restarting it is a warm restart (SGDR), and a lower --learning-rate
-    # makes the restart gentler.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(planned, config.warmup_fraction))
-    # fp16 (GPUs without bf16): the loss is scaled up before backward so small gradients through
-    # the fp16 model do not flush to zero; the prompt, its gradient and AdamW stay float32.
-    # (The data-parallel path does its own backward and all-reduce; it runs in bf16/fp32.)
-    scaler = torch.amp.GradScaler(device.type, enabled=base.precision == "fp16" and world == 1)
-
-    base_held = None
     yield Start(total, len(data), len(held), sum(lengths), resumed_at=done_steps)
-
     history = saved_history(resume) if resume is not None else {k: [] for k in HISTORY_KEYS}
     epochs_before = len(history["epoch"])
-    step, tokens_done, train_time, stopped = done_steps, 0, 0.0, False
+    step, tokens_done, train_time, stopped, base_held = done_steps, 0, 0.0, False, None
     last_step_s: float | None = None  # the last step's own seconds: bounds a pause for a generation
     for epoch in range(done_epochs + 1, done_epochs + config.epochs + 1):
         epoch_loss, epoch_tokens = 0.0, 0
         for batch in length_batches(lengths, config.batch_size, rng):
-            if world == 1 and device.type == "cpu" and turns.decoding_now():  # a generation goes first
-                yield Paused(step, turns.pause_limit(last_step_s=last_step_s))  # (the wait is not training time)
-                turns.let_decoding_run(device, stop, last_step_s=last_step_s)
-            if _any_process(stop is not None and stop.is_set(), world, device):
-                stopped = True
+            stopped = yield from _pause_or_stop(world, device, stop, step, last_step_s)
+            if stopped:
                 break
             t_step = time.perf_counter()
-            if world == 1:
-                loss_sum, count = token_losses(base, prompt, [data[i] for i in batch])
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum, count = _shard_losses(base, prompt, [data[i] for i in batch], rank, world)
-            loss = loss_sum / count
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss.item()} at step {step + 1} (epoch {epoch}); "
-                    f"try a lower learning rate than {config.learning_rate:g}. Nothing was saved."
-                )
-            if world == 1:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradient
-            torch.nn.utils.clip_grad_norm_([prompt], 1.0)
-            scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 overflowed
-            scaler.update()
+            loss, loss_sum, count = _step(base, prompt, [data[i] for i in batch], optimizer, scaler, rank, world,
+                                          f"step {step + 1} (epoch {epoch})", config.learning_rate)
             schedule.step()
-            step += 1
-            tokens_done += count
-            epoch_loss += loss_sum.item()
-            epoch_tokens += count
+            step, tokens_done = step + 1, tokens_done + count
+            epoch_loss, epoch_tokens = epoch_loss + loss_sum, epoch_tokens + count
             last_step_s = time.perf_counter() - t_step
             train_time += last_step_s
             history["step"].append(step)
-            history["train_loss"].append(loss.item())
-            yield Step(
-                step=step, total_steps=total, epoch=epoch, loss=loss.item(), tokens=tokens_done,
-                tokens_per_s=tokens_done / train_time, elapsed=time.perf_counter() - t0,
-                eta=(total - step) * train_time / (step - done_steps),
-            )
+            history["train_loss"].append(loss)
+            yield Step(step=step, total_steps=total, epoch=epoch, loss=loss, tokens=tokens_done,
+                       tokens_per_s=tokens_done / train_time, elapsed=time.perf_counter() - t0,
+                       eta=(total - step) * train_time / (step - done_steps))
         if stopped:
             break
         if world == 1 and held:
-            if device.type == "cpu" and turns.decoding_now():
-                yield Paused(step, turns.pause_limit(last_step_s=last_step_s))
-            turns.let_decoding_run(device, stop, last_step_s=last_step_s)
+            yield from _before_scoring(device, stop, step, last_step_s)
         t_scoring = time.perf_counter()
-        held_loss = mean_loss(base, prompt.detach(), held, config.batch_size) if held else None
-        if held and base_held is None:
-            base_held = _base_loss(base, held, config.batch_size, base_scores)
+        held_loss, base_held = _score_held_out(base, prompt, held, config.batch_size, base_held, base_scores)
         scoring = time.perf_counter() - t_scoring
-        history["epoch"].append(epoch)
-        history["epoch_step"].append(step)
-        history["held_out_loss"].append(held_loss)
-        history["epoch_train_loss"].append(epoch_loss / epoch_tokens)
+        record_epoch(history, epoch, step, held_loss, epoch_loss / epoch_tokens)
         yield EpochEnd(epoch, epoch_loss / epoch_tokens, held_loss, base_held, time.perf_counter() - t0, scoring)
 
     if step == done_steps:
         raise TrainingError("training was stopped before the first step; there is nothing to keep")
-    # this run's measurements only: a resumed adapter's older ones scored another prompt
-    last_held = next((x for x in reversed(history["held_out_loss"][epochs_before:]) if x is not None), None)
     if stopped and held:  # the kept prompt is not the one the last epoch measured
-        last_held = mean_loss(base, prompt.detach(), held, config.batch_size)
-        if base_held is None:
-            base_held = _base_loss(base, held, config.batch_size, base_scores)
+        last_held, base_held = _score_held_out(base, prompt, held, config.batch_size, base_held, base_scores)
+    else:  # this run's measurements only: a resumed adapter's older ones scored another prompt
+        last_held = next((x for x in reversed(history["held_out_loss"][epochs_before:]) if x is not None), None)
     elapsed = time.perf_counter() - t0
+    run = {"steps": step, "stopped": stopped, "train_seconds": round(elapsed, 2), "processes": world,
+           "tokens_per_s": round(tokens_done / train_time, 1) if train_time else None}
+    # a resumed prompt records every epoch it has had, so labels like "20x15" stay true
+    kept = config if resume is None else dataclasses.replace(config, epochs=done_epochs + config.epochs)
+    soft = _trained_prompt(base, prompt, optimizer, kept, train_rows, held_out_rows, history,
+                           (base_held, last_held), run)
+    if resume is not None:
+        soft.meta = _resumed_meta(resume, soft.meta, resume_name, done_steps, done_epochs, config.epochs)
+    yield Done(soft=soft, stopped=stopped, steps=step - done_steps, elapsed=elapsed)
+
+
+def _trained_prompt(base: Base, prompt: torch.nn.Parameter, optimizer, config: TuneConfig, train_rows: Sequence[Row],
+                    held_out_rows: Sequence[Row], history: dict, held_losses: tuple, run: dict) -> SoftPrompt:
+    """The SoftPrompt a run keeps: the prompt and AdamW's state on the CPU, and the meta adapters.py saves.
+
+    `held_losses`: (the base model's, the kept prompt's) mean held-out loss, None where not
+    scored; `run`: steps, stopped, train_seconds, tokens_per_s and processes, as train() measured them.
+    """
     cfg = base.model.config
     state = optimizer.state[prompt]
-    soft = SoftPrompt(
+    return SoftPrompt(
         embeddings=prompt.detach().float().cpu().clone(),
         base_model=base.model_id,
-        # a resumed prompt records every epoch it has had, so labels like "20x15" stay true
-        config=config if resume is None else dataclasses.replace(config, epochs=done_epochs + config.epochs),
+        config=config,
         optimizer_state={
             "exp_avg": state["exp_avg"].detach().float().cpu().clone(),
             "exp_avg_sq": state["exp_avg_sq"].detach().float().cpu().clone(),
@@ -569,25 +457,22 @@ def train(
             "held_out_acts": [r.act for r in held_out_rows],
             "history": history,
             "metrics": {
-                "base_held_out_loss": base_held,
-                "held_out_loss": last_held,
+                "base_held_out_loss": held_losses[0],
+                "held_out_loss": held_losses[1],
                 "final_train_loss": history["train_loss"][-1],
             },
-            "steps": step,
-            "stopped": stopped,
-            "train_seconds": round(elapsed, 2),
-            "tokens_per_s": round(tokens_done / train_time, 1) if train_time else None,
+            "steps": run["steps"],
+            "stopped": run["stopped"],
+            "train_seconds": run["train_seconds"],
+            "tokens_per_s": run["tokens_per_s"],
             "precision": base.precision,
-            "device": device.type,  # cpu | cuda: what the speed above was measured on
-            "processes": world,  # data-parallel processes that trained it
+            "device": base.device.type,  # cpu | cuda: what the speed above was measured on
+            "processes": run["processes"],  # data-parallel processes that trained it
             "num_layers": getattr(cfg, "num_hidden_layers", None),
             "num_attention_heads": getattr(cfg, "num_attention_heads", None),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    if resume is not None:
-        soft.meta = _resumed_meta(resume, soft.meta, resume_name, done_steps, done_epochs, config.epochs)
-    yield Done(soft=soft, stopped=stopped, steps=step - done_steps, elapsed=elapsed)
 
 
 def _resumed_meta(resume: SoftPrompt, meta: dict, name: str | None, steps: int, epochs: int, more: int) -> dict:

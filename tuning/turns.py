@@ -2,8 +2,8 @@
 
 One server process trains and generates at once (the app: one visitor's training, another's
 Compare). On a CPU both want every core, and the generation, which someone watches token by
-token, suffered most: GPT-2-124M shape, base + tuned, 64 tokens, fp32, 2 cores, an AVX2-only AMD
-EPYC: 3.61 s alone, 6.10 s while a training ran in the same process (1.69x; docs/performance.md "Speed II").
+token, suffered most: it took 1.69x as long while a training ran in the same process
+(docs/performance.md).
 So `decode_steps` runs inside `decoding()`, and `train()` calls `let_decoding_run()` before each
 step and each held-out scoring: it waits until no decoding runs, at most `MAX_PAUSE_S` and
 `PAUSE_PER_STEP` times the last step's time (a busy Compare tab slows a training, it cannot stop
