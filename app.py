@@ -58,7 +58,7 @@ from tuning.formatting import duration, number, plural
 from tuning.history import held_out_points
 from tuning.plan import PlanError, checked_config, config_error, estimate_seconds, plan_run, plan_sweep, train_tokens
 from tuning.progress import SERIES, ReferenceView, RunView, SweepView
-from tuning.events import Done, Step, TrainingError
+from tuning.events import Done, Snapshot, Step, TrainingError
 from tuning.history import saved_history, trained_so_far
 from tuning.rows import held_out_for
 from tuning.train import resume_config, resume_note
@@ -852,17 +852,31 @@ def training_job(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, se
         resume = dict(resume=continued[0], resume_name=continued[1]) if continued else {}
         if gpu.zero_gpu():  # the call stops itself before ZeroGPU cuts it off at its duration
             resume["seconds"] = gpu.train_duration(base, plan.train_rows, plan.config, plan.held_out_rows)
-        run = TRAIN_ON_GPU(base, plan.train_rows, plan.config, plan.held_out_rows, flag, **resume)
-        for event in stoppable(stop, run, flag):
-            if isinstance(event, Step) and event.step >= view.step_cap:
-                stop.set()  # the server's step cap
-                flag.set()
-            if isinstance(event, Done):
-                gpu.note_run(event)  # a GPU run's speed: the next duration estimate goes by it
-                run = session.remember(event.soft, what, plan.steps_per_epoch)
-                if when_done is not None:
-                    when_done(run)
-            yield event
+        run, snapshot = TRAIN_ON_GPU(base, plan.train_rows, plan.config, plan.held_out_rows, flag, **resume), None
+        try:
+            for event in stoppable(stop, run, flag):
+                if isinstance(event, Snapshot):  # kept here, not replayed to the page
+                    snapshot = event
+                    continue
+                if isinstance(event, Step) and event.step >= view.step_cap:
+                    stop.set()  # the server's step cap
+                    flag.set()
+                if isinstance(event, Done):
+                    finish(event)
+                yield event
+        except gr.Error as e:  # ZeroGPU ended the call ("GPU task aborted"): keep what it learned, as a Stop does
+            if snapshot is None:
+                raise
+            log.warning("the GPU call ended (%s); keeping the prompt of step %d", e, snapshot.step)
+            done = Done(snapshot.soft, stopped=True, steps=snapshot.step - before[0], elapsed=snapshot.elapsed)
+            finish(done)
+            yield done
+
+    def finish(done: Done) -> None:
+        gpu.note_run(done)  # a GPU run's speed: the next duration estimate goes by it
+        run = session.remember(done.soft, what, plan.steps_per_epoch)
+        if when_done is not None:
+            when_done(run)
 
     def waiting() -> None:
         view.progress = ("waiting: the reference adapters are training; they step aside for yours after their "

@@ -394,3 +394,56 @@ def test_moving_the_model_to_the_gpu_turns_cudnn_attention_off(tokenizer, monkey
         assert not torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_a_training_call_yields_snapshots_only_when_it_may_be_cut_off(base):
+    from tuning.events import Snapshot
+
+    timed = list(gpu.train_run(base, ROWS[:-2], config(epochs=12, batch_size=1), ROWS[-2:], gpu.StopFlag(),
+                               seconds=10_000))
+    plain = list(gpu.train_run(base, ROWS[:-2], config(epochs=12, batch_size=1), ROWS[-2:], gpu.StopFlag()))
+    snapshots = [e for e in timed if isinstance(e, Snapshot)]
+    assert [s.step for s in snapshots] == list(range(gpu.SNAPSHOT_STEPS, timed[-1].steps + 1, gpu.SNAPSHOT_STEPS))
+    assert not any(isinstance(e, Snapshot) for e in plain)
+    first = snapshots[0].soft
+    assert first.meta["steps"] == gpu.SNAPSHOT_STEPS and first.meta["stopped"]
+    assert len(first.meta["history"]["step"]) == gpu.SNAPSHOT_STEPS  # its own history, not the run's as it grew
+    assert not torch.equal(first.embeddings, timed[-1].soft.embeddings)
+
+
+def test_a_zero_gpu_call_cut_off_at_its_duration_keeps_its_last_snapshot(tmp_path, monkeypatch):
+    """What the visitor gets when ZeroGPU ends the call: the run ends as stopped, with the prompt of its last
+    snapshot in the session (and the page says which step's prompt is kept), not an error and nothing."""
+    import gradio as gr
+
+    import app
+    from app_fixtures import write_assets
+    from tuning.jobs import Jobs
+
+    def aborting(duration):  # spaces.GPU when the platform kills the worker after 25 events
+        def wrap(fn):
+            def call(*args, **kwargs):
+                for n, value in enumerate(fn(*args, **kwargs)):
+                    if n == 25:
+                        raise gr.Error("GPU task aborted", title="ZeroGPU worker error")
+                    yield roundtrip(value)
+            return call
+        return wrap
+
+    model, dataset = write_assets(tmp_path)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=aborting))
+    try:
+        importlib.reload(app)
+        ctx = app.Context(model, dataset, tmp_path / "adapters", jobs=Jobs(grace=5.0))
+        session = app.Session()
+        request = types.SimpleNamespace(session_hash="tab", username=None, headers={}, cookies={})
+        *_, (chart, progress, log) = app.start_training(ctx, 3, 20, 0.1, 1, "random", "all training acts", [], 0,
+                                                       session, request)
+    finally:
+        monkeypatch.delitem(sys.modules, "spaces")
+        monkeypatch.undo()
+        importlib.reload(app)
+    kept = session.runs[-1].soft
+    assert kept.meta["stopped"] and kept.meta["steps"] % gpu.SNAPSHOT_STEPS == 0 and kept.meta["steps"] >= 10
+    assert "stopped at step" in progress and f"the prompt as it was after step {kept.meta['steps']:,} is kept" in log

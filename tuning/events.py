@@ -1,5 +1,5 @@
 """What a training run yields: `Start`, then `Step` per batch and `EpochEnd` per epoch, `Paused` while it
-gives way to a generation, and finally `Done`; or it raises `TrainingError`.
+gives way to a generation, `Snapshot` when asked, and finally `Done`; or it raises `TrainingError`.
 
 Plain dataclasses: the UI turns them into a chart, the CLI into a progress bar, tests into
 assertions, and a ZeroGPU worker pickles them across processes (gpu.py).
@@ -66,4 +66,16 @@ class Done:
     elapsed: float
 
 
-Event = Start | Step | Paused | EpochEnd | Done
+@dataclass
+class Snapshot:
+    """The prompt so far, every `snapshot_every` steps when asked: what a run cut off from outside keeps.
+
+    A ZeroGPU call can be ended at its duration with no chance to finish; the caller keeps the
+    last snapshot and ends the run with it as a stopped Done (gpu.py).
+    """
+    soft: SoftPrompt  # as Done's would be, stopped at this step (held-out loss: the last epoch's, or None)
+    step: int
+    elapsed: float
+
+
+Event = Start | Step | Paused | EpochEnd | Snapshot | Done

@@ -62,6 +62,7 @@ MAX_CALL_SECONDS = int(os.environ.get("TUNING_GPU_MAX_SECONDS", "120"))
 # twice as fast (docs/performance.md); a ZeroGPU slice may give less.
 DEFAULT_GPU_TOKENS_PER_S = float(os.environ.get("TUNING_GPU_TOKENS_PER_S", "5000"))
 CALL_OVERHEAD_S = 15.0  # taking the GPU, moving the model onto it, the first kernels
+SNAPSHOT_STEPS = 10  # a training call cut off from outside loses at most this many steps
 SECONDS_PER_NEW_TOKEN = 0.05  # one decoding step of a small model on a GPU, all rows of a batch together
 
 _measured: dict[str, float] = {}  # "train" -> tokens/s of the last finished GPU run in this process
@@ -213,15 +214,16 @@ def train_run(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_ou
               seconds: float | None = None) -> Iterator:
     """One training (train.train's events, CPU tensors only), on the GPU when there is one.
 
-    `seconds`: the call's duration; the training stops itself in time for its last held-out
-    scoring and Done (`stop_before`), so a call cut off at its duration does not lose the run.
+    `seconds`: the call's duration. The training stops itself in time for its last held-out
+    scoring and Done (`stop_before`), and yields a Snapshot every SNAPSHOT_STEPS steps, so a call
+    ended at its duration anyway still leaves the server the prompt of a few steps before.
     """
     from .train import train
 
     if seconds is not None:
         stop = Deadline(stop, stop_before(seconds, base, held_out_rows))
     yield from train(on_accelerator(base), list(train_rows), config, list(held_out_rows), stop,
-                     resume=resume, resume_name=resume_name)
+                     resume=resume, resume_name=resume_name, snapshot_every=SNAPSHOT_STEPS if seconds else 0)
 
 
 def stop_before(seconds: float, base: Base, held_out_rows: Sequence[Row]) -> float:

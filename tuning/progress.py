@@ -165,8 +165,9 @@ class RunView:
         if base_held is not None and not self._has("base held-out"):
             self._base_line(base_held)
         if event.stopped and self.step < self.step_cap:
+            kept = event.soft.meta.get("steps", self.step)  # a run cut off from outside keeps its last snapshot
             self.log.append(f"stopped at step {self.step:,} of {self.step_cap:,} after {duration(event.elapsed)}: "
-                            f"the prompt as it was after step {self.step:,} is kept (held-out loss {number(held)}).")
+                            f"the prompt as it was after step {kept:,} is kept (held-out loss {number(held)}).")
             self.progress = f"stopped at step {self.step:,} / {self.step_cap:,} · the prompt so far is kept"
         else:
             self.log.append(f"done: {plural(event.steps, 'step')} in {duration(event.elapsed)}; "

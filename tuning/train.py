@@ -47,7 +47,7 @@ from . import turns
 from .config import TuneConfig
 from .data import Row
 from .evaluate import mean_loss
-from .events import Done, EpochEnd, Event, Paused, Start, Step, TrainingError
+from .events import Done, EpochEnd, Event, Paused, Snapshot, Start, Step, TrainingError
 from .history import HISTORY_KEYS, record_epoch, saved_history, trained_so_far
 from .model import Base, SoftPrompt, token_losses
 from .rows import encode_rows
@@ -354,7 +354,7 @@ def _before_scoring(device: torch.device, stop, step: int, last_step_s: float | 
 
 def train(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_rows: Sequence[Row] = (),
           stop: threading.Event | None = None, resume: SoftPrompt | None = None, resume_name: str | None = None,
-          base_scores: dict | None = None) -> Iterator[Event]:
+          base_scores: dict | None = None, snapshot_every: int = 0) -> Iterator[Event]:
     """Prompt-tune `base` on `train_rows`; yields Start, then Step per batch and EpochEnd per epoch, then Done.
 
     With `resume`, training continues that prompt (and its optimizer state, when it has one)
@@ -363,6 +363,7 @@ def train(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_ro
     both runs, and `meta["resumed"]` lists each resume (from `resume_name`, at which step).
     `base_scores`: a dict the caller keeps across runs on the same `base` (a sweep's cells): the
     base model's held-out loss is scored once per distinct held-out encoding and read from it after.
+    `snapshot_every` > 0: also a Snapshot of the prompt after every that many steps.
     Refused (TrainingError) when the prompt does not fit `config` or `base`.
 
     >>> for event in train(base, rows, TuneConfig(epochs=1)):   # doctest: +SKIP
@@ -405,6 +406,11 @@ def train(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_ro
             yield Step(step=step, total_steps=total, epoch=epoch, loss=loss, tokens=tokens_done,
                        tokens_per_s=tokens_done / train_time, elapsed=time.perf_counter() - t0,
                        eta=(total - step) * train_time / (step - done_steps))
+            if snapshot_every and (step - done_steps) % snapshot_every == 0:
+                yield Snapshot(_kept(base, prompt, optimizer, config, resume, resume_name, train_rows, held_out_rows,
+                                     history, (base_held, _last_held(history, epochs_before)),
+                                     _run_meta(step, True, t0, world, tokens_done, train_time), (done_steps, done_epochs)), step,
+                               time.perf_counter() - t0)
         if stopped:
             break
         if world == 1 and held:
@@ -419,18 +425,35 @@ def train(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_ro
         raise TrainingError("training was stopped before the first step; there is nothing to keep")
     if stopped and held:  # the kept prompt is not the one the last epoch measured
         last_held, base_held = _score_held_out(base, prompt, held, config.batch_size, base_held, base_scores)
-    else:  # this run's measurements only: a resumed adapter's older ones scored another prompt
-        last_held = next((x for x in reversed(history["held_out_loss"][epochs_before:]) if x is not None), None)
-    elapsed = time.perf_counter() - t0
-    run = {"steps": step, "stopped": stopped, "train_seconds": round(elapsed, 2), "processes": world,
-           "tokens_per_s": round(tokens_done / train_time, 1) if train_time else None}
+    else:
+        last_held = _last_held(history, epochs_before)
+    run = _run_meta(step, stopped, t0, world, tokens_done, train_time)
+    soft = _kept(base, prompt, optimizer, config, resume, resume_name, train_rows, held_out_rows, history,
+                 (base_held, last_held), run, (done_steps, done_epochs))
+    yield Done(soft=soft, stopped=stopped, steps=step - done_steps, elapsed=time.perf_counter() - t0)
+
+
+def _last_held(history: dict, epochs_before: int) -> float | None:
+    """This run's last held-out loss: a resumed adapter's older ones scored another prompt."""
+    return next((x for x in reversed(history["held_out_loss"][epochs_before:]) if x is not None), None)
+
+
+def _run_meta(step: int, stopped: bool, t0: float, world: int, tokens_done: int, train_time: float) -> dict:
+    return {"steps": step, "stopped": stopped, "train_seconds": round(time.perf_counter() - t0, 2), "processes": world,
+            "tokens_per_s": round(tokens_done / train_time, 1) if train_time else None}
+
+
+def _kept(base: Base, prompt: torch.nn.Parameter, optimizer, config: TuneConfig, resume: SoftPrompt | None,
+          resume_name: str | None, train_rows: Sequence[Row], held_out_rows: Sequence[Row], history: dict,
+          held_losses: tuple, run: dict, done: tuple[int, int]) -> SoftPrompt:
+    """The prompt a run keeps now (its Done, or a Snapshot), with a resumed adapter's history and settings carried on."""
     # a resumed prompt records every epoch it has had, so labels like "20x15" stay true
-    kept = config if resume is None else dataclasses.replace(config, epochs=done_epochs + config.epochs)
-    soft = _trained_prompt(base, prompt, optimizer, kept, train_rows, held_out_rows, history,
-                           (base_held, last_held), run)
+    kept = config if resume is None else dataclasses.replace(config, epochs=done[1] + config.epochs)
+    history = {key: list(values) for key, values in history.items()}  # a snapshot must not grow with the run
+    soft = _trained_prompt(base, prompt, optimizer, kept, train_rows, held_out_rows, history, held_losses, run)
     if resume is not None:
-        soft.meta = _resumed_meta(resume, soft.meta, resume_name, done_steps, done_epochs, config.epochs)
-    yield Done(soft=soft, stopped=stopped, steps=step - done_steps, elapsed=elapsed)
+        soft.meta = _resumed_meta(resume, soft.meta, resume_name, *done, config.epochs)
+    return soft
 
 
 def _trained_prompt(base: Base, prompt: torch.nn.Parameter, optimizer, config: TuneConfig, train_rows: Sequence[Row],
