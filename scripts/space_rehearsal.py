@@ -77,7 +77,7 @@ def tiny_model(dest: Path) -> None:
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<|endoftext|>"],
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=64, n_layer=2, n_head=2,
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=1, n_head=2,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(config).save_pretrained(dest)
     tokenizer.save_pretrained(dest)
@@ -147,6 +147,7 @@ def browse(url: str, t0: float, results: dict, timeout_s: float) -> None:
     """The page as a visitor meets it: six tabs, Log in, Compare on the references, a first answer."""
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=timeout_s * 1000)  # its own default is 5 s; a busy machine needs more
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
