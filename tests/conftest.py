@@ -5,6 +5,10 @@ one token forever, and a generation test would pass even on a broken cache path.
 
 `need()` is the one way a test skips for something the machine lacks (a browser, Open MPI,
 ../shared data, real weights): a skip locally, a failure under CI, which must provide them all.
+
+The fast tier, `pytest -m "not slow"`, leaves out every test marked `slow`: a test marks itself,
+or uses a fixture that requests `slow_setup` (a served app, a browser, other processes, real
+weights), which marks it here (`pytest_collection_modifyitems`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,18 @@ def need(present: bool, what: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{what}; CI=true, where a missing dependency is a failure, not a skip", pytrace=False)
     pytest.skip(what)
+
+
+@pytest.fixture(scope="session")
+def slow_setup():
+    """Requested by every fixture that serves the app, starts a browser or other processes, or loads
+    real weights: each test using one, directly or through another fixture, is marked `slow`."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slow_setup" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def make_tokenizer():

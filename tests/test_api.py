@@ -11,7 +11,7 @@ TOOLS = {"list_acts", "list_saved_adapters", "compare_texts", "train_adapter", "
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, slow_setup):
     import app
 
     folder = tmp_path_factory.mktemp("api")

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.timeout(600)  # a browser start and a few trainings, on
 
 
 @pytest.fixture
-def page(tmp_path):
+def page(tmp_path, slow_setup):
     need(playwright is not None, "needs Python Playwright (pip install -r requirements-dev.txt)")
     need(CHROMIUM.exists(), f"needs {CHROMIUM} (Debian: apt-get install chromium)")
     demo, url = serve(tmp_path, reattach_grace=GRACE)

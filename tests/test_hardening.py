@@ -52,7 +52,7 @@ def gen_args(text="I want you to act as a rapper.", adapter=SAVED, **kw):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, slow_setup):
     folder = tmp_path_factory.mktemp("hardening")
     demo, url = serve(folder, reattach_grace=GRACE)
     client = Client(url, verbose=False)
@@ -227,6 +227,7 @@ def test_new_tokens_that_leave_no_room_in_the_context_are_refused_clearly(url):
 # --- 3. a large dataset in the app ---------------------------------------------------------
 
 
+@pytest.mark.slow  # serves the app
 def test_a_10000_row_dataset_loads_in_seconds_and_search_stays_quick(tmp_path):
     import csv
 
@@ -655,7 +656,7 @@ def test_a_cancelled_or_abandoned_run_stops_after_the_grace_and_frees_the_slot(u
 
 
 @pytest.fixture(scope="module")
-def capped(tmp_path_factory):
+def capped(tmp_path_factory, slow_setup):
     folder = tmp_path_factory.mktemp("capped")
     demo, url = serve(folder, max_adapters=2, max_adapter_bytes=40_000)
     yield url, folder
@@ -715,6 +716,7 @@ def test_an_upload_leaves_no_extraction_folder(server, client, tmp_path):
 # --- 7. a full queue ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # serves the app
 def test_a_full_queue_answers_with_a_clear_message(tmp_path, monkeypatch):
     log_steps(monkeypatch, seconds=0.05)
     demo, url = serve(tmp_path, max_queue=1, reattach_grace=0.1)

