@@ -386,16 +386,31 @@ def test_decoding_packs_the_weights_only_where_measured_to_win(monkeypatch, kind
     assert model_module.packs_for_decoding(torch.device(device), precision) is packs
 
 
-def test_the_fp32_packing_probe_times_both_ways_and_answers_once_per_process(monkeypatch):
+@pytest.mark.parametrize("slowed, wins", [("plain", True), ("packed", False)])
+def test_the_fp32_packing_probe_goes_by_the_two_timed_ways_and_answers_once_per_process(monkeypatch, slowed, wins):
+    # Whichever way is made 20 ms slower loses the verdict, whatever this CPU measures by itself.
+    import time
+
     from tuning import model as model_module
 
-    model_module.fp32_packing_wins.cache_clear()
+    def slower(way):
+        return lambda *args: time.sleep(0.02) or way(*args)
+
     calls = []
-    real = torch.ops.mkldnn._reorder_linear_weight
-    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda *a: calls.append(a[0].shape) or real(*a))
-    first = model_module.fp32_packing_wins()
-    assert isinstance(first, bool) and model_module.fp32_packing_wins() is first and calls == [(16384, 768)]
+    reorder = torch.ops.mkldnn._reorder_linear_weight
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda *a: calls.append(a[0].shape) or reorder(*a))
     model_module.fp32_packing_wins.cache_clear()
+    try:
+        with pytest.MonkeyPatch.context() as slow:
+            if slowed == "plain":
+                slow.setattr(torch.nn.functional, "linear", slower(torch.nn.functional.linear))
+            else:
+                slow.setattr(torch.ops.mkldnn, "_linear_pointwise", slower(torch.ops.mkldnn._linear_pointwise))
+            assert model_module.fp32_packing_wins() is wins
+        # probed again, the ways would pack a second time and may give this CPU's own verdict
+        assert model_module.fp32_packing_wins() is wins and calls == [(16384, 768)]
+    finally:
+        model_module.fp32_packing_wins.cache_clear()
 
 
 def _tiny(tokenizer, family: str, precision: str):
