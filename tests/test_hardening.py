@@ -690,17 +690,23 @@ def test_the_total_size_of_saved_adapters_is_capped(capped):
 
 
 def test_a_sessions_download_folder_is_removed_when_it_ends(url, monkeypatch):
+    # This session's own folder, by name: another client's folder going would prove nothing.
+    from tuning.jobs import Jobs
+
     monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.1")  # so the server sees the client's close at once
+    made = []
+    real = Jobs.folder
+    monkeypatch.setattr(Jobs, "folder", lambda self, *a, **k: made.append(real(self, *a, **k)) or made[-1])
     client = Client(url, verbose=False)
     zipped = client.predict(SAVED, api_name="/download_adapter")
     assert Path(zipped).exists()  # the client's own copy
-    before = set(Path(tempfile.gettempdir()).glob("tuning-session-*"))
-    assert before
+    (folder,) = made
+    assert folder.name.startswith("tuning-session-") and any(folder.iterdir())
     client.close()
-    deadline = time.time() + 10
-    while time.time() < deadline and set(Path(tempfile.gettempdir()).glob("tuning-session-*")) >= before:
-        time.sleep(0.5)
-    assert not set(Path(tempfile.gettempdir()).glob("tuning-session-*")) >= before
+    deadline = time.monotonic() + 10
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not folder.exists(), "the session ended 10 s ago and its download folder is still there"
 
 
 def test_an_upload_leaves_no_extraction_folder(server, client, tmp_path):
