@@ -743,7 +743,10 @@ def test_a_full_queue_answers_with_a_clear_message(tmp_path, monkeypatch):
             waiting.append(c.submit(*train_args(), api_name="/train"))
             if len(waiting) < followed:
                 wait_for_updates(waiting[-1], 1)  # followed: waiting for the training slot
-        time.sleep(0.5)  # the last one is in Gradio's queue
+        deadline = time.monotonic() + 30  # until the last one is in Gradio's queue
+        while httpx.get(f"{url}gradio_api/queue/status", timeout=10).json()["queue_size"] < 1:
+            assert time.monotonic() < deadline, "the last training never reached Gradio's queue"
+            time.sleep(0.02)
         r = httpx.post(f"{url}gradio_api/call/train", json={"data": train_args()}, timeout=10)
         assert r.status_code == 503 and "Queue is full" in r.text
         with pytest.raises(Exception, match="Queue is full"):
