@@ -69,6 +69,11 @@ def make_tokenizer():
         from transformers import GPT2TokenizerFast
 
         return GPT2TokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+    return small_tokenizer()
+
+
+def small_tokenizer():
+    """A byte-level BPE of 600 tokens trained here on CORPUS: GPT-2's kind, quick to build from a file."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
