@@ -15,7 +15,7 @@ import torch
 from tuning.config import TuneConfig
 from tuning.data import Row
 from tuning.evaluate import compare, rouge_compare
-from tuning.generate import Decoding, generate, stream_ids
+from tuning.generate import Decoding, stream_ids
 from tuning.model import load_base, prompt_inputs
 from tuning.train import Done, encode_rows, train
 
