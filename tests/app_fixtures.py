@@ -72,7 +72,7 @@ def serve(folder: Path, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, slow_setup):
     demo, url = serve(tmp_path_factory.mktemp("app"))
     yield url
     demo.close()

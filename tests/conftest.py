@@ -5,6 +5,10 @@ one token forever, and a generation test would pass even on a broken cache path.
 
 `need()` is the one way a test skips for something the machine lacks (a browser, Open MPI,
 ../shared data, real weights): a skip locally, a failure under CI, which must provide them all.
+
+The fast tier, `pytest -m "not slow"`, leaves out every test marked `slow`: a test marks itself,
+or uses a fixture that requests `slow_setup` (a served app, a browser, other processes, real
+weights), which marks it here (`pytest_collection_modifyitems`).
 """
 
 from __future__ import annotations
@@ -47,12 +51,29 @@ def need(present: bool, what: str) -> None:
     pytest.skip(what)
 
 
+@pytest.fixture(scope="session")
+def slow_setup():
+    """Requested by every fixture that serves the app, starts a browser or other processes, or loads
+    real weights: each test using one, directly or through another fixture, is marked `slow`."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slow_setup" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def make_tokenizer():
     """The real GPT-2 tokenizer when ../shared has it, else a small byte-level BPE trained here."""
     if TOKENIZER_DIR.is_dir():
         from transformers import GPT2TokenizerFast
 
         return GPT2TokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+    return small_tokenizer()
+
+
+def small_tokenizer():
+    """A byte-level BPE of 600 tokens trained here on CORPUS: GPT-2's kind, quick to build from a file."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())

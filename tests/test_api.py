@@ -12,7 +12,7 @@ TOOLS = {"list_acts", "list_saved_adapters", "compare_texts", "train_adapter", "
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, slow_setup):
     import app
 
     folder = tmp_path_factory.mktemp("api")
@@ -71,10 +71,19 @@ def test_bad_api_arguments_are_refused_in_one_sentence_before_any_work(server, e
     import app
     from gradio_client.exceptions import AppError
 
-    trained = []
-    monkeypatch.setattr(app, "training_job", lambda *a, **k: trained.append(a))
+    # Every way to work is made to fail loudly: loading the model, each GPU call, a training.
+    work = []
+
+    def no_work(name):
+        def refused(*args, **kwargs):
+            work.append(name)
+            raise AssertionError(f"{name} ran before the arguments were checked")
+        return refused
+
+    for name in ("load_base", "training_job", "TRAIN_ON_GPU", "SWEEP_ON_GPU", "GENERATE_ON_GPU", "EVALUATE_ON_GPU"):
+        monkeypatch.setattr(app, name, no_work(name))
     with pytest.raises(AppError) as error:
         Client(server, verbose=False).predict(*args, api_name=endpoint)
-    assert message in str(error.value)
-    assert "Traceback" not in str(error.value) and not trained
+    assert work == []
+    assert message in str(error.value) and "Traceback" not in str(error.value)
 

@@ -345,16 +345,22 @@ def test_the_app_clears_what_an_interrupted_save_left_in_the_adapters_folder_whe
     assert not leftover.exists()
 
 
-def test_refused_inputs_log_one_line_and_no_traceback(served, capfd):  # noqa: F811
+def test_refused_inputs_log_one_line_and_no_traceback(served, capfd, caplog):  # noqa: F811
+    import logging
+
     from test_hardening import raw_call
 
+    caplog.set_level(logging.INFO, logger="tuning.app")
     calls = [("train", [*train_args(lr=20)]), ("train", [*train_args(tokens="x")]),
              ("generate", ["hi", "../app.py", *GREEDY.values(), app.NO_PROMPT, 3]),
              ("delete_adapter", ["../../etc/passwd"]), ("select_act", ["no such act"]),
              ("train_adapter", ["", 0, 1, 0.1, ""])]
     for api_name, data in calls:
+        caplog.clear()
         event, message = raw_call(served, api_name, data)
         assert event == "error" and message, (api_name, event, message)
+        logged = [r.getMessage() for r in caplog.records if r.name == "tuning.app"]
+        assert logged == [f"refused: {message}"], api_name  # the sentence the visitor got, once
     err = capfd.readouterr().err
     assert "Traceback" not in err
 

@@ -52,7 +52,7 @@ def series(plot: dict) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, slow_setup):
     folder = tmp_path_factory.mktemp("metrics")
     demo, url = serve(folder)
     yield url, folder
@@ -280,7 +280,7 @@ def test_a_bad_grid_gets_one_sentence(capped_server, grid, message):
 
 
 @pytest.fixture(scope="module")
-def capped_server(tmp_path_factory):
+def capped_server(tmp_path_factory, slow_setup):
     demo, url = serve(tmp_path_factory.mktemp("capped"), max_epochs=3, max_steps=10)
     yield url
     demo.close()

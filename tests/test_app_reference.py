@@ -18,6 +18,7 @@ def losses(plot) -> list[float]:
     return [row[1] for row in plot["data"] if row[2] == "train" and row[1] is not None]
 
 
+@pytest.mark.slow  # serves the app
 @pytest.mark.timeout(240)
 def test_references_train_in_the_background_while_a_visitor_trains_first(tmp_path):
     demo, url = serve(tmp_path, reference_adapters=True)

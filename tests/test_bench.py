@@ -33,7 +33,7 @@ def tokenizer_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def result(tokenizer_dir, tiny_csv, monkeypatch_module):
+def result(tokenizer_dir, tiny_csv, monkeypatch_module, slow_setup):
     monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")
     lines = []
     # length_multiple=16: ours pads its batches as on an AMX machine, so the run also has the part without padding

@@ -370,27 +370,31 @@ def test_hub_failure_is_one_sentence(monkeypatch):
 # --- split_by_act -----------------------------------------------------------------------
 
 
+# Made-up datasets shaped like the snapshots, so the split's properties are checked anywhere:
+# 209 rows of 204 acts (five acts come twice, differing only by case or spacing), and 221 rows
+# of 221 acts.
+REPEATED = rows_of(*[(f"Act {i}", f"prompt {i}") for i in range(204)],
+                   *[(f"ACT  {i}", f"another prompt {i}") for i in (3, 50, 51, 120, 203)])
+DISTINCT = rows_of(*[(f"Role {i}", f"prompt {i}") for i in range(221)])
+
+
 def test_split_is_deterministic_for_a_seed():
-    rows = load_rows(snapshot(OLD))
-    assert split_by_act(rows, 0.1, seed=3) == split_by_act(rows, 0.1, seed=3)
+    assert split_by_act(REPEATED, 0.1, seed=3) == split_by_act(REPEATED, 0.1, seed=3)
 
 
 def test_split_differs_between_seeds():
-    rows = load_rows(snapshot(OLD))
-    assert split_by_act(rows, 0.1, seed=0)[1] != split_by_act(rows, 0.1, seed=1)[1]
+    assert split_by_act(REPEATED, 0.1, seed=0)[1] != split_by_act(REPEATED, 0.1, seed=1)[1]
 
 
 def test_split_does_not_depend_on_input_order():
-    rows = load_rows(snapshot(NEW))
-    held = split_by_act(rows, 0.2, seed=0)[1]
-    held_reversed = split_by_act(rows[::-1], 0.2, seed=0)[1]
+    held = split_by_act(DISTINCT, 0.2, seed=0)[1]
+    held_reversed = split_by_act(DISTINCT[::-1], 0.2, seed=0)[1]
     assert {r.act for r in held} == {r.act for r in held_reversed}
 
 
-@pytest.mark.parametrize("path", [OLD, NEW], ids=["old", "new"])
+@pytest.mark.parametrize("rows", [REPEATED, DISTINCT], ids=["repeated acts", "distinct acts"])
 @pytest.mark.parametrize("seed", range(5))
-def test_split_never_puts_a_group_on_both_sides(path, seed):
-    rows = load_rows(snapshot(path))
+def test_split_never_puts_a_group_on_both_sides(rows, seed):
     train, held = split_by_act(rows, 0.5, seed)
     assert not {r.group for r in train} & {r.group for r in held}
     assert sorted(train + held, key=rows.index) == rows
@@ -404,9 +408,9 @@ def test_split_keeps_duplicates_together():
 
 
 def test_split_holds_out_the_rounded_share_of_groups():
-    rows = load_rows(snapshot(OLD))  # 204 groups
-    train, held = split_by_act(rows, 0.1, seed=0)
-    assert len({r.group for r in held}) == 20
+    assert len({r.group for r in REPEATED}) == 204  # the repeated acts are one group each
+    train, held = split_by_act(REPEATED, 0.1, seed=0)
+    assert len({r.group for r in held}) == 20  # round(20.4)
     assert len(train) + len(held) == 209
 
 

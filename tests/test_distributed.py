@@ -54,7 +54,7 @@ def launch(*launcher_args, tuning_args):
 
 
 @pytest.fixture(scope="session")
-def mpirun() -> str:
+def mpirun(slow_setup) -> str:
     """Open MPI's launcher: accelerate starts the processes of a hostfile launch through it."""
     path = shutil.which("mpirun")
     need(path is not None, "needs Open MPI's mpirun (Debian: openmpi-bin)")
@@ -62,7 +62,7 @@ def mpirun() -> str:
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_model_dir, tiny_csv, tmp_path_factory):
+def one_process(tiny_model_dir, tiny_csv, tmp_path_factory, slow_setup):
     folder = tmp_path_factory.mktemp("one")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tuning", *train_args(tiny_model_dir, tiny_csv, folder, "run")]

