@@ -332,3 +332,20 @@ def test_train_with_the_defaults_and_no_hub_exits_1_with_one_line_naming_model(h
     assert "Traceback" not in captured.err and captured.out == ""
     assert list(tmp_path.iterdir()) == []  # nothing saved
     assert f"note: Offline: using the snapshot of {DEFAULT_DATASET} shipped with this app" in captured.err  # and said why
+
+
+def test_a_model_that_did_not_load_says_why_until_it_loads(tmp_path):
+    """The sentence a page shows under its header: the last failed load's, gone once the model loads."""
+    from tuning import model as model_module
+
+    missing = str(tmp_path / "gpt2")
+    assert model_module.load_problem(missing) is None  # never tried: nothing to say
+    with pytest.raises(model_module.ModelError) as error:
+        model_module.load_base(missing)
+    assert model_module.load_problem(missing) == str(error.value) == f"no model folder at {missing}"
+    from conftest import make_base, make_tokenizer
+
+    make_base(make_tokenizer()).model.save_pretrained(missing)  # the folder appears: the next try loads it
+    make_tokenizer().save_pretrained(missing)
+    model_module.load_base(missing)
+    assert model_module.load_problem(missing) is None

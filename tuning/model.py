@@ -207,6 +207,7 @@ def from_model(model: torch.nn.Module, tokenizer, model_id: str, precision: str 
 
 
 _load_lock = threading.Lock()
+_last_failures: dict[str, str] = {}  # model id -> the sentence of its last failed load; gone once it loads
 DOWNLOAD_RETRY_S = 60.0  # after a Hub model could not be downloaded, the same error at once this long (seconds)
 _now = time.monotonic  # a module attribute so tests can move the clock
 _download_failures: dict[str, tuple[float, str]] = {}  # model id -> (_now() when it failed, the sentence)
@@ -228,7 +229,22 @@ def load_base(model_id: str = DEFAULT_MODEL, precision: str = "auto", device: st
     # One lock: two sessions asking at once must not load the weights twice.
     with _load_lock:
         _raise_if_failed_recently(model_id)  # it may have failed while this call waited
-        return _load_base_cached(model_id, precision, device)
+        try:
+            base = _load_base_cached(model_id, precision, device)
+        except ModelError as e:
+            _last_failures[model_id] = str(e)
+            raise
+        _last_failures.pop(model_id, None)
+        return base
+
+
+def load_problem(model_id: str) -> str | None:
+    """Why `model_id` did not load at its last try (the ModelError's sentence), or None once it has loaded.
+
+    Never waits and never loads: a page asks it to say, under its header, that nothing can work
+    until the model loads. None too while the first load is still under way.
+    """
+    return _last_failures.get(model_id)
 
 
 def _raise_if_failed_recently(model_id: str) -> None:
