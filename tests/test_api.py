@@ -13,11 +13,11 @@ TOOLS = {"list_acts", "list_saved_adapters", "compare_texts", "train_adapter", "
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import app
+    from ui.layout import build_app
 
     folder = tmp_path_factory.mktemp("api")
     model, dataset = write_assets(folder)
-    demo = app.build_app(model=model, dataset=dataset, adapters_dir=folder / "adapters")
+    demo = build_app(model=model, dataset=dataset, adapters_dir=folder / "adapters")
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
                 mcp_server=True)
     yield demo.local_url
@@ -68,11 +68,10 @@ def test_train_then_list_compare_and_evaluate_through_the_api(server):
     ("/stop_training_job", ("no-such-job",), "no training 'no-such-job' on this server"),
 ])
 def test_bad_api_arguments_are_refused_in_one_sentence_before_any_work(server, endpoint, args, message, monkeypatch):
-    import app
     from gradio_client.exceptions import AppError
 
     trained = []
-    monkeypatch.setattr(app, "training_job", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr("ui.api.training_job", lambda *a, **k: trained.append(a))
     with pytest.raises(AppError) as error:
         Client(server, verbose=False).predict(*args, api_name=endpoint)
     assert message in str(error.value)
