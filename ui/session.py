@@ -32,7 +32,7 @@ from ui.checks import checked_name, refuse, user_errors
 
 SESSION_RUN = "this session's run"  # API alias for the newest run of the session
 REFERENCE_OWNER = "reference adapters"  # the job registry's owner of the background reference training
-HIDDEN = {"api_visibility": "undocumented"}  # the tabs' events: callable by clients, not the documented API (4g)
+HIDDEN = {"api_visibility": "undocumented"}  # the tabs' events: callable by clients, not the documented API (ui/api.py)
 MAX_HISTORY = 20  # runs kept per browser; the oldest go first
 _rows: dict[str, tuple[Row, ...]] = {}
 

@@ -92,8 +92,8 @@ def column_label(name: str | None) -> gr.Textbox:
 def third_column(name: str | None) -> gr.Textbox:
     """The second prompt's column: named and shown when one is picked, hidden when not.
 
-    Visible but unpicked, the box sat empty under a progress spinner through every generation
-    of the other two columns, as if a third answer were coming.
+    Hidden, because an unpicked column would wait under the progress spinner with the other two,
+    as if a third answer were coming.
     """
     if name in (None, NO_PROMPT):
         return gr.Textbox(label="Tuned", value="", visible=False)

@@ -29,10 +29,8 @@ def search_acts(ctx: Context, query: str) -> pd.DataFrame:
 
 
 def search_after_load(ctx: Context, query: str):
-    """A search typed while the page loaded, applied again: the whole table the load sent came after it.
-
-    The first load may download the dataset; a search typed meanwhile was shown, then overwritten.
-    """
+    """A search typed while the page loaded, applied again: the load's whole table (which may wait for the
+    dataset's download) arrives after the search's rows and replaces them."""
     return search_acts(ctx, query) if query else gr.skip()
 
 

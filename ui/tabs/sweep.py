@@ -121,7 +121,7 @@ def sweep_render(ctx: Context, view: SweepView, session_hash: str) -> Callable[[
         if len(view.results) > written:  # each finished cell: the file holds what is done even if a later cell fails
             csv_file = str(sweep.write_csv(view.results, ctx.jobs.folder(session_hash, "sweep") / "sweep.csv"))
             written = len(view.results)
-        # the first update carries the data alone, so the map that follows rebuilds with it (see `colours`)
+        # the first update carries the data alone, so the map that follows rebuilds with it (see `charts.colours`)
         plot = gr.LinePlot(loss_frame(list(view.points), series), x_lim=step_axis(view.x_end),
                            **({"color_map": palette} if sent else {}))
         sent += 1
@@ -136,7 +136,7 @@ def reattach_sweep(ctx: Context, session: Session, request: gr.Request):
     """After a reload: if this browser's sweep still runs, show it again in the Sweep tab and follow it to the end."""
     job = ctx.jobs.running(session.owner)
     if job is None or not isinstance(job.view, SweepView):
-        yield (gr.skip(),) * 4  # nothing to follow: leave the tab as it is (see `reattach`)
+        yield (gr.skip(),) * 4  # nothing to follow: leave the tab as it is (see `train.reattach`)
         return
     yield from follow(ctx, job, request.session_hash, sweep_render(ctx, job.view, request.session_hash))
 
@@ -148,7 +148,7 @@ def stop_sweep(ctx: Context, session: Session, request: gr.Request) -> str:
 def show_history(ctx: Context, session: Session):
     table, (frame, palette) = history_frame(session.runs), history_chart(session.runs)
     axis = step_axis(max((r.soft.meta["history"]["step"][-1] for r in session.runs), default=0))
-    yield table, gr.LinePlot(frame, x_lim=axis)  # the data first, then the same data with its colours (`colours`)
+    yield table, gr.LinePlot(frame, x_lim=axis)  # the data first, then the same data with its colours (`charts.colours`)
     yield table, gr.LinePlot(frame, color_map=palette, x_lim=axis)
 
 
