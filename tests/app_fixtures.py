@@ -63,10 +63,10 @@ def write_assets(folder: Path) -> tuple[str, str]:
 
 def serve(folder: Path, **kwargs):
     """Launch build_app (which configures its own queue) on a free port; returns (demo, url)."""
-    import app
+    from ui.layout import build_app
 
     model, dataset = write_assets(folder)
-    demo = app.build_app(model=model, dataset=dataset, adapters_dir=folder / "adapters", **kwargs)
+    demo = build_app(model=model, dataset=dataset, adapters_dir=folder / "adapters", **kwargs)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     return demo, demo.local_url
 

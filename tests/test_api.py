@@ -13,11 +13,11 @@ TOOLS = {"list_acts", "list_saved_adapters", "compare_texts", "train_adapter", "
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, slow_setup):
-    import app
+    from ui.layout import build_app
 
     folder = tmp_path_factory.mktemp("api")
     model, dataset = write_assets(folder)
-    demo = app.build_app(model=model, dataset=dataset, adapters_dir=folder / "adapters")
+    demo = build_app(model=model, dataset=dataset, adapters_dir=folder / "adapters")
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
                 mcp_server=True)
     yield demo.local_url
@@ -68,7 +68,6 @@ def test_train_then_list_compare_and_evaluate_through_the_api(server):
     ("/stop_training_job", ("no-such-job",), "no training 'no-such-job' on this server"),
 ])
 def test_bad_api_arguments_are_refused_in_one_sentence_before_any_work(server, endpoint, args, message, monkeypatch):
-    import app
     from gradio_client.exceptions import AppError
 
     # Every way to work is made to fail loudly: loading the model, each GPU call, a training.
@@ -80,8 +79,9 @@ def test_bad_api_arguments_are_refused_in_one_sentence_before_any_work(server, e
             raise AssertionError(f"{name} ran before the arguments were checked")
         return refused
 
-    for name in ("load_base", "training_job", "TRAIN_ON_GPU", "SWEEP_ON_GPU", "GENERATE_ON_GPU", "EVALUATE_ON_GPU"):
-        monkeypatch.setattr(app, name, no_work(name))
+    for where in ("ui.session.load_base", "ui.api.training_job", "ui.gpu_calls.TRAIN_ON_GPU",
+                  "ui.gpu_calls.SWEEP_ON_GPU", "ui.gpu_calls.GENERATE_ON_GPU", "ui.gpu_calls.EVALUATE_ON_GPU"):
+        monkeypatch.setattr(where, no_work(where.rsplit(".", 1)[1]))
     with pytest.raises(AppError) as error:
         Client(server, verbose=False).predict(*args, api_name=endpoint)
     assert work == []

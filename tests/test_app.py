@@ -10,9 +10,16 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-import app
 from app_fixtures import Client, serve, served  # noqa: F401  (Client: predict waits at most 120 s)
 from tuning.adapters import AdapterError
+from tuning.formatting import duration
+from ui.charts import NEAREST_K, acts_frame, adapters_frame, cell_colours, colours, nearest_frame, rouge_frame
+from ui.layout import build_app
+from ui.session import MAX_HISTORY, SESSION_RUN
+from ui.tabs.adapters import default_save_name
+from ui.tabs.compare import EMPTY_COLUMN, NO_PROMPT, column_label, sampling_controls, third_column
+from ui.tabs.sweep import MAX_CELLS
+from ui.zips import MAX_UPLOAD_FILES, unzip_safely
 
 TRAIN = dict(tokens=5, epochs=2, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0,
              resume="a new prompt")  # the tabs' events are undocumented: a client sends every input
@@ -23,9 +30,9 @@ def train_args(**kw):
     return list({**TRAIN, **kw}.values())
 
 
-def generate(client, text="I want you to act as a rapper.", adapter=app.SESSION_RUN, **kw):
+def generate(client, text="I want you to act as a rapper.", adapter=SESSION_RUN, **kw):
     """(base, tuned) of a two-column compare (the third column stays empty)."""
-    base, tuned, third = client.predict(text, adapter, *{**GREEDY, **kw}.values(), app.NO_PROMPT, 3,
+    base, tuned, third = client.predict(text, adapter, *{**GREEDY, **kw}.values(), NO_PROMPT, 3,
                                         api_name="/generate")
     assert third == ""
     return base, tuned
@@ -51,42 +58,42 @@ def trained(client):
 
 
 def test_building_the_app_loads_neither_model_nor_dataset():
-    app.build_app(model="/no/such/model", dataset="/no/such/acts.csv")  # would raise if it loaded either
+    build_app(model="/no/such/model", dataset="/no/such/acts.csv")  # would raise if it loaded either
 
 
 def test_evaluates_empty_tables_show_the_headers_a_result_will_have():
-    assert list(app.nearest_frame([])) == ["virtual token"] + [f"nearest {j}" for j in range(1, app.NEAREST_K + 1)]
-    assert list(app.nearest_frame([[("a", 0.5)], [("b", 0.25)]])) == ["virtual token", "nearest 1"]
-    assert list(app.rouge_frame([])) == ["act", "base text", "tuned text", "base ROUGE-L", "tuned ROUGE-L"]
+    assert list(nearest_frame([])) == ["virtual token"] + [f"nearest {j}" for j in range(1, NEAREST_K + 1)]
+    assert list(nearest_frame([[("a", 0.5)], [("b", 0.25)]])) == ["virtual token", "nearest 1"]
+    assert list(rouge_frame([])) == ["act", "base text", "tuned text", "base ROUGE-L", "tuned ROUGE-L"]
 
 
 def test_picking_another_prompt_names_its_column_and_empties_it():
-    update = app.column_label("poet-5x5").constructor_args
+    update = column_label("poet-5x5").constructor_args
     assert update == {"label": "Tuned: poet-5x5", "value": "", "placeholder": ""}  # not above another prompt's text
-    empty = app.column_label(app.NO_PROMPT).constructor_args
-    assert empty["label"] == "Tuned" and empty["placeholder"] == app.EMPTY_COLUMN  # says how to fill it
+    empty = column_label(NO_PROMPT).constructor_args
+    assert empty["label"] == "Tuned" and empty["placeholder"] == EMPTY_COLUMN  # says how to fill it
 
 
 def test_the_third_column_shows_only_while_a_second_prompt_is_picked():
     # unpicked but shown, it sat empty under a spinner through every generation of the other two
-    assert app.third_column(app.NO_PROMPT).constructor_args["visible"] is False
-    shown = app.third_column("reference-20x10").constructor_args
+    assert third_column(NO_PROMPT).constructor_args["visible"] is False
+    shown = third_column("reference-20x10").constructor_args
     assert shown == {"label": "Tuned: reference-20x10", "value": "", "placeholder": "", "visible": True}
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (45, "45s"), (130, "2m 10s"), (3720, "1h 2m")])
 def test_duration_reads_like_a_clock(seconds, text):
-    assert app.duration(seconds) == text
+    assert duration(seconds) == text
 
 
 def test_search_matches_act_or_prompt_ignoring_case():
     from tuning.data import Row
 
     rows = [Row("Rapper", "Write lyrics. " * 20, "rapper"), Row("Poet", "I write poems", "poet")]
-    frame = app.acts_frame(rows, "LYRICS")
+    frame = acts_frame(rows, "LYRICS")
     assert frame["act"].tolist() == ["Rapper"]
     assert frame["prompt"][0].endswith("…") and len(frame["prompt"][0]) == 81 and frame["words"][0] == 40
-    assert len(app.acts_frame(rows, "")) == 2
+    assert len(acts_frame(rows, "")) == 2
 
 
 def hostile_zip(path, member="../evil", link=False):
@@ -107,7 +114,7 @@ def hostile_zip(path, member="../evil", link=False):
 ])
 def test_unzip_refuses_paths_that_escape(tmp_path, member, link, message):
     with pytest.raises(AdapterError, match=message):
-        app.unzip_safely(str(hostile_zip(tmp_path / "bad.zip", member, link)), tmp_path / "out")
+        unzip_safely(str(hostile_zip(tmp_path / "bad.zip", member, link)), tmp_path / "out")
     assert not (tmp_path / "evil").exists()
 
 
@@ -115,14 +122,14 @@ def test_unzip_refuses_zip_bombs_and_crowds(tmp_path, monkeypatch):
     path = tmp_path / "big.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("adapter_config.json", "0" * 1000)
-    monkeypatch.setattr(app, "MAX_UPLOAD_BYTES", 999)
+    monkeypatch.setattr("ui.zips.MAX_UPLOAD_BYTES", 999)  # read where the zip is unpacked
     with pytest.raises(AdapterError, match="unpacks to more than"):
-        app.unzip_safely(str(path), tmp_path / "out")
+        unzip_safely(str(path), tmp_path / "out")
     with zipfile.ZipFile(path, "w") as z:
-        for i in range(app.MAX_UPLOAD_FILES + 1):
+        for i in range(MAX_UPLOAD_FILES + 1):
             z.writestr(f"f{i}", "")
     with pytest.raises(AdapterError, match="holds 17 files"):
-        app.unzip_safely(str(path), tmp_path / "out")
+        unzip_safely(str(path), tmp_path / "out")
 
 
 # --- the served app --------------------------------------------------------------------
@@ -194,12 +201,12 @@ def test_compare_after_training_differs_from_base(trained):
 
 
 def test_compare_three_columns_in_one_batch_each_as_it_would_be_alone(trained):
-    table, picked, message = trained.predict("three-a", app.SESSION_RUN, api_name="/save_adapter")
+    table, picked, message = trained.predict("three-a", SESSION_RUN, api_name="/save_adapter")
     args = dict(max_new=8, mode="sample", temperature=0.8, top_p=0.95, top_k=50, penalty=1.0, seed=3)
-    base, a, b = trained.predict("I want you to act as a poet.", "three-a", *args.values(), app.SESSION_RUN, 3,
+    base, a, b = trained.predict("I want you to act as a poet.", "three-a", *args.values(), SESSION_RUN, 3,
                                  api_name="/generate")
     assert base and a and b and a == b  # the same prompt twice: the same text, whatever its batch neighbours
-    alone = trained.predict("I want you to act as a poet.", "three-a", *args.values(), app.NO_PROMPT, 3,
+    alone = trained.predict("I want you to act as a poet.", "three-a", *args.values(), NO_PROMPT, 3,
                             api_name="/generate")
     assert alone == (base, a, "")
     trained.predict("three-a", api_name="/delete_adapter")
@@ -214,10 +221,10 @@ def test_compare_without_an_adapter_asks_for_one(client):
 
 def test_a_run_that_just_finished_opens_in_compare_and_evaluate_once(client):
     client.predict(*train_args(epochs=1), api_name="/train")
-    client.predict("picked-earlier", app.SESSION_RUN, api_name="/save_adapter")
+    client.predict("picked-earlier", SESSION_RUN, api_name="/save_adapter")
     try:
         a, b = client.predict(None, None, api_name="/compare_choices")
-        assert a["value"].startswith("#1 ") and b["value"] == app.NO_PROMPT
+        assert a["value"].startswith("#1 ") and b["value"] == NO_PROMPT
         # from then on the visitor's picks stay, in both tabs
         a, b = client.predict("picked-earlier", "picked-earlier", api_name="/compare_choices")
         assert [a["value"], b["value"]] == ["picked-earlier", "picked-earlier"]
@@ -235,21 +242,21 @@ def test_a_run_that_just_finished_opens_in_compare_and_evaluate_once(client):
 
 
 def test_a_run_saved_without_a_name_is_named_after_its_act_and_size(trained):
-    *_, message = trained.predict("", app.SESSION_RUN, api_name="/save_adapter")
+    *_, message = trained.predict("", SESSION_RUN, api_name="/save_adapter")
     assert message.endswith(" as **all-acts-5x2**")  # "#1 all acts 5×2 · HH:MM"
     trained.predict("all-acts-5x2", api_name="/delete_adapter")
-    assert app.default_save_name("#3 Rapper 20×10 · 14:05") == "Rapper-20x10"
-    assert app.default_save_name(None) == app.default_save_name("an-adapter") == ""
+    assert default_save_name("#3 Rapper 20×10 · 14:05") == "Rapper-20x10"
+    assert default_save_name(None) == default_save_name("an-adapter") == ""
     continued = "#2 reference-20x10-gpt2-0a1b2c continued 20×12 · 14:05"  # the prefix is kept for the server's own
-    assert app.default_save_name(continued) == "20x10-gpt2-0a1b2c-continued-20x12"
+    assert default_save_name(continued) == "20x10-gpt2-0a1b2c-continued-20x12"
 
 
 def test_save_list_download_upload_delete(trained, tmp_path):
-    table, picked, message = trained.predict("my rapper!", app.SESSION_RUN, api_name="/save_adapter")
+    table, picked, message = trained.predict("my rapper!", SESSION_RUN, api_name="/save_adapter")
     assert message.startswith("saved #1 ") and message.endswith(" as **my-rapper**") and picked["value"] == "my-rapper"
-    compare, _ = trained.predict(app.SESSION_RUN, None, api_name="/compare_choices")  # every run by name, then adapters
+    compare, _ = trained.predict(SESSION_RUN, None, api_name="/compare_choices")  # every run by name, then adapters
     assert [c[0] for c in compare["choices"]][1:] == ["my-rapper"] and compare["choices"][0][0].startswith("#1 ")
-    _, _, message = trained.predict("my rapper!", app.SESSION_RUN, api_name="/save_adapter")
+    _, _, message = trained.predict("my rapper!", SESSION_RUN, api_name="/save_adapter")
     assert message.endswith(" as **my-rapper-2** (**my-rapper** was taken)")  # nothing is overwritten
     trained.predict("my-rapper-2", api_name="/delete_adapter")
     assert table["data"][0][:3] == ["my-rapper", 5, 2]
@@ -273,7 +280,7 @@ def test_save_list_download_upload_delete(trained, tmp_path):
 
 def test_yes_deletes_the_adapter_the_question_named_not_the_one_picked_since(trained):
     for name in ("keep-me", "asked-about"):
-        trained.predict(name, app.SESSION_RUN, api_name="/save_adapter")
+        trained.predict(name, SESSION_RUN, api_name="/save_adapter")
     question = trained.predict("asked-about", api_name="/ask_delete")  # the row and the state are not outputs a client sees
     assert question.startswith("Delete **asked-about** for every visitor")
     with pytest.raises(AppError, match="the question was about 'asked-about', but 'keep-me' is picked now"):
@@ -290,7 +297,7 @@ def test_the_adapters_table_shows_held_out_perplexity_and_its_share_of_the_base_
                 "created": "2026-12-04T16:49:00+00:00", "base_model": "org/model"}
                for n, m in [("tuned", {"held_out_loss": 2.9, "base_held_out_loss": 3.5}),
                             ("no-base", {"held_out_loss": 2.9}), ("upload", {"held_out_loss": "junk"}), ("none", {})]]
-    frame = app.adapters_frame(listing)
+    frame = adapters_frame(listing)
     assert list(frame.columns) == ["name", "tokens", "epochs", "held-out ppl", "× base", "created", "base model"]
     assert frame.values.tolist()[0] == ["tuned", 20, 10, "18.17", "0.55×", "2026-12-04 16:49", "org/model"]  # e^2.9, e^-0.6
     assert [r[3:5] for r in frame.values.tolist()[1:]] == [["18.17", "–"], ["–", "–"], ["–", "–"]]
@@ -324,7 +331,7 @@ def test_bad_settings_give_one_sentence_and_the_app_keeps_serving(client, settin
 
 
 def test_the_page_renders_when_the_dataset_cannot_be_loaded(tmp_path):
-    demo = app.build_app(model="/no/such/model", dataset=str(tmp_path / "missing.csv"), adapters_dir=tmp_path)
+    demo = build_app(model="/no/such/model", dataset=str(tmp_path / "missing.csv"), adapters_dir=tmp_path)
     demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
@@ -341,7 +348,7 @@ def test_the_app_clears_what_an_interrupted_save_left_in_the_adapters_folder_whe
     leftover.mkdir()
     (leftover / "adapter_model.safetensors").write_bytes(b"x")
     os.utime(leftover, (1e9, 1e9))  # 2001: long untouched
-    app.build_app(model="/no/such/model", dataset="/no/such/acts.csv", adapters_dir=tmp_path)
+    build_app(model="/no/such/model", dataset="/no/such/acts.csv", adapters_dir=tmp_path)
     assert not leftover.exists()
 
 
@@ -352,7 +359,7 @@ def test_refused_inputs_log_one_line_and_no_traceback(served, capfd, caplog):  #
 
     caplog.set_level(logging.INFO, logger="tuning.app")
     calls = [("train", [*train_args(lr=20)]), ("train", [*train_args(tokens="x")]),
-             ("generate", ["hi", "../app.py", *GREEDY.values(), app.NO_PROMPT, 3]),
+             ("generate", ["hi", "../app.py", *GREEDY.values(), NO_PROMPT, 3]),
              ("delete_adapter", ["../../etc/passwd"]), ("select_act", ["no such act"]),
              ("train_adapter", ["", 0, 1, 0.1, ""])]
     for api_name, data in calls:
@@ -366,7 +373,7 @@ def test_refused_inputs_log_one_line_and_no_traceback(served, capfd, caplog):  #
 
 
 def test_evaluate_and_the_run_history_give_the_same_perplexities(trained):
-    ppl, *_ = trained.predict(app.SESSION_RUN, 0, 8, api_name="/evaluate")
+    ppl, *_ = trained.predict(SESSION_RUN, 0, 8, api_name="/evaluate")
     runs, _ = trained.predict(api_name="/history")
     last = runs["data"][-1]
     columns = runs["headers"]
@@ -376,15 +383,15 @@ def test_evaluate_and_the_run_history_give_the_same_perplexities(trained):
 
 
 def test_every_sweep_cell_and_every_kept_run_has_its_own_colours():
-    labels = [f"{n}×1" for n in range(1, app.MAX_CELLS + 1)]
-    palette = app.cell_colours(labels)
-    assert len(palette) == 2 * app.MAX_CELLS + 1 and len(set(palette.values())) == len(palette)  # 12 cells: 25 colours
-    runs = [f"#{n} run" for n in range(1, app.MAX_HISTORY + 1)]
-    assert len(set(app.colours(runs).values())) == app.MAX_HISTORY
+    labels = [f"{n}×1" for n in range(1, MAX_CELLS + 1)]
+    palette = cell_colours(labels)
+    assert len(palette) == 2 * MAX_CELLS + 1 and len(set(palette.values())) == len(palette)  # 12 cells: 25 colours
+    runs = [f"#{n} run" for n in range(1, MAX_HISTORY + 1)]
+    assert len(set(colours(runs).values())) == MAX_HISTORY
 
 
 def test_sampling_settings_are_adjustable_only_when_sampling():
-    assert [u["interactive"] for u in app.sampling_controls("greedy")] == [False] * 4
-    assert [u["interactive"] for u in app.sampling_controls("sample")] == [True] * 4
-    demo = app.build_app(model="/no/such/model", dataset="/no/such/acts.csv")
+    assert [u["interactive"] for u in sampling_controls("greedy")] == [False] * 4
+    assert [u["interactive"] for u in sampling_controls("sample")] == [True] * 4
+    demo = build_app(model="/no/such/model", dataset="/no/such/acts.csv")
     assert [len(f.outputs) for f in demo.fns.values() if f.name == "sampling_controls"] == [4]

@@ -11,11 +11,13 @@ import gradio as gr
 import huggingface_hub
 import pytest
 
-import app
 from app_fixtures import write_assets
 from test_hub import FakeHfApi
 from tuning import hub
 from tuning.jobs import Jobs
+from ui.session import SESSION_RUN, Context, Session
+from ui.tabs.adapters import adapter_report, pull_adapter, push_adapter, repo_suggestion, run_report, save_run
+from ui.tabs.train import start_training
 
 TOKEN = "hf_visitor_secret_0123456789"  # a visitor's login, faked: it must never be logged, kept or shown
 TRAIN = dict(tokens=3, epochs=1, lr=0.1, batch=4, init="random", data="all training acts", chosen=[], seed=0)
@@ -25,10 +27,10 @@ TRAIN = dict(tokens=3, epochs=1, lr=0.1, batch=4, init="random", data="all train
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("app-hub")
     model, dataset = write_assets(folder)
-    ctx = app.Context(model, dataset, folder / "adapters", jobs=Jobs(), hub_model="openai-community/gpt2")
-    session = app.Session()
-    list(app.start_training(ctx, *TRAIN.values(), session, SimpleNamespace(session_hash="s")))
-    app.save_run(ctx, "poet", app.SESSION_RUN, session)
+    ctx = Context(model, dataset, folder / "adapters", jobs=Jobs(), hub_model="openai-community/gpt2")
+    session = Session()
+    list(start_training(ctx, *TRAIN.values(), session, SimpleNamespace(session_hash="s")))
+    save_run(ctx, "poet", SESSION_RUN, session)
     return ctx, session, folder
 
 
@@ -39,13 +41,13 @@ def oauth() -> gr.OAuthToken:
 def test_push_needs_the_visitors_login(trained):
     ctx, _, _ = trained
     with pytest.raises(gr.Error, match="log in with Hugging Face"):
-        app.push_adapter(ctx, "poet", "someone/poet", False, None)
+        push_adapter(ctx, "poet", "someone/poet", False, None)
 
 
 def test_the_repo_is_prefilled_for_a_logged_in_visitor(trained):
     ctx, _, _ = trained
-    assert app.repo_suggestion(ctx, "poet", SimpleNamespace(username="ada")) == "ada/poet"
-    assert app.repo_suggestion(ctx, "poet", None) == ""
+    assert repo_suggestion(ctx, "poet", SimpleNamespace(username="ada")) == "ada/poet"
+    assert repo_suggestion(ctx, "poet", None) == ""
 
 
 def test_push_then_pull_with_the_token_used_for_that_call_only(trained, monkeypatch, tmp_path, caplog, capsys):
@@ -53,7 +55,7 @@ def test_push_then_pull_with_the_token_used_for_that_call_only(trained, monkeypa
     FakeHfApi.calls, FakeHfApi.keep = [], tmp_path / "uploaded"
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     caplog.set_level(logging.DEBUG)
-    message = app.push_adapter(ctx, "poet", "ada/poet", True, oauth())
+    message = push_adapter(ctx, "poet", "ada/poet", True, oauth())
     assert message.startswith("pushed **poet** to [ada/poet](")
     assert ("init", {"token": TOKEN}) in FakeHfApi.calls  # the visitor's token, for this call
     create = next(kw for name, kw in FakeHfApi.calls if name == "create_repo")
@@ -67,7 +69,7 @@ def test_push_then_pull_with_the_token_used_for_that_call_only(trained, monkeypa
             shutil.copyfile(file, folder / file.name)
 
     monkeypatch.setattr(hub, "_download", fake_download)
-    table, picked, message = app.pull_adapter(ctx, "ada/poet", "poet", None)
+    table, picked, message = pull_adapter(ctx, "ada/poet", "poet", None)
     assert picked.value == "poet-2" and message == "loaded **ada/poet** as **poet-2**"
     assert fetched == [("ada/poet", None)]  # logged out for this call: no token
     out = capsys.readouterr()
@@ -81,22 +83,22 @@ def test_push_then_pull_with_the_token_used_for_that_call_only(trained, monkeypa
 def test_a_pulled_name_cannot_take_the_reference_prefix(trained, tmp_path):
     ctx, _, _ = trained
     with pytest.raises(gr.Error, match="kept for the reference adapters"):
-        app.pull_adapter(ctx, "ada/poet", "reference-5x5-x", None)
+        pull_adapter(ctx, "ada/poet", "reference-5x5-x", None)
 
 
 def test_a_visitors_pull_never_reads_a_folder_on_the_server(trained):
     ctx, _, _ = trained
     with pytest.raises(gr.Error, match="is not a Hub repo id"):
-        app.pull_adapter(ctx, str(ctx.root / "poet"), "", None)
+        pull_adapter(ctx, str(ctx.root / "poet"), "", None)
 
 
 def test_reports_for_a_saved_adapter_and_for_a_run(trained):
     ctx, session, _ = trained
     request = SimpleNamespace(session_hash="s")
-    for report in (lambda: app.adapter_report(ctx, "poet", session, request),
-                   lambda: app.run_report(ctx, session.runs[-1].name, session, request)):
+    for report in (lambda: adapter_report(ctx, "poet", session, request),
+                   lambda: run_report(ctx, session.runs[-1].name, session, request)):
         path = report()  # the session's folder holds its last download only: read it now
         html = Path(path).read_text(encoding="utf-8")
         assert Path(path).name == "report.html" and len(html) > 5_000 and "data:image/png;base64," in html
     with pytest.raises(gr.Error, match="no run to report on"):
-        app.run_report(ctx, app.SESSION_RUN, app.Session(), request)
+        run_report(ctx, SESSION_RUN, Session(), request)

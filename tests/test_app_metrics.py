@@ -17,11 +17,16 @@ from pathlib import Path
 import pytest
 from gradio_client.exceptions import AppError
 
-import app
 from app_fixtures import ACTS, Client, serve
 from conftest import make_tokenizer, need
 from tuning import adapters
+from tuning.config import TuneConfig
 from tuning.model import SoftPrompt
+from ui.charts import gain_scores
+from ui.layout import build_app
+from ui.session import MAX_HISTORY, SESSION_RUN, Session
+from ui.tabs.evaluate import held_out_scores, no_evaluation
+from ui.tabs.sweep import sweep_plan
 
 TRAIN = dict(tokens=5, epochs=2, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0,
              resume="a new prompt")  # the tabs' events are undocumented: a client sends every input
@@ -76,27 +81,27 @@ def trained(client):
 
 
 def test_gain_scores_keep_the_sign_and_saturate_at_the_scale():
-    assert app.gain_scores([(" rapper", 3.1), (".", -0.5), (" a", 0.0)]) == [(" rapper", 1.0), (".", -0.5), (" a", 0.0)]
+    assert gain_scores([(" rapper", 3.1), (".", -0.5), (" a", 0.0)]) == [(" rapper", 1.0), (".", -0.5), (" a", 0.0)]
 
 
 def test_history_keeps_the_last_runs_with_unique_labels():
-    session = app.Session()
+    session = Session()
     history = {"step": [1, 2], "train_loss": [3.0, 2.0], "epoch": [1], "held_out_loss": [2.5], "epoch_train_loss": [2.5]}
-    soft = SoftPrompt(embeddings=None, base_model="m", config=app.TuneConfig(num_virtual_tokens=5, epochs=1),
+    soft = SoftPrompt(embeddings=None, base_model="m", config=TuneConfig(num_virtual_tokens=5, epochs=1),
                       meta={"history": history, "metrics": {"held_out_loss": 2.5, "base_held_out_loss": 3.0}})
-    for _ in range(app.MAX_HISTORY + 2):
+    for _ in range(MAX_HISTORY + 2):
         session.remember(soft, "Poet", steps_per_epoch=2)
-    assert len(session.runs) == app.MAX_HISTORY
+    assert len(session.runs) == MAX_HISTORY
     assert session.runs[0].name.startswith("#3 Poet 5×1 · ")  # the time of day follows: names stay unique
-    assert session.runs[-1].name.startswith(f"#{app.MAX_HISTORY + 2} Poet 5×1 · ")
-    assert session.run(app.SESSION_RUN) is session.runs[-1] and session.run(session.runs[0].name) is session.runs[0]
+    assert session.runs[-1].name.startswith(f"#{MAX_HISTORY + 2} Poet 5×1 · ")
+    assert session.run(SESSION_RUN) is session.runs[-1] and session.run(session.runs[0].name) is session.runs[0]
 
 
 # --- Evaluate --------------------------------------------------------------------------
 
 
 def test_evaluate_compares_held_out_perplexity_and_rouge(trained):
-    ppl, rouge, summary, rows = trained.predict(app.SESSION_RUN, 5, 8, api_name="/evaluate")
+    ppl, rouge, summary, rows = trained.predict(SESSION_RUN, 5, 8, api_name="/evaluate")
     bars = {model: value for _, model, value in ppl["data"]}
     assert set(bars) == {"base", "tuned"} and all(math.isfinite(v) and v > 1 for v in bars.values())
     assert bars["base"] != bars["tuned"]
@@ -109,7 +114,7 @@ def test_evaluate_compares_held_out_perplexity_and_rouge(trained):
 @pytest.fixture
 def three_held(trained, server):
     """The session's run saved as 'three-held', recording Poet, Chef and Doctor as its held-out acts."""
-    trained.predict("three-held", app.SESSION_RUN, api_name="/save_adapter")
+    trained.predict("three-held", SESSION_RUN, api_name="/save_adapter")
     meta_path = Path(server[1]) / "adapters" / "three-held" / adapters.META_FILE
     record = json.loads(meta_path.read_text())
     record["meta"]["held_out_acts"] = ["Poet", "Chef", "Doctor"]
@@ -170,10 +175,10 @@ def test_a_stopped_evaluation_does_not_wait_for_the_gpu_call_to_close(monkeypatc
             time.sleep(2.0)
             closed.set()
 
-    monkeypatch.setattr(app, "EVALUATE_ON_GPU", lambda *args: SlowToClose())
-    monkeypatch.setattr(app, "held_out_for", lambda soft, rows, dataset: ["an act"])
+    monkeypatch.setattr("ui.gpu_calls.EVALUATE_ON_GPU", lambda *args: SlowToClose())
+    monkeypatch.setattr("ui.tabs.evaluate.held_out_for", lambda soft, rows, dataset: ["an act"])
     ctx = types.SimpleNamespace(base=lambda: None, rows=lambda: (), dataset="acts.csv")
-    scores = app.held_out_scores(ctx, None, 1, 8, lambda *args, **kwargs: None)
+    scores = held_out_scores(ctx, None, 1, 8, lambda *args, **kwargs: None)
     assert next(scores)[1] == ["an act"]
     started = time.perf_counter()
     scores.close()
@@ -182,26 +187,26 @@ def test_a_stopped_evaluation_does_not_wait_for_the_gpu_call_to_close(monkeypatc
 
 
 def test_picking_another_prompt_in_evaluate_empties_every_result():
-    demo = app.build_app(model="/no/such/model", dataset="/no/such/acts.csv")
+    demo = build_app(model="/no/such/model", dataset="/no/such/acts.csv")
     clear = [f for f in demo.fns.values() if f.name == "no_evaluation"]
     assert len(clear) == 1 and len(clear[0].outputs) == 7  # the bars, summary, table, gains, nearest tokens
-    ppl, rouge, summary, rows, gains, gains_text, nearest = app.no_evaluation()
+    ppl, rouge, summary, rows, gains, gains_text, nearest = no_evaluation()
     assert ppl is rouge is gains is None and summary == gains_text == "" and rows.empty and nearest.empty
 
 
 def test_evaluate_with_no_rouge_acts_scores_perplexity_only(trained):
-    ppl, rouge, summary, rows = trained.predict(app.SESSION_RUN, 0, 8, api_name="/evaluate")
+    ppl, rouge, summary, rows = trained.predict(SESSION_RUN, 0, 8, api_name="/evaluate")
     assert len(ppl["data"]) == 2 and rouge is None and "skipped" in summary  # an empty chart, as on a new page
 
 
 def test_evaluate_without_a_run_asks_for_one(client):
     with pytest.raises(AppError, match="train or pick an adapter first"):
-        client.predict(app.SESSION_RUN, 1, 8, api_name="/evaluate")
+        client.predict(SESSION_RUN, 1, 8, api_name="/evaluate")
 
 
 def test_token_gains_score_every_token_of_the_prompt_but_the_first(trained):
     trained.predict("Rapper", api_name="/select_act")
-    pairs, summary = trained.predict(app.SESSION_RUN, api_name="/token_gains")
+    pairs, summary = trained.predict(SESSION_RUN, api_name="/token_gains")
     n_tokens = len(make_tokenizer()(ACTS["Rapper"], add_special_tokens=False)["input_ids"])
     assert len(pairs) == n_tokens - 1
     tokens = [p["token"] for p in pairs]
@@ -212,7 +217,7 @@ def test_token_gains_score_every_token_of_the_prompt_but_the_first(trained):
 
 
 def test_nearest_tokens_have_a_row_per_virtual_token(trained):
-    rows = table(trained.predict(app.SESSION_RUN, api_name="/nearest_tokens"))
+    rows = table(trained.predict(SESSION_RUN, api_name="/nearest_tokens"))
     assert [r["virtual token"] for r in rows] == list(range(TRAIN["tokens"]))
     similarity = float(rows[0]["nearest 1"].rsplit(" ", 1)[1])
     assert -1 <= similarity <= 1 and len(rows[0]) == 6
@@ -290,7 +295,7 @@ def capped_server(tmp_path_factory, slow_setup):
 
 
 def test_sweep_and_history_charts_draw_every_series_in_a_browser(server):
-    """Gradio 6's LinePlot keeps its first legend unless the colour map changes after the data (app.colours)."""
+    """Gradio 6's LinePlot keeps its first legend unless the colour map changes after the data (charts.colours)."""
     chromium = Path("/usr/bin/chromium")
     try:
         from playwright import sync_api
@@ -327,13 +332,13 @@ def test_a_field_changed_while_the_sweep_estimate_is_being_worked_out_still_coun
     except ImportError:
         sync_api = None
     need(sync_api is not None and chromium.exists(), "needs Playwright and /usr/bin/chromium")
-    plan = app.sweep_plan
+    plan = sweep_plan
 
     def slow_plan(*args):  # a large dataset's token count: the next field changes before the estimate is back
         time.sleep(1.0)
         return plan(*args)
 
-    monkeypatch.setattr(app, "sweep_plan", slow_plan)
+    monkeypatch.setattr("ui.tabs.sweep.sweep_plan", slow_plan)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
@@ -348,7 +353,7 @@ def test_a_field_changed_while_the_sweep_estimate_is_being_worked_out_still_coun
 
 
 def _wiring():
-    demo = app.build_app(model="/no/such/model", dataset="/no/such/acts.csv")
+    demo = build_app(model="/no/such/model", dataset="/no/such/acts.csv")
     return demo, {d["id"]: d for d in demo.config["dependencies"]}
 
 

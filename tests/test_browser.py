@@ -135,10 +135,10 @@ def test_closing_the_tab_stops_its_training(page, monkeypatch):
 
 def test_a_search_typed_while_the_page_loads_keeps_its_rows(page, monkeypatch):
     """The first load may download the dataset; a search typed meanwhile was overwritten by the whole table."""
-    import app
+    from tuning.data import source_note
 
-    real = app.source_note
-    monkeypatch.setattr(app, "source_note", lambda *a: time.sleep(2) or real(*a))  # a slow first load
+    real = source_note
+    monkeypatch.setattr("ui.tabs.dataset.source_note", lambda *a: time.sleep(2) or real(*a))  # a slow first load
     page.reload()
     page.get_by_label("Search acts").fill("terminal")
     visible = lambda name: page.get_by_text(name, exact=True).locator("visible=true")  # noqa: E731

@@ -257,15 +257,15 @@ def test_the_app_decorates_each_gpu_job_with_a_duration_computed_from_its_argume
         return wrap
 
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=GPU))
-    import app
+    from ui import gpu_calls
 
     try:
-        importlib.reload(app)
+        importlib.reload(gpu_calls)
         assert decorated == {gpu.train_run: gpu.train_duration, gpu.sweep_run: gpu.sweep_duration,
                              gpu.generate_run: gpu.generate_duration, gpu.evaluate_run: gpu.evaluate_duration}
     finally:
         monkeypatch.delitem(sys.modules, "spaces")
-        importlib.reload(app)
+        importlib.reload(gpu_calls)
 
 
 def zero_gpu_stand_in(duration):
@@ -296,7 +296,8 @@ def zero_gpu_stand_in(duration):
 def test_an_error_inside_a_zero_gpu_call_reaches_the_visitor_as_its_sentence(monkeypatch, call, error):
     import gradio as gr
 
-    import app
+    from ui import gpu_calls
+    from ui.checks import user_errors
 
     def fails(*args, **kwargs):
         yield "first"
@@ -307,16 +308,16 @@ def test_an_error_inside_a_zero_gpu_call_reaches_the_visitor_as_its_sentence(mon
     monkeypatch.setattr(gpu, names[call], fails)
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=zero_gpu_stand_in))
     try:
-        importlib.reload(app)
-        events = getattr(app, call)()
+        importlib.reload(gpu_calls)
+        events = getattr(gpu_calls, call)()
         assert next(events) == "first"
-        with pytest.raises(gr.Error) as shown, app.user_errors():
+        with pytest.raises(gr.Error) as shown, user_errors():
             next(events)
         assert shown.value.message == str(error)  # not "TrainingError" (the class name is all ZeroGPU would keep)
     finally:
         monkeypatch.delitem(sys.modules, "spaces")
         monkeypatch.undo()
-        importlib.reload(app)
+        importlib.reload(gpu_calls)
 
 
 def test_without_carrying_the_stand_in_shows_only_the_class_name():
@@ -370,16 +371,17 @@ def test_the_real_spaces_package_off_zero_gpu_leaves_the_functions_as_they_are(m
 def test_on_zero_gpu_the_app_refuses_a_training_over_the_cap_before_it_starts(tmp_path, monkeypatch):
     import gradio as gr
 
-    import app
+    from ui.session import Context, Session
+    from ui.tabs.train import start_training
     from app_fixtures import write_assets
     from tuning.jobs import Jobs
 
     model, dataset = write_assets(tmp_path)
-    ctx = app.Context(model, dataset, tmp_path / "adapters", jobs=Jobs(grace=5.0))
+    ctx = Context(model, dataset, tmp_path / "adapters", jobs=Jobs(grace=5.0))
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     monkeypatch.setattr(gpu, "MAX_CALL_SECONDS", 16)  # the 15 s overhead alone nearly fills it
     request = types.SimpleNamespace(session_hash="tab", username=None, headers={}, cookies={})
-    run = app.start_training(ctx, 5, 50, 0.1, 1, "random", "all training acts", [], 0, app.Session(), request)
+    run = start_training(ctx, 5, 50, 0.1, 1, "random", "all training acts", [], 0, Session(), request)
     with pytest.raises(gr.Error, match=r"needs about \d+ s of GPU time; one call on this Space may use at most 16 s"):
         next(run)
     assert ctx.jobs.running(None) is None and not (tmp_path / "adapters").exists()
@@ -426,7 +428,9 @@ def test_a_zero_gpu_call_cut_off_at_its_duration_keeps_its_last_snapshot(tmp_pat
     snapshot in the session (and the page says which step's prompt is kept), not an error and nothing."""
     import gradio as gr
 
-    import app
+    from ui import gpu_calls
+    from ui.session import Context, Session
+    from ui.tabs.train import start_training
     from app_fixtures import write_assets
     from tuning.jobs import Jobs
 
@@ -444,16 +448,16 @@ def test_a_zero_gpu_call_cut_off_at_its_duration_keeps_its_last_snapshot(tmp_pat
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=aborting))
     try:
-        importlib.reload(app)
-        ctx = app.Context(model, dataset, tmp_path / "adapters", jobs=Jobs(grace=5.0))
-        session = app.Session()
+        importlib.reload(gpu_calls)
+        ctx = Context(model, dataset, tmp_path / "adapters", jobs=Jobs(grace=5.0))
+        session = Session()
         request = types.SimpleNamespace(session_hash="tab", username=None, headers={}, cookies={})
-        *_, (chart, progress, log) = app.start_training(ctx, 3, 20, 0.1, 1, "random", "all training acts", [], 0,
+        *_, (chart, progress, log) = start_training(ctx, 3, 20, 0.1, 1, "random", "all training acts", [], 0,
                                                        session, request)
     finally:
         monkeypatch.delitem(sys.modules, "spaces")
         monkeypatch.undo()
-        importlib.reload(app)
+        importlib.reload(gpu_calls)
     kept = session.runs[-1].soft
     assert kept.meta["stopped"] and kept.meta["steps"] % gpu.SNAPSHOT_STEPS == 0 and kept.meta["steps"] >= 10
     assert "stopped at step" in progress and f"the prompt as it was after step {kept.meta['steps']:,} is kept" in log

@@ -29,18 +29,24 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file, save_file
 
-import app
 import tuning.train
 from app_fixtures import Client, log_steps, serve, steps_of, wait_for_updates
 from tuning import adapters
+from ui.checks import MAX_INPUT_CHARS
+from ui.layout import build_app
+from ui.session import SESSION_RUN
+from ui.tabs.compare import NO_PROMPT
+from ui.training import NEW_PROMPT
+from ui.zips import MAX_ZIP_ENTRIES, unzip_safely
 
 # every input of each event, in order: the UI's events are undocumented, so no client fills defaults
 TRAIN = dict(tokens=5, epochs=1, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0,
-             resume=app.NEW_PROMPT)
+             resume=NEW_PROMPT)
 GREEDY = dict(max_new=8, mode="greedy", temperature=0.8, top_p=0.95, top_k=50, penalty=1.0, seed=0,
-              adapter_b=app.NO_PROMPT, no_repeat=3)
+              adapter_b=NO_PROMPT, no_repeat=3)
 SAVED = "saved"  # an adapter the module fixture trains and saves once
 GRACE = 1.0  # seconds a run goes on once its tab is gone (a reload re-attaches meanwhile); the app's default is 10
+APP_PY = (Path(__file__).resolve().parent.parent / "app.py").resolve()  # a server file no client may read
 
 
 def train_args(**kw):
@@ -201,7 +207,7 @@ def test_hostile_text_fields_get_one_sentence(url, api_name, data, message):
     "שלום 👋🏽 עולם",  # right to left with an emoji and a skin-tone modifier
     "I want you to act as a rapper 🎤🔥 (Z̤͔ͧ̑̓ä͖̭̈̇lͮ̒ͫǒ̞̜)",  # emoji and combining marks
     "\u202eevil right-to-left override\u202c",
-    "x" * app.MAX_INPUT_CHARS,  # exactly at the limit: kept, cut from the front to fit the context
+    "x" * MAX_INPUT_CHARS,  # exactly at the limit: kept, cut from the front to fit the context
 ])
 def test_unusual_but_valid_text_simply_works(url, text):
     event, data = raw_call(url, "generate", gen_args(text))
@@ -209,7 +215,7 @@ def test_unusual_but_valid_text_simply_works(url, text):
 
 
 def test_one_character_past_the_input_limit_is_refused(url):
-    event, data = raw_call(url, "generate", gen_args("x" * (app.MAX_INPUT_CHARS + 1)))
+    event, data = raw_call(url, "generate", gen_args("x" * (MAX_INPUT_CHARS + 1)))
     assert event == "error" and "4,001 characters" in data
 
 
@@ -239,7 +245,7 @@ def test_a_10000_row_dataset_loads_in_seconds_and_search_stays_quick(tmp_path):
         writer = csv.writer(f)
         writer.writerow(["act", "prompt"])
         writer.writerows((f"Act {i}", f"I want you to act as number {i}. " * 5) for i in range(10_000))
-    demo = app.build_app(model=model, dataset=str(dataset), adapters_dir=tmp_path / "adapters")
+    demo = build_app(model=model, dataset=str(dataset), adapters_dir=tmp_path / "adapters")
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=app_fixtures.free_port(), quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
@@ -368,14 +374,14 @@ def test_a_zip_bomb_declaring_its_size_is_refused_before_extracting(tmp_path):
                 f.write(bytes(2**20))  # 200 MB of zeros, about 200 KB compressed
     assert path.stat().st_size < 1_000_000
     with pytest.raises(adapters.AdapterError, match="unpacks to more than 50 MB"):
-        app.unzip_safely(str(path), tmp_path / "out")
+        unzip_safely(str(path), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_a_zip_bomb_lying_about_its_size_stops_at_the_declared_size(tmp_path):
     path = lying_zip(tmp_path / "liar.zip", 200 * 2**20)
     with pytest.raises(adapters.AdapterError, match="damaged"):  # zipfile reads 10 bytes, then the CRC fails
-        app.unzip_safely(str(path), tmp_path / "out")
+        unzip_safely(str(path), tmp_path / "out")
     written = sum(f.stat().st_size for f in (tmp_path / "out").rglob("*") if f.is_file())
     assert written <= 10
 
@@ -383,10 +389,10 @@ def test_a_zip_bomb_lying_about_its_size_stops_at_the_declared_size(tmp_path):
 def test_a_zip_of_many_folders_is_refused(tmp_path):
     path = tmp_path / "folders.zip"
     with zipfile.ZipFile(path, "w") as z:
-        for i in range(app.MAX_ZIP_ENTRIES + 1):
+        for i in range(MAX_ZIP_ENTRIES + 1):
             z.writestr(f"d{i}/", "")
     with pytest.raises(adapters.AdapterError, match="65 entries"):
-        app.unzip_safely(str(path), tmp_path / "out")
+        unzip_safely(str(path), tmp_path / "out")
 
 
 def test_a_deeply_nested_zip_is_refused(tmp_path):
@@ -394,7 +400,7 @@ def test_a_deeply_nested_zip_is_refused(tmp_path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("a/b/c/d/adapter_config.json", "{}")
     with pytest.raises(adapters.AdapterError, match="nests folders too deeply"):
-        app.unzip_safely(str(path), tmp_path / "out")
+        unzip_safely(str(path), tmp_path / "out")
 
 
 def test_an_upload_that_is_not_a_zip_is_refused(client, tmp_path):
@@ -483,7 +489,7 @@ def get_raw(url: str, path: str) -> tuple[int, bytes]:
 
 def test_the_file_route_serves_nothing_outside_what_the_app_hands_out(server, client):
     folder = server[1]
-    app_py = Path(app.__file__).resolve()
+    app_py = APP_PY
     weights = (folder / "adapters" / SAVED / adapters.WEIGHTS_FILE).resolve()
     paths = [
         "/gradio_api/file=../app.py", "/gradio_api/file=app.py", f"/gradio_api/file={app_py}",
@@ -540,7 +546,7 @@ def test_an_upload_with_a_link_to_a_server_file_is_refused(server, client, tmp_p
     path = tmp_path / "upload.zip"
     with zipfile.ZipFile(path, "w") as z:
         z.write(server[1] / "adapters" / SAVED / adapters.CONFIG_FILE, f"up/{adapters.CONFIG_FILE}")
-        z.writestr(link, str(Path(app.__file__).resolve()))
+        z.writestr(link, str(APP_PY))
     with pytest.raises(AppError, match=f"the zip has a symbolic link: up/{adapters.WEIGHTS_FILE}"):
         client.predict(handle_file(str(path)), "hostile", api_name="/upload_adapter")
     assert not (server[1] / "adapters" / "hostile").exists()
@@ -595,7 +601,7 @@ def test_a_failed_delete_or_download_is_one_sentence_and_keeps_the_adapter(serve
     monkeypatch.undo()
     assert (folder / SAVED / adapters.WEIGHTS_FILE).is_file()
 
-    monkeypatch.setattr(app.zipfile, "ZipFile", refused)
+    monkeypatch.setattr(zipfile, "ZipFile", refused)
     with pytest.raises(AppError, match="could not write the download \\(Permission denied\\)"):
         client.predict(SAVED, api_name="/download_adapter")
     monkeypatch.undo()
@@ -604,13 +610,13 @@ def test_a_failed_delete_or_download_is_one_sentence_and_keeps_the_adapter(serve
 
 def test_a_nan_loss_aborts_cleanly_and_keeps_the_sessions_last_run(client, monkeypatch):
     client.predict(*train_args(), api_name="/train")
-    good = client.predict(*gen_args(adapter=app.SESSION_RUN), api_name="/generate")
+    good = client.predict(*gen_args(adapter=SESSION_RUN), api_name="/generate")
     monkeypatch.setattr(tuning.train, "token_losses",
                         lambda base, prompt, rows: ((prompt.sum() * math.nan), 1))
     with pytest.raises(AppError, match="the loss became nan at step 1"):
         client.predict(*train_args(seed=3), api_name="/train")
     monkeypatch.undo()
-    assert client.predict(*gen_args(adapter=app.SESSION_RUN), api_name="/generate") == good
+    assert client.predict(*gen_args(adapter=SESSION_RUN), api_name="/generate") == good
 
 
 def test_out_of_memory_is_reported_and_the_next_run_works(client, monkeypatch):

@@ -12,12 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import app
 import tuning.train
 from app_fixtures import Client, serve
+from ui.session import SESSION_RUN
+from ui.tabs.compare import NO_PROMPT
+from ui.training import NEW_PROMPT
 
 TRAIN = dict(tokens=5, epochs=1, lr=0.1, batch=4, init="random", data="all training acts", acts=[], seed=0,
-             resume=app.NEW_PROMPT)
+             resume=NEW_PROMPT)
 TEXTS = ["I want you to act as a rapper.", "I want you to act as a poet.", "I want you to act as a chef."]
 
 
@@ -26,7 +28,7 @@ def train_args(**kw):
 
 
 def generate(client, adapter, seed, text):
-    return client.predict(text, adapter, 16, "sample", 0.9, 0.95, 50, 1.0, seed, app.NO_PROMPT, 3,
+    return client.predict(text, adapter, 16, "sample", 0.9, 0.95, 50, 1.0, seed, NO_PROMPT, 3,
                           api_name="/generate")
 
 
@@ -69,7 +71,7 @@ def test_eight_clients_generating_while_others_train_each_get_their_own_answer(s
     for client, seed in zip(own, (4, 5)):
         client.predict(*train_args(seed=seed, tokens=7), api_name="/train")
     plan = [(None, "a"), (None, "b"), (None, "c"), (None, "a"), (None, "b"), (None, "c"),
-            (own[0], app.SESSION_RUN), (own[1], app.SESSION_RUN)]
+            (own[0], SESSION_RUN), (own[1], SESSION_RUN)]
     clients = [c or Client(server, verbose=False) for c, _ in plan]
     jobs = [(client, adapter, i, TEXTS[i % 3]) for i, (client, (_, adapter)) in enumerate(zip(clients, plan))]
 

@@ -1,4 +1,4 @@
-"""The layout the project keeps: short functions, and a tuning/ without import cycles that never imports gradio."""
+"""The layout the project keeps: short functions, no import cycle in tuning/ or ui/, and a tuning/ that never imports gradio."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 80  # a function longer than this hides its steps: split it into named helpers
-# Where no function may be longer: a file or every .py file under a folder (add ui/ once it exists).
-SHORT_FUNCTIONS = ["tuning", "app.py"]
+# Where no function may be longer: a file or every .py file under a folder.
+SHORT_FUNCTIONS = ["tuning", "ui", "app.py"]
 
 
 def functions(path: Path):
@@ -33,37 +33,54 @@ def long_functions(path: Path, limit: int = MAX_LINES) -> dict[str, int]:
             for file in python_files(path) for name, n in functions(file) if n > limit}
 
 
+def module_name(package: Path, file: Path) -> str:
+    """A module's name inside `package`: 'train' for tuning/train.py, 'tabs.train' for ui/tabs/train.py."""
+    parts = file.relative_to(package).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+
+
 def module_imports(package: Path) -> dict[str, set[str]]:
-    """Which sibling modules each module of `package` imports, anywhere in it: {"train": {"model", ...}}.
+    """Which modules of `package` (subpackages too) each module imports, anywhere in it: {"train": {"model", ...}}.
 
     Imports inside functions count too. Only module-level ones can fail at import time, but a
     cycle through a lazy import is still two modules that each need the other (progress.py and
     sweep.py were one, dodged by importing inside functions). Lazy imports that close no cycle
     stay allowed: gpu.py and cli.py import that way on purpose (a ZeroGPU worker, `--help`
-    without torch). `if TYPE_CHECKING:` blocks never run and are left out.
+    without torch). `if TYPE_CHECKING:` blocks never run and are left out. A module of a
+    subpackage is named from the package down ("tabs.train"); importing a subpackage's module
+    does not count as importing the subpackage's `__init__`.
     """
-    names = {p.stem for p in package.glob("*.py")}
+    files = {module_name(package, f): f for f in package.rglob("*.py")}
     graph: dict[str, set[str]] = {}
-    for file in package.glob("*.py"):
+    for name, file in files.items():
+        here = list(file.relative_to(package).parent.parts)  # the subpackage a relative import starts from
         found: set[str] = set()
+
+        def add(module: str, imported: list[str]) -> None:
+            """`from <module> import <imported>`, module relative to the package ('' for the package itself)."""
+            for a in imported:  # from . import kernels, from ui.tabs import train
+                if (sub := f"{module}.{a}".strip(".")) in files:
+                    found.add(sub)
+                    continue
+                if module in files:
+                    found.add(module)
 
         def visit(node: ast.AST) -> None:
             if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 return
-            if isinstance(node, ast.ImportFrom) and (node.level == 1 or (
-                    node.level == 0 and (node.module or "").split(".")[0] == package.name)):
-                module = node.module if node.level == 1 else node.module.partition(".")[2]
-                if module:  # from .config import X, from tuning.config import X
-                    found.add(module.split(".")[0])
-                else:  # from . import kernels, from tuning import kernels
-                    found.update(a.name for a in node.names if a.name in names)
+            if isinstance(node, ast.ImportFrom) and node.level:  # from .config import X, from .. import x
+                base = here[:len(here) - node.level + 1]
+                add(".".join(base + ([node.module] if node.module else [])), [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == package.name:
+                add(node.module.partition(".")[2], [a.name for a in node.names])  # from tuning.config import X
             elif isinstance(node, ast.Import):  # import tuning.config
-                found.update(a.name.split(".")[1] for a in node.names if a.name.startswith(package.name + "."))
+                found.update(a.name.partition(".")[2] for a in node.names
+                             if a.name.startswith(package.name + ".") and a.name.partition(".")[2] in files)
             for child in ast.iter_child_nodes(node):
                 visit(child)
 
         visit(ast.parse(file.read_text(encoding="utf-8")))
-        graph[file.stem] = found & names - {file.stem}
+        graph[name] = found - {name}
     return graph
 
 
@@ -100,8 +117,9 @@ def test_the_long_function_check_finds_a_long_function(tmp_path):
     assert long_functions(tmp_path) == {f"{tmp_path.name}/mod.py:long": 81}
 
 
-def test_tuning_has_no_import_cycle():
-    cycle = import_cycle(module_imports(ROOT / "tuning"))
+@pytest.mark.parametrize("package", ["tuning", "ui"])
+def test_no_import_cycle(package):
+    cycle = import_cycle(module_imports(ROOT / package))
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
 
@@ -115,6 +133,20 @@ def test_the_cycle_check_reads_relative_absolute_and_lazy_imports_but_not_type_c
     graph = module_imports(package)
     assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert import_cycle(graph) == ["a", "b", "c", "a"]
+
+
+def test_the_cycle_check_reads_subpackages(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "tabs").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "tabs" / "__init__.py").write_text("")
+    (package / "session.py").write_text("from pkg.tabs.train import x\n")
+    (package / "tabs" / "train.py").write_text("from .. import session\nfrom . import other\n")
+    (package / "tabs" / "other.py").write_text("from pkg.tabs import train\n")
+    graph = module_imports(package)
+    assert graph == {"__init__": set(), "tabs": set(), "session": {"tabs.train"},
+                     "tabs.train": {"session", "tabs.other"}, "tabs.other": {"tabs.train"}}
+    assert import_cycle(graph) == ["session", "tabs.train", "session"]
 
 
 def test_the_engine_never_imports_gradio():

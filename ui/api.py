@@ -1,0 +1,235 @@
+"""The documented API, which `--mcp` also serves as MCP tools: seven functions that answer in plain data.
+
+The tabs' own events stay callable by gradio_client but undocumented (`session.HIDDEN`): they
+return widgets, not answers. Each function's docstring is its tool's description.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import NamedTuple
+
+import gradio as gr
+
+from tuning import adapters, reference
+from tuning.config import TuneConfig
+from tuning.generate import Decoding
+from tuning.jobs import Job
+from ui import gpu_calls
+from ui.charts import acts_frame, perplexity
+from ui.checks import (MAX_FIELD_CHARS, MAX_INPUT_CHARS, checked_name, checked_number, checked_text, checked_whole,
+                       disk_errors, refuse, user_errors)
+from ui.follow import failure, start_job
+from ui.session import Context, Run, Session, bind, short_name
+from ui.tabs.adapters import own_name
+from ui.tabs.compare import MAX_NEW_TOKENS
+from ui.tabs.evaluate import held_out_scores, mean_rouge
+from ui.training import DATA_CHOICES, training_job
+
+
+MAX_API_TRAININGS = 64  # trainings started through the API whose status is kept
+
+
+def list_acts(ctx: Context, search: str = "") -> list[dict]:
+    """List the dataset's acts (roles) a prompt can be tuned for.
+
+    Args:
+        search: only acts whose name or prompt contains this text (any case); empty for all.
+
+    Returns:
+        One {"act", "words"} per act: its name and its prompt's length in words.
+    """
+    frame = acts_frame(ctx.rows(), checked_text(search, "search", MAX_FIELD_CHARS))
+    return [{"act": act, "words": int(words)} for act, words in zip(frame["act"], frame["words"])]
+
+
+def list_saved_adapters(ctx: Context) -> list[dict]:
+    """List the saved prompt-tuning adapters (trained soft prompts) on this server, newest first.
+
+    Returns:
+        One {"name", "virtual_tokens", "epochs", "held_out_loss", "created", "base_model", "reference"} per adapter.
+    """
+    return [{"name": a["name"], "virtual_tokens": a["num_virtual_tokens"], "epochs": a["config"].get("epochs"),
+             "held_out_loss": a["metrics"].get("held_out_loss"), "created": a["created"],
+             "base_model": short_name(a["base_model"]), "reference": reference.is_reference(a["name"])}
+            for a in ctx.adapters()]
+
+
+def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "", max_new_tokens: int = 64) -> dict:
+    """Continue a text with the base model and with one or two tuned prompts, greedy, in one batch.
+
+    Args:
+        text: the input, e.g. "I want you to act as a rapper."
+        adapter: a saved adapter's name (see list_saved_adapters)
+        second_adapter: another saved adapter's name for a third column; empty for none
+        max_new_tokens: how many tokens each continuation may have, 1-512 (as on the page)
+
+    Returns:
+        {"base": text, <adapter>: text[, <second_adapter>: text]}
+    """
+    names = [checked_name(adapter, "adapter")] + ([checked_name(second_adapter)] if second_adapter else [])
+    if None in names:
+        raise refuse("name a saved adapter (see list_saved_adapters)")
+    if len(set(names)) < len(names):  # one key would hold both columns
+        raise refuse(f"the adapter {names[0]!r} is named twice; give two different adapters")
+    if "base" in names:  # the key of the base model's text
+        raise refuse("the answer names the base model's text 'base'; rename the adapter called 'base' to compare it")
+    text = checked_text(text, "the input", MAX_INPUT_CHARS)
+    tokens = checked_whole(max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS)  # what the page's slider allows
+    with user_errors():
+        prompts = [adapters.load(name, ctx.root, ctx.base()) for name in names]
+        texts = ()
+        for texts in gpu_calls.GENERATE_ON_GPU(ctx.base(), prompts, text, Decoding(max_new_tokens=tokens)):
+            pass
+    return dict(zip(["base", *names], texts))
+
+
+class ApiTraining(NamedTuple):
+    """A training started through the API: its job, the session its run joins, and where it is saved."""
+
+    job: Job
+    session: Session
+    saved: list  # [adapter name] once saved, [None] when saving failed (the error is in `failed`)
+    failed: list  # [sentence] when the saving failed
+
+
+def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, epochs: int = 10,
+                  learning_rate: float = TuneConfig.learning_rate, save_as: str = "", request: gr.Request = None) -> dict:
+    """Start prompt-tuning the base model; returns at once with a job id. The adapter is saved when training ends.
+
+    Training takes minutes on a CPU: follow it with training_status(job), stop it with stop_training_job(job).
+
+    Args:
+        acts: act names to train on, comma-separated (see list_acts); empty for all training acts
+        num_virtual_tokens: the soft prompt's length, 1-100
+        epochs: passes over the training acts
+        learning_rate: AdamW's step size, 1e-3 to 3e-1 is the useful range
+        save_as: the adapter's name; empty for one made from the settings
+
+    Returns:
+        {"job", "status", "steps"}: the id for training_status, "waiting" or "training", the planned steps
+    """
+    chosen = [a.strip() for a in checked_text(acts, "acts", MAX_INPUT_CHARS).split(",") if a.strip()]
+    wanted = checked_text(save_as, "save_as", MAX_FIELD_CHARS).strip()
+    if wanted:
+        with user_errors():
+            own_name(wanted)  # a bad or reserved name is refused now, not after minutes of training
+    session, saved, failed = Session(), [], []
+
+    def save(run: Run) -> None:
+        c = run.soft.config
+        name = wanted or f"{chosen[0] if len(chosen) == 1 else 'acts' if chosen else 'all'}-{c.num_virtual_tokens}x{c.epochs}"
+        try:
+            with user_errors(), disk_errors():
+                name = adapters.free_name(own_name(name), {a["name"] for a in ctx.adapters()})
+                saved.append(adapters.save(run.soft, name, ctx.root, overwrite=False, **ctx.caps).name)
+        except gr.Error as e:
+            failed.append(str(e))
+            saved.append(None)
+
+    job_id = secrets.token_hex(8)
+    job = training_job(ctx, num_virtual_tokens, epochs, learning_rate, 4, "random", "selected acts" if chosen else DATA_CHOICES[0],
+                       chosen, 0, session, f"api:{job_id}", when_done=save)
+    ctx.api_trainings[job_id] = ApiTraining(start_job(ctx, job), session, saved, failed)
+    while len(ctx.api_trainings) > MAX_API_TRAININGS:  # the oldest finished ones are forgotten
+        oldest = next((k for k, t in ctx.api_trainings.items() if t.job.finished), None)
+        if oldest is None:
+            break
+        del ctx.api_trainings[oldest]
+    return {"job": job_id, "status": training_state(job), "steps": job.view.step_cap}
+
+
+def training_state(job: Job) -> str:
+    """waiting, training, done, stopped or failed (a run stopped before its first step counts as stopped)."""
+    if not job.finished:
+        return "training" if job.view.step or job.events else "waiting"
+    if job.view.stopping and not job.view.finished:  # Stop was asked before the first step
+        return "stopped"
+    return "failed" if job.error is not None else "stopped" if job.view.stopped else "done"
+
+
+def training_status(ctx: Context, job: str, wait_seconds: float = 0) -> dict:
+    """How a training started with train_adapter is going; once it has ended, its adapter and held-out scores.
+
+    Args:
+        job: the id train_adapter returned
+        wait_seconds: wait up to this long (0-30) for the training to end before answering
+
+    Returns:
+        {"job", "status" (waiting, training, done, stopped or failed), "step", "steps", "progress"} and, once ended:
+        "adapter", "seconds", "held_out_perplexity", "base_held_out_perplexity" (or "error": one sentence)
+    """
+    job_id = checked_text(job, "job", MAX_FIELD_CHARS).strip()
+    wait = checked_number(wait_seconds, "wait_seconds")
+    if not 0 <= wait <= 30:
+        raise refuse(f"wait_seconds must be from 0 to 30, got {wait}")
+    training = ctx.api_trainings.get(job_id)
+    if training is None:
+        raise refuse(f"no training {job_id!r} on this server (train_adapter gives the id; ended ones are kept for "
+                     f"the last {MAX_API_TRAININGS})")
+    with training.job.lock:
+        training.job.lock.wait_for(lambda: training.job.finished, timeout=wait)
+    job_, view = training.job, training.job.view
+    with job_.lock:
+        answer = {"job": job_id, "status": training_state(job_), "step": view.step, "steps": view.step_cap,
+                  "progress": view.progress}
+    if not job_.finished:
+        return answer
+    if not training.session.runs:
+        if answer["status"] == "stopped":
+            return {**answer, "error": "the training was stopped before its first step; nothing was saved"}
+        return {**answer, "error": failure(job_.error) if job_.error else "the training ended with nothing to keep"}
+    run = training.session.runs[-1]
+    m = run.soft.meta["metrics"]
+    answer.update(adapter=training.saved[0] if training.saved else None, seconds=run.soft.meta["train_seconds"],
+                  held_out_perplexity=perplexity(m["held_out_loss"]),
+                  base_held_out_perplexity=perplexity(m["base_held_out_loss"]))
+    if training.failed:
+        answer["error"] = training.failed[0]
+    return answer
+
+
+def stop_training_job(ctx: Context, job: str) -> dict:
+    """Stop a training started with train_adapter after its current step; what it learned is saved.
+
+    Args:
+        job: the id train_adapter returned
+
+    Returns:
+        training_status's answer at the moment of asking
+    """
+    job_id = checked_text(job, "job", MAX_FIELD_CHARS).strip()
+    training = ctx.api_trainings.get(job_id)
+    if training is None:
+        raise refuse(f"no training {job_id!r} on this server")
+    training.job.stop.set()
+    with training.job.lock:
+        training.job.view.request_stop()
+    return training_status(ctx, job_id)
+
+
+def evaluate_adapter(ctx: Context, adapter: str, rouge_acts: int = 3) -> dict:
+    """Score a saved adapter against the base model on the acts it never trained on.
+
+    Args:
+        adapter: a saved adapter's name (see list_saved_adapters)
+        rouge_acts: how many held-out acts to also score by ROUGE-L of greedy continuations, 0-20 (0: skip)
+
+    Returns:
+        {"held_out_acts", "tokens", "perplexity": {"base", "tuned"}, "rouge_l": {"base", "tuned"}, "acts_scored"}
+    """
+    if not (name := checked_name(adapter, "adapter")):
+        raise refuse("name a saved adapter (see list_saved_adapters)")
+    n = checked_whole(rouge_acts, "rouge_acts", 0, 20)
+    with user_errors():
+        soft = adapters.load(name, ctx.root, ctx.base())
+    *_, (metrics, held, scored) = held_out_scores(ctx, soft, n, 64, lambda *args, **kwargs: None)
+    return {"held_out_acts": len(held), "tokens": metrics["base"].tokens,
+            "perplexity": {side: metrics[side].perplexity for side in ("base", "tuned")},
+            "rouge_l": mean_rouge(scored), "acts_scored": [r["act"] for r in scored]}
+
+
+def api_endpoints(ctx: Context) -> None:
+    for fn in (list_acts, list_saved_adapters, compare_texts, train_adapter, training_status, stop_training_job,
+               evaluate_adapter):
+        gr.api(bind(fn, ctx), api_name=fn.__name__)
