@@ -19,7 +19,8 @@ from tuning.progress import ReferenceView
 from ui.api import api_endpoints
 from ui.charts import first_cell
 from ui.checks import USER_ERRORS
-from ui.session import HIDDEN, REFERENCE_OWNER, Context, Session, attach, bind, dataset_rows, short_name
+from ui.session import (HIDDEN, REFERENCE_OWNER, Context, Session, attach, bind, dataset_rows, model_line,
+                        short_name)
 from ui.tabs.adapters import AdaptersTab, adapters_tab
 from ui.tabs.compare import CompareTab, compare_choices, compare_tab
 from ui.tabs.dataset import DatasetTab, dataset_tab, load_page, restore_act, search_after_load, select_act
@@ -89,6 +90,10 @@ def build_app(
         browser = gr.BrowserState(None, storage_key="prompt-tuning-browser")
         gr.Markdown(header(ctx))
         status = gr.Markdown()
+        model_status = gr.Markdown(elem_id="model-status")
+        # every 10 s: the line appears after a click found the model missing, and goes once a retry loads it
+        gr.Timer(10.0).tick(bind(model_line, ctx), None, model_status, api_name=False, show_progress="hidden")
+        demo.load(bind(model_line, ctx), None, model_status, api_name=False, show_progress="hidden")
         with gr.Tabs():
             data = dataset_tab(ctx)
             train = train_tab(ctx, session)

@@ -13,6 +13,8 @@ import functools
 import inspect
 import os
 import secrets
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +27,7 @@ from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL, same_model
 from tuning.data import Row, load_rows, source_note
 from tuning.formatting import plural
 from tuning.jobs import Jobs
-from tuning.model import SoftPrompt, load_base
+from tuning.model import DOWNLOAD_RETRY_S, SoftPrompt, load_base, load_problem
 from tuning.progress import ReferenceView
 from ui.checks import checked_name, refuse, user_errors
 
@@ -214,3 +216,42 @@ def pick_soft(ctx: Context, name, session: Session) -> SoftPrompt:
         return run.soft
     with user_errors():
         return adapters.load(name, ctx.root, ctx.base())
+
+
+_retry = {"at": 0.0, "running": False}  # the background retry of a model that did not load
+_retry_lock = threading.Lock()
+
+
+def model_problem(ctx: Context) -> str | None:
+    """One sentence while the model cannot be loaded (its last try failed), else None; retried in the background.
+
+    Nothing on the page works without the model, so the page says so under its header rather
+    than in each failed click; a retry once a DOWNLOAD_RETRY_S makes the line go when it loads.
+    """
+    problem = load_problem(ctx.model)
+    if problem is None:
+        return None
+    with _retry_lock:
+        due = not _retry["running"] and time.monotonic() - _retry["at"] >= DOWNLOAD_RETRY_S
+        if due:
+            _retry.update(at=time.monotonic(), running=True)
+    if due:
+        threading.Thread(target=_retry_load, args=(ctx.model,), daemon=True, name="retry-load").start()
+    return (f"The model {short_name(ctx.model)} could not be loaded: {problem}. Train, Compare and Evaluate "
+            f"need it; this page tries again every minute.")
+
+
+def _retry_load(model: str) -> None:
+    try:
+        load_base(model)
+    except Exception:  # load_problem keeps the sentence; the page goes on saying it
+        pass
+    finally:
+        with _retry_lock:
+            _retry["running"] = False
+
+
+def model_line(ctx: Context) -> str:
+    """The page's line under the header: the model's problem, or nothing."""
+    problem = model_problem(ctx)
+    return f"⚠️ {problem}" if problem else ""

@@ -16,8 +16,8 @@ from tuning.model import SoftPrompt
 from ui import gpu_calls
 from ui.charts import act_line, shown_text
 from ui.checks import MAX_INPUT_CHARS, CheckedNumber, CheckedSlider, CheckedText, checked_name, user_errors, whole
-from ui.session import (HIDDEN, REFERENCE_OWNER, Context, Session, bind, newest_run, pick_soft, prompt_names,
-                        reference_status)
+from ui.session import (HIDDEN, REFERENCE_OWNER, Context, Session, bind, model_problem, newest_run, pick_soft,
+                        prompt_names, reference_status)
 
 
 NO_PROMPT = "(none)"  # Compare's second prompt, off
@@ -28,7 +28,21 @@ EMPTY_COLUMN = "Pick a tuned prompt above to fill this column."
 
 def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session,
              adapter_b=NO_PROMPT, no_repeat=Decoding.no_repeat_ngram_size):
-    """Base, prompt A and (unless NO_PROMPT) prompt B continue `text` in one batch, same decoding and seed."""
+    """Base, prompt A and (unless NO_PROMPT) prompt B continue `text` in one batch, same decoding and seed.
+
+    A model that cannot be loaded is said in the columns (and under the header), not as red "Error" badges.
+    """
+    try:
+        yield from _generate(ctx, text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session,
+                             adapter_b, no_repeat)
+    except gr.Error:
+        if (problem := model_problem(ctx)) is None:
+            raise
+        yield problem, "", ""
+
+
+def _generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session,
+              adapter_b, no_repeat):
     prompts = [pick_soft(ctx, adapter, session)]
     if checked_name(adapter_b, "the second prompt") not in (None, NO_PROMPT):
         prompts.append(pick_soft(ctx, adapter_b, session))

@@ -17,7 +17,7 @@ from tuning.rows import held_out_for
 from ui import gpu_calls
 from ui.charts import GAIN_SCALE, NEAREST_K, bars, gain_scores, gains_summary, nearest_frame, rouge_frame
 from ui.checks import CheckedNumber, CheckedSlider, refuse, user_errors, whole
-from ui.session import HIDDEN, SESSION_RUN, Context, Session, bind, newest_run, pick_soft, run_choices
+from ui.session import HIDDEN, SESSION_RUN, Context, Session, bind, model_problem, newest_run, pick_soft, run_choices
 
 
 def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, progress) -> Iterator[tuple]:
@@ -56,7 +56,19 @@ def mean_rouge(scored: list[dict]) -> dict[str, float | None]:
 
 
 def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progress=gr.Progress()):
-    """Held-out perplexity and ROUGE-L, base vs tuned: bars, a summary and a table per act, filled in as they come."""
+    """Held-out perplexity and ROUGE-L, base vs tuned: bars, a summary and a table per act, filled in as they come.
+
+    A model that cannot be loaded is said in the summary, not as red "Error" badges.
+    """
+    try:
+        yield from _evaluate_run(ctx, adapter, n_acts, max_new, session, progress)
+    except gr.Error:
+        if (problem := model_problem(ctx)) is None:
+            raise
+        yield None, None, f"⚠️ {problem}", rouge_frame([])
+
+
+def _evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progress):
     soft = pick_soft(ctx, adapter, session)
     n_acts, max_new = whole(n_acts), whole(max_new)
     shown = session.runs[-1].name if adapter == SESSION_RUN and session.runs else adapter

@@ -14,7 +14,7 @@ from tuning.progress import SERIES, RunView
 from ui.charts import COLOURS, act_line, loss_frame
 from ui.checks import CheckedNumber, CheckedSlider
 from ui.follow import follow, run_update, start_job, stop_run
-from ui.session import HIDDEN, Context, Session, bind, owner_of, prompt_names
+from ui.session import HIDDEN, Context, Session, bind, model_problem, owner_of, prompt_names
 from ui.training import DATA_CHOICES, INITS, NEW_PROMPT, training_job
 
 
@@ -23,9 +23,18 @@ PRESETS = {"5 tokens × 5 epochs": (5, 5), "20 tokens × 10 epochs": (20, 10)}
 
 def start_training(ctx: Context, tokens, epochs, lr, batch, init, data, chosen, seed, session: Session,
                    request: gr.Request, resume=NEW_PROMPT, tab_act: str | None = None):
-    """Plan the run, start it in the job registry, then stream it (a reloaded page re-attaches with `reattach`)."""
-    job = training_job(ctx, tokens, epochs, lr, batch, init, data, chosen, seed, session, owner_of(session, request),
-                       resume, tab_act)
+    """Plan the run, start it in the job registry, then stream it (a reloaded page re-attaches with `reattach`).
+
+    A model that cannot be loaded is said on the progress line, not as red "Error" badges.
+    """
+    try:
+        job = training_job(ctx, tokens, epochs, lr, batch, init, data, chosen, seed, session,
+                           owner_of(session, request), resume, tab_act)
+    except gr.Error:
+        if (problem := model_problem(ctx)) is None:
+            raise
+        yield gr.skip(), f"failed: {problem}", ""
+        return
     yield from follow(ctx, start_job(ctx, job), request.session_hash, run_update)
 
 
