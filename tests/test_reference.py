@@ -72,3 +72,20 @@ def test_the_cli_trains_the_missing_references_and_says_which_are_saved(assets, 
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("already saved") == 2 and reference.name(model, dataset, 20, 10) in out
+
+
+def test_compares_examples_open_prompts_of_acts_the_references_never_trained_on():
+    from tuning.config import TuneConfig
+    from tuning.data import Row
+    from tuning.reference import example_openings, opening
+    from tuning.rows import split_rows
+
+    rows = [Row(f"Act {i}", f"I want you to act as a role number {i}. You will do task {i}.", f"act {i}")
+            for i in range(40)] + [Row("Odd", "Pretend you are a cat. Meow.", "odd")]
+    examples = example_openings(rows, "m", "d", count=3)
+    train, held = split_rows(rows, TuneConfig(model="m", dataset="d", seed=0))
+    assert len(examples) == 3 and all(e.endswith(".") and e.startswith("I want you to act as") for e in examples)
+    assert set(examples) <= {opening(r.prompt) for r in held}
+    assert not set(examples) & {opening(r.prompt) for r in train}
+    assert example_openings(rows, "m", "d", count=3) == examples  # the same every start
+    assert opening("No full stop here and quite long " * 10, max_chars=40).endswith("…")

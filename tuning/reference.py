@@ -109,3 +109,29 @@ def train_references(
                 event.soft.meta["reference"] = {"grid": [tokens, epochs], "model": model, "dataset": dataset}
                 folder = save(event.soft, target, root)
                 yield ReferenceSaved(label, target, folder)
+
+
+def opening(prompt: str, max_chars: int = 120) -> str:
+    """A prompt's first sentence, what a visitor types to see how a tuned prompt continues it.
+
+    >>> opening("I want you to act as a storyteller. You will come up with stories.")
+    'I want you to act as a storyteller.'
+    """
+    text = " ".join(prompt.split())
+    end = next((i + 1 for i, ch in enumerate(text) if ch in ".!?" and (i + 1 == len(text) or text[i + 1] == " ")),
+               len(text))
+    first = text[:end]
+    return first if len(first) <= max_chars else first[:max_chars].rsplit(" ", 1)[0] + "…"
+
+
+def example_openings(rows: Sequence[Row], model: str, dataset: str, count: int = 4) -> list[str]:
+    """Openings of acts the reference adapters never trained on: inputs that show what they learned.
+
+    A tuned prompt learned to continue the way the dataset's prompts go, so the opening of a
+    held-out act's prompt shows the payoff (and is no training text it could have memorized).
+    Those that open like most prompts ("I want you to act as …") come first, in the split's order.
+    """
+    _, held = split_rows(rows, TuneConfig(model=model, dataset=dataset, seed=0))  # the references' split
+    openings = list(dict.fromkeys(opening(r.prompt) for r in held if r.prompt.strip()))
+    openings.sort(key=lambda text: not text.lower().startswith("i want you to act as"))
+    return openings[:count]

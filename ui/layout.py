@@ -22,7 +22,7 @@ from ui.checks import USER_ERRORS
 from ui.session import (HIDDEN, REFERENCE_OWNER, Context, Session, attach, bind, dataset_rows, model_line,
                         short_name)
 from ui.tabs.adapters import AdaptersTab, adapters_tab
-from ui.tabs.compare import CompareTab, compare_choices, compare_tab
+from ui.tabs.compare import CompareTab, compare_choices, compare_tab, example_inputs
 from ui.tabs.dataset import DatasetTab, dataset_tab, load_page, restore_act, search_after_load, select_act
 from ui.tabs.evaluate import EvaluateTab, evaluate_tab, refresh_choices
 from ui.tabs.sweep import SweepTab, reattach_sweep, show_history, sweep_tab
@@ -131,7 +131,8 @@ def on_load(ctx: Context, demo: gr.Blocks, session: gr.State, browser: gr.Browse
         bind(show_history, ctx), session, sweep.history, api_name=False)  # with the cells the sweep added
     demo.load(bind(load_page, ctx), None, [data.acts_table, train.chosen, status, saved.table],
               api_name="load_page", **HIDDEN).then(
-        bind(search_after_load, ctx), data.search, data.acts_table, api_name=False, show_progress="hidden")
+        bind(search_after_load, ctx), data.search, data.acts_table, api_name=False, show_progress="hidden").then(
+        bind(example_inputs, ctx), None, compare.examples, api_name=False, show_progress="hidden")
 
 
 def link_tabs(ctx: Context, session: gr.State, data: DatasetTab, train: TrainTab, compare: CompareTab,

@@ -173,7 +173,7 @@ def run_report(ctx: Context, run_name, session: Session, request: gr.Request) ->
 
 def hub_section(ctx: Context, picked: gr.Dropdown, table: gr.Dataframe) -> None:
     on_space = gr.utils.get_space() is not None  # Gradio's own test: its OAuth routes are real only there
-    gr.Markdown("### The Hugging Face Hub\nPush a saved adapter to your account (its PEFT files, a model card and "
+    gr.Markdown("Push a saved adapter to your account (its PEFT files, a model card and "
                 "the run report), or load one from any repo. " + (
                     "Log in to push; loading needs no login." if on_space else
                     "Pushing needs a Hugging Face login, which only a Space offers its visitors: here, use "
@@ -196,6 +196,10 @@ def hub_section(ctx: Context, picked: gr.Dropdown, table: gr.Dataframe) -> None:
                    **HIDDEN)
 
 
+def shown() -> gr.File:
+    return gr.File(visible=True)
+
+
 class AdaptersTab(NamedTuple):
     table: gr.Dataframe  # the saved adapters, filled when the page loads
 
@@ -212,22 +216,24 @@ def adapters_tab(ctx: Context, session: gr.State) -> AdaptersTab:
             yes, no = gr.Button("Yes, delete", variant="stop"), gr.Button("Cancel")
         asked = gr.State(None)  # the adapter the question named: "Yes" deletes that one, not whatever is picked by then
         message = gr.Markdown(elem_id="adapter-message")
-        zip_out = gr.File(label="Download", interactive=False, height=90)
-        details = gr.JSON(label="Config and metrics")
+        zip_out = gr.File(label="Download", interactive=False, height=90, visible=False)  # shown with a file
+        with gr.Accordion("Config and metrics of the picked adapter", open=False):
+            details = gr.JSON(label="Config and metrics")
         gr.Markdown("### Keep a run")
         with gr.Row():
             run = gr.Dropdown([], label="Run of this session", scale=2, allow_custom_value=True)  # save_run checks it
             save_name = CheckedText(max_length=MAX_FIELD_CHARS, label="Save as (default: from the run)", placeholder="rapper-20x10")
             save_btn, run_report_btn = gr.Button("Save"), gr.Button("Report .html")
         save_msg = gr.Markdown()
-        run_report_out = gr.File(label="Run report", interactive=False, height=90)
-        gr.Markdown("### Bring one in")
-        with gr.Row():
-            upload_file = gr.File(label="Upload a PEFT prompt-tuning adapter (.zip)", file_types=[".zip"])
-            upload_name = CheckedText(label="Name (default: the file name)", max_length=MAX_FIELD_CHARS)
-            upload_btn = gr.Button("Upload")
-        upload_msg = gr.Markdown()
-        hub_section(ctx, picked, table)
+        run_report_out = gr.File(label="Run report", interactive=False, height=90, visible=False)  # shown with a file
+        with gr.Accordion("Upload an adapter (.zip)", open=False):
+            with gr.Row():
+                upload_file = gr.File(label="Upload a PEFT prompt-tuning adapter (.zip)", file_types=[".zip"])
+                upload_name = CheckedText(label="Name (default: the file name)", max_length=MAX_FIELD_CHARS)
+                upload_btn = gr.Button("Upload")
+            upload_msg = gr.Markdown()
+        with gr.Accordion("The Hugging Face Hub: push or load an adapter", open=False):
+            hub_section(ctx, picked, table)
 
         # the adapter picked before stays picked (its details, a typed repo id): the visit only refreshes the list
         tab.select(bind(listing_update, ctx), picked, [table, picked, message], api_name="list_adapters", **HIDDEN).then(
@@ -236,9 +242,12 @@ def adapters_tab(ctx: Context, session: gr.State) -> AdaptersTab:
         picked.change(bind(adapter_details, ctx), picked, details, api_name="adapter_details", **HIDDEN)
         save_btn.click(bind(save_run, ctx), [save_name, run, session], [table, picked, save_msg], api_name="save_adapter", **HIDDEN)
         run.change(save_name_hint, run, save_name, api_name=False)  # the placeholder shows the name "Save" will use
-        download_btn.click(bind(download, ctx), picked, zip_out, api_name="download_adapter", **HIDDEN)
-        report_btn.click(bind(adapter_report, ctx), [picked, session], zip_out, api_name="adapter_report", **HIDDEN)
-        run_report_btn.click(bind(run_report, ctx), [run, session], run_report_out, api_name="run_report", **HIDDEN)
+        download_btn.click(bind(download, ctx), picked, zip_out, api_name="download_adapter", **HIDDEN).success(
+            shown, None, zip_out, api_name=False)  # the file box appears with a file
+        report_btn.click(bind(adapter_report, ctx), [picked, session], zip_out, api_name="adapter_report", **HIDDEN).success(
+            shown, None, zip_out, api_name=False)  # the file box appears with a file
+        run_report_btn.click(bind(run_report, ctx), [run, session], run_report_out, api_name="run_report", **HIDDEN).success(
+            shown, None, run_report_out, api_name=False)  # the file box appears with a file
         upload_btn.click(bind(upload, ctx), [upload_file, upload_name, session], [table, picked, upload_msg],
                          api_name="upload_adapter", **HIDDEN)
         delete_btn.click(bind(ask_delete, ctx), picked, [confirm, confirm_text, asked], api_name="ask_delete", **HIDDEN)

@@ -10,14 +10,15 @@ from typing import NamedTuple
 import gradio as gr
 
 from tuning import reference
+from tuning.data import DataError
 from tuning.formatting import plural
 from tuning.generate import Decoding, fit_input
 from tuning.model import SoftPrompt
 from ui import gpu_calls
 from ui.charts import act_line, shown_text
 from ui.checks import MAX_INPUT_CHARS, CheckedNumber, CheckedSlider, CheckedText, checked_name, user_errors, whole
-from ui.session import (HIDDEN, REFERENCE_OWNER, Context, Session, bind, model_problem, newest_run, pick_soft,
-                        prompt_names, reference_status)
+from ui.session import (HIDDEN, REFERENCE_OWNER, Context, Session, bind, dataset_rows, model_problem, newest_run,
+                        pick_soft, prompt_names, reference_status)
 
 
 NO_PROMPT = "(none)"  # Compare's second prompt, off
@@ -128,11 +129,26 @@ def reference_tick(ctx: Context, seen: int, session: Session, a: str | None, b: 
             *compare_choices(ctx, session, a, b, runs_seen, arrived=True))
 
 
+DEFAULT_INPUT = "I want you to act as a rapper."  # the seed notebook's own example
+LEARNED = ("A tuned prompt learned to continue the way this dataset's prompts go: give it the opening of a "
+           "prompt, like the examples below, rather than a question or a command.")
+
+
+def example_inputs(ctx: Context):
+    """Compare's examples for this dataset: openings of acts the reference adapters held out."""
+    try:
+        rows = dataset_rows(ctx.dataset)
+    except DataError:  # the Dataset tab says why; the examples stay as they are
+        return gr.skip()
+    return gr.Dataset(samples=[[text] for text in reference.example_openings(rows, ctx.model, ctx.dataset)])
+
+
 class CompareTab(NamedTuple):
     act: gr.Markdown
     text: gr.Textbox
     adapters: list  # [prompt A, prompt B]
     runs_seen: gr.State  # the session's run count when the dropdowns were last offered
+    examples: gr.Dataset  # filled on page load with openings of held-out acts (`example_inputs`)
 
 
 def decoding_controls() -> list:
@@ -165,7 +181,7 @@ def compare_tab(ctx: Context, session: gr.State) -> CompareTab:
         act = gr.Markdown(act_line(None))
         status = gr.Markdown(elem_id="reference-status")
         with gr.Row():
-            text = CheckedText("I want you to act as a rapper.", label="Input", max_length=MAX_INPUT_CHARS, lines=2, scale=2,
+            text = CheckedText(DEFAULT_INPUT, label="Input", max_length=MAX_INPUT_CHARS, lines=2, scale=2,
                         elem_id="compare-input")
             a = gr.Dropdown([], label="Tuned prompt", scale=1, allow_custom_value=True, elem_id="compare-adapter",
                             info="a run of this session or a saved adapter")
@@ -177,8 +193,8 @@ def compare_tab(ctx: Context, session: gr.State) -> CompareTab:
             base_out = gr.Textbox(label="Base", lines=10, elem_id="base-output")
             a_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output", placeholder=EMPTY_COLUMN)
             b_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output-b", visible=False)  # third_column shows it
-        gr.Examples(["I want you to act as a rapper.", "I want you to act as a linux terminal. ls -la",
-                     "I want you to act as a travel guide. I am in Rome."], inputs=text)
+        gr.Markdown(LEARNED, elem_id="compare-learned")
+        examples = gr.Examples([[DEFAULT_INPUT]], inputs=text, label="Openings of prompts no reference adapter trained on")
         timer = gr.Timer(2.0, active=ctx.jobs.running(REFERENCE_OWNER) is not None)
         seen = gr.State(0)  # references saved when this page last offered its prompts
         runs_seen = gr.State(0)  # runs this session had finished then
@@ -193,4 +209,4 @@ def compare_tab(ctx: Context, session: gr.State) -> CompareTab:
         # another prompt in a column stops the generation streaming into it: its text would go on under the new name
         a.change(column_label, a, a_out, api_name=False, cancels=[generating])
         b.change(third_column, b, b_out, api_name=False, cancels=[generating])
-    return CompareTab(act, text, [a, b], runs_seen)
+    return CompareTab(act, text, [a, b], runs_seen, examples.dataset)
