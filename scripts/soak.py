@@ -319,7 +319,9 @@ class Visitor:
             if any(unsendable(a) for a in args):  # gradio_client will not send NaN or a lone surrogate
                 answer = raw_call(self.url, api_name, args)
             else:
-                answer = self.client.submit(*args, api_name=api_name).result(timeout=WAIT_S)
+                # a bad training waits in the queue of trainings like a good one: the app sees it when a worker is free
+                wait = TRAIN_WAIT_S if api_name in ("/train", "/sweep") else WAIT_S
+                answer = self.client.submit(*args, api_name=api_name).result(timeout=wait)
             ok, error = False, f"Refused: answered {str(answer)[:200]!r}"
         except AppError as e:
             ok, error = one_sentence(str(e)), f"AppError: {e}"
