@@ -6,7 +6,7 @@ the script's own lines saying which.
 
 Two checks are known to fail on the app as it is (docs/testing.md#soak): the server's memory
 grows with each training, because glibc keeps the freed activations (its dynamic mmap threshold),
-and a value a choice field (Radio, Dropdown) refuses logs Gradio's traceback. Those two make the
+and a value a Radio refuses logs Gradio's traceback. Those two make the
 test xfail, naming what failed; every other check must pass, and once the app is fixed the test
 passes outright.
 """
