@@ -22,6 +22,7 @@ import gradio as gr
 
 from tuning import adapters
 from tuning.config import DEFAULT_DATASET, DEFAULT_MODEL
+from tuning.jobs import limit_memory_arenas
 from tuning.model import load_base
 from ui.checks import USER_ERRORS
 from ui.layout import build_app
@@ -77,6 +78,7 @@ async def _built(args: argparse.Namespace) -> gr.Blocks:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    limit_memory_arenas()  # before the server's threads start: each would otherwise keep freed memory of its own
     # Built inside a running event loop: outside one, Gradio makes a new loop for each internal app it
     # builds and drops the last, and a dropped loop's finalizer can print a traceback into the server log.
     app = asyncio.run(_built(args))

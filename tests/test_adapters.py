@@ -461,3 +461,22 @@ def test_leftover_folders_of_a_crashed_save_or_delete_are_removed_once_an_hour_o
     assert sorted(p.name for p in root.iterdir()) == [".hidden-by-someone", ".tmp-saving-now", "kept"]
     assert [a["name"] for a in list_adapters(root)] == ["kept"]
     assert adapters.remove_leftovers(tmp_path / "missing") == 0
+
+
+def test_an_adapter_deleted_while_the_list_is_read_is_left_out_not_an_error(tmp_path, monkeypatch):
+    """Found by the soak: one visitor's delete between the load and the file sizes failed another's listing."""
+    from tuning import adapters
+
+    soft = make_soft()
+    adapters.save(soft, "going", tmp_path)
+    adapters.save(soft, "staying", tmp_path)
+    real = adapters.load_folder
+
+    def load_then_lose(folder):
+        loaded = real(folder)
+        if folder.name == "going":
+            adapters.delete("going", tmp_path)  # removed right after it was read
+        return loaded
+
+    monkeypatch.setattr(adapters, "load_folder", load_then_lose)
+    assert [a["name"] for a in adapters.list_adapters(tmp_path)] == ["staying"]

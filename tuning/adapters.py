@@ -279,11 +279,12 @@ def list_adapters(root: Path | str = DEFAULT_ROOT) -> list[dict]:
             if sanitize_name(name) != name:
                 continue
             soft = load_folder(folder)  # every check a load makes: only loadable adapters are listed
-        except (AdapterError, OSError):  # unreadable, or removed while we looked
+            files = [f for f in folder.iterdir() if f.is_file() and not f.is_symlink()]
+            size = sum(f.stat().st_size for f in files)
+            created = soft.meta.get("created") or _iso(folder.stat().st_mtime)
+        except (AdapterError, OSError):  # unreadable, or removed while we looked (another visitor's delete)
             continue
         metrics = soft.meta.get("metrics")
-        files = [f for f in folder.iterdir() if f.is_file() and not f.is_symlink()]
-        created = soft.meta.get("created") or _iso(folder.stat().st_mtime)
         found.append({
             "name": name,
             "base_model": soft.base_model,
@@ -291,7 +292,7 @@ def list_adapters(root: Path | str = DEFAULT_ROOT) -> list[dict]:
             "created": created,
             "config": soft.config.to_dict(),
             "metrics": metrics if isinstance(metrics, dict) else {},  # an upload's meta may hold anything
-            "size_bytes": sum(f.stat().st_size for f in files),
+            "size_bytes": size,
         })
     return sorted(found, key=lambda a: _timestamp(a["created"]), reverse=True)
 
