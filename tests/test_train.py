@@ -226,8 +226,8 @@ def test_no_rows_is_an_error(base):
 def test_the_first_step_comes_before_any_held_out_scoring(base, monkeypatch):
     # A live chart's first point must not wait for the held-out rows to be scored.
     calls = []
-    real = train_module.mean_loss
-    monkeypatch.setattr(train_module, "mean_loss", lambda *a, **k: calls.append("score") or real(*a, **k))
+    real = train_module.batch_losses
+    monkeypatch.setattr(train_module, "batch_losses", lambda *a, **k: calls.append("score") or real(*a, **k))
     for event in train(base, ROWS, config(), ROWS[:2]):
         if isinstance(event, Step):
             break
