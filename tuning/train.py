@@ -329,7 +329,7 @@ class _HeldOut:
     def share(self) -> float:
         """Share of the held-out tokens an epoch end's points are scored on (1.0: all of them)."""
         tokens = [sum(len(self.rows[i]) for i in batch) for batch in self.batches]
-        return sum(tokens[b] for b in self.each_epoch) / max(1, sum(tokens))
+        return sum(tokens[b] for b in self.each_epoch) / sum(tokens) if sum(tokens) else 1.0
 
 
 def _score_held_out(base: Base, prompt: torch.Tensor, held: _HeldOut,
