@@ -339,8 +339,8 @@ def test_a_short_runs_epoch_ends_score_one_seeded_subset_of_the_stated_size(base
     subset = scored[0]
     assert scored == [subset, subset, sorted(map(tuple, encoded))]  # the same subset, then every row at the end
     assert [e.held_out_acts for e in ends] == [len(subset)] * 3
-    assert SUBSET_MIN_ACTS <= len(subset) < len(HELD)
-    assert sum(map(len, subset)) >= SUBSET_SHARE * sum(map(len, encoded))
+    # batches of 2 rows of ~27 tokens: two reach the 4 acts, a third would pass a quarter of the tokens
+    assert len(subset) == SUBSET_MIN_ACTS and sum(map(len, subset)) < 1.1 * SUBSET_SHARE * sum(map(len, encoded))
     # the last point is the subset's too (taken from the final full scoring), as mean_loss gives it
     rows = [r for r in encoded if tuple(r) in subset]
     soft = events[-1].soft

@@ -180,18 +180,19 @@ def estimate_seconds(tokens: int, tokens_per_s: float | None, scored_tokens: flo
 # A short run scores a seeded subset of the held-out acts at each epoch end (the chart's points)
 # and all of them once at its end (the saved numbers); a long run scores all of them every epoch.
 EPOCH_SCORING_LIMIT = 0.25
-SUBSET_SHARE = 0.25  # a short run's epoch ends score at least this share of the held-out tokens...
-SUBSET_MIN_ACTS = 4  # ...and at least this many held-out acts (all of them when there are fewer)
+SUBSET_MIN_ACTS = 4  # a short run's epoch ends score at least this many held-out acts (all when there are fewer)...
+SUBSET_SHARE = 0.25  # ...and more only while they stay within this share of the held-out tokens
 
 
 def epoch_batches(train_tokens: int, held_lengths: Sequence[int], batch_size: int, seed: int) -> list[int]:
     """Which of the held-out rows' scoring batches (`evaluate.scoring_batches`) every epoch end scores.
 
-    All of them for a long run. For a short one (see EPOCH_SCORING_LIMIT), whole batches drawn in
-    an order shuffled with `seed`, the fewest that hold SUBSET_SHARE of the held-out tokens and
-    SUBSET_MIN_ACTS acts: the same ones at every epoch end, so the points are comparable, and
-    part of the batches a full scoring forms, so the run's last full scoring gives the subset's
-    number too, exactly. Returned in batch order.
+    All of them for a long run. For a short one (see EPOCH_SCORING_LIMIT), whole batches taken in
+    an order shuffled with `seed`: the first ones until they hold SUBSET_MIN_ACTS acts, then each
+    that keeps them within SUBSET_SHARE of the held-out tokens (so about a quarter, or a few acts
+    when one batch is more). The same ones at every epoch end, so the points are comparable; and
+    whole batches of a full scoring, so the run's last full scoring gives the subset's number
+    too, exactly. Returned in batch order.
 
     >>> epoch_batches(1000, [10] * 8, 2, seed=0)   # long: scoring 80 tokens is cheap next to 1,000
     [0, 1, 2, 3]
@@ -206,11 +207,10 @@ def epoch_batches(train_tokens: int, held_lengths: Sequence[int], batch_size: in
     random.Random(seed).shuffle(order)
     chosen, tokens, acts = [], 0, 0
     for b in order:
-        if tokens >= SUBSET_SHARE * total and acts >= min(SUBSET_MIN_ACTS, len(held_lengths)):
-            break
-        chosen.append(b)
-        tokens += sum(held_lengths[i] for i in batches[b])
-        acts += len(batches[b])
+        size = sum(held_lengths[i] for i in batches[b])
+        if acts < min(SUBSET_MIN_ACTS, len(held_lengths)) or tokens + size <= SUBSET_SHARE * total:
+            chosen.append(b)
+            tokens, acts = tokens + size, acts + len(batches[b])
     return sorted(chosen)
 
 
