@@ -359,14 +359,15 @@ def test_a_short_runs_epoch_ends_score_one_seeded_subset_of_the_stated_size(base
 def test_a_long_run_scores_every_held_out_row_at_every_epoch_end(base, monkeypatch):
     from tuning.evaluate import mean_loss
 
+    # 40 training acts against 8 held-out ones (more than a short run's few): scoring them all is cheap
     scored = scored_by_prompt(monkeypatch)
-    events = run(base, rows=rows_of(CORPUS * 2), held=HELD[:2], epochs=3)
-    every = sorted(map(tuple, encode_rows(base, HELD[:2], config())))
+    events = run(base, rows=rows_of(CORPUS * 8), held=HELD[:8], epochs=3)
+    encoded = encode_rows(base, HELD[:8], config())
     assert events[0].epoch_held_out_share == 1.0
-    assert scored == [every] * 3
-    assert [e.held_out_acts for e in events if isinstance(e, EpochEnd)] == [2] * 3
+    assert scored == [sorted(map(tuple, encoded))] * 3
+    assert [e.held_out_acts for e in events if isinstance(e, EpochEnd)] == [8] * 3
     soft = events[-1].soft
-    assert soft.meta["metrics"]["held_out_loss"] == mean_loss(base, soft.embeddings, encode_rows(base, HELD[:2], config()), 2)
+    assert soft.meta["metrics"]["held_out_loss"] == mean_loss(base, soft.embeddings, encoded, 2)
 
 
 @pytest.mark.timeout(120)
