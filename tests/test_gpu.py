@@ -461,3 +461,16 @@ def test_a_zero_gpu_call_cut_off_at_its_duration_keeps_its_last_snapshot(tmp_pat
     kept = session.runs[-1].soft
     assert kept.meta["stopped"] and kept.meta["steps"] % gpu.SNAPSHOT_STEPS == 0 and kept.meta["steps"] >= 10
     assert "stopped at step" in progress and f"the prompt as it was after step {kept.meta['steps']:,} is kept" in log
+
+
+def test_training_duration_counts_a_short_runs_subset_scorings_and_its_last_full_one(base, monkeypatch):
+    from tuning.plan import SCORING_COST, scored_tokens
+
+    monkeypatch.setattr(gpu, "_measured", {})
+    held = [Row(f"Held {i}", f"{r.prompt} Held-out act number {i}.", f"held {i}") for i, r in enumerate(ROWS * 4)]
+    lengths = [len(base.encode(r.prompt)) + 1 for r in held]
+    tokens = len(base.encode(ROWS[0].prompt)) + 1
+    seconds = gpu.training_seconds(base, ROWS[:1], config(epochs=5), held)
+    scored = scored_tokens(tokens, lengths, config().batch_size, config().seed, 5)
+    assert scored < 6 * sum(lengths)  # less than scoring everything at each epoch end and the base model once
+    assert seconds == pytest.approx(gpu.CALL_OVERHEAD_S + (5 * tokens + SCORING_COST * scored) / gpu.gpu_speed())

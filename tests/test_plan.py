@@ -70,3 +70,29 @@ def test_an_estimate_needs_a_measured_speed():
     assert estimate_seconds(1000, 500.0) == 2.0
     # 2 epochs of 900 tokens, 100 held-out tokens scored 3 times (the base model once): each at SCORING_COST
     assert estimate_seconds(1800, 300.0, scored_tokens=300) == pytest.approx((1800 + 0.45 * 300) / 300)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_short_run_scores_whole_seeded_batches_a_few_acts_or_about_a_quarter_of_the_tokens(seed):
+    from tuning.evaluate import scoring_batches
+    from tuning.plan import SUBSET_MIN_ACTS, SUBSET_SHARE, epoch_batches
+
+    lengths = [30 + 7 * i % 50 for i in range(20)]  # 20 held-out acts, 100 tokens of training: short
+    chosen = epoch_batches(100, lengths, 4, seed)
+    assert chosen == epoch_batches(100, lengths, 4, seed) == sorted(chosen)
+    batches = scoring_batches(lengths, 4)
+    rows = [i for b in chosen for i in batches[b]]
+    biggest = max(sum(lengths[i] for i in batch) for batch in batches)
+    assert SUBSET_MIN_ACTS <= len(rows) < 20
+    assert sum(lengths[i] for i in rows) <= max(SUBSET_SHARE * sum(lengths), biggest)  # a quarter, or the first batch
+    assert len({tuple(epoch_batches(100, lengths, 4, s)) for s in range(4)}) > 1  # the seed draws them
+    assert epoch_batches(100_000, lengths, 4, seed) == list(range(5))  # long: every batch
+
+
+def test_the_scored_tokens_of_a_run_count_its_epoch_ends_and_its_last_full_scoring():
+    from tuning.plan import scored_tokens
+
+    held = [10] * 8  # 80 tokens in four batches of two
+    assert scored_tokens(1000, held, 2, 0, epochs=5) == 5 * 80 + 80  # long: everything each end, the base once
+    assert scored_tokens(10, held, 2, 0, epochs=5) == 4 * 40 + 80 + 80  # short: half each end but the last
+    assert scored_tokens(10, [], 2, 0, epochs=5) == 0

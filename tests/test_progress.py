@@ -179,3 +179,34 @@ def test_before_any_cell_is_scored_the_sweep_estimate_counts_rouge_l_at_a_pace_t
     unknown.add(SweepStart(total_steps=8, labels=["2×1", "4×1"], train_rows=4, held_out_rows=2))
     unknown.add(CellEvent(cell=0, label="2×1", event=step(2, 20.0)))
     assert unknown.progress.endswith("epoch 1 · about 1m 00s of training left, then ROUGE-L")
+
+
+def test_a_short_runs_estimate_counts_its_subset_scorings_and_the_full_one_at_the_end():
+    # One act, 20 held-out acts, each epoch end scoring a quarter of their tokens (Start says so).
+    view = RunView(step_cap=5, epochs=5, batch_size=4)
+    view.add(Start(5, 1, 20, 100, epoch_held_out_share=0.25))
+    view.add(step(1, 1.0, total=5))  # 1 s a step of one row: a whole held-out side guessed at 20 * 0.45 = 9 s
+    # five ends at a quarter, the last a whole side for the prompt and the base model's rest, the first the base's quarter
+    assert view.eta() == pytest.approx(4 * 1.0 + (5 * 0.25 + 2 * 0.75 + 0.25) * 9)
+    long = RunView(step_cap=5, epochs=5, batch_size=4)
+    long.add(Start(5, 1, 20, 100))
+    long.add(step(1, 1.0, total=5))
+    assert long.eta() == pytest.approx(4 * 1.0 + (5 + 1) * 9)  # every end scores everything, the first twice
+    view.add(EpochEnd(1, 3.6, 3.5, 3.6, 2.0, scoring_seconds=1.0, held_out_acts=5))  # a quarter, twice: 2 s a side
+    assert view.eta() == pytest.approx(4 * 1.0 + (4 * 0.25 + 2 * 0.75) * 2.0)
+
+
+def test_a_short_run_says_how_many_acts_its_points_are_on_and_ends_with_every_acts_loss():
+    view = RunView(step_cap=2, epochs=2, batch_size=4)
+    for event in (Start(2, 1, 20, 100, epoch_held_out_share=0.25), step(1, 1.0, total=2),
+                  EpochEnd(1, 3.618, 3.545, 3.6, 8.0, scoring_seconds=6.0, held_out_acts=5), step(2, 9.0, total=2),
+                  EpochEnd(2, 3.5, 3.4, 3.6, 30.0, scoring_seconds=20.0, held_out_acts=5),
+                  done(2, held=3.476, base_held=3.542, elapsed=30.0)):
+        view.add(event)
+    assert view.log == ["training on 1 act, 20 held out, 2 steps",
+                            "epoch 1: train 3.618, held-out 3.545 on 5 of 20 held-out acts (8s)",
+                            "epoch 2: train 3.500, held-out 3.400 on 5 of 20 held-out acts (30s)",
+                            "done: 2 steps in 30s; held-out loss 3.476 on all 20 held-out acts, base model 3.542."]
+    # the chart keeps to the subset: its points and the base model's line on the same 5 acts
+    assert [p for p in view.points if p[2] != "train"] == [
+        (1, 3.545, "held-out"), (0, 3.6, "base held-out"), (2, 3.6, "base held-out"), (2, 3.4, "held-out")]

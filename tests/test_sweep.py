@@ -93,13 +93,13 @@ def test_the_base_model_is_scored_on_the_held_out_rows_once_per_sweep(base, monk
     # Each cell used to score the base model anew (~8 s a cell on SmolLM2) for the same number.
     import tuning.train as train_module
 
-    real, calls = train_module.mean_loss, []
+    real, calls = train_module.batch_losses, []
 
     def counting(model_base, prompt, *args, **kwargs):
         calls.append("base" if prompt is None else "tuned")
         return real(model_base, prompt, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "mean_loss", counting)
+    monkeypatch.setattr(train_module, "batch_losses", counting)
     done = list(run_sweep(base, ROWS, CONFIG, [(2, 2), (3, 1)]))[-1]
     first, second = done.results
     assert calls.count("base") == 1 and calls.count("tuned") == 3  # one per epoch end

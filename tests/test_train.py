@@ -226,8 +226,8 @@ def test_no_rows_is_an_error(base):
 def test_the_first_step_comes_before_any_held_out_scoring(base, monkeypatch):
     # A live chart's first point must not wait for the held-out rows to be scored.
     calls = []
-    real = train_module.mean_loss
-    monkeypatch.setattr(train_module, "mean_loss", lambda *a, **k: calls.append("score") or real(*a, **k))
+    real = train_module.batch_losses
+    monkeypatch.setattr(train_module, "batch_losses", lambda *a, **k: calls.append("score") or real(*a, **k))
     for event in train(base, ROWS, config(), ROWS[:2]):
         if isinstance(event, Step):
             break
@@ -285,3 +285,119 @@ def test_held_out_for_skips_recorded_acts_that_are_not_text():
     cfg = TuneConfig(held_out_fraction=0.5, seed=0, dataset="a.csv")
     odd = SoftPrompt(torch.zeros(1, 4), "m", cfg, {"held_out_acts": [1, None, "Act 7"], "acts": "not a list"})
     assert [r.act for r in held_out_for(odd, rows, "a.csv")] == ["Act 7"]
+
+
+# --- held-out scoring scales with the run (issue "A visitor's first minute")
+# One act against 15 held-out acts: scoring them all at every epoch end would cost far more
+# than the training (plan.epoch_batches), so this run is short; five acts against two is long.
+HELD = [Row(act=f"Held {i}", prompt=f"{t} Held-out act number {i}.", group=f"held {i}") for i, t in enumerate(CORPUS * 3)]
+
+
+def scored_by_prompt(monkeypatch) -> list[list[tuple[int, ...]]]:
+    """Records, per scoring with a prompt (one an epoch end), the held-out rows it scored, sorted."""
+    real, calls = train_module.batch_losses, []
+
+    def spy(model_base, soft, rows, batches):
+        if soft is not None:
+            calls.append(sorted(tuple(rows[i]) for batch in batches for i in batch))
+        return real(model_base, soft, rows, batches)
+
+    monkeypatch.setattr(train_module, "batch_losses", spy)
+    return calls
+
+
+@pytest.mark.timeout(120)
+def test_a_short_run_saves_the_loss_of_every_held_out_row_as_a_run_that_scores_them_all(base, monkeypatch):
+    import math
+
+    import tuning.plan as plan
+    from tuning.evaluate import held_out, mean_loss
+
+    short = run(base, rows=ROWS[:1], held=HELD, epochs=3)
+    assert all(e.held_out_acts < len(HELD) for e in short if isinstance(e, EpochEnd))  # the precondition: short
+    soft = short[-1].soft
+    metrics, encoded = soft.meta["metrics"], encode_rows(base, HELD, soft.config)
+    assert metrics["held_out_loss"] == mean_loss(base, soft.embeddings, encoded, soft.config.batch_size)
+    evaluated = held_out(base, soft, HELD)  # what the Evaluate tab and `eval` show
+    assert (metrics["held_out_loss"], metrics["base_held_out_loss"]) == (evaluated["tuned"].loss, evaluated["base"].loss)
+
+    monkeypatch.setattr(plan, "EPOCH_SCORING_LIMIT", math.inf)  # every run long: all rows at every epoch end
+    everything = run(base, rows=ROWS[:1], held=HELD, epochs=3)
+    assert all(e.held_out_acts == len(HELD) for e in everything if isinstance(e, EpochEnd))
+    assert everything[-1].soft.meta["metrics"] == metrics
+
+
+@pytest.mark.timeout(120)
+def test_a_short_runs_epoch_ends_score_one_seeded_subset_of_the_stated_size(base, monkeypatch):
+    from tuning.evaluate import mean_loss
+    from tuning.plan import SUBSET_MIN_ACTS, SUBSET_SHARE
+
+    scored = scored_by_prompt(monkeypatch)
+    events = run(base, rows=ROWS[:1], held=HELD, epochs=3, seed=0)
+    ends = [e for e in events if isinstance(e, EpochEnd)]
+    encoded = encode_rows(base, HELD, config())
+    subset = scored[0]
+    assert scored == [subset, subset, sorted(map(tuple, encoded))]  # the same subset, then every row at the end
+    assert [e.held_out_acts for e in ends] == [len(subset)] * 3
+    # batches of 2 rows of ~27 tokens: two reach the 4 acts, a third would pass a quarter of the tokens
+    assert len(subset) == SUBSET_MIN_ACTS and sum(map(len, subset)) < 1.1 * SUBSET_SHARE * sum(map(len, encoded))
+    # the last point is the subset's too (taken from the final full scoring), as mean_loss gives it
+    rows = [r for r in encoded if tuple(r) in subset]
+    soft = events[-1].soft
+    assert ends[-1].held_out_loss == mean_loss(base, soft.embeddings, rows, 2)
+    assert ends[0].base_held_out_loss == ends[-1].base_held_out_loss == mean_loss(base, None, rows, 2)
+
+    scored.clear()
+    run(base, rows=ROWS[:1], held=HELD, epochs=2, seed=0)
+    assert scored[0] == subset  # same seed, same subset
+    scored.clear()
+    run(base, rows=ROWS[:1], held=HELD, epochs=2, seed=1)
+    assert scored[0] != subset  # another seed draws another (for seeds 0 and 1 here)
+
+
+@pytest.mark.timeout(120)
+def test_a_long_run_scores_every_held_out_row_at_every_epoch_end(base, monkeypatch):
+    from tuning.evaluate import mean_loss
+
+    # 40 training acts against 8 held-out ones (more than a short run's few): scoring them all is cheap
+    scored = scored_by_prompt(monkeypatch)
+    events = run(base, rows=rows_of(CORPUS * 8), held=HELD[:8], epochs=3)
+    encoded = encode_rows(base, HELD[:8], config())
+    assert events[0].epoch_held_out_share == 1.0
+    assert scored == [sorted(map(tuple, encoded))] * 3
+    assert [e.held_out_acts for e in events if isinstance(e, EpochEnd)] == [8] * 3
+    soft = events[-1].soft
+    assert soft.meta["metrics"]["held_out_loss"] == mean_loss(base, soft.embeddings, encoded, 2)
+
+
+@pytest.mark.timeout(120)
+def test_the_estimate_counts_what_a_short_run_scores(base, monkeypatch):
+    # plan.scored_tokens (behind gpu.training_seconds) against the tokens the run really scored
+    from tuning.plan import scored_tokens
+
+    real, tokens = train_module.batch_losses, []
+
+    def counting(model_base, soft, rows, batches):
+        tokens.append(sum(len(rows[i]) for batch in batches for i in batch))
+        return real(model_base, soft, rows, batches)
+
+    monkeypatch.setattr(train_module, "batch_losses", counting)
+    events = run(base, rows=ROWS[:1], held=HELD, epochs=3)
+    held = [len(r) for r in encode_rows(base, HELD, config())]
+    assert sum(tokens) == scored_tokens(events[0].train_tokens, held, 2, 0, epochs=3) < 4 * sum(held)
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_short_run_saves_every_held_out_rows_loss_for_the_kept_prompt(base):
+    from tuning.evaluate import mean_loss
+
+    stop, events = threading.Event(), []
+    for event in train(base, ROWS[:1], config(epochs=4), HELD, stop):
+        events.append(event)
+        if isinstance(event, EpochEnd) and event.epoch == 2:
+            stop.set()
+    done, encoded = events[-1], encode_rows(base, HELD, config())
+    assert done.stopped and all(e.held_out_acts < len(HELD) for e in events if isinstance(e, EpochEnd))
+    metrics = done.soft.meta["metrics"]
+    assert metrics["held_out_loss"] == mean_loss(base, done.soft.embeddings, encoded, 2)
+    assert metrics["base_held_out_loss"] == mean_loss(base, None, encoded, 2)

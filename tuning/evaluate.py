@@ -39,18 +39,48 @@ class Metrics:
     tokens: int  # how many tokens were scored
 
 
+def scoring_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """The row indices of each batch `mean_loss` scores: rows sorted by length (ties keep their order), cut every `batch_size`.
+
+    >>> scoring_batches([5, 1, 4, 2, 3], 2)
+    [[1, 3], [4, 2], [0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
-def mean_loss(base: Base, soft: torch.Tensor | None, rows: Sequence[list[int]], batch_size: int = 8) -> float:
-    """Token-weighted mean loss of `rows` (token id lists) with `soft` in front (None = base model)."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+def batch_losses(base: Base, soft: torch.Tensor | None, rows: Sequence[list[int]],
+                 batches: Sequence[Sequence[int]]) -> list[tuple[float, int]]:
+    """(summed loss, tokens scored) of each batch of `rows` (token id lists) named by `batches`' indices."""
+    out = []
+    for batch in batches:
+        loss_sum, n = token_losses(base, soft, [rows[i] for i in batch], score_first=False)
+        out.append((loss_sum.item(), n))
+    return out
+
+
+def pooled(scores: Sequence[tuple[float, int]]) -> float:
+    """The token-weighted mean of `batch_losses`' scores, summed in the order given.
+
+    All of a `scoring_batches` split, in order, gives exactly `mean_loss`'s number; some of them,
+    in order, gives that of those batches' rows.
+
+    >>> pooled([(6.0, 2), (3.0, 1)])
+    3.0
+    """
     total, count = 0.0, 0
-    for k in range(0, len(order), batch_size):
-        loss_sum, n = token_losses(base, soft, [rows[i] for i in order[k : k + batch_size]], score_first=False)
-        total += loss_sum.item()
+    for loss_sum, n in scores:
+        total += loss_sum
         count += n
     if count == 0:
         raise ValueError("there are no tokens to score (every row is shorter than two tokens)")
     return total / count
+
+
+def mean_loss(base: Base, soft: torch.Tensor | None, rows: Sequence[list[int]], batch_size: int = 8) -> float:
+    """Token-weighted mean loss of `rows` (token id lists) with `soft` in front (None = base model)."""
+    return pooled(batch_losses(base, soft, rows, scoring_batches([len(r) for r in rows], batch_size)))
 
 
 def compare(base: Base, soft: SoftPrompt, rows: Sequence[list[int]], batch_size: int = 8) -> dict[str, Metrics]:

@@ -23,6 +23,9 @@ class Start:
     held_out_rows: int
     train_tokens: int  # real text tokens per epoch
     resumed_at: int = 0  # steps done before this run (a resumed adapter's); steps count on from here
+    # share of the held-out tokens each epoch end scores: 1.0 (all) for a long run, a seeded
+    # subset's for a short one, which scores all of them once at its end (plan.epoch_batches)
+    epoch_held_out_share: float = 1.0
 
 
 @dataclass
@@ -49,6 +52,9 @@ class EpochEnd:
     # seconds this epoch end spent scoring: `elapsed` also counts any wait between events (a
     # background run paused for a visitor), which a time estimate must not take for work
     scoring_seconds: float | None = None
+    # held-out acts both losses above were scored on: all of Start.held_out_rows, or a short
+    # run's seeded subset, the same at every epoch end (its last also scores all, for Done)
+    held_out_acts: int | None = None
 
 
 @dataclass
@@ -73,7 +79,7 @@ class Snapshot:
     A ZeroGPU call can be ended at its duration with no chance to finish; the caller keeps the
     last snapshot and ends the run with it as a stopped Done (gpu.py).
     """
-    soft: SoftPrompt  # as Done's would be, stopped at this step (held-out loss: the last epoch's, or None)
+    soft: SoftPrompt  # as Done's would be, stopped at this step (held-out loss: the last scoring of all held-out rows, or None)
     step: int
     elapsed: float
 

@@ -46,7 +46,7 @@ from .data import Row
 from .hardware import resolve_precision, zero_gpu
 from .kernels import attention_kernels
 from .model import Base, SoftPrompt
-from .plan import PlanError, estimate_seconds, train_tokens
+from .plan import PlanError, estimate_seconds, scored_tokens, train_tokens
 
 __all__ = ["StopFlag", "Deadline", "Failed", "carrying", "reraising", "on_accelerator", "zero_gpu", "check_fits",
            "note_run"]  # and the *_run / *_duration pairs
@@ -227,7 +227,8 @@ def train_run(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_ou
 
 
 def stop_before(seconds: float, base: Base, held_out_rows: Sequence[Row]) -> float:
-    """When a training call of `seconds` stops itself: room left for one held-out scoring, Done and a margin.
+    """When a training call of `seconds` stops itself: room left for its last held-out scoring (the prompt and
+    the base model on every held-out row, at most), Done and a margin.
 
     >>> stop_before(100, base, [])   # doctest: +SKIP
     85.0
@@ -284,15 +285,20 @@ def _tokens(base: Base, rows: Sequence[Row]) -> int:
     return train_tokens(rows, lambda text: len(base.encode(text)))
 
 
-def _epoch_seconds(base: Base, train_rows: Sequence[Row], held_out_rows: Sequence[Row]) -> float:
-    """GPU seconds of one epoch over `train_rows` and its held-out scoring, at the GPU speed."""
-    return estimate_seconds(_tokens(base, train_rows), gpu_speed(), _tokens(base, held_out_rows))
+def _run_seconds(base: Base, train_rows: Sequence[Row], held_out_rows: Sequence[Row], config: TuneConfig,
+                 epochs: int) -> float:
+    """GPU seconds of `epochs` epochs over `train_rows` and the held-out scoring they do (plan.scored_tokens:
+    a short run scores a subset at each epoch end and everything once), at the GPU speed."""
+    tokens = _tokens(base, train_rows)
+    held = [len(base.encode(r.prompt)) + 1 for r in held_out_rows]  # as train_tokens counts a row
+    return estimate_seconds(epochs * tokens, gpu_speed(),
+                            scored_tokens(tokens, held, config.batch_size, config.seed, epochs))
 
 
 def training_seconds(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_rows: Sequence[Row],
                      *_, **__) -> float:
     """Estimated GPU seconds of `train_run`: its epochs at the GPU speed, the held-out scoring, the overhead."""
-    return CALL_OVERHEAD_S + config.epochs * _epoch_seconds(base, train_rows, held_out_rows)
+    return CALL_OVERHEAD_S + _run_seconds(base, train_rows, held_out_rows, config, config.epochs)
 
 
 def train_duration(*args, **kwargs) -> int:
@@ -304,9 +310,8 @@ def sweep_seconds(base: Base, rows: Sequence[Row], config: TuneConfig, grid, sto
     """Estimated GPU seconds of `sweep_run`: every cell's training, and its ROUGE-L continuations."""
     from .rows import split_rows
 
-    train_rows, held = split_rows(rows, config)
-    per_epoch = _epoch_seconds(base, train_rows, held)  # every cell trains on the same rows
-    return sum(CALL_OVERHEAD_S + epochs * per_epoch for _, epochs in grid) \
+    train_rows, held = split_rows(rows, config)  # every cell trains on the same rows
+    return sum(CALL_OVERHEAD_S + _run_seconds(base, train_rows, held, config, epochs) for _, epochs in grid) \
         + len(grid) * rouge_acts * 2 * 64 * SECONDS_PER_NEW_TOKEN
 
 

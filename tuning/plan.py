@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import re
 from dataclasses import dataclass
 from typing import Sequence
 
 from .config import TuneConfig
 from .data import Row
+from .evaluate import scoring_batches
 from .formatting import plural
 from .rows import split_rows
 
@@ -169,3 +171,63 @@ def estimate_seconds(tokens: int, tokens_per_s: float | None, scored_tokens: flo
     if not tokens_per_s or tokens_per_s <= 0:
         return None
     return (tokens + SCORING_COST * scored_tokens) / tokens_per_s
+
+
+# Held-out scoring scales with the run. A run is short when scoring every held-out token at each
+# epoch end would cost more than EPOCH_SCORING_LIMIT of its training (SCORING_COST x held-out
+# tokens > EPOCH_SCORING_LIMIT x training tokens per epoch; epochs scale both sides alike): a
+# one-act run on SmolLM2 trained ~100 tokens an epoch and scored ~2,000, 90% of its time.
+# A short run scores a seeded subset of the held-out acts at each epoch end (the chart's points)
+# and all of them once at its end (the saved numbers); a long run scores all of them every epoch.
+EPOCH_SCORING_LIMIT = 0.25
+SUBSET_MIN_ACTS = 4  # a short run's epoch ends score at least this many held-out acts (all when there are fewer)...
+SUBSET_SHARE = 0.25  # ...and more only while they stay within this share of the held-out tokens
+
+
+def epoch_batches(train_tokens: int, held_lengths: Sequence[int], batch_size: int, seed: int) -> list[int]:
+    """Which of the held-out rows' scoring batches (`evaluate.scoring_batches`) every epoch end scores.
+
+    All of them for a long run. For a short one (see EPOCH_SCORING_LIMIT), whole batches taken in
+    an order shuffled with `seed`: the first ones until they hold SUBSET_MIN_ACTS acts, then each
+    that keeps them within SUBSET_SHARE of the held-out tokens (so about a quarter, or a few acts
+    when one batch is more). The same ones at every epoch end, so the points are comparable; and
+    whole batches of a full scoring, so the run's last full scoring gives the subset's number
+    too, exactly. Returned in batch order.
+
+    >>> epoch_batches(1000, [10] * 8, 2, seed=0)   # long: scoring 80 tokens is cheap next to 1,000
+    [0, 1, 2, 3]
+    >>> epoch_batches(10, [10] * 8, 2, seed=0)     # short: 2 of 4 batches, 4 of 8 acts
+    [0, 2]
+    """
+    batches = scoring_batches(held_lengths, batch_size)
+    total = sum(held_lengths)
+    if SCORING_COST * total <= EPOCH_SCORING_LIMIT * train_tokens:
+        return list(range(len(batches)))
+    order = list(range(len(batches)))
+    random.Random(seed).shuffle(order)
+    chosen, tokens, acts = [], 0, 0
+    for b in order:
+        size = sum(held_lengths[i] for i in batches[b])
+        if acts < min(SUBSET_MIN_ACTS, len(held_lengths)) or tokens + size <= SUBSET_SHARE * total:
+            chosen.append(b)
+            tokens, acts = tokens + size, acts + len(batches[b])
+    return sorted(chosen)
+
+
+def scored_tokens(train_tokens: int, held_lengths: Sequence[int], batch_size: int, seed: int, epochs: int) -> int:
+    """Held-out tokens a run of `epochs` epochs scores in all, prompt and base model together.
+
+    A long run: all of them at every epoch end, and the base model once. A short run: the
+    subset at each epoch end but the last, all of them at the last (the saved number), and the
+    base model once over all of them (the subset first, for the chart's line). For
+    `estimate_seconds`' `scored_tokens`.
+
+    >>> scored_tokens(1000, [10] * 8, 2, 0, epochs=5), scored_tokens(10, [10] * 8, 2, 0, epochs=5)
+    (480, 320)
+    """
+    total = sum(held_lengths)
+    if not total:
+        return 0
+    batches = scoring_batches(held_lengths, batch_size)
+    each = sum(held_lengths[i] for b in epoch_batches(train_tokens, held_lengths, batch_size, seed) for i in batches[b])
+    return (epochs - 1) * each + 2 * total

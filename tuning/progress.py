@@ -58,6 +58,8 @@ class RunView:
     stopping: bool = False  # Stop was pressed; the run ends after its current step
     step: int = 0
     _held_rows: int = 0
+    _held_share: float = 1.0  # share of the held-out tokens each epoch end scores (less for a short run)
+    _subset_acts: int | None = None  # acts a short run's epoch ends scored (the chart's points), None: all
     _train_rows: int = 0
     _resumed_at: int = 0  # steps the prompt had trained before this run (a resumed adapter)
     _step_elapsed: float = 0.0  # seconds since the start at the last Step
@@ -73,6 +75,7 @@ class RunView:
     def add(self, event) -> None:
         if isinstance(event, Start):
             self._held_rows, self._train_rows, self._resumed_at = event.held_out_rows, event.train_rows, event.resumed_at
+            self._held_share = event.epoch_held_out_share
             self.step = max(self.step, event.resumed_at)
             more = f" more, from step {event.resumed_at:,}" if event.resumed_at else ""
             self.log.append(f"training on {plural(event.train_rows, 'act')}, {event.held_out_rows:,} held out, "
@@ -95,8 +98,12 @@ class RunView:
                 self.points.append((self.step, event.held_out_loss, "held-out"))
             if event.base_held_out_loss is not None and not self._has("base held-out"):
                 self._base_line(event.base_held_out_loss)
+            on = ""
+            if event.held_out_acts is not None and event.held_out_acts < self._held_rows:
+                self._subset_acts = event.held_out_acts
+                on = f" on {event.held_out_acts:,} of {plural(self._held_rows, 'held-out act')}"
             self.log.append(f"epoch {event.epoch}: train {event.train_loss:.3f}, held-out "
-                            f"{number(event.held_out_loss)} ({duration(event.elapsed)})")
+                            f"{number(event.held_out_loss)}{on} ({duration(event.elapsed)})")
         elif isinstance(event, Done):
             self._done(event)
         if self.stopping and not self.finished:
@@ -112,10 +119,13 @@ class RunView:
     def eta(self) -> float:
         """Seconds left: the remaining steps at the mean step time, plus the held-out scoring still to come.
 
-        Each epoch end scores the held-out rows (the first also scores the base model on them).
-        Until one has been measured, its cost is guessed from the step time: a forward pass over
-        the held-out rows costs SCORING_COST of training steps over as many rows (a step trains
-        its batch's rows: fewer when there are fewer training rows, as for one act).
+        Scoring is counted in whole held-out sides: each epoch end scores a share of it for the
+        prompt (all of it for a long run, a short run's subset, `Start.epoch_held_out_share`),
+        the first also for the base model, and the last all of it for both (a short run's end,
+        what Done saves). Once an epoch end has been measured, a side costs what it took; until
+        then it is guessed from the step time: a forward pass over the held-out rows costs
+        SCORING_COST of training steps over as many rows (a step trains its batch's rows: fewer
+        when there are fewer training rows, as for one act).
         """
         done = self.step - self._resumed_at
         if done <= 0:
@@ -123,17 +133,18 @@ class RunView:
         train_seconds = self._train_seconds if self._train_seconds is not None else (
             self._step_elapsed - sum(self._eval_seconds))
         per_step = max(train_seconds, 0.0) / done
-        if self._eval_seconds:  # the first epoch end scored twice (tuned and base)
-            per_scoring = self._eval_seconds[-1] if len(self._eval_seconds) > 1 else self._eval_seconds[0] / 2
+        share, measured = self._held_share or 1.0, len(self._eval_seconds)
+        if measured:  # the first epoch end scored the share twice (prompt and base model)
+            per_side = self._eval_seconds[-1] / (share * (2 if measured == 1 else 1))
         else:
             rows_per_step = min(self.batch_size, self._train_rows or self.batch_size)
-            per_scoring = per_step * math.ceil(self._held_rows / max(1, rows_per_step)) * SCORING_COST
+            per_side = per_step * math.ceil(self._held_rows / max(1, rows_per_step)) * SCORING_COST
         planned_epochs = min(self.epochs, math.ceil(self.step_cap / max(1, self._steps_per_epoch())))
         scored_before = self._epochs_before if self._resumed_at else 0
-        scorings = max(0, planned_epochs - max(self._epochs_scored, scored_before))
-        scorings += 0 if self._eval_seconds else 1  # the first epoch end of a run also scores the base model
-        scorings = scorings if self._held_rows else 0
-        return (self.step_cap - self.step) * per_step + scorings * per_scoring
+        ends = max(0, planned_epochs - max(self._epochs_scored, scored_before)) if self._held_rows else 0
+        # each end the share, the last all of it for the prompt and the base model's rest, the first the base model's share
+        sides = ends * share + 2 * (1 - share) + (0 if measured else share) if ends else 0.0
+        return (self.step_cap - self.step) * per_step + sides * per_side
 
     def _steps_per_epoch(self) -> int:
         return max(1, math.ceil(self.step_cap / self.epochs))
@@ -154,24 +165,31 @@ class RunView:
     def _base_line(self, loss: float) -> None:
         self.points += [(0, loss, "base held-out"), (self.step_cap, loss, "base held-out")]
 
+    def _on_all(self, base_held: float | None) -> str:
+        """After a short run's held-out loss: ' on all 20 held-out acts, base model 3.542' (its epochs' were on fewer)."""
+        if self._subset_acts is None or not self._held_rows:
+            return ""
+        return f" on all {plural(self._held_rows, 'held-out act')}, base model {number(base_held)}"
+
     def _done(self, event: Done) -> None:
         self.finished, self.stopped, self.stopping = True, event.stopped, False
         metrics = event.soft.meta["metrics"]
         # A stopped run's prompt was scored once more at the stop (train() does that): draw it.
         held, base_held = metrics.get("held_out_loss"), metrics.get("base_held_out_loss")
         last_held = next((p for p in reversed(self.points) if p[2] == "held-out"), None)
-        if held is not None and (last_held is None or last_held[0] != self.step):
+        # (not onto a short run's points: those are its subset's, this is every held-out act's)
+        if held is not None and (last_held is None or last_held[0] != self.step and self._subset_acts is None):
             self.points.append((self.step, held, "held-out"))
         if base_held is not None and not self._has("base held-out"):
             self._base_line(base_held)
         if event.stopped and self.step < self.step_cap:
             kept = event.soft.meta.get("steps", self.step)  # a run cut off from outside keeps its last snapshot
             self.log.append(f"stopped at step {self.step:,} of {self.step_cap:,} after {duration(event.elapsed)}: "
-                            f"the prompt as it was after step {kept:,} is kept (held-out loss {number(held)}).")
+                            f"the prompt as it was after step {kept:,} is kept (held-out loss {number(held)}{self._on_all(base_held)}).")
             self.progress = f"stopped at step {self.step:,} / {self.step_cap:,} · the prompt so far is kept"
         else:
             self.log.append(f"done: {plural(event.steps, 'step')} in {duration(event.elapsed)}; "
-                            f"held-out loss {number(held)}.")
+                            f"held-out loss {number(held)}{self._on_all(base_held)}.")
             self.progress = f"step {self.step:,} / {self.step_cap:,} · done"
 
 

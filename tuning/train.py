@@ -26,8 +26,13 @@ Data parallel: started as several processes (`accelerate launch`, `torchrun`, `m
 process scores its share of every global batch (`config.batch_size` rows, the same length-sorted
 batches in the same seeded order everywhere) and the summed prompt gradients and token counts
 are all-reduced, so every process takes the step one process would take on the whole batch.
-Every process scores the held-out rows in full (the same number everywhere). One process
+Every process scores the same held-out rows in full (the same number everywhere). One process
 alone never imports accelerate nor touches torch.distributed.
+
+Held-out scoring scales with the run: each epoch end scores the held-out rows for the chart, and
+a short run (plan.epoch_batches: one whose training is cheap next to scoring them all, such as
+one act) scores a seeded subset there, the same at every epoch end, and all of them once at its
+end. What Done saves (`metrics`) is always the whole held-out side's.
 """
 
 from __future__ import annotations
@@ -46,10 +51,11 @@ import torch
 from . import turns
 from .config import TuneConfig
 from .data import Row
-from .evaluate import mean_loss
+from .evaluate import batch_losses, pooled, scoring_batches
 from .events import Done, EpochEnd, Event, Paused, Snapshot, Start, Step, TrainingError
 from .history import HISTORY_KEYS, record_epoch, saved_history, trained_so_far
 from .model import Base, SoftPrompt, token_losses
+from .plan import epoch_batches
 from .rows import encode_rows
 
 
@@ -231,17 +237,6 @@ def _check_resume(soft: SoftPrompt, config: TuneConfig, base: Base | None = None
     return steps, epochs
 
 
-def _base_loss(base: Base, held: list[list[int]], batch_size: int, memo: dict | None) -> float:
-    """The base model's mean loss on `held`, from `memo` when these rows were scored before (see train)."""
-    key = (tuple(map(tuple, held)), batch_size)
-    if memo is not None and key in memo:
-        return memo[key]
-    loss = mean_loss(base, None, held, batch_size)
-    if memo is not None:
-        memo[key] = loss
-    return loss
-
-
 def _start_prompt(base: Base, config: TuneConfig, first_text: str, resume: SoftPrompt | None):
     """(the prompt as a trainable float32 Parameter on the model's device, its AdamW optimizer).
 
@@ -310,16 +305,69 @@ def _step(base: Base, prompt: torch.nn.Parameter, rows: list[list[int]], optimiz
     return loss.item(), loss_sum.item(), count
 
 
-def _score_held_out(base: Base, prompt: torch.Tensor, held: list[list[int]], batch_size: int,
-                    base_held: float | None, base_scores: dict | None) -> tuple[float | None, float | None]:
-    """(the prompt's mean held-out loss, the base model's): None without held-out rows. The base
-    model's is scored once, at the first call (`base_held` is None), and passed on after."""
-    if not held:
-        return None, base_held
-    held_loss = mean_loss(base, prompt.detach(), held, batch_size)
-    if base_held is None:
-        base_held = _base_loss(base, held, batch_size, base_scores)
-    return held_loss, base_held
+@dataclasses.dataclass
+class _HeldOut:
+    """The held-out rows in `mean_loss`'s batches, and which of those batches every epoch end scores."""
+
+    rows: list[list[int]]
+    batches: list[list[int]]  # evaluate.scoring_batches: row indices
+    each_epoch: list[int]  # plan.epoch_batches: all batch numbers for a long run, a seeded few for a short one
+    base_memo: dict  # the base model's (loss sum, tokens) per batch, keyed by its rows: each batch is scored once
+
+    @classmethod
+    def of(cls, rows: list[list[int]], train_tokens: int, config: TuneConfig, memo: dict | None) -> _HeldOut:
+        lengths = [len(r) for r in rows]
+        return cls(rows, scoring_batches(lengths, config.batch_size),
+                   epoch_batches(train_tokens, lengths, config.batch_size, config.seed), {} if memo is None else memo)
+
+    @property
+    def acts(self) -> int:
+        """Held-out rows an epoch end's points are scored on."""
+        return sum(len(self.batches[b]) for b in self.each_epoch)
+
+    @property
+    def share(self) -> float:
+        """Share of the held-out tokens an epoch end's points are scored on (1.0: all of them)."""
+        tokens = [sum(len(self.rows[i]) for i in batch) for batch in self.batches]
+        return sum(tokens[b] for b in self.each_epoch) / sum(tokens) if sum(tokens) else 1.0
+
+
+def _score_held_out(base: Base, prompt: torch.Tensor, held: _HeldOut,
+                    everything: bool) -> tuple[tuple[float, float], tuple[float, float] | None]:
+    """((the prompt's, the base model's) mean loss on the epoch-end batches, (the base model's, the
+    prompt's) on all of them, as Done's metrics hold them, or None when not all were scored).
+
+    `everything`: score all batches (a short run's end; a long run scores them all anyway). The
+    base model's scores come from `held.base_memo` where a batch was scored before. Each mean is
+    `evaluate.pooled` over its batches in order: on all of them, exactly `mean_loss`'s number.
+    """
+    numbers = list(range(len(held.batches))) if everything else held.each_epoch
+    tuned = dict(zip(numbers, batch_losses(base, prompt.detach(), held.rows, [held.batches[b] for b in numbers])))
+    keys = {b: tuple(tuple(held.rows[i]) for i in held.batches[b]) for b in numbers}
+    if new := [b for b in numbers if keys[b] not in held.base_memo]:
+        for b, score in zip(new, batch_losses(base, None, held.rows, [held.batches[b] for b in new])):
+            held.base_memo[keys[b]] = score
+    untuned = {b: held.base_memo[keys[b]] for b in numbers}
+    epoch = pooled([tuned[b] for b in held.each_epoch]), pooled([untuned[b] for b in held.each_epoch])
+    if len(numbers) < len(held.batches):
+        return epoch, None
+    return epoch, (pooled([untuned[b] for b in numbers]), pooled([tuned[b] for b in numbers]))
+
+
+def _epoch_end_scores(base: Base, prompt: torch.Tensor, held: _HeldOut, last: bool, world: int, stop, step: int,
+                      last_step_s: float | None):
+    """An epoch end's scoring, after giving way to a generation on this CPU (yields Paused first).
+
+    Returns (through `yield from`) the prompt's and the base model's loss on the epoch-end
+    batches, `_score_held_out`'s scores of all held-out rows (or None) and the seconds it took.
+    """
+    if not held.rows:
+        return None, None, None, 0.0
+    if world == 1:
+        yield from _before_scoring(base.device, stop, step, last_step_s)
+    t_scoring = time.perf_counter()
+    (held_loss, base_held), everything = _score_held_out(base, prompt, held, last)
+    return held_loss, base_held, everything, time.perf_counter() - t_scoring
 
 
 def _batch_order(lengths: list[int], config: TuneConfig, done_epochs: int) -> random.Random:
@@ -362,7 +410,7 @@ def train(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_ro
     result's history is the old one followed by the new, its config records the epochs of
     both runs, and `meta["resumed"]` lists each resume (from `resume_name`, at which step).
     `base_scores`: a dict the caller keeps across runs on the same `base` (a sweep's cells): the
-    base model's held-out loss is scored once per distinct held-out encoding and read from it after.
+    base model scores each distinct batch of held-out rows once and reads it from there after.
     `snapshot_every` > 0: also a Snapshot of the prompt after every that many steps.
     Refused (TrainingError) when the prompt does not fit `config` or `base`.
 
@@ -374,18 +422,19 @@ def train(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_ro
     done_steps, done_epochs = _check_resume(resume, config, base) if resume is not None else (0, 0)
     t0, device, (rank, world) = time.perf_counter(), base.device, data_parallel()
     data = encode_rows(base, train_rows, config)
-    held = encode_rows(base, held_out_rows, config) if held_out_rows else []
     lengths = [len(r) for r in data]
+    held = _HeldOut.of(encode_rows(base, held_out_rows, config) if held_out_rows else [], sum(lengths), config,
+                       base_scores)
     rng = _batch_order(lengths, config, done_epochs)
     planned = math.ceil(len(data) / config.batch_size) * config.epochs  # this run's steps
     total = done_steps + planned  # the last step's number
     prompt, optimizer = _start_prompt(base, config, train_rows[0].prompt, resume)
     schedule, scaler = _lr_schedule(optimizer, planned, config), _loss_scaler(base, world)
 
-    yield Start(total, len(data), len(held), sum(lengths), resumed_at=done_steps)
+    yield Start(total, len(data), len(held.rows), sum(lengths), resumed_at=done_steps, epoch_held_out_share=held.share)
     history = saved_history(resume) if resume is not None else {k: [] for k in HISTORY_KEYS}
-    epochs_before = len(history["epoch"])
-    step, tokens_done, train_time, stopped, base_held = done_steps, 0, 0.0, False, None
+    step, tokens_done, train_time, stopped = done_steps, 0, 0.0, False
+    full = (None, None)  # (base model's, prompt's) loss on all held-out rows, when last scored: what a prompt kept now saves
     last_step_s: float | None = None  # the last step's own seconds: bounds a pause for a generation
     for epoch in range(done_epochs + 1, done_epochs + config.epochs + 1):
         epoch_loss, epoch_tokens = 0.0, 0
@@ -408,34 +457,27 @@ def train(base: Base, train_rows: Sequence[Row], config: TuneConfig, held_out_ro
                        eta=(total - step) * train_time / (step - done_steps))
             if snapshot_every and (step - done_steps) % snapshot_every == 0:
                 yield Snapshot(_kept(base, prompt, optimizer, config, resume, resume_name, train_rows, held_out_rows,
-                                     history, (base_held, _last_held(history, epochs_before)),
+                                     history, full,
                                      _run_meta(step, True, t0, world, tokens_done, train_time), (done_steps, done_epochs)), step,
                                time.perf_counter() - t0)
         if stopped:
             break
-        if world == 1 and held:
-            yield from _before_scoring(device, stop, step, last_step_s)
-        t_scoring = time.perf_counter()
-        held_loss, base_held = _score_held_out(base, prompt, held, config.batch_size, base_held, base_scores)
-        scoring = time.perf_counter() - t_scoring
+        last = epoch == done_epochs + config.epochs  # the run's last epoch end scores every held-out row
+        held_loss, base_held, everything, scoring = yield from _epoch_end_scores(base, prompt, held, last, world, stop,
+                                                                                 step, last_step_s)
+        full = everything or full
         record_epoch(history, epoch, step, held_loss, epoch_loss / epoch_tokens)
-        yield EpochEnd(epoch, epoch_loss / epoch_tokens, held_loss, base_held, time.perf_counter() - t0, scoring)
+        yield EpochEnd(epoch, epoch_loss / epoch_tokens, held_loss, base_held, time.perf_counter() - t0, scoring,
+                       held.acts if held.rows else None)
 
     if step == done_steps:
         raise TrainingError("training was stopped before the first step; there is nothing to keep")
-    if stopped and held:  # the kept prompt is not the one the last epoch measured
-        last_held, base_held = _score_held_out(base, prompt, held, config.batch_size, base_held, base_scores)
-    else:
-        last_held = _last_held(history, epochs_before)
+    if stopped and held.rows:  # the kept prompt is not the one the last epoch measured
+        full = _score_held_out(base, prompt, held, everything=True)[1]
     run = _run_meta(step, stopped, t0, world, tokens_done, train_time)
     soft = _kept(base, prompt, optimizer, config, resume, resume_name, train_rows, held_out_rows, history,
-                 (base_held, last_held), run, (done_steps, done_epochs))
+                 full, run, (done_steps, done_epochs))
     yield Done(soft=soft, stopped=stopped, steps=step - done_steps, elapsed=time.perf_counter() - t0)
-
-
-def _last_held(history: dict, epochs_before: int) -> float | None:
-    """This run's last held-out loss: a resumed adapter's older ones scored another prompt."""
-    return next((x for x in reversed(history["held_out_loss"][epochs_before:]) if x is not None), None)
 
 
 def _run_meta(step: int, stopped: bool, t0: float, world: int, tokens_done: int, train_time: float) -> dict:
