@@ -15,7 +15,7 @@ from tuning import evaluate, gpu, sweep
 from tuning.formatting import duration, plural
 from tuning.generate import decode_pace
 from tuning.jobs import Job
-from tuning.plan import PlanError, checked_config, estimate_seconds, plan_sweep, train_tokens
+from tuning.plan import PlanError, checked_config, estimate_seconds, plan_sweep, scored_tokens, train_tokens
 from tuning.progress import SweepView
 from ui import gpu_calls
 from ui.charts import (cell_colours, history_chart, history_frame, loss_frame, step_axis, sweep_frame,
@@ -73,8 +73,11 @@ def sweep_estimate(ctx: Context, grid_text, lr, batch, seed, session: Session, r
     base = ctx.base()
     tokens, held = (train_tokens(rows, lambda text: len(base.encode(text)))
                     for rows in (plan.train_rows, plan.held_out_rows))
-    # each epoch end scores the held-out rows, and the first cell's first also scores the base model on them
-    scored = (sum(e for _, e in plan.grid) + 1) * held
+    # each cell's epoch ends score the held-out rows (a short cell a seeded subset, all at its last); the base
+    # model is scored once per sweep, not once per cell
+    held_lengths = [len(base.encode(r.prompt)) + 1 for r in plan.held_out_rows]
+    scored = sum(scored_tokens(tokens, held_lengths, plan.config.batch_size, plan.config.seed, e)
+                 for _, e in plan.grid) - (len(plan.grid) - 1) * held
     seconds = estimate_seconds(sum(e for _, e in plan.grid) * tokens, speed, scored)
     text += f"; about {duration(seconds)} of training at {speed:,.0f} tokens/s (your last run's speed)"
     if not rouge:
