@@ -659,3 +659,10 @@ def test_on_a_gpu_attention_stays_off_cudnn_kernels_and_a_cpu_changes_nothing(cu
     assert torch.backends.cuda.cudnn_sdp_enabled()
     attention_kernels(torch.device("cuda"))
     assert not torch.backends.cuda.cudnn_sdp_enabled()
+
+
+@pytest.mark.parametrize("bf16_supported, expected", [(True, "bf16"), (False, "fp16")])
+def test_auto_on_a_gpu_is_bf16_where_it_computes_bf16_and_fp16_before(monkeypatch, bf16_supported, expected):
+    """Ampere and newer compute bf16 natively; older GPUs get fp16 (with a loss scaler in train)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
+    assert resolve_precision("auto", torch.device("cuda")) == expected
