@@ -106,7 +106,9 @@ def serve(folder: Path, port: int) -> None:
     sys.path.insert(0, str(REPO))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import app
+    from tuning.jobs import limit_memory_arenas
 
+    limit_memory_arenas()  # as app.main does, before the server's threads start
     model, dataset = write_assets(folder)
 
     async def built():  # inside a running loop, as app.main builds it (a dropped loop can log a traceback)
