@@ -361,7 +361,8 @@ def test_refused_inputs_log_one_line_and_no_traceback(served, capfd, caplog):  #
     calls = [("train", [*train_args(lr=20)]), ("train", [*train_args(tokens="x")]),
              ("generate", ["hi", "../app.py", *GREEDY.values(), NO_PROMPT, 3]),
              ("delete_adapter", ["../../etc/passwd"]), ("select_act", ["no such act"]),
-             ("train_adapter", ["", 0, 1, 0.1, ""])]
+             ("train_adapter", ["", 0, 1, 0.1, ""]), ("train", [*train_args(init="pickle")]),
+             ("generate", ["hi", SESSION_RUN, *{**GREEDY, "mode": "beam"}.values(), NO_PROMPT, 3])]
     for api_name, data in calls:
         caplog.clear()
         event, message = raw_call(served, api_name, data)

@@ -140,7 +140,7 @@ HOSTILE_GENERATE = [
     (dict(seed=math.inf), "Seed must be a finite number"),
     (dict(seed=-1), "Seed: Value -1 is less than minimum value 0"),
     (dict(seed=2**40), "Seed: Value 1099511627776 is greater than maximum value 4294967295"),
-    (dict(mode="beam"), "not in the list of choices"),
+    (dict(mode="beam"), "Decoding must be one of greedy, sample, got 'beam'"),
     (dict(adapter=["a"]), "the adapter name must be text"),
     (dict(adapter="x" * 100_000), "the adapter name is 100,000 characters"),
 ]
@@ -168,7 +168,7 @@ HOSTILE_TRAIN = [
     (dict(lr="fast"), "Learning rate must be a number"),
     (dict(lr=-1), "Learning rate must be from 1e-06 to 10, got -1"),
     (dict(seed=math.inf), "Seed must be a finite number"),
-    (dict(init="pickle"), "not in the list of choices"),
+    (dict(init="pickle"), "Start the prompt from must be one of the words"),
     (dict(data="selected acts", acts="Rapper"), "not in the list of choices"),
     (dict(data="selected acts", acts=[["Rapper"]]), "not in the list of choices"),
 ]

@@ -141,6 +141,18 @@ class CheckedSlider(gr.Slider):
         return in_range(self, payload, super().preprocess)
 
 
+class CheckedRadio(gr.Radio):
+    """A Radio that refuses a value outside its choices in one sentence (Gradio's own refusal logs a traceback)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        choices = [value for _, value in self.choices]
+        if payload is not None and payload not in choices:
+            raise refuse(f"{self.label} must be one of {', '.join(map(str, choices))}, got {str(payload)[:80]!r}")
+        return super().preprocess(payload)
+
+
 class CheckedNumber(gr.Number):
     """A Number that refuses text, NaN and infinity with one sentence (precision=0 would crash on them)."""
 

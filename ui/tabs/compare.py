@@ -16,7 +16,7 @@ from tuning.generate import Decoding, fit_input
 from tuning.model import SoftPrompt
 from ui import gpu_calls
 from ui.charts import act_line, shown_text
-from ui.checks import MAX_INPUT_CHARS, CheckedNumber, CheckedSlider, CheckedText, checked_name, user_errors, whole
+from ui.checks import CheckedRadio, MAX_INPUT_CHARS, CheckedNumber, CheckedSlider, CheckedText, checked_name, user_errors, whole
 from ui.session import (HIDDEN, REFERENCE_OWNER, Context, Session, bind, dataset_rows, model_problem, newest_run,
                         pick_soft, prompt_names, reference_status)
 
@@ -155,7 +155,7 @@ def decoding_controls() -> list:
     with gr.Accordion("Decoding (the same for every column)", open=False):
         with gr.Row():
             max_new = CheckedSlider(1, MAX_NEW_TOKENS, value=64, step=1, label="Max new tokens")
-            mode = gr.Radio(["greedy", "sample"], value="greedy", label="Decoding")
+            mode = CheckedRadio(["greedy", "sample"], value="greedy", label="Decoding")
             seed = CheckedNumber(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1, info=SAMPLING_ONLY,
                           interactive=False)
         with gr.Row():

@@ -12,7 +12,7 @@ import gradio as gr
 from tuning.config import TuneConfig
 from tuning.progress import SERIES, RunView
 from ui.charts import COLOURS, act_line, loss_frame
-from ui.checks import CheckedNumber, CheckedSlider
+from ui.checks import CheckedRadio, CheckedNumber, CheckedSlider
 from ui.follow import follow, run_update, start_job, stop_run
 from ui.session import HIDDEN, Context, Session, bind, model_problem, owner_of, prompt_names
 from ui.training import DATA_CHOICES, INITS, NEW_PROMPT, training_job
@@ -82,16 +82,16 @@ def train_tab(ctx: Context, session: gr.State) -> TrainTab:
         act = gr.Markdown(act_line(None))
         with gr.Row():
             with gr.Column(scale=1):
-                preset = gr.Radio(list(PRESETS), label="Presets")
+                preset = CheckedRadio(list(PRESETS), label="Presets")
                 tokens = CheckedSlider(1, 100, value=20, step=1, label="Virtual tokens")
                 epochs = CheckedSlider(1, ctx.max_epochs, value=min(10, ctx.max_epochs), step=1, label="Epochs",
                                 info=f"this server runs at most {ctx.max_epochs} epochs and {ctx.max_steps:,} steps")
                 with gr.Row():
                     lr = CheckedNumber(TuneConfig.learning_rate, label="Learning rate")  # TuneConfig checks the range
                     batch = CheckedSlider(1, 64, value=4, step=1, label="Batch size")
-                init = gr.Radio(list(INITS), value=next(k for k, v in INITS.items() if v == TuneConfig().init),
+                init = CheckedRadio(list(INITS), value=next(k for k, v in INITS.items() if v == TuneConfig().init),
                                 label="Start the prompt from")
-                data = gr.Radio(list(DATA_CHOICES), value=DATA_CHOICES[0], label="Train on")
+                data = CheckedRadio(list(DATA_CHOICES), value=DATA_CHOICES[0], label="Train on")
                 chosen = gr.Dropdown([], multiselect=True, label="Selected acts")
                 seed = CheckedNumber(0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
                 resume = gr.Dropdown([NEW_PROMPT], value=NEW_PROMPT, label="Continue from", allow_custom_value=True,
