@@ -7,7 +7,7 @@ return widgets, not answers. Each function's docstring is its tool's description
 from __future__ import annotations
 
 import secrets
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -84,13 +84,14 @@ def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "
     return dict(zip(["base", *names], texts))
 
 
-class ApiTraining(NamedTuple):
-    """A training started through the API: its job, the session its run joins, and where it is saved."""
+@dataclass
+class ApiTraining:
+    """A training started through the API: its job, the session its run joins, and where it was saved."""
 
     job: Job
     session: Session
-    saved: list  # [adapter name] once saved, [None] when saving failed (the error is in `failed`)
-    failed: list  # [sentence] when the saving failed
+    saved: str | None = None  # the adapter's name, once saved
+    save_error: str | None = None  # the sentence, when saving failed
 
 
 def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, epochs: int = 10,
@@ -114,7 +115,7 @@ def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, ep
     if wanted:
         with user_errors():
             own_name(wanted)  # a bad or reserved name is refused now, not after minutes of training
-    session, saved, failed = Session(), [], []
+    training = ApiTraining(None, Session())
 
     def save(run: Run) -> None:
         c = run.soft.config
@@ -122,15 +123,15 @@ def train_adapter(ctx: Context, acts: str = "", num_virtual_tokens: int = 20, ep
         try:
             with user_errors(), disk_errors():
                 name = adapters.free_name(own_name(name), {a["name"] for a in ctx.adapters()})
-                saved.append(adapters.save(run.soft, name, ctx.root, overwrite=False, **ctx.caps).name)
+                training.saved = adapters.save(run.soft, name, ctx.root, overwrite=False, **ctx.caps).name
         except gr.Error as e:
-            failed.append(str(e))
-            saved.append(None)
+            training.save_error = str(e)
 
     job_id = secrets.token_hex(8)
     job = training_job(ctx, num_virtual_tokens, epochs, learning_rate, 4, "random", "selected acts" if chosen else DATA_CHOICES[0],
-                       chosen, 0, session, f"api:{job_id}", when_done=save)
-    ctx.api_trainings[job_id] = ApiTraining(start_job(ctx, job), session, saved, failed)
+                       chosen, 0, training.session, f"api:{job_id}", when_done=save)
+    training.job = start_job(ctx, job)
+    ctx.api_trainings[job_id] = training
     while len(ctx.api_trainings) > MAX_API_TRAININGS:  # the oldest finished ones are forgotten
         oldest = next((k for k, t in ctx.api_trainings.items() if t.job.finished), None)
         if oldest is None:
@@ -181,11 +182,11 @@ def training_status(ctx: Context, job: str, wait_seconds: float = 0) -> dict:
         return {**answer, "error": failure(job_.error) if job_.error else "the training ended with nothing to keep"}
     run = training.session.runs[-1]
     m = run.soft.meta["metrics"]
-    answer.update(adapter=training.saved[0] if training.saved else None, seconds=run.soft.meta["train_seconds"],
+    answer.update(adapter=training.saved, seconds=run.soft.meta["train_seconds"],
                   held_out_perplexity=perplexity(m["held_out_loss"]),
                   base_held_out_perplexity=perplexity(m["base_held_out_loss"]))
-    if training.failed:
-        answer["error"] = training.failed[0]
+    if training.save_error:
+        answer["error"] = training.save_error
     return answer
 
 
