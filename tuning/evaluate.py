@@ -4,10 +4,11 @@
   held-out rows and compares them, the one recipe the CLI, the report and the GPU call share. Both models are scored on the same
   tokens of each row: every token after the first (the base model has no context to predict
   the first one from; the tuned model would have its soft prompt). Rows are batched by
-  length, without gradients.
+  length, without gradients. Given a written prompt (written.py), "written" is the base model with
+  that text in front, scored on those same tokens: the baseline a soft prompt has to beat.
 - `rouge_compare` / `iter_rouge`: ROUGE-L of continuations (the default decoding: greedy, no
   repeated 3-grams) of "I want you to act as
-  a <act>." against the act's real prompt, base vs tuned. Each continuation is decoded
+  a <act>." against the act's real prompt, base vs tuned (and written). Each continuation is decoded
   alone, so a score never depends on what else shared its batch (see generate.py on bf16).
 - `token_gains`: how much more (or less) likely the tuned model makes each token of a text.
 - `nearest_tokens`: the vocabulary tokens each virtual token lies closest to.
@@ -28,6 +29,8 @@ from .data import Row
 from .generate import Decoding, generate
 from .model import Base, SoftPrompt, token_losses
 from .rows import encode_rows
+from .written import Written, check_fits
+from .written import embeddings as written_embeddings
 
 ROUGE_NEW_TOKENS = 64  # each ROUGE-L continuation's length unless a Decoding says otherwise
 
@@ -83,27 +86,40 @@ def mean_loss(base: Base, soft: torch.Tensor | None, rows: Sequence[list[int]], 
     return pooled(batch_losses(base, soft, rows, scoring_batches([len(r) for r in rows], batch_size)))
 
 
-def compare(base: Base, soft: SoftPrompt, rows: Sequence[list[int]], batch_size: int = 8) -> dict[str, Metrics]:
-    """{"base": Metrics, "tuned": Metrics} over the same tokens of `rows`."""
+def compare(base: Base, soft: SoftPrompt, rows: Sequence[list[int]], batch_size: int = 8,
+            written: torch.Tensor | None = None) -> dict[str, Metrics]:
+    """{"base": Metrics, "tuned": Metrics} over the same tokens of `rows`, and "written" with `written` in front.
+
+    `written` (`written.embeddings`) is scored on exactly the positions base and tuned are: every
+    token of each row after the first, the prompt in front changing only what precedes them.
+    """
     count = sum(max(len(r) - 1, 0) for r in rows)
     out = {}
-    for name, prompt in (("base", None), ("tuned", soft.embeddings)):
+    prompts = [("base", None), ("tuned", soft.embeddings)] + ([("written", written)] if written is not None else [])
+    for name, prompt in prompts:
         loss = mean_loss(base, prompt, rows, batch_size)
         out[name] = Metrics(loss=loss, perplexity=math.exp(loss), tokens=count)
     return out
 
 
-def held_out(base: Base, soft: SoftPrompt, rows: Sequence[Row], batch_size: int | None = None) -> dict[str, Metrics]:
+def held_out(base: Base, soft: SoftPrompt, rows: Sequence[Row], batch_size: int | None = None,
+             written: Written | None = None) -> dict[str, Metrics]:
     """`compare` on held-out `rows`, encoded as `soft` was trained (its max length and virtual tokens).
 
     The one held-out recipe of `eval`, the run report and the GPU call: which rows are held out
     is the caller's choice (rows.held_out_for); `batch_size` defaults to the adapter's own.
+    With `written`, "written" is the base model with that text in front, on the same tokens;
+    a written prompt too long for the longest row is refused (`written.check_fits`).
 
     >>> held_out(base, soft, held_out_for(soft, rows, soft.config.dataset))["tuned"].perplexity   # doctest: +SKIP
     18.4
     """
     encoded = encode_rows(base, list(rows), soft.config)
-    return compare(base, soft, encoded, soft.config.batch_size if batch_size is None else batch_size)
+    prompt = None
+    if written is not None:
+        check_fits(base, written, max((len(r) for r in encoded), default=0), what="the longest held-out prompt")
+        prompt = written_embeddings(base, written)
+    return compare(base, soft, encoded, soft.config.batch_size if batch_size is None else batch_size, prompt)
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,11 +221,13 @@ def iter_rouge(
     rows: Sequence[Row],
     decoding: Decoding | None = None,
     base_texts: Sequence[str] | None = None,
+    written: torch.Tensor | None = None,
 ) -> Iterator[dict]:
     """For each row, continue `act_instruction(row.act)` with base and tuned and score both.
 
     Yields one dict per row, in order: {"act", "input", "base_text", "tuned_text",
-    "base_rouge", "tuned_rouge"}. The reference is the row's prompt without its opening
+    "base_rouge", "tuned_rouge"}, and "written_text", "written_rouge" with `written` (a written
+    prompt's `embeddings`) in front of the base model. The reference is the row's prompt without its opening
     instruction when it has one (see `_reference`), so neither model is scored on words it
     was given. The default decoding (greedy, no repeated 3-grams, 64 new tokens) unless
     `decoding` says otherwise.
@@ -227,7 +245,7 @@ def iter_rouge(
         base_text = generate(base, None, instruction, decoding) if base_texts is None else base_texts[i]
         tuned_text = generate(base, soft, instruction, decoding)
         reference = _reference(row.prompt, instruction)
-        yield {
+        result = {
             "act": row.act,
             "input": instruction,
             "base_text": base_text,
@@ -235,6 +253,10 @@ def iter_rouge(
             "base_rouge": _rouge_words(_words(base_text), reference),
             "tuned_rouge": _rouge_words(_words(tuned_text), reference),
         }
+        if written is not None:
+            result["written_text"] = generate(base, written, instruction, decoding)
+            result["written_rouge"] = _rouge_words(_words(result["written_text"]), reference)
+        yield result
 
 
 def rouge_compare(
@@ -244,24 +266,25 @@ def rouge_compare(
     decoding: Decoding | None = None,
     progress: Callable[[int, int], None] | None = None,
     base_texts: Sequence[str] | None = None,
+    written: torch.Tensor | None = None,
 ) -> dict:
     """Mean ROUGE-L of base and tuned generations over `rows`: {"base": float, "tuned": float, "rows": [...]}.
 
     "rows" holds `iter_rouge`'s dicts. `progress(done, total)` is called after each row, for a bar.
     `base_texts`: the base continuations already decoded (`base_continuations`), see `iter_rouge`.
+    With `written`, "written" is the mean of the base model with that prompt in front.
     """
     if not rows:
         raise ValueError("there are no held-out acts to generate for")
     scored = []
-    for result in iter_rouge(base, soft, rows, decoding, base_texts):
+    for result in iter_rouge(base, soft, rows, decoding, base_texts, written):
         scored.append(result)
         if progress is not None:
             progress(len(scored), len(rows))
-    return {
-        "base": sum(r["base_rouge"] for r in scored) / len(scored),
-        "tuned": sum(r["tuned_rouge"] for r in scored) / len(scored),
-        "rows": scored,
-    }
+    out = {name: sum(r[f"{name}_rouge"] for r in scored) / len(scored)
+           for name in ("base", "tuned", "written") if f"{name}_rouge" in scored[0]}
+    out["rows"] = scored
+    return out
 
 
 # ---------------------------------------------------------------------------------------
