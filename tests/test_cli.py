@@ -453,3 +453,84 @@ def test_output_cut_short_by_a_closed_pipe_ends_quietly(tmp_path):
     process.stdout.close()
     assert process.wait(timeout=60) == 0
     assert process.stderr.read() == b""
+
+
+# --- Ctrl-C in a real process: README "the first Ctrl-C stops after the current step and saves what was
+# learned, a second aborts (exit status 130, as does a Ctrl-C while the model loads)"
+
+
+def tuning_process(argv: list[str], stderr, before_main: str = "") -> subprocess.Popen:
+    """`python -m tuning ARGV` in a process of its own (unbuffered, stdout piped), `before_main` run first in it."""
+    import os
+
+    code = f"import sys\n{before_main}\nfrom tuning.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def read_until(stream, start: str) -> list[str]:
+    """The lines of `stream` up to and including the first that starts with `start` (all of them if none does)."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line.startswith(start):
+            break
+    return lines
+
+
+@pytest.mark.slow  # starts a process
+@pytest.mark.timeout(180)
+def test_the_first_ctrl_c_in_a_training_stops_after_the_step_and_saves_what_was_learned(tiny_model_dir, tiny_csv,
+                                                                                         tmp_path):
+    import signal
+
+    from tuning import adapters
+
+    # 50 epochs of 6 one-row steps: far from over when the first epoch's line comes
+    argv = train_args(tiny_model_dir, tiny_csv, tmp_path / "adapters", "--name", "halted", "--epochs", "50",
+                      "--batch-size", "1")
+    with open(tmp_path / "stderr", "w") as err:
+        process = tuning_process(argv, err)
+        try:
+            seen = read_until(process.stdout, "epoch 1:")  # a first epoch trained: there is something to keep
+            assert seen[-1].startswith("epoch 1:"), "".join(seen)
+            process.send_signal(signal.SIGINT)
+            out, _ = process.communicate(timeout=120)
+        finally:
+            process.kill()
+    assert process.returncode == 0, (tmp_path / "stderr").read_text()[-2000:]
+    assert "stopping after this step (Ctrl-C again to abort)" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("stopped early after ") and "saved adapter 'halted'" in last
+    steps = int(last.split("stopped early after ")[1].split()[0])
+    saved = adapters.load("halted", tmp_path / "adapters")
+    assert 6 <= steps < 50 * 6 and saved.meta["steps"] == steps and saved.num_virtual_tokens == 4
+
+
+@pytest.mark.slow  # starts a process
+@pytest.mark.timeout(180)
+def test_a_ctrl_c_while_the_model_loads_aborts_with_exit_status_130(tiny_model_dir, tiny_csv, tmp_path):
+    import signal
+
+    # the weights take their time to read: the process is inside the model's loading until the signal
+    slow_weights = """
+import time
+import transformers
+read_weights = transformers.AutoModelForCausalLM.from_pretrained
+def slowly(*args, **kwargs):
+    print("reading the weights", flush=True)
+    time.sleep(120)
+    return read_weights(*args, **kwargs)
+transformers.AutoModelForCausalLM.from_pretrained = slowly
+"""
+    argv = train_args(tiny_model_dir, tiny_csv, tmp_path / "adapters", "--name", "never")
+    process = tuning_process(argv, subprocess.PIPE, slow_weights)
+    try:
+        seen = read_until(process.stdout, "reading the weights")
+        assert seen[-1].startswith("reading the weights"), "".join(seen)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "aborted", err[-2000:]
+    assert not (tmp_path / "adapters" / "never").exists()
