@@ -236,6 +236,38 @@ def test_a_save_that_fails_after_training_keeps_the_prompt_elsewhere(tiny_model_
         shutil.rmtree(rescued.parent)
 
 
+@pytest.mark.timeout(120)
+def test_a_reference_that_cannot_be_saved_is_kept_in_a_temp_folder_named_in_the_error(tiny_model_dir, tiny_csv, tmp_path,
+                                                                                      capsys, monkeypatch):
+    import tempfile
+
+    from tuning import adapters, reference
+
+    root, temp = tmp_path / "adapters", tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # the system's temp folder, here one this test owns
+    monkeypatch.setattr(reference, "GRID", ((2, 1), (3, 1)))  # the seed's two runs, shortened to one epoch each
+    real_save = adapters.save
+
+    def full_disk(soft, name, folder, *a, **k):
+        if Path(folder) == root:
+            raise OSError(28, "No space left on device")
+        return real_save(soft, name, folder, *a, **k)
+
+    monkeypatch.setattr(adapters, "save", full_disk)
+    model, dataset = str(tiny_model_dir), str(tiny_csv)
+    assert main(["--adapters-dir", str(root), "reference", "--model", model, "--dataset", dataset]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: the adapter could not be saved in {root} ") and "No space left on device" in last
+    assert last.endswith(" instead: copy that folder into your adapters folder")
+    rescued = Path(last.split("it was saved in ")[1].split(" instead")[0])
+    first = reference.name(model, dataset, *reference.GRID[0])
+    assert rescued.parent.parent == temp and rescued.name == first
+    soft = adapters.load_folder(rescued)
+    assert soft.num_virtual_tokens == reference.GRID[0][0] and soft.meta["reference"]["grid"] == list(reference.GRID[0])
+    assert reference.missing(root, model, dataset) == list(reference.GRID)  # nothing half-saved where it failed
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "x"])
 def test_eval_batch_size_must_be_positive(value, capsys):
     with pytest.raises(SystemExit) as exit_info:
