@@ -396,3 +396,13 @@ def test_sampling_settings_are_adjustable_only_when_sampling():
     assert [u["interactive"] for u in sampling_controls("sample")] == [True] * 4
     demo = build_app(model="/no/such/model", dataset="/no/such/acts.csv")
     assert [len(f.outputs) for f in demo.fns.values() if f.name == "sampling_controls"] == [4]
+
+
+@pytest.mark.timeout(120)
+def test_generation_serves_four_users_at_once_compare_and_evaluate_sharing_them():
+    # README: generation serves four users at once (a fifth waits in Gradio's queue); Compare and Evaluate
+    # share the four, since an evaluation generates too (tests/test_turns.py: the engine lets them overlap)
+    demo = build_app(model="/no/such/model", dataset="/no/such/acts.csv")
+    limits = {f.api_name: (f.concurrency_limit, f.concurrency_id) for f in demo.fns.values()
+              if f.api_name in ("generate", "evaluate")}
+    assert limits == {"generate": (4, "generate"), "evaluate": (4, "generate")}

@@ -236,6 +236,38 @@ def test_a_save_that_fails_after_training_keeps_the_prompt_elsewhere(tiny_model_
         shutil.rmtree(rescued.parent)
 
 
+@pytest.mark.timeout(120)
+def test_a_reference_that_cannot_be_saved_is_kept_in_a_temp_folder_named_in_the_error(tiny_model_dir, tiny_csv, tmp_path,
+                                                                                      capsys, monkeypatch):
+    import tempfile
+
+    from tuning import adapters, reference
+
+    root, temp = tmp_path / "adapters", tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # the system's temp folder, here one this test owns
+    monkeypatch.setattr(reference, "GRID", ((2, 1), (3, 1)))  # the seed's two runs, shortened to one epoch each
+    real_save = adapters.save
+
+    def full_disk(soft, name, folder, *a, **k):
+        if Path(folder) == root:
+            raise OSError(28, "No space left on device")
+        return real_save(soft, name, folder, *a, **k)
+
+    monkeypatch.setattr(adapters, "save", full_disk)
+    model, dataset = str(tiny_model_dir), str(tiny_csv)
+    assert main(["--adapters-dir", str(root), "reference", "--model", model, "--dataset", dataset]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: the adapter could not be saved in {root} ") and "No space left on device" in last
+    assert last.endswith(" instead: copy that folder into your adapters folder")
+    rescued = Path(last.split("it was saved in ")[1].split(" instead")[0])
+    first = reference.name(model, dataset, *reference.GRID[0])
+    assert rescued.parent.parent == temp and rescued.name == first
+    soft = adapters.load_folder(rescued)
+    assert soft.num_virtual_tokens == reference.GRID[0][0] and soft.meta["reference"]["grid"] == list(reference.GRID[0])
+    assert reference.missing(root, model, dataset) == list(reference.GRID)  # nothing half-saved where it failed
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "x"])
 def test_eval_batch_size_must_be_positive(value, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -453,3 +485,84 @@ def test_output_cut_short_by_a_closed_pipe_ends_quietly(tmp_path):
     process.stdout.close()
     assert process.wait(timeout=60) == 0
     assert process.stderr.read() == b""
+
+
+# --- Ctrl-C in a real process: README "the first Ctrl-C stops after the current step and saves what was
+# learned, a second aborts (exit status 130, as does a Ctrl-C while the model loads)"
+
+
+def tuning_process(argv: list[str], stderr, before_main: str = "") -> subprocess.Popen:
+    """`python -m tuning ARGV` in a process of its own (unbuffered, stdout piped), `before_main` run first in it."""
+    import os
+
+    code = f"import sys\n{before_main}\nfrom tuning.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def read_until(stream, start: str) -> list[str]:
+    """The lines of `stream` up to and including the first that starts with `start` (all of them if none does)."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line.startswith(start):
+            break
+    return lines
+
+
+@pytest.mark.slow  # starts a process
+@pytest.mark.timeout(180)
+def test_the_first_ctrl_c_in_a_training_stops_after_the_step_and_saves_what_was_learned(tiny_model_dir, tiny_csv,
+                                                                                         tmp_path):
+    import signal
+
+    from tuning import adapters
+
+    # 50 epochs of 6 one-row steps: far from over when the first epoch's line comes
+    argv = train_args(tiny_model_dir, tiny_csv, tmp_path / "adapters", "--name", "halted", "--epochs", "50",
+                      "--batch-size", "1")
+    with open(tmp_path / "stderr", "w") as err:
+        process = tuning_process(argv, err)
+        try:
+            seen = read_until(process.stdout, "epoch 1:")  # a first epoch trained: there is something to keep
+            assert seen[-1].startswith("epoch 1:"), "".join(seen)
+            process.send_signal(signal.SIGINT)
+            out, _ = process.communicate(timeout=120)
+        finally:
+            process.kill()
+    assert process.returncode == 0, (tmp_path / "stderr").read_text()[-2000:]
+    assert "stopping after this step (Ctrl-C again to abort)" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("stopped early after ") and "saved adapter 'halted'" in last
+    steps = int(last.split("stopped early after ")[1].split()[0])
+    saved = adapters.load("halted", tmp_path / "adapters")
+    assert 6 <= steps < 50 * 6 and saved.meta["steps"] == steps and saved.num_virtual_tokens == 4
+
+
+@pytest.mark.slow  # starts a process
+@pytest.mark.timeout(180)
+def test_a_ctrl_c_while_the_model_loads_aborts_with_exit_status_130(tiny_model_dir, tiny_csv, tmp_path):
+    import signal
+
+    # the weights take their time to read: the process is inside the model's loading until the signal
+    slow_weights = """
+import time
+import transformers
+read_weights = transformers.AutoModelForCausalLM.from_pretrained
+def slowly(*args, **kwargs):
+    print("reading the weights", flush=True)
+    time.sleep(120)
+    return read_weights(*args, **kwargs)
+transformers.AutoModelForCausalLM.from_pretrained = slowly
+"""
+    argv = train_args(tiny_model_dir, tiny_csv, tmp_path / "adapters", "--name", "never")
+    process = tuning_process(argv, subprocess.PIPE, slow_weights)
+    try:
+        seen = read_until(process.stdout, "reading the weights")
+        assert seen[-1].startswith("reading the weights"), "".join(seen)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "aborted", err[-2000:]
+    assert not (tmp_path / "adapters" / "never").exists()

@@ -8,9 +8,12 @@ minute later" takes no time.
 
 from __future__ import annotations
 
+import re
 import sys
+import threading
 import time
 import types
+from pathlib import Path
 
 import httpx2
 import huggingface_hub
@@ -180,6 +183,29 @@ def test_a_hub_that_does_not_answer_in_time_is_unreachable(monkeypatch, clock):
     start = time.perf_counter()
     assert hubprobe.hub_reachable(DEFAULT_DATASET, "dataset") is False
     assert time.perf_counter() - start < 1.5
+
+
+@pytest.mark.timeout(60)
+def test_the_probe_gives_up_on_a_hanging_hub_after_the_readmes_4_seconds(monkeypatch, clock):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    said = re.search(r"The Hub is asked once, for at most (\d+) seconds", readme)
+    assert said and float(said.group(1)) == hubprobe.HUB_PROBE_S
+    asked, answer = [], threading.Event()
+
+    def hangs(api, repo_id, repo_type=None, timeout=None, **kwargs):  # a name lookup no server answers
+        asked.append(timeout)
+        answer.wait(20)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", hangs)
+    start = time.perf_counter()
+    try:
+        reachable = hubprobe.hub_reachable(DEFAULT_MODEL)
+        took = time.perf_counter() - start
+    finally:
+        answer.set()
+    assert reachable is False and asked == [hubprobe.HUB_PROBE_S]  # the request's own timeout is the same limit
+    # the documented limit, not a shorter one, and not much past it (2 s for a busy machine to wake the caller)
+    assert hubprobe.HUB_PROBE_S - 0.05 <= took < hubprobe.HUB_PROBE_S + 2
 
 
 @pytest.mark.parametrize("status, reachable", [(404, True), (401, True), (503, False)])

@@ -11,7 +11,8 @@ import torch
 from tuning import turns
 from tuning.config import TuneConfig
 from tuning.data import Row
-from tuning.generate import Decoding, generate
+import tuning.generate
+from tuning.generate import Decoding, generate, stream_many
 from tuning.progress import RunView
 from tuning.events import Paused, Step
 from tuning.train import train
@@ -128,3 +129,38 @@ def test_the_train_line_says_paused_while_it_waits_and_where_it_is_once_it_steps
     assert lines[0] == "step 1 / 3 · paused while a generation runs on this CPU (at most 3s)"
     assert lines[1].startswith("step 2 / 3 · epoch 1 / 1 ·") and "paused" not in " ".join(lines[1:])
     assert view.finished
+
+
+def test_two_generations_in_one_process_run_at_once_and_each_gets_its_own_text(base, monkeypatch):
+    """README: generation serves four users at once. Nothing in the engine makes one generation wait for
+    another: the second decodes from its first token to its last while the first is paused halfway, both count
+    as decoding meanwhile, and each (sampling, with its own seed) gets the text it gets alone."""
+    soft = torch.randn(4, base.hidden_size, generator=torch.Generator().manual_seed(1)) * 0.5
+    first_args = (base, [None, soft], "I want you to act as a poet.", Decoding(max_new_tokens=12, do_sample=True, seed=3))
+    second_args = (base, [None], "I want you to act as a linux terminal.", Decoding(max_new_tokens=12, do_sample=True, seed=7))
+    alone = [list(stream_many(*first_args))[-1], list(stream_many(*second_args))[-1]]
+
+    real = tuning.generate.decode_steps
+    first_halfway, second_done = threading.Event(), threading.Event()
+    decoding_meanwhile = []  # generations running on this CPU at each of the second one's steps
+
+    def paused_halfway(base, embeds, *args, **kwargs):
+        """The first generation (its two rows tell it apart) waits after its third token for the second to end."""
+        for i, step in enumerate(real(base, embeds, *args, **kwargs)):
+            if embeds.shape[0] == 1:
+                decoding_meanwhile.append(turns.decoding_now())
+            yield step
+            if embeds.shape[0] == 2 and i == 2:
+                first_halfway.set()
+                # a generation that waits for another's end would hold the second here: fail, not hang
+                assert second_done.wait(10), "the second generation did not run while the first was halfway"
+
+    monkeypatch.setattr(tuning.generate, "decode_steps", paused_halfway)
+    first = stream_many(*first_args)
+    first_texts = [next(first)]
+    assert first_halfway.wait(10)
+    *_, second = stream_many(*second_args)
+    second_done.set()
+    *_, first_text = [*first_texts, *first]
+    assert decoding_meanwhile and set(decoding_meanwhile) == {2}
+    assert [first_text, second] == alone and all(first_text) and all(second)
