@@ -376,7 +376,7 @@ class Visitor:
                                 f"I want you to act as a {self.act or 'travel guide'}."])
         mode = self.rng.choice(["greedy", "sample"])
         self.predict("generate" if b == NO_PROMPT else "generate_3", "/generate", text, a, self.rng.randint(8, 32),
-                     mode, 0.8, 0.95, 50, 1.0, self.rng.randint(0, 99), b, 3)
+                     mode, 0.8, 0.95, 50, 1.0, self.rng.randint(0, 99), b, 3, "none", "")
 
     def train_args(self, long: bool = False) -> list:
         data = self.rng.choice(["all training acts", "selected acts"] + (["only the current act"] if self.act else []))

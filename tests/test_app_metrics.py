@@ -360,9 +360,10 @@ def _wiring():
 def test_another_prompt_in_a_compare_column_stops_the_generation_streaming_into_it():
     demo, deps = _wiring()
     (generating,) = [i for i, f in demo.fns.items() if f.name == "generate"]
-    relabels = [deps[i]["targets"] for i, f in demo.fns.items() if f.name in ("column_label", "third_column")]
+    relabels = [deps[i]["targets"] for i, f in demo.fns.items()
+                if f.name in ("column_label", "third_column", "written_column")]
     cancels = [d["targets"] for d in deps.values() if d["cancels"] == [generating]]
-    assert len(relabels) == 2 and sorted(cancels) == sorted(relabels)  # both dropdowns' changes cancel it
+    assert len(relabels) == 3 and sorted(cancels) == sorted(relabels)  # both dropdowns' and the written choice's changes
 
 
 def test_a_reattached_training_offers_its_run_to_continue_when_it_ends():
