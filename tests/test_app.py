@@ -380,7 +380,7 @@ def test_refused_inputs_log_one_line_and_no_traceback(served, capfd, caplog):  #
 
 
 def test_evaluate_and_the_run_history_give_the_same_perplexities(trained):
-    ppl, *_ = trained.predict(SESSION_RUN, 0, 8, api_name="/evaluate")
+    ppl, *_ = trained.predict(SESSION_RUN, 0, 8, NO_WRITTEN, api_name="/evaluate")
     runs, _ = trained.predict(api_name="/history")
     last = runs["data"][-1]
     columns = runs["headers"]

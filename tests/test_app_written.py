@@ -1,4 +1,4 @@
-"""The written-prompt baseline in the app: Compare's Written column.
+"""The written-prompt baseline in the app: Compare's Written column, Evaluate's third score, the API's `shots`.
 
 The callbacks are called directly (no server) on the tiny model and the 12-act fixture, beside
 two saved adapters that hold out different acts and were trained with different seeds.
@@ -18,10 +18,11 @@ from tuning.config import TuneConfig
 from tuning.generate import Decoding, stream_many
 from tuning.jobs import Jobs
 from tuning.model import SoftPrompt
-from ui import gpu_calls
+from ui import api, gpu_calls
 from ui.charts import shown_text
 from ui.session import Context, Session
 from ui.tabs.compare import NO_PROMPT, NO_WRITTEN, OWN_TEXT, WRITTEN_CHOICES, cost_line, generate, written_column
+from ui.tabs.evaluate import evaluate_run
 
 TEXT = "I want you to act as a poet."
 SAMPLE = dict(max_new=8, mode="sample", temperature=0.8, top_p=0.95, top_k=50, penalty=1.0, seed=3)
@@ -148,3 +149,39 @@ def test_the_written_column_and_its_text_box_show_only_when_chosen():
                                                                                  "visible": True}
     assert box.constructor_args["visible"]
     assert written_column(OWN_TEXT)[0].constructor_args["visible"]
+
+
+def test_evaluate_scores_the_written_prompt_on_the_same_held_out_tokens(ctx):
+    *_, (ppl, rouge, summary, rows) = evaluate_run(ctx, "a", 1, 6, Session(), "2 examples",
+                                                    progress=lambda *args, **kwargs: None)
+    a = soft(ctx, "a")
+    prompt = written.for_adapters(ctx.base(), [a], ctx.rows(), ctx.dataset, 2)
+    from tuning.evaluate import held_out
+    from tuning.rows import held_out_for
+
+    expected = held_out(ctx.base(), a, held_out_for(a, ctx.rows(), ctx.dataset), written=prompt)
+    assert list(ppl["model"]) == ["base", "written", "tuned"]
+    assert list(ppl["perplexity"]) == pytest.approx([expected[s].perplexity for s in ("base", "written", "tuned")])
+    assert f"({expected['base'].tokens} tokens): base " in summary and summary.count(" tokens)") == 2  # once, + the label
+    assert f"written ({prompt.describe()}) " in summary
+    assert list(rows.columns) == ["act", "base text", "written text", "tuned text", "base ROUGE-L", "written ROUGE-L",
+                                  "tuned ROUGE-L"]
+    assert list(rouge["model"]) == ["base", "written", "tuned"]
+
+
+def test_the_api_compares_with_a_written_prompt_and_says_what_it_was(ctx):
+    answer = api.compare_texts(ctx, TEXT, "a", "b", 6, shots=2)
+    prompt = written.for_adapters(ctx.base(), [soft(ctx, "a"), soft(ctx, "b")], ctx.rows(), ctx.dataset, 2)
+    assert set(answer) == {"base", "a", "b", "written", "written_prompt"}
+    assert answer["written_prompt"] == {"label": "2 examples", "tokens": prompt.tokens,
+                                        "examples": [r.act for r in prompt.examples]}
+    assert answer["written"] != answer["base"]
+    assert set(api.compare_texts(ctx, TEXT, "a", "", 6)) == {"base", "a"}
+    scores = api.evaluate_adapter(ctx, "a", 0, shots=1)
+    assert set(scores["perplexity"]) == {"base", "written", "tuned"} and scores["written_prompt"]["label"] == "1 example"
+
+
+@pytest.mark.parametrize("shots", [3, -1, 2.5, "2", True])
+def test_the_api_refuses_other_example_counts_in_one_sentence(ctx, shots):
+    with pytest.raises(gr.Error, match=r"shots must be one of 0, 1, 2, 4 \(0: no written prompt\), got "):
+        api.compare_texts(ctx, TEXT, "a", "", 6, shots=shots)
