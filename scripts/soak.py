@@ -277,7 +277,7 @@ def hostile_cases(rng: random.Random, adapter: str, not_a_zip: str) -> list[tupl
         ("download", "/download_adapter", [rng.choice(["/etc/passwd", "..", "https://example.com/x"])]),
         ("download", "/download_adapter", ["\ud800"]),
         ("upload", "/upload_adapter", [handle_file(not_a_zip), "not-a-zip"]),
-        ("evaluate", "/evaluate", [adapter, 1000, 8]),
+        ("evaluate", "/evaluate", [adapter, 1000, 8, "none"]),
         ("sweep", "/sweep", ["1000x1000", 0, 0.1, 64, 0]),
         ("sweep", "/sweep", ["../../etc", 0, 0.1, 64, 0]),
         ("api_train", "/train_adapter", ["", 3, 1, 0.1, "reference-mine"]),
@@ -397,7 +397,7 @@ class Visitor:
                                 f"I want you to act as a {self.act or 'travel guide'}."])
         mode = self.rng.choice(["greedy", "sample"])
         self.predict("generate" if b == NO_PROMPT else "generate_3", "/generate", text, a, self.rng.randint(8, 32),
-                     mode, 0.8, 0.95, 50, 1.0, self.rng.randint(0, 99), b, 3)
+                     mode, 0.8, 0.95, 50, 1.0, self.rng.randint(0, 99), b, 3, "none", "")
 
     def train_args(self, long: bool = False) -> list:
         data = self.rng.choice(["all training acts", "selected acts"] + (["only the current act"] if self.act else []))
@@ -462,7 +462,7 @@ class Visitor:
         self.has_run = True
 
     def evaluate(self):
-        self.predict("evaluate", "/evaluate", self.adapter(), self.rng.randint(0, 2), self.rng.randint(8, 16))
+        self.predict("evaluate", "/evaluate", self.adapter(), self.rng.randint(0, 2), self.rng.randint(8, 16), "none")
 
     def save(self):
         if not self.has_run:

@@ -52,9 +52,17 @@ def test_train_then_list_compare_and_evaluate_through_the_api(server):
     assert [a["name"] for a in client.predict(api_name="/list_saved_adapters")] == ["api-run"]
     texts = client.predict("I want you to act as a poet.", "api-run", "", 6, api_name="/compare_texts")
     assert set(texts) == {"base", "api-run"} and texts["base"] != texts["api-run"]
+    both = client.predict("I want you to act as a poet.", "api-run", "", 6, 2, api_name="/compare_texts")
+    assert set(both) == {"base", "api-run", "written", "written_prompt"} and both["written"] != both["base"]
+    assert {k: both[k] for k in texts} == texts  # one more row in the batch: the others' texts are theirs alone
+    assert both["written_prompt"]["label"] == "2 examples" and len(both["written_prompt"]["examples"]) == 2
     scores = client.predict("api-run", 1, api_name="/evaluate_adapter")
     assert scores["held_out_acts"] == 1 and scores["perplexity"]["tuned"] == pytest.approx(done["held_out_perplexity"])
     assert len(scores["acts_scored"]) == 1 and 0 <= scores["rouge_l"]["tuned"] <= 1
+    with_written = client.predict("api-run", 1, 1, api_name="/evaluate_adapter")
+    assert set(with_written["perplexity"]) == set(with_written["rouge_l"]) == {"base", "written", "tuned"}
+    assert with_written["perplexity"]["tuned"] == pytest.approx(scores["perplexity"]["tuned"])  # the same tokens
+    assert with_written["written_prompt"]["label"] == "1 example"
 
 
 @pytest.mark.parametrize("endpoint, args, message", [
@@ -62,6 +70,9 @@ def test_train_then_list_compare_and_evaluate_through_the_api(server):
     ("/compare_texts", ("hi", "x", "x", 6), "is named twice"),
     ("/compare_texts", ("hi", "base", "", 6), "rename the adapter called 'base'"),
     ("/compare_texts", ("hi", "x", "", 1024), "max_new_tokens must be a whole number from 1 to 512"),
+    ("/compare_texts", ("hi", "x", "", 6, 3), "shots must be one of 0, 1, 2, 4 (0: no written prompt), got 3"),
+    ("/compare_texts", ("hi", "written", "", 6, 2), "the written prompt's text 'written'; rename the adapter"),
+    ("/evaluate_adapter", ("x", 1, 8), "shots must be one of 0, 1, 2, 4"),
     ("/evaluate_adapter", ("x", 2.5), "rouge_acts must be a whole number from 0 to 20, got 2.5"),
     ("/training_status", ("no-such-job", 0), "no training 'no-such-job' on this server"),
     ("/training_status", ("x", 31), "wait_seconds must be from 0 to 30"),

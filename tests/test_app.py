@@ -17,7 +17,7 @@ from ui.charts import NEAREST_K, acts_frame, adapters_frame, cell_colours, colou
 from ui.layout import build_app
 from ui.session import MAX_HISTORY, SESSION_RUN
 from ui.tabs.adapters import default_save_name
-from ui.tabs.compare import EMPTY_COLUMN, NO_PROMPT, column_label, sampling_controls, third_column
+from ui.tabs.compare import EMPTY_COLUMN, NO_PROMPT, NO_WRITTEN, column_label, sampling_controls, third_column
 from ui.tabs.sweep import MAX_CELLS
 from ui.zips import MAX_UPLOAD_FILES, unzip_safely
 
@@ -31,10 +31,10 @@ def train_args(**kw):
 
 
 def generate(client, text="I want you to act as a rapper.", adapter=SESSION_RUN, **kw):
-    """(base, tuned) of a two-column compare (the third column stays empty)."""
-    base, tuned, third = client.predict(text, adapter, *{**GREEDY, **kw}.values(), NO_PROMPT, 3,
-                                        api_name="/generate")
-    assert third == ""
+    """(base, tuned) of a two-column compare (the third and the written columns stay empty)."""
+    base, tuned, third, written, cost, shown = client.predict(text, adapter, *{**GREEDY, **kw}.values(), NO_PROMPT, 3,
+                                                              NO_WRITTEN, "", api_name="/generate")
+    assert third == written == shown == "" and cost.startswith("One batch of 2 columns: ")
     return base, tuned
 
 
@@ -203,12 +203,17 @@ def test_compare_after_training_differs_from_base(trained):
 def test_compare_three_columns_in_one_batch_each_as_it_would_be_alone(trained):
     table, picked, message = trained.predict("three-a", SESSION_RUN, api_name="/save_adapter")
     args = dict(max_new=8, mode="sample", temperature=0.8, top_p=0.95, top_k=50, penalty=1.0, seed=3)
-    base, a, b = trained.predict("I want you to act as a poet.", "three-a", *args.values(), SESSION_RUN, 3,
-                                 api_name="/generate")
+    base, a, b, *_ = trained.predict("I want you to act as a poet.", "three-a", *args.values(), SESSION_RUN, 3,
+                                     NO_WRITTEN, "", api_name="/generate")
     assert base and a and b and a == b  # the same prompt twice: the same text, whatever its batch neighbours
     alone = trained.predict("I want you to act as a poet.", "three-a", *args.values(), NO_PROMPT, 3,
-                            api_name="/generate")
-    assert alone == (base, a, "")
+                            NO_WRITTEN, "", api_name="/generate")
+    assert alone[:4] == (base, a, "", "")
+    # a written prompt joins the batch as one more row: the others' texts stay what they were
+    with_written = trained.predict("I want you to act as a poet.", "three-a", *args.values(), SESSION_RUN, 3,
+                                   "1 example", "", api_name="/generate")
+    assert with_written[:3] == (base, a, b) and with_written[3] and "Written" not in with_written[3]
+    assert with_written[4].startswith("One batch of 4 columns: ") and "1 example" in with_written[5]
     trained.predict("three-a", api_name="/delete_adapter")
 
 
@@ -359,10 +364,11 @@ def test_refused_inputs_log_one_line_and_no_traceback(served, capfd, caplog):  #
 
     caplog.set_level(logging.INFO, logger="tuning.app")
     calls = [("train", [*train_args(lr=20)]), ("train", [*train_args(tokens="x")]),
-             ("generate", ["hi", "../app.py", *GREEDY.values(), NO_PROMPT, 3]),
+             ("generate", ["hi", "../app.py", *GREEDY.values(), NO_PROMPT, 3, NO_WRITTEN, ""]),
              ("delete_adapter", ["../../etc/passwd"]), ("select_act", ["no such act"]),
              ("train_adapter", ["", 0, 1, 0.1, ""]), ("train", [*train_args(init="pickle")]),
-             ("generate", ["hi", SESSION_RUN, *{**GREEDY, "mode": "beam"}.values(), NO_PROMPT, 3])]
+             ("generate", ["hi", SESSION_RUN, *{**GREEDY, "mode": "beam"}.values(), NO_PROMPT, 3, NO_WRITTEN, ""]),
+             ("generate", ["hi", SESSION_RUN, *GREEDY.values(), NO_PROMPT, 3, "3 examples", ""])]
     for api_name, data in calls:
         caplog.clear()
         event, message = raw_call(served, api_name, data)
@@ -374,7 +380,7 @@ def test_refused_inputs_log_one_line_and_no_traceback(served, capfd, caplog):  #
 
 
 def test_evaluate_and_the_run_history_give_the_same_perplexities(trained):
-    ppl, *_ = trained.predict(SESSION_RUN, 0, 8, api_name="/evaluate")
+    ppl, *_ = trained.predict(SESSION_RUN, 0, 8, NO_WRITTEN, api_name="/evaluate")
     runs, _ = trained.predict(api_name="/history")
     last = runs["data"][-1]
     columns = runs["headers"]

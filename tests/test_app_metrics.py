@@ -101,7 +101,7 @@ def test_history_keeps_the_last_runs_with_unique_labels():
 
 
 def test_evaluate_compares_held_out_perplexity_and_rouge(trained):
-    ppl, rouge, summary, rows = trained.predict(SESSION_RUN, 5, 8, api_name="/evaluate")
+    ppl, rouge, summary, rows = trained.predict(SESSION_RUN, 5, 8, "none", api_name="/evaluate")
     bars = {model: value for _, model, value in ppl["data"]}
     assert set(bars) == {"base", "tuned"} and all(math.isfinite(v) and v > 1 for v in bars.values())
     assert bars["base"] != bars["tuned"]
@@ -125,7 +125,7 @@ def three_held(trained, server):
 
 
 def test_evaluate_uses_the_held_out_acts_the_adapter_recorded(trained, three_held):
-    job = trained.submit(three_held, 3, 8, api_name="/evaluate")
+    job = trained.submit(three_held, 3, 8, "none", api_name="/evaluate")
     _, _, summary, rows = job.result(timeout=60)
     assert [r["act"] for r in table(rows)] == ["Poet", "Chef", "Doctor"]
     # shown as they come: perplexity first, then one act at a time (another pick stops it between two acts)
@@ -149,7 +149,7 @@ def test_a_cancelled_evaluation_stops_generating_at_the_next_act(trained, three_
             yield result
 
     monkeypatch.setattr(evaluate, "iter_rouge", slow)
-    job = trained.submit(three_held, 3, 8, api_name="/evaluate")
+    job = trained.submit(three_held, 3, 8, "none", api_name="/evaluate")
     deadline = time.monotonic() + 30
     while not started and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -195,13 +195,13 @@ def test_picking_another_prompt_in_evaluate_empties_every_result():
 
 
 def test_evaluate_with_no_rouge_acts_scores_perplexity_only(trained):
-    ppl, rouge, summary, rows = trained.predict(SESSION_RUN, 0, 8, api_name="/evaluate")
+    ppl, rouge, summary, rows = trained.predict(SESSION_RUN, 0, 8, "none", api_name="/evaluate")
     assert len(ppl["data"]) == 2 and rouge is None and "skipped" in summary  # an empty chart, as on a new page
 
 
 def test_evaluate_without_a_run_asks_for_one(client):
     with pytest.raises(AppError, match="train or pick an adapter first"):
-        client.predict(SESSION_RUN, 1, 8, api_name="/evaluate")
+        client.predict(SESSION_RUN, 1, 8, "none", api_name="/evaluate")
 
 
 def test_token_gains_score_every_token_of_the_prompt_but_the_first(trained):
@@ -360,9 +360,10 @@ def _wiring():
 def test_another_prompt_in_a_compare_column_stops_the_generation_streaming_into_it():
     demo, deps = _wiring()
     (generating,) = [i for i, f in demo.fns.items() if f.name == "generate"]
-    relabels = [deps[i]["targets"] for i, f in demo.fns.items() if f.name in ("column_label", "third_column")]
+    relabels = [deps[i]["targets"] for i, f in demo.fns.items()
+                if f.name in ("column_label", "third_column", "written_column")]
     cancels = [d["targets"] for d in deps.values() if d["cancels"] == [generating]]
-    assert len(relabels) == 2 and sorted(cancels) == sorted(relabels)  # both dropdowns' changes cancel it
+    assert len(relabels) == 3 and sorted(cancels) == sorted(relabels)  # both dropdowns' and the written choice's changes
 
 
 def test_a_reattached_training_offers_its_run_to_continue_when_it_ends():

@@ -43,7 +43,7 @@ def test_generate_train_and_evaluate_answer_with_that_sentence(missing):
     ctx, _ = missing
     session, request = Session(), SimpleNamespace(session_hash="tab")
     base_column, *others = list(generate(ctx, "hi", "some-run", *GREEDY.values(), session))[-1]
-    assert base_column.startswith(f"The model {ctx.model} could not be loaded") and others == ["", ""]
+    assert base_column.startswith(f"The model {ctx.model} could not be loaded") and others == ["", "", "", "", ""]
     *_, (chart, progress, log) = start_training(ctx, 5, 1, 0.1, 4, "random", "all training acts", [], 0, session,
                                                 request)
     assert progress.startswith(f"failed: The model {ctx.model} could not be loaded")

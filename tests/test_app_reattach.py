@@ -9,10 +9,13 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 import pytest
+import torch
 
 from app_fixtures import write_assets
 import tuning.generate
+from tuning.config import TuneConfig
 from tuning.jobs import Job, Jobs
+from tuning.model import SoftPrompt
 from tuning.formatting import duration
 from ui.api import stop_training_job, train_adapter, training_status
 from ui.charts import NOTHING_GENERATED, rouge_frame
@@ -229,31 +232,37 @@ def test_a_reloaded_page_re_attaches_to_the_running_sweep(ctx):
     assert len(results) == 2 and open(csv_file).read().count("\n") == 3  # header, the done cell, the cut one
 
 
+def a_prompt(ctx, tokens: int = 5) -> SoftPrompt:
+    return SoftPrompt(torch.zeros(tokens, ctx.base().hidden_size), ctx.model, TuneConfig(num_virtual_tokens=tokens))
+
+
 def test_a_column_the_model_ended_at_once_says_so_when_generation_ends(ctx, monkeypatch):
     def fake_generation(base, prompts, text, decoding):
         yield "", ""
         yield "Once upon", ""  # the tuned prompt's first token was end-of-text
 
-    monkeypatch.setattr("ui.tabs.compare.pick_soft", lambda ctx, name, session: name)
+    soft = a_prompt(ctx)
+    monkeypatch.setattr("ui.tabs.compare.pick_soft", lambda ctx, name, session: soft)
     monkeypatch.setattr("ui.gpu_calls.GENERATE_ON_GPU", fake_generation)
     updates = list(generate(ctx, "Tell me", "a", 8, "greedy", 0.8, 0.95, 50, 1.0, 0, Session()))
-    assert updates[-2] == ("Once upon", "", "")  # while streaming an empty column is only "not yet"
-    assert updates[-1] == ("Once upon", NOTHING_GENERATED, "")
+    assert updates[-2] == ("Once upon", "", "", "", "", "")  # while streaming an empty column is only "not yet"
+    assert updates[-1][:4] == ("Once upon", NOTHING_GENERATED, "", "")
+    assert updates[-1][4].startswith("One batch of 2 columns: ") and updates[-1][5] == ""
     frame = rouge_frame([{"act": "Poet", "base_text": "x", "tuned_text": " ", "base_rouge": 0.1, "tuned_rouge": 0.0}])
     assert frame["tuned text"][0] == NOTHING_GENERATED
 
 
 def test_an_input_longer_than_the_context_is_cut_and_the_visitor_told(ctx, monkeypatch):
-    told = []
-    monkeypatch.setattr("ui.tabs.compare.pick_soft", lambda ctx, name, session: None)
+    told, soft = [], a_prompt(ctx)
+    monkeypatch.setattr("ui.tabs.compare.pick_soft", lambda ctx, name, session: soft)
     monkeypatch.setattr("ui.gpu_calls.GENERATE_ON_GPU", lambda base, prompts, text, decoding: iter([("a", "b")]))
     monkeypatch.setattr(gr, "Info", told.append)
     list(generate(ctx, "Tell me a story. " * 5, "a", 8, "greedy", 0.8, 0.95, 50, 1.0, 0, Session()))
     assert told == []
     list(generate(ctx, "Tell me a story. " * 200, "a", 8, "greedy", 0.8, 0.95, 50, 1.0, 0, Session()))
     base = ctx.base()
-    cut = len(base.encode("Tell me a story. " * 200)) - (base.max_positions - 8)  # no prompt: input + 8 new fill it
-    assert cut > 0 and input_cut(base, [], "Tell me a story. " * 200, 8) == cut
+    cut = len(base.encode("Tell me a story. " * 200)) - (base.max_positions - 5 - 8)  # 5 virtual + input + 8 new fill it
+    assert cut > 0 and input_cut(base, [soft], "Tell me a story. " * 200, 8) == cut
     assert len(told) == 1 and told[0].endswith(f"its first {cut:,} tokens were left out.")
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tuning.generate import (
-    Decoding, GenerationError, display_text, fit_input, generate, stream_compare, stream_ids, stream_pair,
+    Decoding, GenerationError, contexts, display_text, fit_input, generate, stream_compare, stream_ids, stream_many,
+    stream_pair,
 )
 from tuning.model import prompt_inputs
 
@@ -458,3 +459,31 @@ def test_a_reserved_cache_layer_grows_past_its_room_and_starts_again_after_a_res
     assert layer.get_seq_length() == 1 and torch.equal(keys, parts[1])
     with pytest.raises(NotImplementedError):  # beam search's operations: not what decode_steps does
         layer.crop(-1)
+
+
+def test_a_written_prompt_decodes_in_a_batch_as_its_embeddings_do(base, soft):
+    from tuning import written
+
+    w = written.from_text(base, "I want you to act as a poet. You will write poems.")
+    decoding = Decoding(max_new_tokens=8, do_sample=True, seed=4)
+    as_ids = last(stream_many(base, [None, w, soft], TEXT, decoding))
+    as_tensor = last(stream_many(base, [None, written.embeddings(base, w), soft], TEXT, decoding))
+    assert as_ids == as_tensor and as_ids[1] != as_ids[0]
+
+
+def test_contexts_are_the_prompt_and_input_tokens_each_row_reads(base, soft, monkeypatch):
+    import tuning.generate as generate_module
+    from tuning import written
+
+    w = written.from_text(base, "Answer in rhymes, as a rapper would, every time.")
+    assert w.tokens > soft.shape[0]  # the written prompt is the longest: it decides the cut
+    n = len(base.encode(TEXT))
+    assert contexts(base, [None, w, soft], TEXT, 8) == [(0, n), (w.tokens, n), (soft.shape[0], n)]
+    # a long input is cut beside the longest prompt, and every row reads exactly what contexts says
+    text = " ".join(f"{TEXT} {i}." for i in range(base.max_positions // 4))
+    fed, real = [], generate_module.stream_ids
+    monkeypatch.setattr(generate_module, "stream_ids", lambda b, p, ids, d: fed.append(len(ids)) or real(b, p, ids, d))
+    last(stream_many(base, [None, w, soft], text, Decoding(max_new_tokens=8)))
+    kept = base.max_positions - max(w.tokens, soft.shape[0]) - 8
+    assert contexts(base, [None, w, soft], text, 8) == [(0, kept), (w.tokens, kept), (soft.shape[0], kept)]
+    assert fed == [kept]

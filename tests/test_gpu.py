@@ -114,6 +114,25 @@ def test_generation_and_evaluation_calls_pickle_their_arguments_and_results(base
     assert roundtrip(results[1][1]) == results[1][1]
 
 
+def test_a_written_prompt_crosses_into_a_gpu_call_as_token_ids_and_is_scored_and_decoded_there(base):
+    from tuning import written
+    from tuning.generate import stream_many
+
+    soft = SoftPrompt(torch.randn(4, base.hidden_size), "tiny-gpt2", config())
+    w = written.examples(base, ROWS, ROWS[3:], 2, seed=0)
+    assert roundtrip(w) == w and len(pickle.dumps(w)) < 2_000  # ids and rows, not a tensor
+    decoding = Decoding(max_new_tokens=6)
+    *_, texts = gpu.generate_run(base, roundtrip([w, soft]), "I want you to act as a poet.", decoding)
+    *_, expected = stream_many(base, [None, written.embeddings(base, w), soft], "I want you to act as a poet.", decoding)
+    assert list(texts) == expected and len(texts) == 3
+    results = list(gpu.evaluate_run(base, soft, ROWS[3:], ROWS[3:4], decoding, written=roundtrip(w)))
+    metrics, row = roundtrip(results[0][1]), roundtrip(results[1][1])
+    assert set(metrics) == {"base", "tuned", "written"} and metrics["written"].tokens == metrics["base"].tokens
+    assert "written_text" in row and 0 <= row["written_rouge"] <= 1
+    # the call with a written prompt may take longer: a third scoring of every row, a third continuation per act
+    assert gpu.evaluate_duration(base, soft, ROWS, ROWS, decoding, written=w) > gpu.evaluate_duration(base, soft, ROWS, ROWS, decoding)
+
+
 def _worker(args, out, stop_after_first_step: bool) -> None:
     """A ZeroGPU worker's part: unpickle the arguments, run the generator, send each event back pickled."""
     try:

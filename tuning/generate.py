@@ -51,6 +51,10 @@ from transformers.generation.streamers import BaseStreamer
 from . import turns
 from .config import Decoding, GenerationError  # beside TuneConfig, torch-free (the CLI's --help reads Decoding)
 from .model import Base, SoftPrompt, prompt_inputs
+from .written import Written
+from .written import embeddings as written_embeddings
+
+Prompt = torch.Tensor | SoftPrompt | Written | None  # what goes in front of a row: None is the base model alone
 
 
 def fit_input(base: Base, ids: list[int], num_virtual: int, max_new_tokens: int) -> tuple[list[int], int]:
@@ -315,15 +319,18 @@ def decode_steps(base: Base, embeds: torch.Tensor, mask: torch.Tensor, positions
 
 
 def stream_ids(
-    base: Base, prompts: Sequence[torch.Tensor | SoftPrompt | None], ids: list[int], decoding: Decoding | None = None
+    base: Base, prompts: Sequence[Prompt], ids: list[int], decoding: Decoding | None = None
 ) -> Iterator[list[list[int]]]:
     """Continue token ids once per prompt (None = the base model) in one batch; yields every row's new ids so far.
 
-    A row that produced end-of-text stops growing (the eos itself is not included). Closing
-    the iterator early stops the generation. `ids` must already fit the context (fit_input).
+    A `Written` prompt becomes its token embeddings here, on the model's device: it crosses into a
+    ZeroGPU worker as token ids. A row that produced end-of-text stops growing (the eos itself is
+    not included). Closing the iterator early stops the generation. `ids` must already fit the
+    context (fit_input).
     """
     decoding = decoding or Decoding()
-    tensors = [p.embeddings if isinstance(p, SoftPrompt) else p for p in prompts]
+    tensors = [p.embeddings if isinstance(p, SoftPrompt) else written_embeddings(base, p) if isinstance(p, Written)
+               else p for p in prompts]
     for t in tensors:
         if t is not None and (t.dim() != 2 or t.shape[1] != base.hidden_size):
             raise GenerationError(
@@ -392,7 +399,7 @@ def display_text(text: str) -> str:
 
 
 def stream_many(
-    base: Base, prompts: Sequence[torch.Tensor | SoftPrompt | None], text: str, decoding: Decoding | None = None
+    base: Base, prompts: Sequence[Prompt], text: str, decoding: Decoding | None = None
 ) -> Iterator[list[str]]:
     """Continue `text` once per prompt (None = the base model) in one batch; yields every row's text so far.
 
@@ -401,23 +408,43 @@ def stream_many(
     Input longer than the context allows is cut from the front (fit_input).
     """
     decoding = decoding or Decoding()
-    if not isinstance(text, str) or not text.strip():
-        raise GenerationError("the input text is empty")
-    ids = base.encode(text)
-    num_virtual = max((_length(p) for p in prompts), default=0)
-    ids, _ = fit_input(base, ids, num_virtual, decoding.max_new_tokens)
-    for rows in stream_ids(base, prompts, ids, decoding):
+    for rows in stream_ids(base, prompts, _input_ids(base, prompts, text, decoding.max_new_tokens), decoding):
         yield [display_text(base.tokenizer.decode(r, skip_special_tokens=True)) for r in rows]
 
 
-def _length(prompt: torch.Tensor | SoftPrompt | None) -> int:
+def _input_ids(base: Base, prompts: Sequence[Prompt], text: str, max_new_tokens: int) -> list[int]:
+    """`text`'s ids as every row of a `stream_many` batch gets them: cut from the front to fit beside the longest prompt."""
+    if not isinstance(text, str) or not text.strip():
+        raise GenerationError("the input text is empty")
+    num_virtual = max((prompt_length(p) for p in prompts), default=0)
+    return fit_input(base, base.encode(text), num_virtual, max_new_tokens)[0]
+
+
+def prompt_length(prompt: Prompt) -> int:
+    """The positions a prompt takes in front of the input: 0 for the base model, else its (virtual) tokens."""
     if prompt is None:
         return 0
-    return prompt.num_virtual_tokens if isinstance(prompt, SoftPrompt) else prompt.shape[0]
+    if isinstance(prompt, SoftPrompt):
+        return prompt.num_virtual_tokens
+    return prompt.tokens if isinstance(prompt, Written) else prompt.shape[0]
+
+
+def contexts(base: Base, prompts: Sequence[Prompt], text: str, max_new_tokens: int) -> list[tuple[int, int]]:
+    """(prompt tokens, input tokens) that each row of `stream_many(base, prompts, text)` reads before its first new token.
+
+    What a column costs in context: every row gets the same input ids (cut to fit the longest
+    prompt, as `stream_many` cuts them); a row's prompt is 0 for the base model, its virtual
+    tokens for a soft prompt, its token count for a written one.
+
+    >>> contexts(base, [None, written_164, soft_20], "I want you to act as a rapper.", 64)   # doctest: +SKIP
+    [(0, 9), (164, 9), (20, 9)]
+    """
+    ids = _input_ids(base, prompts, text, max_new_tokens)
+    return [(prompt_length(p), len(ids)) for p in prompts]
 
 
 def stream_compare(
-    base: Base, prompts: Sequence[SoftPrompt | torch.Tensor], text: str, decoding: Decoding | None = None
+    base: Base, prompts: Sequence[SoftPrompt | torch.Tensor | Written], text: str, decoding: Decoding | None = None
 ) -> Iterator[tuple[str, ...]]:
     """(base text, one text per prompt) so far, all decoded in one batch of `1 + len(prompts)` rows.
 

@@ -47,6 +47,7 @@ from .hardware import resolve_precision, zero_gpu
 from .kernels import attention_kernels
 from .model import Base, SoftPrompt
 from .plan import PlanError, estimate_seconds, scored_tokens, train_tokens
+from .written import Written
 
 __all__ = ["StopFlag", "Deadline", "Failed", "carrying", "reraising", "on_accelerator", "zero_gpu", "check_fits",
            "note_run"]  # and the *_run / *_duration pairs
@@ -245,21 +246,29 @@ def sweep_run(base: Base, rows: Sequence[Row], config: TuneConfig, grid: Sequenc
     yield from run_sweep(on_accelerator(base), list(rows), config, list(grid), stop, rouge_acts)
 
 
-def generate_run(base: Base, prompts: Sequence[SoftPrompt | None], text: str, decoding) -> Iterator[tuple[str, ...]]:
-    """Base and each prompt continue `text` in one batch (generate.stream_compare), streamed."""
+def generate_run(base: Base, prompts: Sequence[SoftPrompt | Written], text: str, decoding) -> Iterator[tuple[str, ...]]:
+    """Base and each prompt continue `text` in one batch (generate.stream_compare), streamed.
+
+    A written prompt crosses as its token ids and becomes embeddings in the call, on its GPU.
+    """
     from .generate import stream_compare
 
     yield from stream_compare(on_accelerator(base), list(prompts), text, decoding)
 
 
 def evaluate_run(base: Base, soft: SoftPrompt, held_out_rows: Sequence[Row], rouge_rows: Sequence[Row],
-                 decoding) -> Iterator[tuple[str, object]]:
-    """Held-out perplexity, then ROUGE-L act by act: ("perplexity", metrics), then ("rouge", row) per act."""
+                 decoding, written: Written | None = None) -> Iterator[tuple[str, object]]:
+    """Held-out perplexity, then ROUGE-L act by act: ("perplexity", metrics), then ("rouge", row) per act.
+
+    With `written` (it crosses as token ids), each also scores the base model with that prompt in front: "written".
+    """
     from . import evaluate
+    from .written import embeddings
 
     base = on_accelerator(base)
-    yield "perplexity", evaluate.held_out(base, soft, held_out_rows)
-    for result in evaluate.iter_rouge(base, soft, list(rouge_rows), decoding):
+    yield "perplexity", evaluate.held_out(base, soft, held_out_rows, written=written)
+    prompt = None if written is None else embeddings(base, written)
+    for result in evaluate.iter_rouge(base, soft, list(rouge_rows), decoding, written=prompt):
         yield "rouge", result
 
 
@@ -323,9 +332,12 @@ def generate_duration(base: Base, prompts, text: str, decoding) -> int:
     return min(MAX_CALL_SECONDS, round(CALL_OVERHEAD_S + decoding.max_new_tokens * SECONDS_PER_NEW_TOKEN * 2))
 
 
-def evaluate_duration(base: Base, soft: SoftPrompt, held_out_rows, rouge_rows, decoding) -> int:
-    scoring = estimate_seconds(_tokens(base, held_out_rows), gpu_speed()) or 0.0  # forward passes only: generous
-    decode = len(rouge_rows) * 2 * decoding.max_new_tokens * SECONDS_PER_NEW_TOKEN
+def evaluate_duration(base: Base, soft: SoftPrompt, held_out_rows, rouge_rows, decoding,
+                      written: Written | None = None) -> int:
+    # a written prompt scores every held-out row a third time, with its tokens in front, and decodes a third continuation
+    tokens = _tokens(base, held_out_rows) + (0 if written is None else len(held_out_rows) * written.tokens)
+    scoring = estimate_seconds(tokens, gpu_speed()) or 0.0  # forward passes only: generous
+    decode = len(rouge_rows) * (2 if written is None else 3) * decoding.max_new_tokens * SECONDS_PER_NEW_TOKEN
     return min(MAX_CALL_SECONDS, round((CALL_OVERHEAD_S + scoring + decode) * 1.5))
 
 

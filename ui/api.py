@@ -11,19 +11,20 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from tuning import adapters, reference
+from tuning import adapters, reference, written
 from tuning.config import TuneConfig
 from tuning.generate import Decoding
 from tuning.jobs import Job
+from tuning.written import Written
 from ui import gpu_calls
 from ui.charts import acts_frame, perplexity
 from ui.checks import (MAX_FIELD_CHARS, MAX_INPUT_CHARS, checked_name, checked_number, checked_text, checked_whole,
-                       disk_errors, refuse, user_errors)
+                       disk_errors, refuse, user_errors, whole)
 from ui.follow import failure, start_job
 from ui.session import Context, Run, Session, bind, short_name
 from ui.tabs.adapters import own_name
 from ui.tabs.compare import MAX_NEW_TOKENS
-from ui.tabs.evaluate import held_out_scores, mean_rouge
+from ui.tabs.evaluate import held_out_scores, mean_rouge, sides
 from ui.training import DATA_CHOICES, training_job
 
 
@@ -55,33 +56,62 @@ def list_saved_adapters(ctx: Context) -> list[dict]:
             for a in ctx.adapters()]
 
 
-def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "", max_new_tokens: int = 64) -> dict:
-    """Continue a text with the base model and with one or two tuned prompts, greedy, in one batch.
+def checked_shots(value, label: str = "shots") -> int:
+    """0 (no written prompt) or one of written.SHOTS; anything else refused in one sentence."""
+    allowed = (0, *written.SHOTS)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or whole(value) not in allowed:
+        raise refuse(f"{label} must be one of {', '.join(map(str, allowed))} (0: no written prompt), got {str(value)[:80]}")
+    return whole(value)
+
+
+def written_description(prompt: Written) -> dict:
+    """What a written prompt was: {"label", "tokens", "examples"} (the acts its examples are prompts of)."""
+    return {"label": prompt.label, "tokens": prompt.tokens, "examples": [row.act for row in prompt.examples]}
+
+
+def compare_texts(ctx: Context, text: str, adapter: str, second_adapter: str = "", max_new_tokens: int = 64,
+                  shots: int = 0) -> dict:
+    """Continue a text with the base model, one or two tuned prompts and (with shots) a written prompt, greedy, in one batch.
 
     Args:
         text: the input, e.g. "I want you to act as a rapper."
         adapter: a saved adapter's name (see list_saved_adapters)
         second_adapter: another saved adapter's name for a third column; empty for none
         max_new_tokens: how many tokens each continuation may have, 1-512 (as on the page)
+        shots: 1, 2 or 4 for a written-prompt baseline in the same batch: the base model with that many whole prompts of training acts in front (drawn with the adapter's seed, never an act an adapter held out); 0 for none
 
     Returns:
-        {"base": text, <adapter>: text[, <second_adapter>: text]}
+        {"base": text, <adapter>: text[, <second_adapter>: text]}, and with shots: "written": text and
+        "written_prompt": {"label", "tokens", "examples"} (its context in tokens, the acts of its examples)
     """
     names = [checked_name(adapter, "adapter")] + ([checked_name(second_adapter)] if second_adapter else [])
     if None in names:
         raise refuse("name a saved adapter (see list_saved_adapters)")
     if len(set(names)) < len(names):  # one key would hold both columns
         raise refuse(f"the adapter {names[0]!r} is named twice; give two different adapters")
-    if "base" in names:  # the key of the base model's text
-        raise refuse("the answer names the base model's text 'base'; rename the adapter called 'base' to compare it")
+    k = checked_shots(shots)
+    taken = {"base": "the base model's text"} | ({"written": "the written prompt's text",
+                                                   "written_prompt": "the written prompt's description"} if k else {})
+    for key, what in taken.items():  # one key would hold two things
+        if key in names:
+            raise refuse(f"the answer names {what} {key!r}; rename the adapter called {key!r} to compare it")
     text = checked_text(text, "the input", MAX_INPUT_CHARS)
     tokens = checked_whole(max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS)  # what the page's slider allows
     with user_errors():
-        prompts = [adapters.load(name, ctx.root, ctx.base()) for name in names]
+        base = ctx.base()
+        prompts = [adapters.load(name, ctx.root, base) for name in names]
+        shown = written.for_adapters(base, prompts, ctx.rows(), ctx.dataset, k) if k else None
+        if shown is not None:
+            written.check_fits(base, shown, len(base.encode(text)), tokens)
         texts = ()
-        for texts in gpu_calls.GENERATE_ON_GPU(ctx.base(), prompts, text, Decoding(max_new_tokens=tokens)):
+        batch = ([shown] if shown is not None else []) + prompts
+        for texts in gpu_calls.GENERATE_ON_GPU(base, batch, text, Decoding(max_new_tokens=tokens)):
             pass
-    return dict(zip(["base", *names], texts))
+    if shown is None:
+        return dict(zip(["base", *names], texts))
+    base_text, written_text, *tuned = texts
+    return {"base": base_text, **dict(zip(names, tuned)), "written": written_text,
+            "written_prompt": written_description(shown)}
 
 
 @dataclass
@@ -209,25 +239,31 @@ def stop_training_job(ctx: Context, job: str) -> dict:
     return training_status(ctx, job_id)
 
 
-def evaluate_adapter(ctx: Context, adapter: str, rouge_acts: int = 3) -> dict:
+def evaluate_adapter(ctx: Context, adapter: str, rouge_acts: int = 3, shots: int = 0) -> dict:
     """Score a saved adapter against the base model on the acts it never trained on.
 
     Args:
         adapter: a saved adapter's name (see list_saved_adapters)
         rouge_acts: how many held-out acts to also score by ROUGE-L of greedy continuations, 0-20 (0: skip)
+        shots: 1, 2 or 4 to also score a written-prompt baseline on the same tokens: the base model with that many whole prompts of training acts in front; 0 for none
 
     Returns:
-        {"held_out_acts", "tokens", "perplexity": {"base", "tuned"}, "rouge_l": {"base", "tuned"}, "acts_scored"}
+        {"held_out_acts", "tokens", "perplexity": {"base", "tuned"}, "rouge_l": {"base", "tuned"}, "acts_scored"};
+        with shots, "written" in both and "written_prompt": {"label", "tokens", "examples"}
     """
     if not (name := checked_name(adapter, "adapter")):
         raise refuse("name a saved adapter (see list_saved_adapters)")
     n = checked_whole(rouge_acts, "rouge_acts", 0, 20)
+    k = checked_shots(shots)
     with user_errors():
         soft = adapters.load(name, ctx.root, ctx.base())
-    *_, (metrics, held, scored) = held_out_scores(ctx, soft, n, 64, lambda *args, **kwargs: None)
-    return {"held_out_acts": len(held), "tokens": metrics["base"].tokens,
-            "perplexity": {side: metrics[side].perplexity for side in ("base", "tuned")},
-            "rouge_l": mean_rouge(scored), "acts_scored": [r["act"] for r in scored]}
+    *_, (metrics, held, scored, shown) = held_out_scores(ctx, soft, n, 64, lambda *args, **kwargs: None, k)
+    answer = {"held_out_acts": len(held), "tokens": metrics["base"].tokens,
+              "perplexity": {side: metrics[side].perplexity for side in sides(metrics)},
+              "rouge_l": mean_rouge(scored, shown is not None), "acts_scored": [r["act"] for r in scored]}
+    if shown is not None:
+        answer["written_prompt"] = written_description(shown)
+    return answer
 
 
 def api_endpoints(ctx: Context) -> None:

@@ -172,10 +172,17 @@ def shown_text(text: str) -> str:
     return text if text.strip() else NOTHING_GENERATED
 
 
-def rouge_frame(scored: list[dict]) -> pd.DataFrame:
-    rows = [[r["act"], shown_text(r["base_text"]), shown_text(r["tuned_text"]), round(r["base_rouge"], 3),
-             round(r["tuned_rouge"], 3)] for r in scored]
-    return pd.DataFrame(rows, columns=["act", "base text", "tuned text", "base ROUGE-L", "tuned ROUGE-L"])
+def rouge_frame(scored: list[dict], with_written: bool | None = None) -> pd.DataFrame:
+    """One row per act: each model's continuation, then each one's ROUGE-L; the written prompt's between base and tuned.
+
+    `with_written`: whether there are written columns (None: when the rows have a written text).
+    """
+    if with_written is None:
+        with_written = bool(scored) and "written_text" in scored[0]
+    names = ["base", "written", "tuned"] if with_written else ["base", "tuned"]
+    rows = [[r["act"], *(shown_text(r[f"{n}_text"]) for n in names), *(round(r[f"{n}_rouge"], 3) for n in names)]
+            for r in scored]
+    return pd.DataFrame(rows, columns=["act", *(f"{n} text" for n in names), *(f"{n} ROUGE-L" for n in names)])
 
 
 def bars(values: dict[str, float | None], metric: str, spec: str) -> pd.DataFrame:

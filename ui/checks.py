@@ -22,12 +22,13 @@ from tuning.events import TrainingError
 from tuning.generate import GenerationError
 from tuning.model import ModelError
 from tuning.plan import PlanError
+from tuning.written import WrittenError
 
 log = logging.getLogger("tuning.app")
 
 
 OUT_OF_MEMORY = "out of memory: try fewer virtual tokens, a smaller batch or a shorter run"
-USER_ERRORS = (DataError, ModelError, AdapterError, GenerationError, TrainingError, PlanError, hub.HubError)
+USER_ERRORS = (DataError, ModelError, AdapterError, GenerationError, TrainingError, PlanError, hub.HubError, WrittenError)
 MAX_INPUT_CHARS = 4_000  # compare input; GPT-2's whole context is about 4,000 characters of English
 MAX_FIELD_CHARS = 200  # act names, searches, adapter names
 

@@ -1,22 +1,28 @@
 """The Compare tab: base and one or two tuned prompts continue the same input, side by side, streamed.
 
+A written prompt (examples of training acts, or the visitor's own text) can take a column between
+base and the tuned ones: the baseline a soft prompt has to beat, decoded in the same batch.
 While the reference adapters train, a timer shows their progress and offers each as it is saved.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import time
+from typing import NamedTuple, Sequence
 
 import gradio as gr
 
-from tuning import reference
+from tuning import reference, written
 from tuning.data import DataError
 from tuning.formatting import plural
-from tuning.generate import Decoding, fit_input
+from tuning.generate import Decoding, contexts, fit_input, prompt_length
 from tuning.model import SoftPrompt
+from tuning.report import md_inline
+from tuning.written import Written
 from ui import gpu_calls
 from ui.charts import act_line, shown_text
-from ui.checks import CheckedRadio, MAX_INPUT_CHARS, CheckedNumber, CheckedSlider, CheckedText, checked_name, user_errors, whole
+from ui.checks import (CheckedRadio, MAX_INPUT_CHARS, CheckedNumber, CheckedSlider, CheckedText, checked_name, checked_text,
+                       refuse, user_errors, whole)
 from ui.session import (HIDDEN, REFERENCE_OWNER, Context, Session, bind, dataset_rows, model_problem, newest_run,
                         pick_soft, prompt_names, reference_status)
 
@@ -25,27 +31,36 @@ NO_PROMPT = "(none)"  # Compare's second prompt, off
 MAX_NEW_TOKENS = 512  # a Compare continuation, on the page and through the API
 SAMPLING_ONLY = "when sampling"
 EMPTY_COLUMN = "Pick a tuned prompt above to fill this column."
+NO_WRITTEN = "none"
+OWN_TEXT = "your own text"
+SHOT_CHOICES = {NO_WRITTEN: 0} | {plural(k, "example"): k for k in written.SHOTS}  # Evaluate offers these
+WRITTEN_CHOICES = [*SHOT_CHOICES, OWN_TEXT]
 
 
 def generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session,
-             adapter_b=NO_PROMPT, no_repeat=Decoding.no_repeat_ngram_size):
-    """Base, prompt A and (unless NO_PROMPT) prompt B continue `text` in one batch, same decoding and seed.
+             adapter_b=NO_PROMPT, no_repeat=Decoding.no_repeat_ngram_size, written_choice=NO_WRITTEN, own_text=""):
+    """Base, the written prompt (unless none), prompt A and (unless NO_PROMPT) prompt B continue `text` in one batch,
+    same decoding and seed.
 
+    Yields (base, tuned, second tuned, written, cost line, the written prompt shown): the written
+    column comes after the first three so that a client reading those keeps working. The first
+    update names each column with the context it costs; the last one adds the cost line.
     A model that cannot be loaded is said in the columns (and under the header), not as red "Error" badges.
     """
     try:
         yield from _generate(ctx, text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session,
-                             adapter_b, no_repeat)
+                             adapter_b, no_repeat, written_choice, own_text)
     except gr.Error:
         if (problem := model_problem(ctx)) is None:
             raise
-        yield problem, "", ""
+        yield problem, "", "", "", "", ""
 
 
 def _generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, top_k, penalty, seed, session: Session,
-              adapter_b, no_repeat):
-    prompts = [pick_soft(ctx, adapter, session)]
+              adapter_b, no_repeat, written_choice, own_text):
+    names, prompts = [adapter], [pick_soft(ctx, adapter, session)]
     if checked_name(adapter_b, "the second prompt") not in (None, NO_PROMPT):
+        names.append(adapter_b)
         prompts.append(pick_soft(ctx, adapter_b, session))
     with user_errors():
         decoding = Decoding(
@@ -53,24 +68,100 @@ def _generate(ctx: Context, text, adapter, max_new, mode, temperature, top_p, to
             top_p=top_p, top_k=whole(top_k), repetition_penalty=penalty, seed=whole(seed),
             no_repeat_ngram_size=whole(no_repeat),
         )
-        if cut := input_cut(ctx.base(), prompts, text, decoding.max_new_tokens):
+        base = ctx.base()
+        shown = written_prompt(ctx, base, written_choice, own_text, prompts)
+        if shown is not None:  # refused with the numbers rather than cut: a cut written prompt is another prompt
+            written.check_fits(base, shown, len(base.encode(text)), decoding.max_new_tokens)
+        batch = ([shown] if shown is not None else []) + prompts  # the written column beside base, as on the page
+        if cut := input_cut(base, batch, text, decoding.max_new_tokens):
             gr.Info(f"The input is longer than the model's context leaves room for with {decoding.max_new_tokens} new "
                     f"tokens: its first {plural(cut, 'token')} {'was' if cut == 1 else 'were'} left out.")
-        texts = ("",) * (1 + len(prompts))
-        for texts in gpu_calls.GENERATE_ON_GPU(ctx.base(), prompts, text, decoding):
-            yield (*texts, "") if len(texts) == 2 else texts
+        sizes = contexts(base, [None, *batch], text, decoding.max_new_tokens)
+        details = written_details(shown) if shown is not None else ""
+        # the headers first: each column says what it costs before its text comes
+        yield ("", *[gr.Textbox(label=tuned_header(n, p), value="") for n, p in zip(names, prompts)],
+               *[""] * (2 - len(prompts)),
+               gr.Textbox(label=written_header(shown), value="") if shown is not None else "", "", details)
+        texts, steps, started = ("",) * (1 + len(batch)), 0, time.perf_counter()
+        for texts in gpu_calls.GENERATE_ON_GPU(base, batch, text, decoding):
+            steps += 1
+            yield *columns(texts, shown is not None), "", details
+        seconds = time.perf_counter() - started
     # the end: a column still empty is a model that ended at once, not one still thinking (or broken)
-    if not all(t.strip() for t in texts):
-        final = tuple(shown_text(t) for t in texts)
-        yield (*final, "") if len(final) == 2 else final
+    final = columns(tuple(shown_text(t) for t in texts), shown is not None)
+    kinds = ["base"] + (["written"] if shown is not None else []) + ["tuned", "second tuned"][:len(prompts)]
+    yield *final, cost_line(kinds, sizes, seconds, steps), details
 
 
-def input_cut(base, prompts: list[SoftPrompt], text, max_new_tokens: int) -> int:
+def columns(texts: Sequence[str], with_written: bool) -> tuple[str, str, str, str]:
+    """A batch's texts (base, [written], tuned, [second tuned]) in the tab's output order: base, tuned, second, written.
+
+    >>> columns(("b", "w", "t"), True), columns(("b", "t", "t2"), False)
+    (('b', 't', '', 'w'), ('b', 't', 't2', ''))
+    """
+    base, *rest = texts
+    shown = rest.pop(0) if with_written else ""
+    tuned = (rest + ["", ""])[:2]
+    return base, *tuned, shown
+
+
+def input_cut(base, prompts: Sequence[SoftPrompt | Written], text, max_new_tokens: int) -> int:
     """How many tokens generation will cut from the front of `text` to fit the context (0: none)."""
     if not isinstance(text, str) or not text.strip():
         return 0  # generation says what is wrong with it
-    num_virtual = max((p.num_virtual_tokens for p in prompts if isinstance(p, SoftPrompt)), default=0)
+    num_virtual = max((prompt_length(p) for p in prompts), default=0)
     return fit_input(base, base.encode(text), num_virtual, max_new_tokens)[1]
+
+
+def written_prompt(ctx: Context, base, choice, own_text, softs: Sequence[SoftPrompt]) -> Written | None:
+    """The written prompt a choice names: examples beside `softs` (written.for_adapters), the visitor's text, or None.
+
+    Examples come with the first tuned prompt's seed and never from an act either one held out.
+    """
+    if choice == OWN_TEXT:
+        return written.from_text(base, checked_text(own_text, "your written prompt", MAX_INPUT_CHARS))
+    k = SHOT_CHOICES.get(choice or NO_WRITTEN) if isinstance(choice, (str, type(None))) else None
+    if k is None:  # the page's radio refuses it first; a direct call lands here
+        raise refuse(f"the written prompt must be one of {', '.join(WRITTEN_CHOICES)}, got {str(choice)[:80]!r}")
+    return written.for_adapters(base, softs, ctx.rows(), ctx.dataset, k) if k else None
+
+
+def tuned_header(name: str, soft: SoftPrompt) -> str:
+    """'Tuned: poet-20x10 · 20 virtual tokens': the column's prompt and the context it takes."""
+    return f"Tuned: {name} · {plural(soft.num_virtual_tokens, 'virtual token')}"
+
+
+def written_header(shown: Written) -> str:
+    """'Written: 2 examples · 164 tokens'."""
+    return f"Written: {shown.describe()}"
+
+
+def written_details(shown: Written) -> str:
+    """What the Written column had in front of the input: the examples' acts and prompts, or the visitor's text."""
+    if shown.text is not None:
+        return f"**Your text** ({shown.describe()}), with a new line after it, in front of the input:\n\n> {md_inline(shown.text)}"
+    lines = [f"**{plural(len(shown.examples), 'example')}** ({plural(shown.tokens, 'token')}): whole prompts of training "
+             "acts, drawn with the first tuned prompt's seed from acts no compared prompt held out, each ended with "
+             "end-of-text, in front of the input:", ""]
+    lines += [f"{i}. **{md_inline(row.act)}**: {md_inline(row.prompt)}" for i, row in enumerate(shown.examples, 1)]
+    return "\n".join(lines)
+
+
+def cost_line(kinds: Sequence[str], sizes: Sequence[tuple[int, int]], seconds: float, steps: int) -> str:
+    """The batch's decode time and each column's context (`generate.contexts`), in one line.
+
+    >>> cost_line(["base", "written", "tuned"], [(0, 9), (164, 9), (20, 9)], 3.14, 64)
+    'One batch of 3 columns: 3.1 s for 64 new tokens · context: base 9 tokens · written 173 (164 + 9) · tuned 29 (20 virtual + 9)'
+    """
+    parts = []
+    for kind, (prompt, given) in zip(kinds, sizes):
+        if kind == "base":
+            parts.append(f"{kind} {plural(given, 'token')}")
+        else:
+            virtual = "" if kind == "written" else " virtual"
+            parts.append(f"{kind} {prompt + given:,} ({prompt:,}{virtual} + {given:,})")
+    return (f"One batch of {len(kinds)} columns: {seconds:.1f} s for {plural(steps, 'new token')} · context: "
+            + " · ".join(parts))
 
 
 def compare_choices(ctx: Context, session: Session, a: str | None = None, b: str | None = None, runs_seen: int = 0,
@@ -113,6 +204,16 @@ def third_column(name: str | None) -> gr.Textbox:
     if name in (None, NO_PROMPT):
         return gr.Textbox(label="Tuned", value="", visible=False)
     return gr.Textbox(label=f"Tuned: {name}", value="", placeholder="", visible=True)
+
+
+def written_column(choice) -> tuple:
+    """The written column, its own-text box and the accordion that shows it: there only while a written prompt is chosen.
+
+    Emptied, like a column whose prompt changed: the text below was another written prompt's.
+    """
+    chosen = choice not in (None, NO_WRITTEN)
+    return (gr.Textbox(visible=choice == OWN_TEXT), gr.Textbox(label="Written", value="", visible=chosen),
+            gr.Accordion(visible=chosen), "", "")
 
 
 def reference_tick(ctx: Context, seen: int, session: Session, a: str | None, b: str | None, runs_seen: int = 0):
@@ -187,12 +288,24 @@ def compare_tab(ctx: Context, session: gr.State) -> CompareTab:
                             info="a run of this session or a saved adapter")
             b = gr.Dropdown([NO_PROMPT], value=NO_PROMPT, label="Second tuned prompt", scale=1, allow_custom_value=True,
                             elem_id="compare-adapter-b", info="optional: three columns")
+        with gr.Row():
+            written_choice = CheckedRadio(WRITTEN_CHOICES, value=NO_WRITTEN, label="Written prompt", scale=1,
+                                          elem_id="compare-written",
+                                          info="the base model with examples of training acts (or your text) in front: "
+                                               "what a tuned prompt has to beat")
+            own_text = CheckedText("", label="Your written prompt", max_length=MAX_INPUT_CHARS, lines=2, scale=2,
+                                   visible=False, elem_id="compare-own-text",
+                                   placeholder="e.g. Answer as a rapper would, in rhymes.")
         decoding = decoding_controls()
         go = gr.Button("Generate", variant="primary")
         with gr.Row():
             base_out = gr.Textbox(label="Base", lines=10, elem_id="base-output")
+            written_out = gr.Textbox(label="Written", lines=10, elem_id="written-output", visible=False)  # written_column
             a_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output", placeholder=EMPTY_COLUMN)
             b_out = gr.Textbox(label="Tuned", lines=10, elem_id="tuned-output-b", visible=False)  # third_column shows it
+        cost = gr.Markdown(elem_id="compare-cost")
+        with gr.Accordion("The written prompt", open=False, visible=False) as written_box:
+            written_shown = gr.Markdown(elem_id="compare-written-prompt")
         gr.Markdown(LEARNED, elem_id="compare-learned")
         examples = gr.Examples([[DEFAULT_INPUT]], inputs=text, label="Openings of prompts no reference adapter trained on")
         timer = gr.Timer(2.0, active=ctx.jobs.running(REFERENCE_OWNER) is not None)
@@ -203,10 +316,13 @@ def compare_tab(ctx: Context, session: gr.State) -> CompareTab:
         tab.select(bind(compare_choices, ctx), [session, a, b, runs_seen], [a, b, runs_seen], api_name="compare_choices",
                    **HIDDEN).then(
             lambda: reference_status(ctx)[0], None, status, api_name=False)
-        generating = go.click(bind(generate, ctx), [text, a, *decoding[:-1], session, b, decoding[-1]],
-                              [base_out, a_out, b_out], api_name="generate", **HIDDEN,
+        generating = go.click(bind(generate, ctx),
+                              [text, a, *decoding[:-1], session, b, decoding[-1], written_choice, own_text],
+                              [base_out, a_out, b_out, written_out, cost, written_shown], api_name="generate", **HIDDEN,
                               concurrency_limit=4, concurrency_id="generate")
         # another prompt in a column stops the generation streaming into it: its text would go on under the new name
         a.change(column_label, a, a_out, api_name=False, cancels=[generating])
         b.change(third_column, b, b_out, api_name=False, cancels=[generating])
+        written_choice.change(written_column, written_choice, [own_text, written_out, written_box, written_shown, cost],
+                              api_name=False, cancels=[generating])
     return CompareTab(act, text, [a, b], runs_seen, examples.dataset)

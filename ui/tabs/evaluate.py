@@ -1,4 +1,7 @@
-"""The Evaluate tab: held-out perplexity and ROUGE-L, base vs tuned, per-token gains, the prompt's nearest tokens."""
+"""The Evaluate tab: held-out perplexity and ROUGE-L, base vs tuned, per-token gains, the prompt's nearest tokens.
+
+A written prompt (k examples of training acts) can be scored beside them, on the same held-out tokens.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +12,37 @@ from typing import Iterator, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from tuning import evaluate, report
+from tuning import evaluate, report, written
 from tuning.formatting import plural
 from tuning.generate import Decoding
 from tuning.model import SoftPrompt
 from tuning.rows import held_out_for
 from ui import gpu_calls
 from ui.charts import GAIN_SCALE, NEAREST_K, bars, gain_scores, gains_summary, nearest_frame, rouge_frame
-from ui.checks import CheckedNumber, CheckedSlider, refuse, user_errors, whole
+from ui.checks import CheckedNumber, CheckedRadio, CheckedSlider, refuse, user_errors, whole
 from ui.session import HIDDEN, SESSION_RUN, Context, Session, bind, model_problem, newest_run, pick_soft, run_choices
+from ui.tabs.compare import NO_WRITTEN, SHOT_CHOICES
 
 
-def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, progress) -> Iterator[tuple]:
-    """(perplexity metrics, held-out rows, ROUGE-L rows so far) of `soft` on the acts it never trained on.
+def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, progress,
+                    shots: int = 0) -> Iterator[tuple]:
+    """(perplexity metrics, held-out rows, ROUGE-L rows so far, the written prompt) of `soft` on the acts it never trained on.
 
     Yielded once perplexity is scored and again after each act's continuations, so a page shows the
     numbers as they come and a stopped evaluation (another prompt picked) ends at the next act.
     Perplexity is scored exactly as training scores it (its batch size), so it matches the run history.
+    With `shots` examples (written.for_adapters: the adapter's seed, never a held-out act), "written"
+    is scored too, on the same tokens; the written prompt is None without.
     """
     with user_errors():
         base, held = ctx.base(), held_out_for(soft, ctx.rows(), ctx.dataset)
         if not held:
             raise refuse("there are no held-out acts to evaluate on (this adapter was trained on every act)")
+        shown = written.for_adapters(base, [soft], ctx.rows(), ctx.dataset, shots) if shots else None
         progress(0, desc="held-out perplexity")
         picked, scored, metrics = held[:n_acts], [], None
-        runs = gpu_calls.EVALUATE_ON_GPU(base, soft, held, picked, Decoding(max_new_tokens=max_new))
+        extra = {"written": shown} if shown is not None else {}  # the GPU call's arguments as before without one
+        runs = gpu_calls.EVALUATE_ON_GPU(base, soft, held, picked, Decoding(max_new_tokens=max_new), **extra)
         try:
             for kind, result in runs:
                 if kind == "perplexity":
@@ -42,7 +51,7 @@ def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, p
                     scored.append(result)
                     progress((len(scored), len(picked)), desc="ROUGE-L: generating", unit="acts")
                 assert metrics is not None, "gpu.evaluate_run yields perplexity first"
-                yield metrics, held, list(scored)
+                yield metrics, held, list(scored), shown
         except GeneratorExit:
             # Stopped (another prompt picked): Gradio closes this generator on its event loop. On
             # ZeroGPU closing the GPU call waits for the worker's next item, a whole act's two
@@ -51,45 +60,72 @@ def held_out_scores(ctx: Context, soft: SoftPrompt, n_acts: int, max_new: int, p
             raise
 
 
-def mean_rouge(scored: list[dict]) -> dict[str, float | None]:
-    return {side: sum(r[f"{side}_rouge"] for r in scored) / len(scored) if scored else None for side in ("base", "tuned")}
+def sides(scores: dict) -> tuple[str, ...]:
+    """The models scored, in the order the page shows them: base, written (when scored), tuned."""
+    return ("base", "written", "tuned") if "written" in scores else ("base", "tuned")
 
 
-def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progress=gr.Progress()):
-    """Held-out perplexity and ROUGE-L, base vs tuned: bars, a summary and a table per act, filled in as they come.
+def mean_rouge(scored: list[dict], with_written: bool = False) -> dict[str, float | None]:
+    """Each model's mean ROUGE-L over the acts scored so far (None before the first)."""
+    return {side: sum(r[f"{side}_rouge"] for r in scored) / len(scored) if scored else None
+            for side in sides({"written": 1} if with_written else {})}
+
+
+def evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, written_choice=NO_WRITTEN,
+                 progress=gr.Progress()):
+    """Held-out perplexity and ROUGE-L, base (and written) vs tuned: bars, a summary and a table per act, as they come.
 
     A model that cannot be loaded is said in the summary, not as red "Error" badges.
     """
     try:
-        yield from _evaluate_run(ctx, adapter, n_acts, max_new, session, progress)
+        yield from _evaluate_run(ctx, adapter, n_acts, max_new, session, written_choice, progress)
     except gr.Error:
         if (problem := model_problem(ctx)) is None:
             raise
         yield None, None, f"⚠️ {problem}", rouge_frame([])
 
 
-def _evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, progress):
+def _evaluate_run(ctx: Context, adapter, n_acts, max_new, session: Session, written_choice, progress):
     soft = pick_soft(ctx, adapter, session)
     n_acts, max_new = whole(n_acts), whole(max_new)
+    shots = SHOT_CHOICES.get(written_choice or NO_WRITTEN) if isinstance(written_choice, (str, type(None))) else None
+    if shots is None:  # the page's radio refuses it first; a direct call lands here
+        raise refuse(f"the written prompt must be one of {', '.join(SHOT_CHOICES)}, got {str(written_choice)[:80]!r}")
     shown = session.runs[-1].name if adapter == SESSION_RUN and session.runs else adapter
-    for metrics, held, scored in held_out_scores(ctx, soft, n_acts, max_new, progress):
-        ppl, mean = {side: metrics[side].perplexity for side in ("base", "tuned")}, mean_rouge(scored)
+    for metrics, held, scored, prompt in held_out_scores(ctx, soft, n_acts, max_new, progress, shots):
+        names = sides(metrics)
+        ppl, mean = {side: metrics[side].perplexity for side in names}, mean_rouge(scored, prompt is not None)
+        label = {"written": f"written ({prompt.describe()})"} if prompt is not None else {}
         wanted = min(n_acts, len(held))
         short = f" (only {len(held)} held-out acts)" if n_acts > len(held) else ""
         if not wanted:
             rouge = "ROUGE-L: skipped (0 acts)."
         elif len(scored) < wanted:
             rouge = f"**ROUGE-L**: generating, {len(scored)} of {plural(wanted, 'act')} done{short}…" + (
-                f" So far base {mean['base']:.3f}, tuned {mean['tuned']:.3f}." if scored else "")
+                f" So far {scores_text(mean, '.3f')}." if scored else "")
         else:
             rouge = (f"**ROUGE-L** of greedy continuations (no repeated 3-grams) against the real prompt, "
-                     f"{plural(len(scored), 'act')}{short}: base {mean['base']:.3f}, tuned {mean['tuned']:.3f}.")
+                     f"{plural(len(scored), 'act')}{short}: {scores_text(mean, '.3f')}.")
         summary = (f"**{report.md_inline(shown)}**  \n**Held-out perplexity** over {plural(len(held), 'act')} "
-                   f"({plural(metrics['base'].tokens, 'token')}): base {ppl['base']:.2f}, tuned {ppl['tuned']:.2f}.  \n"
-                   + rouge)
+                   f"({plural(metrics['base'].tokens, 'token')}): {scores_text(ppl, '.2f', label)}.  \n" + rouge)
         # no bars yet: None, as on a new page (a chart first sent no rows keeps a y axis that later bars never fill)
         rouge_bars = bars(mean, "ROUGE-L", ".3f") if scored else None
         yield bars(ppl, "perplexity", ".2f"), rouge_bars, summary, rouge_frame(scored)
+
+
+def scores_text(values: dict[str, float], spec: str, labels: dict[str, str] | None = None) -> str:
+    """'base 34.52, written (2 examples · 164 tokens) 30.10, tuned 18.40': each model's score, named."""
+    return ", ".join(f"{(labels or {}).get(side, side)} {value:{spec}}" for side, value in values.items())
+
+
+MODEL_COLOURS = {"base": "#9ca3af", "written": "#16a34a", "tuned": "#2563eb"}
+TABLE_WIDTHS = {False: ["14%", "35%", "35%", "8%", "8%"], True: ["10%", "25%", "25%", "25%", "5%", "5%", "5%"]}
+
+
+def written_choice_changed(choice) -> tuple:
+    """Another written prompt: the numbers shown were not of it; the table gets (or loses) its written columns."""
+    chosen = choice not in (None, NO_WRITTEN)
+    return None, None, "", gr.Dataframe(rouge_frame([], chosen), column_widths=TABLE_WIDTHS[chosen])
 
 
 def no_evaluation() -> tuple:
@@ -145,16 +181,19 @@ def evaluate_tab(ctx: Context, session: gr.State) -> EvaluateTab:
             adapter = gr.Dropdown([], label="Tuned prompt", allow_custom_value=True, elem_id="eval-adapter")
             rouge_acts = CheckedNumber(5, precision=0, minimum=0, maximum=20, label="Held-out acts for ROUGE-L (0: skip)")
             max_new = CheckedSlider(1, 256, value=64, step=1, label="Max new tokens per continuation")
+            written_choice = CheckedRadio(list(SHOT_CHOICES), value=NO_WRITTEN, label="Written prompt",
+                                          elem_id="eval-written",
+                                          info="also score the base model with examples of training acts in front")
         go = gr.Button("Evaluate", variant="primary")
         with gr.Row():
             ppl_plot = gr.BarPlot(x="label", y="perplexity", color="model", title="Held-out perplexity", x_title=" ",
-                                  color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, None], height=260)
+                                  color_map=MODEL_COLOURS, y_lim=[0, None], height=260)
             rouge_plot = gr.BarPlot(x="label", y="ROUGE-L", color="model", title="ROUGE-L (mean over acts)", x_title=" ",
-                                    color_map={"base": "#9ca3af", "tuned": "#2563eb"}, y_lim=[0, 1], height=260,
+                                    color_map=MODEL_COLOURS, y_lim=[0, 1], height=260,
                                     elem_id="rouge-plot")
         summary = gr.Markdown(elem_id="eval-summary")
         rouge_table = gr.Dataframe(rouge_frame([]), label="Per held-out act", interactive=False, wrap=True, max_height=360,
-                                   column_widths=["14%", "35%", "35%", "8%", "8%"])
+                                   column_widths=TABLE_WIDTHS[False])
         gr.Markdown(GAINS_HELP)
         gains = gr.HighlightedText(label="Tuned vs base, per token (nats)", show_legend=True, elem_id="token-gains")
         gains_text = gr.Markdown()
@@ -165,7 +204,7 @@ def evaluate_tab(ctx: Context, session: gr.State) -> EvaluateTab:
         runs_seen = gr.State(0)  # the session's run count when the dropdown was last offered
         tab.select(bind(refresh_choices, ctx), [session, adapter, runs_seen], [adapter, runs_seen],
                    api_name="eval_adapter_choices", **HIDDEN)
-        scored = go.click(bind(evaluate_run, ctx), [adapter, rouge_acts, max_new, session],
+        scored = go.click(bind(evaluate_run, ctx), [adapter, rouge_acts, max_new, session, written_choice],
                           [ppl_plot, rouge_plot, summary, rouge_table], api_name="evaluate", **HIDDEN,
                           concurrency_limit=4, concurrency_id="generate")
         per_token = scored.success(bind(token_view, ctx), [adapter, session], [gains, gains_text], api_name="token_gains",
@@ -175,4 +214,6 @@ def evaluate_tab(ctx: Context, session: gr.State) -> EvaluateTab:
         # another prompt picked: the numbers shown were not its, and an evaluation still running is of the old one
         adapter.change(no_evaluation, None, [ppl_plot, rouge_plot, summary, rouge_table, gains, gains_text, nearest_table],
                        api_name=False, cancels=[scored, per_token, nearest])
+        written_choice.change(written_choice_changed, written_choice, [ppl_plot, rouge_plot, summary, rouge_table],
+                              api_name=False, cancels=[scored])
     return EvaluateTab(adapter, runs_seen)
