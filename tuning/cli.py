@@ -21,6 +21,8 @@ from pathlib import Path
 from .config import DEFAULT_DATASET, DEFAULT_MODEL, PRECISIONS, TuneConfig, same_model
 
 HUB_MODEL_HELP = "the Hub id --model is a local copy of: adapters trained on that id run on it"
+# written.SHOTS, repeated here because importing written.py loads torch and `--help` must not (test_cli checks they agree)
+SHOTS = (1, 2, 4)
 
 # flags that are not a plain "--field value" of TuneConfig
 _SPECIAL = {"acts", "text_only"}
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rouge", type=int, default=0, metavar="N",
                    help="also ROUGE-L of greedy generations on up to N held-out acts, base vs tuned (default: 0, off)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per act for --rouge (default: 64)")
+    _add_shots_flag(p, "also the base model with K examples of training acts written in front, scored on the same tokens")
 
     _add_bench_command(sub)
 
@@ -137,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", help="delete a saved adapter")
     p.add_argument("name")
     return parser
+
+
+def _add_shots_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--shots", type=int, default=0, choices=(0, *SHOTS), metavar="K",
+                        help=f"{what}: a written-prompt baseline, K one of {', '.join(map(str, SHOTS))} "
+                             "(default: 0, off)")
 
 
 def _add_bench_command(sub) -> None:
@@ -441,6 +450,7 @@ def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
 
 
 def cmd_eval(args) -> int:
+    from . import written
     from .evaluate import held_out
     from .generate import Decoding
     from .rows import held_out_for
@@ -454,24 +464,49 @@ def cmd_eval(args) -> int:
     held = held_out_for(soft, rows, config.dataset)
     if not held:
         raise ValueError("there are no held-out rows to evaluate on")
-    result = held_out(base, soft, held, args.batch_size)
-    print(f"held-out: {len(held)} acts, {result['base'].tokens} tokens of {config.dataset}")
-    print(f"{'':6} {'loss':>8} {'perplexity':>11}")
-    for name in ("base", "tuned"):
+    acts = held[: args.rouge]
+    baseline = None
+    if args.shots:
+        baseline = written.for_adapters(base, [soft], rows, config.dataset, args.shots)
+        if acts:  # before minutes of scoring: the ROUGE-L inputs must fit beside it too
+            _check_written_fits_acts(base, baseline, acts, args.max_new_tokens)
+    result = held_out(base, soft, held, args.batch_size, written=baseline)
+    print(f"held-out: {len(held)} acts, {result['base'].tokens:,} tokens of {config.dataset}")
+    if baseline is not None:
+        print(_examples_line(baseline))
+    labels = {"base": "base", "written": f"written ({baseline.describe()})" if baseline else "", "tuned": "tuned"}
+    names = [name for name in ("base", "written", "tuned") if name in result]
+    width = max(6, *(len(labels[name]) for name in names))
+    print(f"{'':{width}} {'loss':>8} {'perplexity':>11}")
+    for name in names:
         m = result[name]
-        print(f"{name:6} {m.loss:8.4f} {m.perplexity:11.2f}")
-    if args.rouge > 0:
+        print(f"{labels[name]:{width}} {m.loss:8.4f} {m.perplexity:11.2f}")
+    if acts:
         from tqdm import tqdm
 
         from .evaluate import rouge_compare
 
-        acts = held[: args.rouge]
+        prompt = None if baseline is None else written.embeddings(base, baseline)
         with tqdm(total=len(acts), unit="act", desc="ROUGE-L", dynamic_ncols=True) as bar:
             rouge = rouge_compare(base, soft, acts, decoding,
-                                  progress=lambda done, total: bar.update(done - bar.n))
-        print(f"ROUGE-L on {len(acts)} held-out acts (greedy, {args.max_new_tokens} new tokens): "
-              f"base {rouge['base']:.4f}  tuned {rouge['tuned']:.4f}")
+                                  progress=lambda done, total: bar.update(done - bar.n), written=prompt)
+        scores = "  ".join(f"{name} {rouge[name]:.4f}" for name in names)
+        print(f"ROUGE-L on {len(acts)} held-out acts (greedy, {args.max_new_tokens} new tokens): {scores}")
     return 0
+
+
+def _examples_line(baseline) -> str:
+    """'written prompt: 2 examples from the training side: Poet, Chef': which acts the baseline was written from."""
+    return f"written prompt: {baseline.label} from the training side: {', '.join(r.act for r in baseline.examples)}"
+
+
+def _check_written_fits_acts(base, baseline, acts, new_tokens: int) -> None:
+    """Refuse, with the numbers, a written prompt that leaves no room for an act's instruction and its continuation."""
+    from . import written
+    from .evaluate import act_instruction
+
+    longest = max(len(base.encode(act_instruction(r.act))) for r in acts)
+    written.check_fits(base, baseline, longest, new_tokens, what="the longest act instruction")
 
 
 def cmd_bench(args) -> int:
