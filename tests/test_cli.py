@@ -112,6 +112,89 @@ def test_generate_json_with_one_adapter(two_adapters, capsys):
     assert list(json.loads(capsys.readouterr().out)) == ["base", "A"]
 
 
+def from_written_ids(base, baseline, text, decoding):
+    """The plain way: the base model continuing the token ids of [written prompt; text], alone."""
+    from tuning.generate import display_text, stream_ids
+
+    rows = [[]]
+    for rows in stream_ids(base, [None], list(baseline.ids) + base.encode(text), decoding):
+        pass
+    return display_text(base.tokenizer.decode(rows[0], skip_special_tokens=True))
+
+
+def test_generate_shots_json_adds_the_written_text_decoded_as_from_its_token_ids(two_adapters, tiny_csv, capsys):
+    from tuning import adapters, written
+    from tuning.data import load_rows
+    from tuning.generate import Decoding, generate
+
+    assert main(generate_args(two_adapters, "A", extra=["--json", "--shots", "2"])) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == ["base", "written", "A"]
+    base, soft = loaded(two_adapters, "A")
+    examples = written.for_adapters(base, [soft], load_rows(str(tiny_csv)), soft.config.dataset, 2)
+    decoding = Decoding(max_new_tokens=8)
+    text = "I want you to act as a poet."
+    assert result["written"] == from_written_ids(base, examples, text, decoding)  # float32: batching changes nothing
+    assert result["base"] == generate(base, None, text, decoding) and result["A"] == generate(base, soft, text, decoding)
+    assert result["written"] != result["base"]
+
+
+def test_generate_written_text_json_with_two_adapters(two_adapters, capsys):
+    from tuning import written
+    from tuning.generate import Decoding
+
+    assert main(generate_args(two_adapters, "A", "B", extra=["--json", "--written", "You are a poet. Rhyme."])) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == ["base", "written", "A", "B"]
+    base, _ = loaded(two_adapters, "A")
+    own = written.from_text(base, "You are a poet. Rhyme.")
+    assert result["written"] == from_written_ids(base, own, "I want you to act as a poet.", Decoding(max_new_tokens=8))
+
+
+def test_generate_shots_puts_a_written_column_between_base_and_tuned(two_adapters, tiny_csv, capsys, monkeypatch):
+    from tuning import written
+    from tuning.data import load_rows
+
+    monkeypatch.setenv("COLUMNS", "160")
+    assert main(generate_args(two_adapters, "A", extra=["--shots", "1"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    base, soft = loaded(two_adapters, "A")
+    examples = written.for_adapters(base, [soft], load_rows(str(tiny_csv)), soft.config.dataset, 1)
+    assert lines[0] == f"written prompt: 1 example from the training side: {examples.examples[0].act}"
+    assert [title.strip() for title in lines[1].split("|")] == ["base", f"written ({examples.describe()})", "tuned (A)"]
+
+
+def test_generate_refuses_shots_and_written_together(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "hi", "--adapter", "A", "--shots", "2", "--written", "You are a poet."])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--adapter", "written", "--json", "--shots", "1"], "error: --json names the written prompt's text 'written'"),
+    (["--adapter", "A", "--written", " \n"], "error: --written is empty"),
+])
+def test_generate_refuses_a_bad_written_choice_before_loading(two_adapters, argv, message, capsys, monkeypatch):
+    must_not_load(monkeypatch)
+    assert main(["--adapters-dir", str(two_adapters), "generate", "hi", *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)
+
+
+def test_generate_refuses_a_written_prompt_that_leaves_no_room_with_the_numbers(two_adapters, capsys):
+    # 241 tokens of GPT-2's: 8 new tokens still fit beside them, so generation would have cut the input to make room
+    text, own_text = "I want you to act as a poet.", "Rhyme. " * 60
+    assert main(generate_args(two_adapters, "A", extra=["--json", "--written", own_text])) == 1
+    captured = capsys.readouterr()
+    base, _ = loaded(two_adapters, "A")
+    own = len(base.encode(own_text))
+    need = own + len(base.encode(text)) + 8
+    assert captured.out == "" and captured.err.strip().splitlines()[-1] == (
+        f"error: the written prompt (your text · {own} tokens) + the input ({len(base.encode(text))} tokens) + "
+        f"8 new tokens need {need} positions, more than the model's 256-token context; "
+        "use fewer examples or a shorter text")
+
+
 @pytest.mark.parametrize(
     "names, message",
     [
@@ -259,13 +342,13 @@ def test_eval_refuses_examples_that_leave_no_room_for_rouge_continuations_before
                         r"context; use fewer examples or a shorter text", last), last
 
 
-@pytest.mark.parametrize("command", ["eval", "generate", "report"])
+@pytest.mark.parametrize("command", ["eval", "generate"])
 def test_shots_outside_the_offered_counts_is_a_usage_error(command, capsys):
     argv = {"eval": ["eval", "--adapter", "a"], "generate": ["generate", "hi", "--adapter", "a"],
             "report": ["report", "a", "--out", "x"]}[command]
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--shots", "3"])
-    assert exit_info.value.code == 2 and "--shots" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--shots: invalid choice: 3" in capsys.readouterr().err
 
 
 def test_the_clis_shot_counts_are_the_written_prompts(capsys):

@@ -92,10 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", action="append", required=True, metavar="NAME",
                    help="name of a saved adapter; give it twice to compare two adapters with the base model")
     p.add_argument("--json", action="store_true",
-                   help='print one JSON object {"base": ..., "<adapter>": ...} and nothing else on stdout')
+                   help='print one JSON object {"base": ..., "<adapter>": ...} ("written": ... too with --shots or '
+                        '--written) and nothing else on stdout')
     p.add_argument("--model", help="model to load (default: the adapters' base model)")
     p.add_argument("--hub-model", metavar="ID", help=HUB_MODEL_HELP)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    baseline = p.add_mutually_exclusive_group()
+    _add_shots_flag(baseline, "also a column of the base model with K examples of training acts written in front")
+    baseline.add_argument("--written", metavar="TEXT",
+                          help="also a column of the base model with TEXT written in front: your own prompt to "
+                               "beat, instead of --shots examples")
+    p.add_argument("--dataset", help="where --shots draws examples from (default: the first adapter's dataset)")
     _add_decoding_flags(p)
 
     p = sub.add_parser("eval", help="held-out loss and perplexity, base vs tuned")
@@ -142,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_shots_flag(parser: argparse.ArgumentParser, what: str) -> None:
+def _add_shots_flag(parser, what: str) -> None:
     parser.add_argument("--shots", type=int, default=0, choices=(0, *SHOTS), metavar="K",
                         help=f"{what}: a written-prompt baseline, K one of {', '.join(map(str, SHOTS))} "
                              "(default: 0, off)")
@@ -394,7 +401,7 @@ def cmd_generate(args) -> int:
     import contextlib
     import json
 
-    from . import adapters
+    from . import adapters, written
     from .generate import Decoding, stream_compare
 
     names = args.adapter
@@ -404,6 +411,12 @@ def cmd_generate(args) -> int:
         raise ValueError(f"the adapter {names[0]!r} is named twice; give two different adapters")
     if args.json and "base" in names:
         raise ValueError("--json names the base model's text 'base'; rename the adapter called 'base' to compare it")
+    wants_written = bool(args.shots) or args.written is not None
+    if args.json and wants_written and "written" in names:
+        raise ValueError("--json names the written prompt's text 'written'; rename the adapter called 'written' "
+                         "to compare it")
+    if args.written is not None and not args.written.strip():
+        raise ValueError("--written is empty: give the text to write in front of the input, or leave it out")
     fields = {f.name for f in dataclasses.fields(Decoding)}
     decoding = Decoding(**{k: v for k, v in vars(args).items() if k in fields})
     softs = [adapters.load(name, args.adapters_dir) for name in names]
@@ -414,14 +427,36 @@ def cmd_generate(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         base = _base_for(softs[0].base_model, args.model, args.precision, args.hub_model)
         softs = [adapters.load(name, args.adapters_dir, base=base) for name in names]  # checked against the model
-        texts = ("",) * (1 + len(softs))
-        for texts in stream_compare(base, softs, args.text, decoding):
+        baseline = _written_baseline(args, base, softs, decoding) if wants_written else None
+        prompts = softs if baseline is None else [written.embeddings(base, baseline), *softs]
+        titles = ["base"] + (["written"] if baseline else []) + list(names)
+        texts = ("",) * len(titles)
+        # one batch for every column: the written row is decoded beside the others, not after them
+        for texts in stream_compare(base, prompts, args.text, decoding):
             pass
     if args.json:
-        print(json.dumps({"base": texts[0], **dict(zip(names, texts[1:]))}))
-    else:
-        print(side_by_side(("base", texts[0]), *((f"tuned ({name})", text) for name, text in zip(names, texts[1:]))))
+        print(json.dumps(dict(zip(titles, texts))))
+        return 0
+    if baseline is not None and baseline.examples:
+        print(_examples_line(baseline))
+    written_column = [(f"written ({baseline.describe()})", texts[1])] if baseline else []
+    tuned = [(f"tuned ({name})", text) for name, text in zip(names, texts[-len(names):])]
+    print(side_by_side(("base", texts[0]), *written_column, *tuned))
     return 0
+
+
+def _written_baseline(args, base, softs, decoding):
+    """The written prompt `generate` puts beside the adapters (--shots examples or --written text), refused unless
+    it fits the context with the input and every new token: cutting the input to make room would change the question."""
+    from . import written
+
+    if args.shots:
+        dataset = args.dataset or softs[0].config.dataset
+        baseline = written.for_adapters(base, softs, _rows(dataset, softs[0].config.text_only), dataset, args.shots)
+    else:
+        baseline = written.from_text(base, args.written)
+    written.check_fits(base, baseline, len(base.encode(args.text)), decoding.max_new_tokens)
+    return baseline
 
 
 def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
@@ -435,15 +470,23 @@ def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
     a          | b          | c
     ---------- | ---------- | ----------
     x          | (nothing)  | z
+    >>> print(side_by_side(("base", "x"), ("written (2 examples)", "y"), width=23))
+    base       | written (2
+               | examples)
+    ---------- | ----------
+    x          | y
     """
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 160)
     col = max((width - 3 * (len(columns) - 1)) // len(columns), 10)
+    # a long title wraps rather than being cut: "written (2 examples · 164 tokens)" must keep its count
+    titles = [textwrap.wrap(title, col) or [""] for title, _ in columns]
+    tall = max(len(t) for t in titles)
 
     def lines(title, text):
         body = [w for para in (text.strip() or "(nothing)").splitlines() for w in (textwrap.wrap(para, col) or [""])]
-        return [title[:col], "-" * col] + body
+        return title + [""] * (tall - len(title)) + ["-" * col] + body
 
-    blocks = [lines(*column) for column in columns]
+    blocks = [lines(title, text) for title, (_, text) in zip(titles, columns)]
     height = max(len(b) for b in blocks)
     blocks = [b + [""] * (height - len(b)) for b in blocks]
     return "\n".join(" | ".join(f"{x:<{col}}" for x in row).rstrip() for row in zip(*blocks))
