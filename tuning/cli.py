@@ -582,7 +582,21 @@ def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rouge", type=int, default=0, metavar="N",
                         help="also ROUGE-L on up to N held-out acts per cell, base vs tuned (default: 0, off)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per act for --rouge (default: 64)")
+    parser.add_argument("--shots", type=_shot_counts, default=(), metavar="K,K",
+                        help="also the base model with K examples of training acts written in front, for each K "
+                             f"given (of {', '.join(map(str, SHOTS))}, comma-separated): written-prompt rows on the "
+                             "same held-out tokens (default: none)")
     parser.add_argument("--out", default="sweep", help="folder for sweep.csv and sweep.png (default: sweep)")
+
+
+def _shot_counts(text: str) -> tuple[int, ...]:
+    """argparse type: '1,2,4' -> (1, 2, 4), each of SHOTS (a usage error, exit 2, otherwise)."""
+    counts = []
+    for part in text.replace(" ", "").split(","):
+        if part not in {str(k) for k in SHOTS}:
+            raise argparse.ArgumentTypeError(f"{part!r} is not one of {', '.join(map(str, SHOTS))}")
+        counts.append(int(part))
+    return tuple(sorted(set(counts)))
 
 
 def cmd_sweep(args) -> int:
@@ -590,7 +604,8 @@ def cmd_sweep(args) -> int:
 
     from .generate import Decoding
     from .model import load_base
-    from .sweep import CellEvent, CellResult, SweepDone, SweepStart, format_table, parse_grid, plot, run_sweep, write_csv
+    from .sweep import (CellEvent, CellResult, SweepDone, SweepStart, WrittenResult, format_table, parse_grid, plot,
+                        run_sweep, write_csv)
     from .events import EpochEnd, Step
 
     grid = parse_grid(args.grid)
@@ -605,9 +620,9 @@ def cmd_sweep(args) -> int:
 
     # First Ctrl-C: stop the current cell after its step, skip the rest, still write what finished.
     stop, restore_ctrl_c = ctrl_c_stops()
-    bar, results, held_rows = None, [], 0
+    bar, results, written_rows, held_rows = None, [], [], 0
     try:
-        for event in run_sweep(base, rows, config, grid, stop, args.rouge, decoding):
+        for event in run_sweep(base, rows, config, grid, stop, args.rouge, decoding, args.shots):
             if isinstance(event, SweepStart):
                 tqdm.write(f"{len(event.labels)} cells ({', '.join(event.labels)}), {event.train_rows} training rows, "
                            f"{event.held_out_rows} held-out rows")
@@ -623,16 +638,19 @@ def cmd_sweep(args) -> int:
                 tqdm.write(f"{event.label} epoch {e.epoch}: train loss {e.train_loss:.4f}{held_text}")
             elif isinstance(event, CellResult) and args.rouge > 0:
                 tqdm.write(f"{event.label}: ROUGE-L scored")
+            elif isinstance(event, WrittenResult):
+                tqdm.write(f"written prompt, {event.label} ({event.tokens:,} tokens): scored")
             elif isinstance(event, SweepDone):
-                results = event.results
+                results, written_rows = event.results, event.written
     finally:
         restore_ctrl_c()
         if bar is not None:
             bar.close()
     if not results:
         raise ValueError("the sweep was stopped before any cell finished; nothing was written")
-    print(format_table(results))  # first: the numbers are on screen even if a write fails
-    csv_path, png_path = write_csv(results, out / "sweep.csv"), plot(results, out / "sweep.png")
+    print(format_table(results, written_rows))  # first: the numbers are on screen even if a write fails
+    csv_path = write_csv(results, out / "sweep.csv", written_rows)
+    png_path = plot(results, out / "sweep.png", written_rows)
     print(f"wrote {csv_path} and {png_path}")
     return 0
 
