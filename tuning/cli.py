@@ -494,7 +494,7 @@ def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
 
 def cmd_eval(args) -> int:
     from . import written
-    from .evaluate import held_out
+    from .evaluate import check_rouge_fits, held_out
     from .generate import Decoding
     from .rows import held_out_for
 
@@ -511,8 +511,7 @@ def cmd_eval(args) -> int:
     baseline = None
     if args.shots:
         baseline = written.for_adapters(base, [soft], rows, config.dataset, args.shots)
-        if acts:  # before minutes of scoring: the ROUGE-L inputs must fit beside it too
-            _check_written_fits_acts(base, baseline, acts, args.max_new_tokens)
+        check_rouge_fits(base, baseline, acts, decoding)  # before minutes of scoring, not after
     result = held_out(base, soft, held, args.batch_size, written=baseline)
     print(f"held-out: {len(held)} acts, {result['base'].tokens:,} tokens of {config.dataset}")
     if baseline is not None:
@@ -541,15 +540,6 @@ def cmd_eval(args) -> int:
 def _examples_line(baseline) -> str:
     """'written prompt: 2 examples from the training side: Poet, Chef': which acts the baseline was written from."""
     return f"written prompt: {baseline.label} from the training side: {', '.join(r.act for r in baseline.examples)}"
-
-
-def _check_written_fits_acts(base, baseline, acts, new_tokens: int) -> None:
-    """Refuse, with the numbers, a written prompt that leaves no room for an act's instruction and its continuation."""
-    from . import written
-    from .evaluate import act_instruction
-
-    longest = max(len(base.encode(act_instruction(r.act))) for r in acts)
-    written.check_fits(base, baseline, longest, new_tokens, what="the longest act instruction")
 
 
 def cmd_bench(args) -> int:

@@ -37,7 +37,7 @@ from typing import Iterator, Sequence
 from . import written
 from .config import TuneConfig
 from .data import Row
-from .evaluate import ROUGE_NEW_TOKENS, act_instruction, base_continuations, mean_loss, rouge_compare
+from .evaluate import base_continuations, check_rouge_fits, mean_loss, rouge_compare
 from .formatting import number
 from .generate import Decoding
 from .history import held_out_points
@@ -236,10 +236,7 @@ def _written_prompts(base: Base, rows: Sequence[Row], held: Sequence[Row], held_
         prompt = written.examples(base, rows, held, k, seed)
         written.check_fits(base, prompt, max((len(r) for r in held_ids), default=0),
                            what="the longest held-out prompt")
-        if rouge_held:
-            longest = max(len(base.encode(act_instruction(r.act))) for r in rouge_held)
-            new_tokens = (decoding or Decoding(max_new_tokens=ROUGE_NEW_TOKENS)).max_new_tokens
-            written.check_fits(base, prompt, longest, new_tokens, what="the longest act instruction")
+        check_rouge_fits(base, prompt, rouge_held, decoding)
         prompts.append(prompt)
     return prompts
 
