@@ -342,7 +342,7 @@ def test_eval_refuses_examples_that_leave_no_room_for_rouge_continuations_before
                         r"context; use fewer examples or a shorter text", last), last
 
 
-@pytest.mark.parametrize("command", ["eval", "generate"])
+@pytest.mark.parametrize("command", ["eval", "generate", "report"])
 def test_shots_outside_the_offered_counts_is_a_usage_error(command, capsys):
     argv = {"eval": ["eval", "--adapter", "a"], "generate": ["generate", "hi", "--adapter", "a"],
             "report": ["report", "a", "--out", "x"]}[command]

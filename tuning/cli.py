@@ -774,6 +774,8 @@ def _add_share_commands(sub) -> None:
     p.add_argument("name", help="name of a saved adapter")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     measured(p)
+    _add_shots_flag(p, "also a row of the base model with K examples of training acts written in front, scored "
+                       "the same way")
 
 
 def _token() -> str | None:
@@ -829,7 +831,8 @@ def cmd_report(args) -> int:
     decoding = Decoding(max_new_tokens=args.max_new_tokens)  # checked before minutes of loading and measuring
     soft, base, rows, dataset = _report_inputs(args, args.out)
     where = (Path(args.adapters_dir) / adapters.sanitize_name(args.name)).as_posix()  # the card's usage snippet
-    html_path, card_path = build_report(base, soft, rows, dataset, args.name, args.out, decoding, args.samples, where)
+    html_path, card_path = build_report(base, soft, rows, dataset, args.name, args.out, decoding, args.samples, where,
+                                        shots=args.shots)
     print(f"wrote {html_path} and {card_path}")
     return 0
 
