@@ -193,37 +193,38 @@ def run_sweep(
                 break
             raise
         assert done is not None
-        # train() already scored the held-out rows with and without the final prompt (model.token_losses,
-        # the same tokens evaluate.compare scores), so read those numbers instead of scoring twice.
-        metrics = done.soft.meta["metrics"]
-        base_loss, tuned_loss = metrics["base_held_out_loss"], metrics["held_out_loss"]
         rouge = None
         if rouge_held and not done.stopped and not (stop is not None and stop.is_set()):  # a stop means now
             if base_texts is None:
                 base_texts = base_continuations(base, rouge_held, decoding)
             rouge = rouge_compare(base, done.soft, rouge_held, decoding, base_texts=base_texts)
-        results.append(CellResult(
-            label=name, num_virtual_tokens=cell_config.num_virtual_tokens, epochs=cell_config.epochs,
-            held_out_ppl_base=None if base_loss is None else math.exp(base_loss),
-            held_out_ppl_tuned=None if tuned_loss is None else math.exp(tuned_loss),
-            rouge_base=None if rouge is None else rouge["base"], rouge_tuned=None if rouge is None else rouge["tuned"],
-            seconds=done.elapsed, steps=done.steps, steps_per_epoch=steps_per_epoch, stopped=done.stopped,
-            history=done.soft.meta["history"], soft=done.soft, rouge_acts=None if rouge is None else rouge["rows"],
-        ))
+        results.append(_cell_result(name, cell_config, done, steps_per_epoch, rouge))
         yield results[-1]
         if done.stopped:
             break
     stopped = len(results) < len(configs) or any(r.stopped for r in results)
     scored: list[WrittenResult] = []
-    for baseline in baselines:
-        if stopped or (stop is not None and stop.is_set()):  # a stop means now, as for a cell's ROUGE-L
-            break
-        if rouge_held and base_texts is None:
-            base_texts = base_continuations(base, rouge_held, decoding)
-        scored.append(_score_written(base, baseline, held_ids, config.batch_size, results[0].held_out_ppl_base,
-                                     rouge_held, decoding, base_texts))
-        yield scored[-1]
+    if not stopped:
+        base_ppl = results[0].held_out_ppl_base
+        scored = yield from _written_results(base, baselines, held_ids, config.batch_size, base_ppl, rouge_held,
+                                             decoding, base_texts, stop)
     yield SweepDone(results, stopped=stopped, written=scored)
+
+
+def _cell_result(name: str, config: TuneConfig, done: Done, steps_per_epoch: int, rouge: dict | None) -> CellResult:
+    """A finished cell's numbers: held-out perplexity as training scored it, ROUGE-L when it was decoded."""
+    # train() already scored the held-out rows with and without the final prompt (model.token_losses,
+    # the same tokens evaluate.compare scores), so read those numbers instead of scoring twice.
+    metrics = done.soft.meta["metrics"]
+    base_loss, tuned_loss = metrics["base_held_out_loss"], metrics["held_out_loss"]
+    return CellResult(
+        label=name, num_virtual_tokens=config.num_virtual_tokens, epochs=config.epochs,
+        held_out_ppl_base=None if base_loss is None else math.exp(base_loss),
+        held_out_ppl_tuned=None if tuned_loss is None else math.exp(tuned_loss),
+        rouge_base=None if rouge is None else rouge["base"], rouge_tuned=None if rouge is None else rouge["tuned"],
+        seconds=done.elapsed, steps=done.steps, steps_per_epoch=steps_per_epoch, stopped=done.stopped,
+        history=done.soft.meta["history"], soft=done.soft, rouge_acts=None if rouge is None else rouge["rows"],
+    )
 
 
 def _written_prompts(base: Base, rows: Sequence[Row], held: Sequence[Row], held_ids: Sequence[list[int]],
@@ -239,6 +240,21 @@ def _written_prompts(base: Base, rows: Sequence[Row], held: Sequence[Row], held_
         check_rouge_fits(base, prompt, rouge_held, decoding)
         prompts.append(prompt)
     return prompts
+
+
+def _written_results(base: Base, baselines: Sequence[written.Written], held_ids: Sequence[list[int]], batch_size: int,
+                     base_ppl: float | None, rouge_held: Sequence[Row], decoding: Decoding | None,
+                     base_texts: list[str] | None, stop: threading.Event | None) -> Iterator[WrittenResult]:
+    """Each written prompt scored after the cells, yielded as it is; returns them all. A stop ends it at once."""
+    scored = []
+    for baseline in baselines:
+        if stop is not None and stop.is_set():  # a stop means now, as for a cell's ROUGE-L
+            break
+        if rouge_held and base_texts is None:
+            base_texts = base_continuations(base, rouge_held, decoding)
+        scored.append(_score_written(base, baseline, held_ids, batch_size, base_ppl, rouge_held, decoding, base_texts))
+        yield scored[-1]
+    return scored
 
 
 def _score_written(base: Base, prompt: written.Written, held_ids: Sequence[list[int]], batch_size: int,
