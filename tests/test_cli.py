@@ -173,6 +173,7 @@ def test_generate_refuses_shots_and_written_together(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--adapter", "written", "--json", "--shots", "1"], "error: --json names the written prompt's text 'written'"),
     (["--adapter", "A", "--written", " \n"], "error: --written is empty"),
+    (["--adapter", "A", "--dataset", "other.csv"], "error: --dataset applies to --shots only"),
 ])
 def test_generate_refuses_a_bad_written_choice_before_loading(two_adapters, argv, message, capsys, monkeypatch):
     must_not_load(monkeypatch)

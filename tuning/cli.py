@@ -415,6 +415,8 @@ def cmd_generate(args) -> int:
     if args.json and wants_written and "written" in names:
         raise ValueError("--json names the written prompt's text 'written'; rename the adapter called 'written' "
                          "to compare it")
+    if args.dataset and not args.shots:
+        raise ValueError("--dataset applies to --shots only: it is where the examples are drawn from")
     if args.written is not None and not args.written.strip():
         raise ValueError("--written is empty: give the text to write in front of the input, or leave it out")
     fields = {f.name for f in dataclasses.fields(Decoding)}
