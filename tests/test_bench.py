@@ -240,6 +240,27 @@ def test_generation_is_also_timed_in_fp32_when_asked(result):
     assert f"one continuation {g32['single_s']:.2f} vs {gen['single_s']:.2f} s" in lines[-1]
 
 
+def test_a_two_example_written_prompt_is_timed_against_ours_soft_prompt_alone(result, tiny_csv, tokenizer_dir):
+    # The examples recounted here: two training acts drawn as the app draws them, each prompt and its eos
+    from tuning import written
+    from tuning.data import load_rows
+    from tuning.rows import split_rows
+
+    r, lines = result
+    rows = load_rows(str(tiny_csv))
+    drawn = written.draw(rows, split_rows(rows, TuneConfig(dataset=str(tiny_csv)))[1], 2, seed=0)
+    tokens = sum(len(make_tokenizer()(row.prompt)["input_ids"]) + 1 for row in drawn)
+    w = r["written_vs_soft"]
+    assert w["written"]["acts"] == [row.act for row in drawn] and w["written"]["context_tokens"] == tokens
+    assert w["soft"]["context_tokens"] == TuneConfig().num_virtual_tokens == 20
+    assert w["input_tokens"] == len(make_tokenizer()(bench.GENERATION_TEXT)["input_ids"]) and w["new_tokens"] == 4
+    assert w["soft"]["seconds"] == r["generation"]["single_s"] and w["written"]["seconds"] > 0
+    assert w["ratio"] == pytest.approx(w["written"]["seconds"] / w["soft"]["seconds"])
+    assert 1 <= w["written"]["generated_tokens"] <= 4
+    assert "written" not in r["generation_fp32"]  # the levers' parts time ours only
+    assert f"{tokens} context tokens, {w['written']['seconds']:.2f} s vs 20 virtual tokens" in lines[-1]
+
+
 def test_the_other_gelu_trains_the_same_rows_with_nearly_the_same_loss(result):
     # asked for here, so the run also trains with the GELU it does not use by default: the exact one in fp32
     # (GPT-2's tanh by default), GPT-2's tanh in bf16 on a CPU that computes bf16 (the exact one by default)
@@ -284,17 +305,21 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
     # (AMX) also runs ours without padding and generation in fp32, without being asked. On a GPU
     # (bf16, no padding, the prompt in every row, no GPT2Step) ours also runs with the prompt
     # computed once per batch, and the table gets a column for the GPU's own peak memory.
-    calls = []
+    calls, written_parts = [], []
     gpu_mb = 600.0 if on_gpu else None  # what a GPU part reports as its allocator's peak
 
     def part(name, job):
         calls.append((name, job.precision, job.length_multiple))
+        written_parts.append(job.written_examples)
         if name == "_generation":
             precision = generation_precision if job.precision == "auto" else job.precision
             packed = pads and precision == "bf16" if job.packed is None else job.packed  # AMX packs, in bf16
             by_hand = job.gpt2_step is not False and not on_gpu  # GPT2Step: every CPU, by default
+            written = {"input_tokens": 22, "soft_tokens": 20, "written": {
+                "examples": job.written_examples, "acts": ["Poet", "Chef"], "context_tokens": 150, "seconds": 1.5,
+                "generated_tokens": 3}} if job.written_examples else {}
             return dict(single_s=1.0, pair_s=1.2, three_s=1.3, cold_single_s=1.1, precision=precision, packed=packed,
-                        gpt2_step=by_hand,
+                        gpt2_step=by_hand, **written,
                         new_tokens=4, repeats=1, peak_mb=10.0, generated_tokens=4, gpu_peak_mb=gpu_mb)
         exact_gelu = pads and job.precision == "auto" if job.exact_gelu is None else job.exact_gelu  # bf16 on a CPU
         multiple = 16 if pads and name == "_ours" and job.precision == "auto" and job.length_multiple is None else 1
@@ -310,6 +335,12 @@ def test_the_extra_parts_run_by_themselves_only_where_they_measure_something(
     lines = []
     r = bench.run(steps=1, warmup=1, dataset=tiny_csv, tokenizer_dir=tokenizer_dir, out=lines.append)
     names = [name for name, *_ in calls]
+    # the written prompt is timed once, in the default generation part: the levers compare ours with ours
+    assert [k for name, k in zip(names, written_parts) if name == "_generation"][0] == bench.WRITTEN_EXAMPLES == 2
+    assert sum(map(bool, written_parts)) == 1 and r["written_vs_soft"]["ratio"] == 1.5
+    assert ("- a written prompt vs a soft prompt in front of the same 22-token input, 4 new tokens, each decoded alone "
+            "(" + r["generation"]["precision"] + ", median of 1): 2 examples, 150 context tokens, 1.50 s vs 20 virtual "
+            "tokens 1.00 s (**1.50x**; 3 and 4 tokens generated)") in lines[-1]
     if pads:  # and bf16 on a CPU: the exact GELU and packed weights for decoding, each measured against the other way
         assert names == ["_seed_recipe", "_ours", "_ours", "_ours", "_ours"] + ["_generation"] * 4
         assert calls[2][2] == 1 and calls[-3][1] == "fp32"  # ours with exact lengths; generation in fp32

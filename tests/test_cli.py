@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,90 @@ def test_generate_json_with_one_adapter(two_adapters, capsys):
     assert list(json.loads(capsys.readouterr().out)) == ["base", "A"]
 
 
+def from_written_ids(base, baseline, text, decoding):
+    """The plain way: the base model continuing the token ids of [written prompt; text], alone."""
+    from tuning.generate import display_text, stream_ids
+
+    rows = [[]]
+    for rows in stream_ids(base, [None], list(baseline.ids) + base.encode(text), decoding):
+        pass
+    return display_text(base.tokenizer.decode(rows[0], skip_special_tokens=True))
+
+
+def test_generate_shots_json_adds_the_written_text_decoded_as_from_its_token_ids(two_adapters, tiny_csv, capsys):
+    from tuning import adapters, written
+    from tuning.data import load_rows
+    from tuning.generate import Decoding, generate
+
+    assert main(generate_args(two_adapters, "A", extra=["--json", "--shots", "2"])) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == ["base", "written", "A"]
+    base, soft = loaded(two_adapters, "A")
+    examples = written.for_adapters(base, [soft], load_rows(str(tiny_csv)), soft.config.dataset, 2)
+    decoding = Decoding(max_new_tokens=8)
+    text = "I want you to act as a poet."
+    assert result["written"] == from_written_ids(base, examples, text, decoding)  # float32: batching changes nothing
+    assert result["base"] == generate(base, None, text, decoding) and result["A"] == generate(base, soft, text, decoding)
+    assert result["written"] != result["base"]
+
+
+def test_generate_written_text_json_with_two_adapters(two_adapters, capsys):
+    from tuning import written
+    from tuning.generate import Decoding
+
+    assert main(generate_args(two_adapters, "A", "B", extra=["--json", "--written", "You are a poet. Rhyme."])) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == ["base", "written", "A", "B"]
+    base, _ = loaded(two_adapters, "A")
+    own = written.from_text(base, "You are a poet. Rhyme.")
+    assert result["written"] == from_written_ids(base, own, "I want you to act as a poet.", Decoding(max_new_tokens=8))
+
+
+def test_generate_shots_puts_a_written_column_between_base_and_tuned(two_adapters, tiny_csv, capsys, monkeypatch):
+    from tuning import written
+    from tuning.data import load_rows
+
+    monkeypatch.setenv("COLUMNS", "160")
+    assert main(generate_args(two_adapters, "A", extra=["--shots", "1"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    base, soft = loaded(two_adapters, "A")
+    examples = written.for_adapters(base, [soft], load_rows(str(tiny_csv)), soft.config.dataset, 1)
+    assert lines[0] == f"written prompt: 1 example from the training side: {examples.examples[0].act}"
+    assert [title.strip() for title in lines[1].split("|")] == ["base", f"written ({examples.describe()})", "tuned (A)"]
+
+
+def test_generate_refuses_shots_and_written_together(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "hi", "--adapter", "A", "--shots", "2", "--written", "You are a poet."])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--adapter", "written", "--json", "--shots", "1"], "error: --json names the written prompt's text 'written'"),
+    (["--adapter", "A", "--written", " \n"], "error: --written is empty"),
+    (["--adapter", "A", "--dataset", "other.csv"], "error: --dataset applies to --shots only"),
+])
+def test_generate_refuses_a_bad_written_choice_before_loading(two_adapters, argv, message, capsys, monkeypatch):
+    must_not_load(monkeypatch)
+    assert main(["--adapters-dir", str(two_adapters), "generate", "hi", *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)
+
+
+def test_generate_refuses_a_written_prompt_that_leaves_no_room_with_the_numbers(two_adapters, capsys):
+    # 241 tokens of GPT-2's: 8 new tokens still fit beside them, so generation would have cut the input to make room
+    text, own_text = "I want you to act as a poet.", "Rhyme. " * 60
+    assert main(generate_args(two_adapters, "A", extra=["--json", "--written", own_text])) == 1
+    captured = capsys.readouterr()
+    base, _ = loaded(two_adapters, "A")
+    own = len(base.encode(own_text))
+    need = own + len(base.encode(text)) + 8
+    assert captured.out == "" and captured.err.strip().splitlines()[-1] == (
+        f"error: the written prompt (your text · {own} tokens) + the input ({len(base.encode(text))} tokens) + "
+        f"8 new tokens need {need} positions, more than the model's 256-token context; "
+        "use fewer examples or a shorter text")
+
+
 @pytest.mark.parametrize(
     "names, message",
     [
@@ -169,6 +254,108 @@ def test_eval_prints_base_and_tuned_perplexity(trained, capsys):
     assert lines[0].startswith("held-out: 2 acts")
     rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in lines[2:]}
     assert set(rows) == {"base", "tuned"} and all(ppl > 1 for _, ppl in rows.values())
+
+
+def eval_args(adapters_dir, *extra):
+    return ["--adapters-dir", str(adapters_dir), "eval", "--adapter", "cli-run", "--precision", "fp32", *extra]
+
+
+def loaded(adapters_dir, name="cli-run"):
+    """(base, soft) as the CLI loads them: the adapter checked against its own tiny model, in fp32."""
+    from tuning import adapters
+    from tuning.model import load_base
+
+    base = load_base(adapters.load(name, adapters_dir).base_model, "fp32")
+    return base, adapters.load(name, adapters_dir, base=base)
+
+
+def test_eval_with_shots_scores_base_written_and_tuned_on_one_shared_token_count(trained, tiny_csv, capsys):
+    from tuning import written
+    from tuning.data import load_rows
+    from tuning.evaluate import held_out
+    from tuning.rows import held_out_for
+
+    assert main(eval_args(trained, "--shots", "2")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    base, soft = loaded(trained)
+    rows = load_rows(str(tiny_csv))
+    examples = written.for_adapters(base, [soft], rows, str(tiny_csv), 2)
+    expected = held_out(base, soft, held_out_for(soft, rows, str(tiny_csv)), 8, written=examples)
+    assert lines[0] == f"held-out: 2 acts, {expected['base'].tokens:,} tokens of {tiny_csv}"  # the count, once
+    assert lines[1] == "written prompt: 2 examples from the training side: " + ", ".join(r.act for r in examples.examples)
+    table = {line.rsplit(maxsplit=2)[0]: line.split()[-2:] for line in lines[3:]}
+    assert list(table) == ["base", f"written ({examples.describe()})", "tuned"]
+    for name, (loss, ppl) in zip(("base", "written", "tuned"), table.values()):
+        assert (loss, ppl) == (f"{expected[name].loss:.4f}", f"{expected[name].perplexity:.2f}"), name
+    assert expected["written"].tokens == expected["base"].tokens == expected["tuned"].tokens
+
+
+def test_eval_with_shots_adds_written_to_the_rouge_line(trained, tiny_csv, capsys, monkeypatch):
+    # A random tiny model's continuations share no word with the prompts (every score is 0.0), so
+    # the call is watched: the written prompt's own embeddings must reach ROUGE-L, and its score the line.
+    import torch
+
+    import tuning.evaluate
+    from tuning import written
+    from tuning.data import load_rows
+
+    real, calls = tuning.evaluate.rouge_compare, []
+
+    def watched(*args, **kwargs):
+        calls.append((kwargs, real(*args, **kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(tuning.evaluate, "rouge_compare", watched)
+    assert main(eval_args(trained, "--shots", "1", "--rouge", "1", "--max-new-tokens", "6")) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    base, soft = loaded(trained)
+    examples = written.for_adapters(base, [soft], load_rows(str(tiny_csv)), str(tiny_csv), 1)
+    ((kwargs, rouge),) = calls
+    assert torch.equal(kwargs["written"], written.embeddings(base, examples))
+    assert last == (f"ROUGE-L on 1 held-out acts (greedy, 6 new tokens): base {rouge['base']:.4f}  "
+                    f"written {rouge['written']:.4f}  tuned {rouge['tuned']:.4f}")
+
+
+def test_eval_refuses_examples_that_do_not_fit_the_context_in_one_line_with_the_numbers(trained, tmp_path, capsys):
+    import csv
+
+    long = tmp_path / "long.csv"  # prompts of about 80 tokens: 4 of them overflow the tiny model's 256 positions
+    with long.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("act", "prompt")] + [(f"Act {i}", f"I want you to act as act {i}. " + "Say more. " * 25)
+                                                       for i in range(8)])
+    assert main(eval_args(trained, "--dataset", str(long), "--shots", "4")) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()  # after the line that says which model loads
+    assert captured.out == "" and len(err) == 2 and err[0].startswith("loading ")
+    assert re.fullmatch(r"error: the written prompt \(4 examples · [\d,]+ tokens\) \+ the longest held-out prompt "
+                        r"\([\d,]+ tokens\) need [\d,]+ positions, more than the model's 256-token context; "
+                        r"use fewer examples or a shorter text", err[1]), err[1]
+
+
+def test_eval_refuses_examples_that_leave_no_room_for_rouge_continuations_before_scoring(trained, capsys, monkeypatch):
+    import tuning.evaluate
+
+    monkeypatch.setattr(tuning.evaluate, "held_out", lambda *a, **k: pytest.fail("scored before refusing"))
+    assert main(eval_args(trained, "--shots", "4", "--rouge", "1", "--max-new-tokens", "240")) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: the written prompt \(4 examples · \d+ tokens\) \+ the longest act instruction "
+                        r"\(\d+ tokens\) \+ 240 new tokens need \d+ positions, more than the model's 256-token "
+                        r"context; use fewer examples or a shorter text", last), last
+
+
+@pytest.mark.parametrize("command", ["eval", "generate", "report"])
+def test_shots_outside_the_offered_counts_is_a_usage_error(command, capsys):
+    argv = {"eval": ["eval", "--adapter", "a"], "generate": ["generate", "hi", "--adapter", "a"],
+            "report": ["report", "a", "--out", "x"]}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--shots", "3"])
+    assert exit_info.value.code == 2 and "--shots: invalid choice: 3" in capsys.readouterr().err
+
+
+def test_the_clis_shot_counts_are_the_written_prompts(capsys):
+    from tuning import cli, written
+
+    assert cli.SHOTS == written.SHOTS
 
 
 def test_train_on_one_act(tiny_model_dir, tiny_csv, tmp_path, capsys):

@@ -163,3 +163,18 @@ def test_eval_with_rouge_prints_base_and_tuned(tiny_model_dir, tiny_csv, tmp_pat
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("ROUGE-L"))
     scores = [float(x) for x in line.split(":")[1].replace("base", "").replace("tuned", "").split()]
     assert len(scores) == 2 and all(0 <= s <= 1 and math.isfinite(s) for s in scores)
+
+
+def test_check_rouge_fits_refuses_a_written_prompt_that_crowds_out_an_instruction_and_its_continuation(base):
+    from tuning import written
+    from tuning.evaluate import act_instruction, check_rouge_fits
+
+    rows = [Row(act, prompt, act.lower()) for act, prompt in ACTS.items()][:2]
+    longest = max(len(base.encode(act_instruction(r.act))) for r in rows)
+    room = base.max_positions - longest - 10  # exactly what 10 new tokens leave
+    fits = written.Written(ids=tuple([5] * room), text="x")
+    check_rouge_fits(base, fits, rows, Decoding(max_new_tokens=10))
+    check_rouge_fits(base, written.Written(ids=tuple([5] * base.max_positions), text="x"), [])  # no act: nothing to fit
+    with pytest.raises(written.WrittenError, match=rf"your text · {room} tokens\) \+ the longest act instruction "
+                                                   rf"\({longest} tokens\) \+ 11 new tokens need {base.max_positions + 1}"):
+        check_rouge_fits(base, fits, rows, Decoding(max_new_tokens=11))

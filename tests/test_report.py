@@ -121,6 +121,30 @@ def test_card_names_a_hub_dataset_and_the_repo(report):
     assert 'PeftModel.from_pretrained(base, "someone/poet")' in card.text and "No held-out acts" in card.text
 
 
+def test_report_with_shots_has_a_written_row_scored_by_the_same_held_out_call(report, base, tiny_csv, tmp_path):
+    from tuning import written
+    from tuning.evaluate import held_out
+
+    soft, rows = report[0], report[1]
+    html_path, card_path = build_report(base, soft, rows, str(tiny_csv), "poet-4x2", tmp_path, SHORT, samples=1, shots=2)
+    html, card = html_path.read_text(encoding="utf-8"), ModelCard.load(card_path).text
+    examples = written.for_adapters(base, [soft], rows, str(tiny_csv), 2)
+    expected = held_out(base, soft, held_out_for(soft, rows, str(tiny_csv)), written=examples)["written"]
+    label = f"written ({examples.describe()})"
+    assert (f"<tr><td>{label}</td><td class=n>{round(expected.loss, 4)}</td>"
+            f"<td class=n>{round(expected.perplexity, 2)}</td>") in html
+    assert f"| {label} | {expected.loss:.4f} | {expected.perplexity:.2f} |" in card
+    for act in (r.act for r in examples.examples):
+        assert act in html.split("Written: ")[1].split("</p>")[0] and act in card.split("Written: ")[1].split("\n")[0]
+    assert html.count("<b>written</b> (ROUGE-L ") == 1  # the one sample, three continuations side by side
+    assert "Samples: base, written and tuned" in html and card.count("**written** (ROUGE-L ") == 1
+
+
+def test_report_without_shots_has_no_written_row(report):
+    html, card = report[2], report[3].read_text(encoding="utf-8")
+    assert "written (" not in html and "<b>written</b>" not in html and "| written" not in card
+
+
 @pytest.mark.parametrize("command", ["report", "push", "pull"])
 def test_share_commands_have_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -141,6 +165,17 @@ def test_cli_report_end_to_end(report, tiny_model_dir, tmp_path, capsys):
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "library_name: peft" in card and f"base_model: {tiny_model_dir}" in card and "- prompt-tuning" in card
     assert f"PeftModel.from_pretrained(base, {json.dumps((root / 'cli-poet').as_posix())})" in card  # where it is
+
+
+def test_cli_report_shots_adds_the_written_row(report, tiny_model_dir, tmp_path, capsys):
+    root = tmp_path / "adapters"
+    adapters.save(dataclasses.replace(report[0], base_model=str(tiny_model_dir)), "cli-poet", root)
+    out = tmp_path / "out"
+    assert main(["--adapters-dir", str(root), "report", "cli-poet", "--out", str(out), "--samples", "0",
+                 "--precision", "fp32", "--shots", "1"]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert re.search(r"<tr><td>written \(1 example · \d+ tokens\)</td><td class=n>[\d.]+</td>", html)
+    assert "Base, written and tuned scored on the same" in html
 
 
 def test_cli_report_of_an_unknown_adapter_is_one_line(tmp_path, capsys):

@@ -13,7 +13,8 @@ from tuning.config import TuneConfig
 from tuning.data import Row, normalise
 from tuning.generate import Decoding
 from tuning.sweep import (
-    CSV_FIELDS, SEED_GRID, CellEvent, CellResult, SweepDone, SweepStart, parse_grid, plot, run_sweep, write_csv,
+    CSV_FIELDS, SEED_GRID, CellEvent, CellResult, SweepDone, SweepStart, WrittenResult, context_points, parse_grid, plot,
+    run_sweep, write_csv,
 )
 from tuning.events import Done, Step
 
@@ -146,6 +147,104 @@ def test_csv_has_the_header_and_one_row_per_cell(events, tmp_path):
 def test_plot_writes_a_png(events, tmp_path):
     path = plot(events[-1].results, tmp_path / "sub" / "sweep.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture(scope="module")
+def with_shots(base):
+    return list(run_sweep(base, ROWS, CONFIG, [(2, 1)], rouge_rows=1, decoding=Decoding(max_new_tokens=4),
+                          shots=(2, 1)))
+
+
+def test_written_rows_follow_the_cells_one_per_example_count(with_shots):
+    kinds = [type(e).__name__ for e in with_shots if not isinstance(e, CellEvent)]
+    assert kinds == ["SweepStart", "CellResult", "WrittenResult", "WrittenResult", "SweepDone"]
+    done = with_shots[-1]
+    assert [w.examples for w in done.written] == [1, 2] and [w.label for w in done.written] == ["1 example", "2 examples"]
+    assert done.written == [e for e in with_shots if isinstance(e, WrittenResult)] and not done.stopped
+
+
+def test_written_rows_are_evals_numbers_on_the_cells_held_out_tokens(with_shots, base):
+    # The same recipe as `eval --shots`: held_out(written=for_adapters(...)) beside the cell's own prompt
+    from tuning import written
+    from tuning.evaluate import held_out, rouge_compare
+    from tuning.rows import split_rows
+
+    (cell,), held = with_shots[-1].results, split_rows(ROWS, CONFIG)[1]
+    for row in with_shots[-1].written:
+        examples = written.for_adapters(base, [cell.soft], ROWS, CONFIG.dataset, row.examples)
+        expected = held_out(base, cell.soft, held, written=examples)
+        assert (row.tokens, row.acts) == (examples.tokens, [r.act for r in examples.examples])
+        assert row.held_out_ppl_written == pytest.approx(expected["written"].perplexity, rel=1e-9)
+        assert row.held_out_ppl_base == cell.held_out_ppl_base == pytest.approx(expected["base"].perplexity, rel=1e-6)
+        rouge = rouge_compare(base, written.embeddings(base, examples), held[:1], Decoding(max_new_tokens=4))
+        assert row.rouge_written == rouge["tuned"] and row.rouge_base == cell.rouge_base
+        assert [r["tuned_text"] for r in row.rouge_acts] == [r["tuned_text"] for r in rouge["rows"]]
+
+
+def test_a_written_prompt_that_does_not_fit_is_refused_before_anything_trains(tokenizer):
+    from tuning.written import WrittenError
+
+    small = make_base(tokenizer, n_positions=64)  # 4 whole prompts of these acts take over 64 positions
+    with pytest.raises(WrittenError, match=r"the written prompt \(4 examples · \d+ tokens\) \+ the longest held-out "
+                                           r"prompt \(\d+ tokens\) need \d+ positions, more than the model's 64-token"):
+        next(run_sweep(small, ROWS, CONFIG, [(2, 1)], shots=(4,)))
+
+
+def test_a_stopped_sweep_scores_no_written_rows(base, monkeypatch):
+    import threading
+
+    import tuning.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "_score_written", lambda *a, **k: pytest.fail("scored after a stop"))
+    stop = threading.Event()
+    for event in run_sweep(base, ROWS, CONFIG, [(2, 2)], stop=stop, shots=(1,)):
+        if isinstance(event, CellEvent) and isinstance(event.event, Step):
+            stop.set()
+    assert event.stopped and event.written == []
+
+
+def test_csv_has_a_row_per_written_prompt_with_its_tokens_and_acts(with_shots, tmp_path):
+    done = with_shots[-1]
+    path = write_csv(done.results, tmp_path / "sweep.csv", done.written)
+    with path.open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["label"] for r in table] == ["2×1", "1 example", "2 examples"]
+    assert table[0]["context_tokens"] == "2" and table[0]["held_out_ppl_written"] == ""
+    for row, w in zip(table[1:], done.written):
+        assert row["context_tokens"] == str(w.tokens) and row["written_acts"] == "; ".join(w.acts)
+        assert float(row["held_out_ppl_written"]) == w.held_out_ppl_written and row["held_out_ppl_tuned"] == ""
+
+
+def test_plot_places_soft_and_written_prompts_by_the_context_they_take(with_shots, tmp_path):
+    done = with_shots[-1]
+    (cell,), (one, two) = done.results, done.written
+    assert context_points(done.results, done.written) == [
+        ("soft", 2, cell.held_out_ppl_tuned, "2×1"), ("written", one.tokens, one.held_out_ppl_written, "1 example"),
+        ("written", two.tokens, two.held_out_ppl_written, "2 examples")]
+    assert plot(done.results, tmp_path / "sweep.png", done.written).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cli_sweep_shots_adds_written_rows_to_the_table_and_csv(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["sweep", "--model", str(tiny_model_dir), "--dataset", str(tiny_csv), "--precision", "fp32",
+                 "--grid", "2x1", "--batch-size", "4", "--held-out-fraction", "0.25", "--out", str(out),
+                 "--shots", "2,1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    block = lines[lines.index("") + 1:]
+    assert block[0].startswith("written prompt tokens") and block[1].startswith("1 example ")
+    assert block[2].startswith("2 examples ") and block[3].startswith("wrote ")
+    with (out / "sweep.csv").open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["label"] for r in table] == ["2×1", "1 example", "2 examples"]
+    assert int(table[2]["context_tokens"]) > int(table[1]["context_tokens"]) > 2  # 2 examples hold the first one
+    assert block[2].split()[2] == table[2]["context_tokens"]
+
+
+@pytest.mark.parametrize("value", ["3", "1,x", ""])
+def test_cli_sweep_shots_outside_the_offered_counts_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--shots", value])
+    assert exit_info.value.code == 2 and "argument --shots" in capsys.readouterr().err
 
 
 def test_cli_sweep_writes_csv_and_png_and_prints_the_table(tiny_model_dir, tiny_csv, tmp_path, capsys):

@@ -22,7 +22,10 @@ real GPT-2 tokenizer and the prompts of a local .csv, in a few minutes:
 - ceiling: a bf16 (and fp32) matmul measured in the same run; prompt tuning costs about
   4 x parameters FLOPs per position (forward plus activation gradients, no weight gradients);
 - generation: one 64-token greedy continuation vs base + tuned side by side (`stream_pair`) vs
-  three columns; where ours generates in bf16 (or fp16), the same again in fp32.
+  three columns; where ours generates in bf16 (or fp16), the same again in fp32;
+- written vs soft: the same continuation with a 2-example written prompt in front (written.py:
+  two training acts' prompts, a few hundred tokens) against ours' 20-token soft prompt, each
+  decoded alone: what the context a written prompt takes costs in decoding time.
 
 Throughput counts useful tokens: the text tokens of the timed rows, as the seed recipe's
 tokenizer call gives them (the same count for every part), never padding or virtual positions;
@@ -58,6 +61,7 @@ GENERATION_TEXT = "I want you to act as a travel guide. I will write you my loca
 
 SEED_BATCH = 8  # the seed recipe's per_device_train_batch_size
 SEED_VIRTUAL = 20  # the seed recipe's num_virtual_tokens
+WRITTEN_EXAMPLES = 2  # the written prompt timed against ours' soft prompt: the app's middle choice (written.SHOTS)
 
 
 class BenchError(ValueError):
@@ -81,6 +85,7 @@ class BenchPart:
     packed: bool | None = None  # kernels.PACK_FOR_DECODING; None: the machine's choice
     gpt2_step: bool | None = None  # generate.GPT2_STEP; None: the default (GPT2Step wherever it fits)
     prompt: list | None = None  # a trained soft prompt, for generation
+    written_examples: int = 0  # generation: also time this many written examples in front (0: not timed)
     new_tokens: int = 64
     repeats: int = 5
 
@@ -167,8 +172,11 @@ def run(
 
 def _generation_parts(result: dict, job: BenchPart, out: Callable[[str], None], fp32_generation: bool | None,
                       other_packing: bool | None, model_step: bool | None) -> None:
-    """Generation with ours' trained prompt (`job.prompt`), then again with each decoding lever the other way."""
-    result["generation"] = _spawn(_generation, job)
+    """Generation with ours' trained prompt (`job.prompt`) and a written prompt, then each decoding lever the other way.
+
+    The written prompt is timed in the default part only: the levers compare ours with ours.
+    """
+    result["generation"] = _spawn(_generation, replace(job, written_examples=WRITTEN_EXAMPLES))
     if fp32_generation or (fp32_generation is None and result["generation"]["precision"] != "fp32"):
         out("generation in fp32 ...")
         result["generation_fp32"] = _spawn(_generation, replace(job, precision="fp32"))
@@ -193,6 +201,13 @@ def _add_ratios(result: dict) -> None:
     result["three_columns_ratio"] = gen["three_s"] / gen["single_s"]
     result["cold_training_ratio"] = ours["tokens_per_s"] / ours["cold_tokens_per_s"]  # > 1: the first epoch is slower
     result["cold_generation_ratio"] = gen["cold_single_s"] / gen["single_s"]
+    if "written" in gen:  # the same continuation, alone, with each kind of prompt in front
+        result["written_vs_soft"] = {
+            "new_tokens": gen["new_tokens"], "input_tokens": gen["input_tokens"], "written": gen["written"],
+            "soft": {"context_tokens": gen["soft_tokens"], "seconds": gen["single_s"],
+                     "generated_tokens": gen["generated_tokens"]},
+            "ratio": gen["written"]["seconds"] / gen["single_s"],
+        }
 
 
 def _check_settings(steps, warmup, length_multiple) -> None:
@@ -271,6 +286,16 @@ def report(r: dict) -> str:
         f"{ours['tokens_per_s']:.0f} useful tokens/s (**{r['cold_training_ratio']:.2f}x** slower), generation "
         f"{gen['cold_single_s']:.2f} vs {gen['single_s']:.2f} s (**{r['cold_generation_ratio']:.2f}x**)",
     ]
+    if "written_vs_soft" in r:
+        w = r["written_vs_soft"]
+        written, soft = w["written"], w["soft"]
+        lines.append(
+            f"- a written prompt vs a soft prompt in front of the same {w['input_tokens']}-token input, {w['new_tokens']} "
+            f"new tokens, each decoded alone ({gen['precision']}, median of {gen['repeats']}): {written['examples']} "
+            f"examples, {written['context_tokens']} context tokens, {written['seconds']:.2f} s vs "
+            f"{soft['context_tokens']} virtual tokens {soft['seconds']:.2f} s (**{w['ratio']:.2f}x**; "
+            f"{written['generated_tokens']} and {soft['generated_tokens']} tokens generated)"
+        )
     return "\n".join(lines + _lever_lines(r))
 
 
@@ -645,7 +670,8 @@ def _generation(job: BenchPart) -> dict:
     columns: a 20-token and a 5-token prompt, as the two reference adapters have)."""
     import statistics
 
-    from .generate import Decoding, GPT2Step, generate, stream_compare, stream_ids, stream_pair
+    from . import written
+    from .generate import Decoding, GPT2Step, generate, stream_compare, stream_pair
     from .kernels import packs_for_decoding
 
     _quiet()
@@ -664,23 +690,56 @@ def _generation(job: BenchPart) -> dict:
         for _ in stream_compare(base, [soft, soft[:5]], GENERATION_TEXT, decoding):
             pass
 
+    parts = [("single_s", single), ("pair_s", pair), ("three_s", three)]
+    examples = _written_prompt(job, base) if job.written_examples else None
+    if examples is not None:
+        in_front = written.embeddings(base, examples)
+        parts.append(("written_s", lambda: generate(base, in_front, GENERATION_TEXT, decoding)))
     t = time.perf_counter()
     single()  # the first generation after the model loaded: the cold one
     cold = time.perf_counter() - t
-    single(), pair(), three()  # warm-up
-    runs: dict[str, list[float]] = {"single_s": [], "pair_s": [], "three_s": []}
+    for _, fn in parts:  # warm-up: every kind of batch met once, untimed
+        fn()
+    runs: dict[str, list[float]] = {name: [] for name, _ in parts}
     for _ in range(job.repeats):  # interleaved, so a slow spell of a shared machine hits all alike
-        for name, fn in (("single_s", single), ("pair_s", pair), ("three_s", three)):
+        for name, fn in parts:
             t = time.perf_counter()
             fn()
             runs[name].append(time.perf_counter() - t)
     timings = {name: statistics.median(times) for name, times in runs.items()}
     # how many tokens one continuation really has: decoding stops at end-of-text, which random
     # weights in another precision may reach at another step
-    generated = 0
-    for (row,) in stream_ids(base, [soft], base.encode(GENERATION_TEXT), decoding):
-        generated = len(row)
+    ids = base.encode(GENERATION_TEXT)
+    generated = _generated(base, soft, ids, decoding)
+    extra = {}
+    if examples is not None:
+        extra = {"input_tokens": len(ids), "soft_tokens": soft.shape[0], "written": {
+            "examples": len(examples.examples), "acts": [r.act for r in examples.examples],
+            "context_tokens": examples.tokens, "seconds": timings.pop("written_s"),
+            "generated_tokens": _generated(base, in_front, ids, decoding)}}
     return {**timings, "cold_single_s": cold, "generated_tokens": generated, "precision": base.precision,
             "packed": packs_for_decoding(base.device, base.precision), "gpt2_step": GPT2Step.fits(base.model),
-            "new_tokens": job.new_tokens, "repeats": job.repeats,
+            "new_tokens": job.new_tokens, "repeats": job.repeats, **extra,
             "peak_mb": _peak_mb(), "gpu_peak_mb": _gpu_peak_mb()}
+
+
+def _generated(base, prompt: torch.Tensor, ids: list[int], decoding) -> int:
+    """Tokens one continuation of `ids` with `prompt` in front really has (it may end at end-of-text early)."""
+    from .generate import stream_ids
+
+    generated = 0
+    for (row,) in stream_ids(base, [prompt], ids, decoding):
+        generated = len(row)
+    return generated
+
+
+def _written_prompt(job: BenchPart, base):
+    """`job.written_examples` training acts' prompts, drawn as the app draws them (the split's held-out side
+    and seed), refused with the numbers when they leave no room for the input and every new token."""
+    from . import written
+    from .data import load_rows
+
+    config, _, held = _training_rows(job)
+    examples = written.examples(base, load_rows(job.dataset), held, job.written_examples, config.seed)
+    written.check_fits(base, examples, len(base.encode(GENERATION_TEXT)), job.new_tokens)
+    return examples

@@ -21,6 +21,8 @@ from pathlib import Path
 from .config import DEFAULT_DATASET, DEFAULT_MODEL, PRECISIONS, TuneConfig, same_model
 
 HUB_MODEL_HELP = "the Hub id --model is a local copy of: adapters trained on that id run on it"
+# written.SHOTS, repeated here because importing written.py loads torch and `--help` must not (test_cli checks they agree)
+SHOTS = (1, 2, 4)
 
 # flags that are not a plain "--field value" of TuneConfig
 _SPECIAL = {"acts", "text_only"}
@@ -90,10 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", action="append", required=True, metavar="NAME",
                    help="name of a saved adapter; give it twice to compare two adapters with the base model")
     p.add_argument("--json", action="store_true",
-                   help='print one JSON object {"base": ..., "<adapter>": ...} and nothing else on stdout')
+                   help='print one JSON object {"base": ..., "<adapter>": ...} ("written": ... too with --shots or '
+                        '--written) and nothing else on stdout')
     p.add_argument("--model", help="model to load (default: the adapters' base model)")
     p.add_argument("--hub-model", metavar="ID", help=HUB_MODEL_HELP)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    baseline = p.add_mutually_exclusive_group()
+    _add_shots_flag(baseline, "also a column of the base model with K examples of training acts written in front")
+    baseline.add_argument("--written", metavar="TEXT",
+                          help="also a column of the base model with TEXT written in front: your own prompt to "
+                               "beat, instead of --shots examples")
+    p.add_argument("--dataset", help="where --shots draws examples from (default: the first adapter's dataset)")
     _add_decoding_flags(p)
 
     p = sub.add_parser("eval", help="held-out loss and perplexity, base vs tuned")
@@ -106,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rouge", type=int, default=0, metavar="N",
                    help="also ROUGE-L of greedy generations on up to N held-out acts, base vs tuned (default: 0, off)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per act for --rouge (default: 64)")
+    _add_shots_flag(p, "also the base model with K examples of training acts written in front, scored on the same tokens")
 
     _add_bench_command(sub)
 
@@ -137,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", help="delete a saved adapter")
     p.add_argument("name")
     return parser
+
+
+def _add_shots_flag(parser, what: str) -> None:
+    parser.add_argument("--shots", type=int, default=0, choices=(0, *SHOTS), metavar="K",
+                        help=f"{what}: a written-prompt baseline, K one of {', '.join(map(str, SHOTS))} "
+                             "(default: 0, off)")
 
 
 def _add_bench_command(sub) -> None:
@@ -385,7 +401,7 @@ def cmd_generate(args) -> int:
     import contextlib
     import json
 
-    from . import adapters
+    from . import adapters, written
     from .generate import Decoding, stream_compare
 
     names = args.adapter
@@ -395,6 +411,14 @@ def cmd_generate(args) -> int:
         raise ValueError(f"the adapter {names[0]!r} is named twice; give two different adapters")
     if args.json and "base" in names:
         raise ValueError("--json names the base model's text 'base'; rename the adapter called 'base' to compare it")
+    wants_written = bool(args.shots) or args.written is not None
+    if args.json and wants_written and "written" in names:
+        raise ValueError("--json names the written prompt's text 'written'; rename the adapter called 'written' "
+                         "to compare it")
+    if args.dataset and not args.shots:
+        raise ValueError("--dataset applies to --shots only: it is where the examples are drawn from")
+    if args.written is not None and not args.written.strip():
+        raise ValueError("--written is empty: give the text to write in front of the input, or leave it out")
     fields = {f.name for f in dataclasses.fields(Decoding)}
     decoding = Decoding(**{k: v for k, v in vars(args).items() if k in fields})
     softs = [adapters.load(name, args.adapters_dir) for name in names]
@@ -405,14 +429,36 @@ def cmd_generate(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         base = _base_for(softs[0].base_model, args.model, args.precision, args.hub_model)
         softs = [adapters.load(name, args.adapters_dir, base=base) for name in names]  # checked against the model
-        texts = ("",) * (1 + len(softs))
-        for texts in stream_compare(base, softs, args.text, decoding):
+        baseline = _written_baseline(args, base, softs, decoding) if wants_written else None
+        prompts = softs if baseline is None else [written.embeddings(base, baseline), *softs]
+        titles = ["base"] + (["written"] if baseline else []) + list(names)
+        texts = ("",) * len(titles)
+        # one batch for every column: the written row is decoded beside the others, not after them
+        for texts in stream_compare(base, prompts, args.text, decoding):
             pass
     if args.json:
-        print(json.dumps({"base": texts[0], **dict(zip(names, texts[1:]))}))
-    else:
-        print(side_by_side(("base", texts[0]), *((f"tuned ({name})", text) for name, text in zip(names, texts[1:]))))
+        print(json.dumps(dict(zip(titles, texts))))
+        return 0
+    if baseline is not None and baseline.examples:
+        print(_examples_line(baseline))
+    written_column = [(f"written ({baseline.describe()})", texts[1])] if baseline else []
+    tuned = [(f"tuned ({name})", text) for name, text in zip(names, texts[-len(names):])]
+    print(side_by_side(("base", texts[0]), *written_column, *tuned))
     return 0
+
+
+def _written_baseline(args, base, softs, decoding):
+    """The written prompt `generate` puts beside the adapters (--shots examples or --written text), refused unless
+    it fits the context with the input and every new token: cutting the input to make room would change the question."""
+    from . import written
+
+    if args.shots:
+        dataset = args.dataset or softs[0].config.dataset
+        baseline = written.for_adapters(base, softs, _rows(dataset, softs[0].config.text_only), dataset, args.shots)
+    else:
+        baseline = written.from_text(base, args.written)
+    written.check_fits(base, baseline, len(base.encode(args.text)), decoding.max_new_tokens)
+    return baseline
 
 
 def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
@@ -426,22 +472,31 @@ def side_by_side(*columns: tuple[str, str], width: int | None = None) -> str:
     a          | b          | c
     ---------- | ---------- | ----------
     x          | (nothing)  | z
+    >>> print(side_by_side(("base", "x"), ("written (2 examples)", "y"), width=23))
+    base       | written (2
+               | examples)
+    ---------- | ----------
+    x          | y
     """
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 160)
     col = max((width - 3 * (len(columns) - 1)) // len(columns), 10)
+    # a long title wraps rather than being cut: "written (2 examples · 164 tokens)" must keep its count
+    titles = [textwrap.wrap(title, col) or [""] for title, _ in columns]
+    tall = max(len(t) for t in titles)
 
     def lines(title, text):
         body = [w for para in (text.strip() or "(nothing)").splitlines() for w in (textwrap.wrap(para, col) or [""])]
-        return [title[:col], "-" * col] + body
+        return title + [""] * (tall - len(title)) + ["-" * col] + body
 
-    blocks = [lines(*column) for column in columns]
+    blocks = [lines(title, text) for title, (_, text) in zip(titles, columns)]
     height = max(len(b) for b in blocks)
     blocks = [b + [""] * (height - len(b)) for b in blocks]
     return "\n".join(" | ".join(f"{x:<{col}}" for x in row).rstrip() for row in zip(*blocks))
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import held_out
+    from . import written
+    from .evaluate import check_rouge_fits, held_out
     from .generate import Decoding
     from .rows import held_out_for
 
@@ -454,24 +509,39 @@ def cmd_eval(args) -> int:
     held = held_out_for(soft, rows, config.dataset)
     if not held:
         raise ValueError("there are no held-out rows to evaluate on")
-    result = held_out(base, soft, held, args.batch_size)
-    print(f"held-out: {len(held)} acts, {result['base'].tokens} tokens of {config.dataset}")
-    print(f"{'':6} {'loss':>8} {'perplexity':>11}")
-    for name in ("base", "tuned"):
+    acts = held[: args.rouge]
+    baseline = None
+    if args.shots:
+        baseline = written.for_adapters(base, [soft], rows, config.dataset, args.shots)
+        check_rouge_fits(base, baseline, acts, decoding)  # before minutes of scoring, not after
+    result = held_out(base, soft, held, args.batch_size, written=baseline)
+    print(f"held-out: {len(held)} acts, {result['base'].tokens:,} tokens of {config.dataset}")
+    if baseline is not None:
+        print(_examples_line(baseline))
+    labels = {"base": "base", "written": f"written ({baseline.describe()})" if baseline else "", "tuned": "tuned"}
+    names = [name for name in ("base", "written", "tuned") if name in result]
+    width = max(6, *(len(labels[name]) for name in names))
+    print(f"{'':{width}} {'loss':>8} {'perplexity':>11}")
+    for name in names:
         m = result[name]
-        print(f"{name:6} {m.loss:8.4f} {m.perplexity:11.2f}")
-    if args.rouge > 0:
+        print(f"{labels[name]:{width}} {m.loss:8.4f} {m.perplexity:11.2f}")
+    if acts:
         from tqdm import tqdm
 
         from .evaluate import rouge_compare
 
-        acts = held[: args.rouge]
+        prompt = None if baseline is None else written.embeddings(base, baseline)
         with tqdm(total=len(acts), unit="act", desc="ROUGE-L", dynamic_ncols=True) as bar:
             rouge = rouge_compare(base, soft, acts, decoding,
-                                  progress=lambda done, total: bar.update(done - bar.n))
-        print(f"ROUGE-L on {len(acts)} held-out acts (greedy, {args.max_new_tokens} new tokens): "
-              f"base {rouge['base']:.4f}  tuned {rouge['tuned']:.4f}")
+                                  progress=lambda done, total: bar.update(done - bar.n), written=prompt)
+        scores = "  ".join(f"{name} {rouge[name]:.4f}" for name in names)
+        print(f"ROUGE-L on {len(acts)} held-out acts (greedy, {args.max_new_tokens} new tokens): {scores}")
     return 0
+
+
+def _examples_line(baseline) -> str:
+    """'written prompt: 2 examples from the training side: Poet, Chef': which acts the baseline was written from."""
+    return f"written prompt: {baseline.label} from the training side: {', '.join(r.act for r in baseline.examples)}"
 
 
 def cmd_bench(args) -> int:
@@ -504,7 +574,21 @@ def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rouge", type=int, default=0, metavar="N",
                         help="also ROUGE-L on up to N held-out acts per cell, base vs tuned (default: 0, off)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per act for --rouge (default: 64)")
+    parser.add_argument("--shots", type=_shot_counts, default=(), metavar="K,K",
+                        help="also the base model with K examples of training acts written in front, for each K "
+                             f"given (of {', '.join(map(str, SHOTS))}, comma-separated): written-prompt rows on the "
+                             "same held-out tokens (default: none)")
     parser.add_argument("--out", default="sweep", help="folder for sweep.csv and sweep.png (default: sweep)")
+
+
+def _shot_counts(text: str) -> tuple[int, ...]:
+    """argparse type: '1,2,4' -> (1, 2, 4), each of SHOTS (a usage error, exit 2, otherwise)."""
+    counts = []
+    for part in text.replace(" ", "").split(","):
+        if part not in {str(k) for k in SHOTS}:
+            raise argparse.ArgumentTypeError(f"{part!r} is not one of {', '.join(map(str, SHOTS))}")
+        counts.append(int(part))
+    return tuple(sorted(set(counts)))
 
 
 def cmd_sweep(args) -> int:
@@ -512,7 +596,8 @@ def cmd_sweep(args) -> int:
 
     from .generate import Decoding
     from .model import load_base
-    from .sweep import CellEvent, CellResult, SweepDone, SweepStart, format_table, parse_grid, plot, run_sweep, write_csv
+    from .sweep import (CellEvent, CellResult, SweepDone, SweepStart, WrittenResult, format_table, parse_grid, plot,
+                        run_sweep, write_csv)
     from .events import EpochEnd, Step
 
     grid = parse_grid(args.grid)
@@ -527,9 +612,9 @@ def cmd_sweep(args) -> int:
 
     # First Ctrl-C: stop the current cell after its step, skip the rest, still write what finished.
     stop, restore_ctrl_c = ctrl_c_stops()
-    bar, results, held_rows = None, [], 0
+    bar, results, written_rows, held_rows = None, [], [], 0
     try:
-        for event in run_sweep(base, rows, config, grid, stop, args.rouge, decoding):
+        for event in run_sweep(base, rows, config, grid, stop, args.rouge, decoding, args.shots):
             if isinstance(event, SweepStart):
                 tqdm.write(f"{len(event.labels)} cells ({', '.join(event.labels)}), {event.train_rows} training rows, "
                            f"{event.held_out_rows} held-out rows")
@@ -545,16 +630,19 @@ def cmd_sweep(args) -> int:
                 tqdm.write(f"{event.label} epoch {e.epoch}: train loss {e.train_loss:.4f}{held_text}")
             elif isinstance(event, CellResult) and args.rouge > 0:
                 tqdm.write(f"{event.label}: ROUGE-L scored")
+            elif isinstance(event, WrittenResult):
+                tqdm.write(f"written prompt, {event.label} ({event.tokens:,} tokens): scored")
             elif isinstance(event, SweepDone):
-                results = event.results
+                results, written_rows = event.results, event.written
     finally:
         restore_ctrl_c()
         if bar is not None:
             bar.close()
     if not results:
         raise ValueError("the sweep was stopped before any cell finished; nothing was written")
-    print(format_table(results))  # first: the numbers are on screen even if a write fails
-    csv_path, png_path = write_csv(results, out / "sweep.csv"), plot(results, out / "sweep.png")
+    print(format_table(results, written_rows))  # first: the numbers are on screen even if a write fails
+    csv_path = write_csv(results, out / "sweep.csv", written_rows)
+    png_path = plot(results, out / "sweep.png", written_rows)
     print(f"wrote {csv_path} and {png_path}")
     return 0
 
@@ -688,6 +776,8 @@ def _add_share_commands(sub) -> None:
     p.add_argument("name", help="name of a saved adapter")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     measured(p)
+    _add_shots_flag(p, "also a row of the base model with K examples of training acts written in front, scored "
+                       "the same way")
 
 
 def _token() -> str | None:
@@ -743,7 +833,8 @@ def cmd_report(args) -> int:
     decoding = Decoding(max_new_tokens=args.max_new_tokens)  # checked before minutes of loading and measuring
     soft, base, rows, dataset = _report_inputs(args, args.out)
     where = (Path(args.adapters_dir) / adapters.sanitize_name(args.name)).as_posix()  # the card's usage snippet
-    html_path, card_path = build_report(base, soft, rows, dataset, args.name, args.out, decoding, args.samples, where)
+    html_path, card_path = build_report(base, soft, rows, dataset, args.name, args.out, decoding, args.samples, where,
+                                        shots=args.shots)
     print(f"wrote {html_path} and {card_path}")
     return 0
 

@@ -205,6 +205,15 @@ def _reference(prompt: str, instruction: str) -> list[str]:
     return words[len(head):] if words[: len(head)] == head and len(words) > len(head) else words
 
 
+def check_rouge_fits(base: Base, written: Written, rows: Sequence[Row], decoding: Decoding | None = None) -> None:
+    """Refuse, with the numbers, a written prompt that leaves no room for the longest of `rows`' act instructions
+    and its continuation: `generate` would cut the instruction to make room, and score another question."""
+    if rows:
+        longest = max(len(base.encode(act_instruction(r.act))) for r in rows)
+        new_tokens = (decoding or Decoding(max_new_tokens=ROUGE_NEW_TOKENS)).max_new_tokens
+        check_fits(base, written, longest, new_tokens, what="the longest act instruction")
+
+
 def base_continuations(base: Base, rows: Sequence[Row], decoding: Decoding | None = None) -> list[str]:
     """The base model's continuation of `act_instruction(row.act)` for each row, each decoded alone.
 

@@ -1,7 +1,8 @@
 """A run report anyone can open: one self-contained `report.html`, plus the model card (`README.md`).
 
 `measure()` computes what the report shows, on the model at hand: held-out perplexity base vs
-tuned (evaluate.held_out, the adapter's own batch size), ROUGE-L and base-vs-tuned samples for a
+tuned (evaluate.held_out, the adapter's own batch size; with `shots`, the base model with that
+many written examples of training acts too, written.py), ROUGE-L and base-vs-tuned samples for a
 few held-out acts (evaluate.rouge_compare), each virtual token's nearest vocabulary tokens, and
 the loss chart drawn from the adapter's saved history. `report_html()` and `model_card()` turn
 those findings into a page and a Hugging Face model card; `write_report()` writes both, with the
@@ -28,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from . import written as written_prompt
 from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .data import Row
-from .evaluate import Metrics, held_out, nearest_tokens, rouge_compare
+from .evaluate import Metrics, check_rouge_fits, held_out, nearest_tokens, rouge_compare
 from .formatting import duration
 from .generate import Decoding
 from .hardware import cpu_model
@@ -58,6 +60,7 @@ class Findings:
     chart: bytes  # the loss chart, PNG
     machine: dict[str, str]
     seconds: float  # how long measuring took
+    written: written_prompt.Written | None = None  # the examples scored as "written" in perplexity and rouge
 
 
 def measure(
@@ -68,21 +71,30 @@ def measure(
     name: str,
     decoding: Decoding | None = None,
     samples: int = 3,
+    shots: int = 0,
 ) -> Findings:
     """Score `soft` against the base model on the held-out acts of `rows` and draw its loss chart.
 
     The held-out acts are the ones the adapter recorded when it was trained on `dataset`, else the
     seeded split's (rows.held_out_for). `samples` held-out acts are decoded (greedy, 64 new
     tokens unless `decoding` says otherwise) for ROUGE-L and the side-by-side samples; 0 skips that.
+    `shots` > 0: the base model with that many training acts' prompts written in front
+    (written.for_adapters) is scored too, as "written", by the same calls; refused before any
+    scoring when it does not fit the context.
     """
     t0 = time.perf_counter()
     held = held_out_for(soft, rows, dataset)
-    perplexity = held_out(base, soft, held) if held else None
-    rouge = rouge_compare(base, soft, held[:samples], decoding) if held and samples > 0 else None
+    examples = None
+    if shots and held:
+        examples = written_prompt.for_adapters(base, [soft], rows, dataset, shots)
+        check_rouge_fits(base, examples, held[:samples], decoding)
+    perplexity = held_out(base, soft, held, written=examples) if held else None
+    in_front = None if examples is None else written_prompt.embeddings(base, examples)
+    rouge = rouge_compare(base, soft, held[:samples], decoding, written=in_front) if held and samples > 0 else None
     return Findings(
         name=name, soft=soft, dataset=dataset, held_out_acts=[r.act for r in held], perplexity=perplexity,
         rouge=rouge, nearest=nearest_tokens(base, soft, NEAREST_K), chart=loss_chart(soft),
-        machine=machine(base), seconds=time.perf_counter() - t0,
+        machine=machine(base), seconds=time.perf_counter() - t0, written=examples,
     )
 
 
@@ -96,12 +108,15 @@ def build_report(
     decoding: Decoding | None = None,
     samples: int = 3,
     where: str | None = None,
+    shots: int = 0,
 ) -> tuple[Path, Path]:
     """`measure()` then `write_report()`: (path of report.html, path of README.md) under `out_dir`.
 
     `where`: the adapter's folder, for the card's usage snippet (default `adapters/<name>`).
+    `shots`: a written-prompt row of that many examples (`measure`).
     """
-    return write_report(measure(base, soft, rows, dataset, name, decoding, samples), out_dir, repo_id=where)
+    findings = measure(base, soft, rows, dataset, name, decoding, samples, shots)
+    return write_report(findings, out_dir, repo_id=where)
 
 
 def write_report(findings: Findings, out_dir: Path | str, repo_id: str | None = None,
@@ -251,8 +266,13 @@ def is_hub_id(source: str) -> bool:
 
 
 def card_metrics(findings: Findings) -> dict:
-    """The numbers the card shows: held-out acts and tokens, perplexity and loss, ROUGE-L; None where not measured."""
-    p, r = findings.perplexity, findings.rouge
+    """The numbers the card shows: held-out acts and tokens, perplexity and loss, ROUGE-L; None where not measured.
+
+    With a written prompt (`measure(shots=...)`): what it is ("2 examples · 164 tokens"), its acts, and its
+    loss, perplexity and ROUGE-L beside base and tuned.
+    """
+    p, r, w = findings.perplexity, findings.rouge, findings.written
+    scored = p is not None and "written" in p
     return {
         "held_out_acts": len(findings.held_out_acts),
         "tokens": p["base"].tokens if p else None,
@@ -263,6 +283,11 @@ def card_metrics(findings: Findings) -> dict:
         "rouge_acts": len(r["rows"]) if r else 0,
         "base_rouge": r["base"] if r else None,
         "tuned_rouge": r["tuned"] if r else None,
+        "written": w.describe() if w is not None else None,
+        "written_acts": [row.act for row in w.examples] if w is not None else [],
+        "written_loss": p["written"].loss if scored else None,
+        "written_perplexity": p["written"].perplexity if scored else None,
+        "written_rouge": r.get("written") if r else None,
     }
 
 
@@ -300,10 +325,16 @@ def _card_metrics_table(metrics: dict) -> list[str]:
         "| | loss | perplexity |" + (" ROUGE-L |" if metrics.get("base_rouge") is not None else ""),
         "|---|---:|---:|" + ("---:|" if metrics.get("base_rouge") is not None else ""),
     ]
-    for who in ("base", "tuned"):
+    written = metrics.get("written_loss") is not None
+    for who in ("base", "written", "tuned") if written else ("base", "tuned"):
         rouge = f" {_fmt(metrics.get(who + '_rouge'), '.4f')} |" if metrics.get("base_rouge") is not None else ""
-        body.append(f"| {who} | {_fmt(metrics[who + '_loss'], '.4f')} | "
+        name = f"written ({md_inline(metrics['written'])})" if who == "written" else who
+        body.append(f"| {name} | {_fmt(metrics[who + '_loss'], '.4f')} | "
                     f"{_fmt(metrics[who + '_perplexity'], '.2f')} |{rouge}")
+    if written:
+        body += ["", "Written: the base model with the prompts of training acts "
+                     f"({md_inline(', '.join(metrics['written_acts']))}) written in front, each ended as training "
+                     "reads a row: the baseline a soft prompt has to beat."]
     if metrics.get("base_rouge") is not None:
         body += ["", f"ROUGE-L: greedy continuations of \"I want you to act as a <act>.\" against the act's "
                      f"real prompt, {metrics['rouge_acts']} held-out acts."]
@@ -391,6 +422,8 @@ def model_card(
             body += [
                 "", f"### {md_inline(s['act'])}", "", f"Input: {md_inline(s['input'])}", "",
                 f"**base** (ROUGE-L {_fmt(s.get('base_rouge'), '.3f')})", "", "> " + md_inline(s["base_text"]), "",
+                *([f"**written** (ROUGE-L {_fmt(s.get('written_rouge'), '.3f')})", "",
+                   "> " + md_inline(s["written_text"]), ""] if "written_text" in s else []),
                 f"**tuned** (ROUGE-L {_fmt(s.get('tuned_rouge'), '.3f')})", "", "> " + md_inline(s["tuned_text"]),
             ]
     body += ["", f"Files: `{CONFIG_FILE}` and `{WEIGHTS_FILE}` (PEFT's), `tuning_meta.json` (settings, acts, loss "
@@ -406,7 +439,7 @@ body { font-family: system-ui, sans-serif; max-width: 960px; margin: 2em auto; p
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
-.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
+.pair { display: grid; grid-auto-flow: column; grid-auto-columns: 1fr; gap: 1em; }
 .pair div { background: #f6f6f6; padding: 0.5em; white-space: pre-wrap; }
 img { max-width: 100%; }
 code { background: #f0f0f0; padding: 0 0.2em; }
@@ -461,15 +494,22 @@ def report_html(f: Findings) -> str:
         parts.append("<p>No held-out acts to score.</p>")
     else:
         p = f.perplexity
+        who_all = [who for who in ("base", "written", "tuned") if who in p]
+        label = {"base": "base", "tuned": "tuned", "written": f"written ({f.written.describe()})" if f.written else ""}
         parts += [
-            f"<p>Base and tuned scored on the same {p['base'].tokens:,} tokens (every token after a prompt's first), "
-            f"batch {soft.config.batch_size}.</p>",
-            _table([(who, round(p[who].loss, 4), round(p[who].perplexity, 2),
-                     "–" if f.rouge is None else round(f.rouge[who], 4)) for who in ("base", "tuned")],
+            f"<p>{'Base, written and tuned' if 'written' in p else 'Base and tuned'} scored on the same "
+            f"{p['base'].tokens:,} tokens (every token after a prompt's first), batch {soft.config.batch_size}.</p>",
+            _table([(label[who], round(p[who].loss, 4), round(p[who].perplexity, 2),
+                     "–" if f.rouge is None else round(f.rouge[who], 4)) for who in who_all],
                    ("model", "loss (nats)", "perplexity", "ROUGE-L")),
         ]
+        if "written" in p and f.written is not None:
+            parts.append(f"<p>Written: the base model with {_e(f.written.label)} of training acts "
+                         f"({_e(', '.join(r.act for r in f.written.examples))}) written in front, each prompt ended "
+                         "as training reads a row: the baseline a soft prompt has to beat.</p>")
     if f.rouge:
-        parts += ["<h2>Samples: base vs tuned</h2>",
+        three = "written_text" in f.rouge["rows"][0] if f.rouge["rows"] else False
+        parts += [f"<h2>Samples: {'base, written and tuned' if three else 'base vs tuned'}</h2>",
                   f"<p>Greedy continuations of the opening sentence of {len(f.rouge['rows'])} held-out acts, "
                   "scored with ROUGE-L against the act's real prompt.</p>"]
         for s in f.rouge["rows"]:
@@ -477,6 +517,8 @@ def report_html(f: Findings) -> str:
                 f"<h3>{_e(s['act'])}</h3><p>Input: <code>{_e(s['input'])}</code></p>",
                 '<div class="pair">',
                 f"<div><b>base</b> (ROUGE-L {s['base_rouge']:.3f})\n{_e(s['base_text'])}</div>",
+                *([f"<div><b>written</b> (ROUGE-L {s['written_rouge']:.3f})\n{_e(s['written_text'])}</div>"]
+                  if "written_text" in s else []),
                 f"<div><b>tuned</b> (ROUGE-L {s['tuned_rouge']:.3f})\n{_e(s['tuned_text'])}</div>",
                 "</div>",
             ]
