@@ -352,10 +352,10 @@ def test_shots_outside_the_offered_counts_is_a_usage_error(command, capsys):
     assert exit_info.value.code == 2 and "--shots: invalid choice: 3" in capsys.readouterr().err
 
 
-def test_the_clis_shot_counts_are_the_written_prompts(capsys):
-    from tuning import cli, written
+def test_the_cli_and_the_written_prompts_offer_the_configs_one_tuple_of_shot_counts():
+    from tuning import cli, config, written
 
-    assert cli.SHOTS == written.SHOTS
+    assert cli.SHOTS is config.SHOTS and written.SHOTS is config.SHOTS
 
 
 def test_train_on_one_act(tiny_model_dir, tiny_csv, tmp_path, capsys):

@@ -18,11 +18,9 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from .config import DEFAULT_DATASET, DEFAULT_MODEL, PRECISIONS, TuneConfig, same_model
+from .config import DEFAULT_DATASET, DEFAULT_MODEL, PRECISIONS, SHOTS, TuneConfig, same_model
 
 HUB_MODEL_HELP = "the Hub id --model is a local copy of: adapters trained on that id run on it"
-# written.SHOTS, repeated here because importing written.py loads torch and `--help` must not (test_cli checks they agree)
-SHOTS = (1, 2, 4)
 
 # flags that are not a plain "--field value" of TuneConfig
 _SPECIAL = {"acts", "text_only"}

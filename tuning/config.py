@@ -16,6 +16,8 @@ INITS = ("random", "text", "sample_vocab", "instruction")
 # init="instruction" starts the prompt from this text: every prompt of the dataset opens with it
 INSTRUCTION = "I want you to act as"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# the written-prompt example counts the app, the CLI and the sweep offer (written.py); here so `--help` needs no torch
+SHOTS = (1, 2, 4)
 
 DEFAULT_MODEL = "openai-community/gpt2"
 DEFAULT_DATASET = "fka/awesome-chatgpt-prompts"
