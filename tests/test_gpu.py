@@ -229,6 +229,27 @@ def test_other_durations_grow_with_their_work_and_stay_under_the_cap(base):
         assert 0 < value <= gpu.MAX_CALL_SECONDS
 
 
+def test_a_sweeps_duration_counts_each_written_prompt_in_front_of_every_held_out_row_and_its_rouge_l(base, monkeypatch):
+    from tuning import written
+    from tuning.plan import SCORING_COST
+    from tuning.rows import split_rows
+
+    monkeypatch.setattr(gpu, "_measured", {})
+    monkeypatch.setattr(gpu, "DEFAULT_GPU_TOKENS_PER_S", 50.0)
+    cfg = config(held_out_fraction=0.2)
+    held = split_rows(ROWS, cfg)[1]
+    lengths = [len(base.encode(r.prompt)) + 1 for r in held]
+    prompts = {k: written.examples(base, ROWS, held, k, cfg.seed) for k in (1, 2)}
+    alone = gpu.sweep_seconds(base, ROWS, cfg, [(4, 1)])
+    one = gpu.sweep_seconds(base, ROWS, cfg, [(4, 1)], shots=(1,))
+    both = gpu.sweep_seconds(base, ROWS, cfg, [(4, 1)], shots=(2, 1, 1))  # each count once, as run_sweep scores them
+    assert one - alone == pytest.approx(SCORING_COST * (prompts[1].tokens * len(held) + sum(lengths)) / 50.0)
+    assert both - one == pytest.approx(SCORING_COST * (prompts[2].tokens * len(held) + sum(lengths)) / 50.0)
+    rouge = gpu.sweep_seconds(base, ROWS, cfg, [(4, 1)], rouge_acts=1, shots=(1, 2))
+    # one cell's base and tuned continuations, and one per written prompt: 64 new tokens each
+    assert rouge - both == pytest.approx((2 + 2) * 64 * gpu.SECONDS_PER_NEW_TOKEN)
+
+
 def test_work_over_the_cap_is_refused_with_the_estimate_and_the_cap(monkeypatch):
     monkeypatch.setattr(gpu, "MAX_CALL_SECONDS", 60)
     gpu.check_fits(59.0)
@@ -337,6 +358,40 @@ def test_an_error_inside_a_zero_gpu_call_reaches_the_visitor_as_its_sentence(mon
         monkeypatch.delitem(sys.modules, "spaces")
         monkeypatch.undo()
         importlib.reload(gpu_calls)
+
+
+def test_a_sweep_on_zero_gpu_carries_its_shots_into_the_worker_and_asks_for_their_time(base, monkeypatch):
+    from tuning.sweep import SweepDone, WrittenResult
+    from ui import gpu_calls
+
+    asked = []
+
+    def GPU(duration):  # ZeroGPU computes the duration from the call's own arguments, then runs it in a worker
+        def wrap(fn):
+            worker = zero_gpu_stand_in(duration)(fn)
+
+            def call(*args, **kwargs):
+                asked.append(duration(*args, **kwargs))
+                yield from worker(*roundtrip(args), **kwargs)
+            return call
+        return wrap
+
+    monkeypatch.setattr(gpu, "_measured", {})
+    monkeypatch.setattr(gpu, "DEFAULT_GPU_TOKENS_PER_S", 5.0)  # slow enough that the written rows' scoring shows
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=GPU))
+    cfg = config(epochs=1, held_out_fraction=0.2)
+    try:
+        importlib.reload(gpu_calls)
+        events = list(gpu_calls.SWEEP_ON_GPU(base, ROWS, cfg, [(2, 1)], gpu.StopFlag(), 0, (2, 1)))
+        list(gpu_calls.SWEEP_ON_GPU(base, ROWS, cfg, [(2, 1)], gpu.StopFlag(), 0))
+    finally:
+        monkeypatch.delitem(sys.modules, "spaces")
+        monkeypatch.undo()
+        importlib.reload(gpu_calls)
+    rows = [e for e in events if isinstance(e, WrittenResult)]
+    assert [w.label for w in rows] == ["1 example", "2 examples"] and all(w.held_out_ppl_written > 1 for w in rows)
+    assert isinstance(events[-1], SweepDone) and events[-1].written == rows
+    assert asked[0] > asked[1]  # the call with written rows reserved the GPU for their scoring too
 
 
 def test_without_carrying_the_stand_in_shows_only_the_class_name():

@@ -13,9 +13,10 @@ from tuning.config import TuneConfig
 from tuning.data import Row, normalise
 from tuning.generate import Decoding
 from tuning.sweep import (
-    CSV_FIELDS, SEED_GRID, CellEvent, CellResult, SweepDone, SweepStart, WrittenResult, context_points, parse_grid, plot,
-    run_sweep, write_csv,
+    CSV_FIELDS, SEED_GRID, CellEvent, CellResult, SweepDone, SweepStart, WrittenResult, context_figure, context_points,
+    parse_grid, plot, run_sweep, write_csv,
 )
+from tuning.rows import split_rows
 from tuning.events import Done, Step
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -222,6 +223,25 @@ def test_plot_places_soft_and_written_prompts_by_the_context_they_take(with_shot
         ("soft", 2, cell.held_out_ppl_tuned, "2×1"), ("written", one.tokens, one.held_out_ppl_written, "1 example"),
         ("written", two.tokens, two.held_out_ppl_written, "2 examples")]
     assert plot(done.results, tmp_path / "sweep.png", done.written).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_the_apps_context_figure_is_the_plots_left_panel_its_points_and_the_base_line(with_shots, tmp_path):
+    done = with_shots[-1]
+    (ax,) = context_figure(done.results, done.written).axes
+    drawn = [tuple(xy) for collection in ax.collections for xy in collection.get_offsets()]
+    assert drawn == [(x, y) for _, x, y, _ in context_points(done.results, done.written)]
+    assert [t.get_text() for t in ax.texts] == ["2×1", "1 example", "2 examples"]
+    (base_line,) = ax.get_lines()
+    assert list(base_line.get_ydata()) == [done.results[0].held_out_ppl_base] * 2 and base_line.get_linestyle() == "--"
+    assert ax.get_xlabel().startswith("context tokens the prompt takes")
+
+
+def test_a_written_row_describes_itself_as_a_written_prompt_does(with_shots, base):
+    from tuning import written
+
+    for row in with_shots[-1].written:
+        prompt = written.examples(base, ROWS, split_rows(ROWS, CONFIG)[1], row.examples, CONFIG.seed)
+        assert row.describe() == prompt.describe() == f"{row.label} · {row.tokens:,} tokens"
 
 
 def test_cli_sweep_shots_adds_written_rows_to_the_table_and_csv(tiny_model_dir, tiny_csv, tmp_path, capsys):

@@ -239,11 +239,11 @@ def stop_before(seconds: float, base: Base, held_out_rows: Sequence[Row]) -> flo
 
 
 def sweep_run(base: Base, rows: Sequence[Row], config: TuneConfig, grid: Sequence[tuple[int, int]],
-              stop: StopFlag, rouge_acts: int = 0) -> Iterator:
-    """A whole sweep (sweep.run_sweep's events) in one GPU call."""
+              stop: StopFlag, rouge_acts: int = 0, shots: Sequence[int] = ()) -> Iterator:
+    """A whole sweep (sweep.run_sweep's events) in one GPU call; `shots`: its written rows too, in the same call."""
     from .sweep import run_sweep
 
-    yield from run_sweep(on_accelerator(base), list(rows), config, list(grid), stop, rouge_acts)
+    yield from run_sweep(on_accelerator(base), list(rows), config, list(grid), stop, rouge_acts, shots=tuple(shots))
 
 
 def generate_run(base: Base, prompts: Sequence[SoftPrompt | Written], text: str, decoding) -> Iterator[tuple[str, ...]]:
@@ -315,13 +315,19 @@ def train_duration(*args, **kwargs) -> int:
     return min(MAX_CALL_SECONDS, round(training_seconds(*args, **kwargs) * 1.5))
 
 
-def sweep_seconds(base: Base, rows: Sequence[Row], config: TuneConfig, grid, stop=None, rouge_acts: int = 0) -> float:
-    """Estimated GPU seconds of `sweep_run`: every cell's training, and its ROUGE-L continuations."""
+def sweep_seconds(base: Base, rows: Sequence[Row], config: TuneConfig, grid, stop=None, rouge_acts: int = 0,
+                  shots: Sequence[int] = ()) -> float:
+    """Estimated GPU seconds of `sweep_run`: every cell's training, and its ROUGE-L continuations; with `shots`, each
+    written prompt in front of every held-out row and its ROUGE-L continuations."""
     from .rows import split_rows
+    from .sweep import written_prompts, written_scored_tokens
 
     train_rows, held = split_rows(rows, config)  # every cell trains on the same rows
+    prompts = written_prompts(base, rows, held, config.seed, shots)
+    held_lengths = [len(base.encode(r.prompt)) + 1 for r in held]  # as train_tokens counts a row
+    written_s = estimate_seconds(0, gpu_speed(), written_scored_tokens(prompts, held_lengths)) or 0.0
     return sum(CALL_OVERHEAD_S + _run_seconds(base, train_rows, held, config, epochs) for _, epochs in grid) \
-        + len(grid) * rouge_acts * 2 * 64 * SECONDS_PER_NEW_TOKEN
+        + (2 * len(grid) + len(prompts)) * rouge_acts * 64 * SECONDS_PER_NEW_TOKEN + written_s
 
 
 def sweep_duration(*args, **kwargs) -> int:

@@ -38,7 +38,7 @@ from . import written
 from .config import TuneConfig
 from .data import Row
 from .evaluate import base_continuations, check_rouge_fits, mean_loss, rouge_compare
-from .formatting import number
+from .formatting import number, plural
 from .generate import Decoding
 from .history import held_out_points
 from .model import Base, SoftPrompt
@@ -96,6 +96,10 @@ class WrittenResult:
     rouge_base: float | None  # None unless ROUGE-L was asked for
     rouge_written: float | None
     rouge_acts: list[dict] | None = None  # evaluate.iter_rouge's dicts, "tuned" being the written prompt's
+
+    def describe(self) -> str:
+        """The label and the context it costs, as written.Written.describe says it: '2 examples · 164 tokens'."""
+        return f"{self.label} · {plural(self.tokens, 'token')}"
 
 
 @dataclass
@@ -232,14 +236,28 @@ def _written_prompts(base: Base, rows: Sequence[Row], held: Sequence[Row], held_
                      decoding: Decoding | None) -> list[written.Written]:
     """One written prompt per example count in `shots` (ascending, once each), each checked to fit beside the
     longest held-out row and, with ROUGE-L, the longest act instruction and its continuation."""
-    prompts = []
-    for k in sorted(set(shots)):
-        prompt = written.examples(base, rows, held, k, seed)
+    prompts = written_prompts(base, rows, held, seed, shots)
+    for prompt in prompts:
         written.check_fits(base, prompt, max((len(r) for r in held_ids), default=0),
                            what="the longest held-out prompt")
         check_rouge_fits(base, prompt, rouge_held, decoding)
-        prompts.append(prompt)
     return prompts
+
+
+def written_prompts(base: Base, rows: Sequence[Row], held: Sequence[Row], seed: int,
+                    shots: Sequence[int]) -> list[written.Written]:
+    """The written prompts a sweep with `shots` scores, one per example count in ascending order, drawn as
+    `run_sweep` draws them (so an estimate counts the tokens the sweep will score); WrittenError when too few acts."""
+    return [written.examples(base, rows, held, k, seed) for k in sorted(set(shots))]
+
+
+def written_scored_tokens(prompts: Sequence[written.Written], held_lengths: Sequence[int]) -> int:
+    """Tokens the written rows' held-out scoring passes through the model: each prompt in front of every held-out row.
+
+    >>> written_scored_tokens([written.Written(ids=(1,) * 40), written.Written(ids=(1,) * 90)], [10, 20])
+    320
+    """
+    return sum(p.tokens * len(held_lengths) + sum(held_lengths) for p in prompts)
 
 
 def _written_results(base: Base, baselines: Sequence[written.Written], held_ids: Sequence[list[int]], batch_size: int,
@@ -347,6 +365,18 @@ def context_points(results: Sequence[CellResult],
               for r in results if r.held_out_ppl_tuned is not None]
     return points + [("written", w.tokens, w.held_out_ppl_written, w.label)
                      for w in written_rows if w.held_out_ppl_written is not None]
+
+
+def context_figure(results: Sequence[CellResult], written_rows: Sequence[WrittenResult] = ()):
+    """`plot`'s left panel alone, as a matplotlib Figure: the picture the app's Sweep tab shows beside its loss chart.
+
+    Made without pyplot: its global figure list is not safe in a server's threads, and nothing here needs closing.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="tight")
+    _plot_context(fig.subplots(), results, written_rows)
+    return fig
 
 
 def _plot_context(ax, results: Sequence[CellResult], written_rows: Sequence[WrittenResult]) -> None:
