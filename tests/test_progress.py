@@ -210,3 +210,39 @@ def test_a_short_run_says_how_many_acts_its_points_are_on_and_ends_with_every_ac
     # the chart keeps to the subset: its points and the base model's line on the same 5 acts
     assert [p for p in view.points if p[2] != "train"] == [
         (1, 3.545, "held-out"), (0, 3.6, "base held-out"), (2, 3.6, "base held-out"), (2, 3.4, "held-out")]
+
+
+def test_after_its_cells_a_sweep_says_which_written_prompt_it_scores_and_keeps_the_rows():
+    from tuning.progress import SweepView
+    from tuning.sweep import CellEvent, CellResult, SweepDone, SweepStart, WrittenResult
+
+    cell = CellResult("2×1", 2, 1, 3.0, 2.0, None, None, 40.0, 4, 4, False, {}, None)
+    rows = [WrittenResult(f"{k} example{'s' * (k > 1)}", k, 20 * k, ["Poet"] * k, 3.0, 2.5, None, None) for k in (1, 4)]
+    view = SweepView(cells=1, labels=["2×1"], shots=(4, 1, 4))  # each count once, in order, as run_sweep scores them
+    view.add(SweepStart(total_steps=4, labels=["2×1"], train_rows=4, held_out_rows=1))
+    view.add(CellEvent(cell=0, label="2×1", event=done(4, elapsed=40.0)))
+    view.add(cell)
+    assert view.progress == "scoring the written prompts: 1 example (1 / 2)…"
+    view.add(rows[0])
+    assert view.progress == "scoring the written prompts: 4 examples (2 / 2)…"
+    view.add(rows[1])
+    view.add(SweepDone([cell], stopped=False, written=rows))
+    assert view.progress == "done: 1 of 1 cell in 40s of training · 2 written prompts scored" and view.written == rows
+
+
+@pytest.mark.parametrize("stopped, scored, line", [
+    (True, 0, "stopped: 0 of 1 cell finished, 2×1 cut at step 4 · 40s of training · written prompts not scored"),
+    (False, 1, "done: 1 of 1 cell in 40s of training · stopped after 1 of 2 written prompts"),
+])
+def test_a_stopped_sweep_says_how_many_written_prompts_it_scored(stopped, scored, line):
+    from tuning.progress import SweepView
+    from tuning.sweep import CellResult, SweepDone, WrittenResult
+
+    cell = CellResult("2×1", 2, 1, 3.0, 2.0, None, None, 40.0, 4, 4, stopped, {}, None)
+    rows = [WrittenResult("1 example", 1, 20, ["Poet"], 3.0, 2.5, None, None)][:scored]
+    view = SweepView(cells=1, labels=["2×1"], shots=(1, 2))
+    view.add(cell)
+    for row in rows:
+        view.add(row)
+    view.add(SweepDone([cell], stopped=stopped, written=rows))
+    assert view.progress == line

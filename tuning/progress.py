@@ -22,7 +22,7 @@ from .formatting import duration, number, plural
 from .history import held_out_points
 from .plan import SCORING_COST
 from .reference import ReferenceSaved
-from .sweep import CellEvent, CellResult, SweepDone, SweepStart
+from .sweep import CellEvent, CellResult, SweepDone, SweepStart, WrittenResult
 
 clock = time.monotonic  # a module attribute so tests can move it
 SERIES = ("train", "held-out", "base held-out")  # the series of one run's chart, in legend order
@@ -214,6 +214,11 @@ class SweepView:
     _scoring_seconds: list[float] = field(default_factory=list)  # each scored cell's ROUGE-L time, as measured
     rouge_pace: float | None = None  # seconds per new token of a one-row generation, timed before the sweep
     _rouge_rows: int = 0  # the acts ROUGE-L will score: rouge_acts, at most the held-out acts
+    shots: tuple[int, ...] = ()  # the written prompts' example counts, scored after the cells (run_sweep's `shots`)
+    written: list = field(default_factory=list)  # sweep.WrittenResult, in order
+
+    def __post_init__(self) -> None:
+        self.shots = tuple(sorted(set(self.shots)))  # run_sweep scores each count once, in this order
 
     def add(self, event) -> None:
         if isinstance(event, SweepStart):
@@ -228,18 +233,40 @@ class SweepView:
             if self._scoring_since is not None:
                 self._scoring_seconds.append(clock() - self._scoring_since)
                 self._scoring_since = None
+            if len(self.results) == self.cells and not event.stopped and self.shots:
+                self.progress = self._scoring_written()
+        elif isinstance(event, WrittenResult):
+            self.written.append(event)
+            if len(self.written) < len(self.shots):
+                self.progress = self._scoring_written()
         elif isinstance(event, SweepDone):
-            self.finished = True
-            seconds = f"{duration(sum(r.seconds for r in event.results))} of training"
-            whole = [r for r in event.results if not r.stopped]
-            if not event.stopped and len(whole) == len(event.results):
-                self.progress = f"done: {len(whole)} of {plural(self.cells, 'cell')} in {seconds}"
-            else:  # a cut cell is in the results (its prompt is kept) but it did not finish
-                cut = "".join(f", {r.label} cut at step {r.steps:,}"
-                              for r in event.results if r.stopped)
-                self.progress = f"stopped: {len(whole)} of {plural(self.cells, 'cell')} finished{cut} · {seconds}"
+            self._done(event)
         if self.stopping and not self.finished:
             self.progress = f"stopping after this step… (step {self._done_before + self._step:,} / {self.total:,})"
+
+    def _done(self, event: SweepDone) -> None:
+        self.finished = True
+        seconds = f"{duration(sum(r.seconds for r in event.results))} of training"
+        whole = [r for r in event.results if not r.stopped]
+        if not event.stopped and len(whole) == len(event.results):
+            self.progress = f"done: {len(whole)} of {plural(self.cells, 'cell')} in {seconds}"
+        else:  # a cut cell is in the results (its prompt is kept) but it did not finish
+            cut = "".join(f", {r.label} cut at step {r.steps:,}"
+                          for r in event.results if r.stopped)
+            self.progress = f"stopped: {len(whole)} of {plural(self.cells, 'cell')} finished{cut} · {seconds}"
+        if not self.shots:
+            return
+        if event.stopped:  # run_sweep scores no written row after a cut cell
+            self.progress += " · written prompts not scored"
+        elif len(event.written) == len(self.shots):
+            self.progress += f" · {plural(len(event.written), 'written prompt')} scored"
+        else:  # stopped while the written prompts were being scored
+            self.progress += f" · stopped after {len(event.written)} of {plural(len(self.shots), 'written prompt')}"
+
+    def _scoring_written(self) -> str:
+        """'scoring the written prompts: 2 examples (2 / 3)…': the one being scored now, after the cells."""
+        k = self.shots[len(self.written)]
+        return f"scoring the written prompts: {plural(k, 'example')} ({len(self.written) + 1} / {len(self.shots)})…"
 
     def _cell_event(self, event) -> None:
         inner, name = event.event, event.label
