@@ -278,8 +278,9 @@ def hostile_cases(rng: random.Random, adapter: str, not_a_zip: str) -> list[tupl
         ("download", "/download_adapter", ["\ud800"]),
         ("upload", "/upload_adapter", [handle_file(not_a_zip), "not-a-zip"]),
         ("evaluate", "/evaluate", [adapter, 1000, 8, "none"]),
-        ("sweep", "/sweep", ["1000x1000", 0, 0.1, 64, 0]),
-        ("sweep", "/sweep", ["../../etc", 0, 0.1, 64, 0]),
+        ("sweep", "/sweep", ["1000x1000", 0, 0.1, 64, 0, []]),
+        ("sweep", "/sweep", ["../../etc", 0, 0.1, 64, 0, []]),
+        ("sweep", "/sweep", ["1x1", 0, 0.1, 64, 0, ["3 examples"]]),
         ("api_train", "/train_adapter", ["", 3, 1, 0.1, "reference-mine"]),
         ("api_train", "/training_status", ["no-such-job", 0]),
         ("api_train", "/training_status", ["x", 31]),
@@ -448,7 +449,7 @@ class Visitor:
 
     def sweep(self):
         start = time.monotonic()
-        job = self.client.submit("1x1", 0, 0.1, 64, self.rng.randint(0, 9), api_name="/sweep")
+        job = self.client.submit("1x1", 0, 0.1, 64, self.rng.randint(0, 9), [], api_name="/sweep")
         try:
             _, progress, *_ = job.result(timeout=TRAIN_WAIT_S)
         except Exception as e:

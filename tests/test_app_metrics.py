@@ -36,8 +36,8 @@ def train_args(**kw):
     return list({**TRAIN, **kw}.values())
 
 
-def sweep_args(grid="2x1, 3x1", rouge=0, lr=0.1, batch=4, seed=0):
-    return [grid, rouge, lr, batch, seed]
+def sweep_args(grid="2x1, 3x1", rouge=0, lr=0.1, batch=4, seed=0, shots=()):
+    return [grid, rouge, lr, batch, seed, list(shots)]
 
 
 def table(value: dict) -> list[dict]:
@@ -231,7 +231,7 @@ def test_sweep_streams_every_cell_and_ends_with_a_table_and_a_csv(client):
     assert len(updates) >= 8  # start, 3 + 3 steps, epoch ends, results
     first_cell_done = next(i for i, u in enumerate(updates) if len(series(u[0])["3×1 train"]) > 0)
     assert len(series(updates[first_cell_done - 1][0])["2×1 train"]) == 3  # cell one's curve was drawn first
-    plot, progress, results, csv_path = updates[-1]
+    plot, progress, results, csv_path, context = updates[-1]
     curves = series(plot)
     assert len(curves["2×1 train"]) == len(curves["3×1 train"]) == 3
     # one epoch, one held-out loss: drawn flat from step 0 (a lone point would be invisible)

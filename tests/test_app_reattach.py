@@ -216,7 +216,7 @@ def test_prompt_pickers_offer_only_adapters_this_model_can_use(ctx):
 def test_a_reloaded_page_re_attaches_to_the_running_sweep(ctx):
     session, browser = attach(ctx, None, Session())
     first = start_sweep(ctx, "2x1, 3x40", 0, 0.1, 1, 0, session, tab("tab-1"))
-    for _, progress, _, _ in first:
+    for _, progress, *_ in first:
         if "cell 3×40" in progress:  # the first cell is done
             break
     on_close(ctx, tab("tab-1"))
@@ -224,10 +224,10 @@ def test_a_reloaded_page_re_attaches_to_the_running_sweep(ctx):
     again, _ = attach(ctx, browser, Session())
     assert list(reattach(ctx, again, tab("tab-2"))) == [(gr.skip(),) * 3]  # the Train tab: nothing to follow
     follower = reattach_sweep(ctx, again, tab("tab-2"))
-    chart, progress, results, csv_file = next(follower)
+    chart, progress, results, csv_file, context = next(follower)
     assert "cell 3×40" in progress and len(results) == 1 and csv_file  # the finished cell, and its file
     assert stop_run(ctx, again, tab("tab-2")).startswith("stopping after this step")
-    *_, (chart, progress, results, csv_file) = follower
+    *_, (chart, progress, results, csv_file, context) = follower
     assert progress.startswith("stopped: 1 of 2 cells finished, 3×40 cut at step")
     assert len(results) == 2 and open(csv_file).read().count("\n") == 3  # header, the done cell, the cut one
 
@@ -387,4 +387,4 @@ def test_a_new_page_with_nothing_to_follow_keeps_its_empty_states(ctx):
     # "not started: …" and its chart's axes, the Sweep tab its results table's headers.
     session, _ = attach(ctx, None, Session())
     assert list(reattach(ctx, session, tab("t"))) == [(gr.skip(),) * 3]
-    assert list(reattach_sweep(ctx, session, tab("t"))) == [(gr.skip(),) * 4]
+    assert list(reattach_sweep(ctx, session, tab("t"))) == [(gr.skip(),) * 5]

@@ -185,3 +185,133 @@ def test_the_api_compares_with_a_written_prompt_and_says_what_it_was(ctx):
 def test_the_api_refuses_other_example_counts_in_one_sentence(ctx, shots):
     with pytest.raises(gr.Error, match=r"shots must be one of 0, 1, 2, 4 \(0: no written prompt\), got "):
         api.compare_texts(ctx, TEXT, "a", "", 6, shots=shots)
+
+
+# --- the Sweep tab's written rows --------------------------------------------------------
+
+
+def recording_sweeps(monkeypatch) -> list:
+    """(shots, events) of every run_sweep the app starts from here on: the real sweep, its events kept."""
+    import tuning.sweep
+
+    calls, real = [], tuning.sweep.run_sweep
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs.get("shots", ()), []))
+        for event in real(*args, **kwargs):
+            calls[-1][1].append(event)
+            yield event
+
+    monkeypatch.setattr(tuning.sweep, "run_sweep", recording)  # gpu.sweep_run imports it at each call
+    return calls
+
+
+def test_the_tabs_sweep_scores_the_ticked_written_prompts_and_shows_run_sweeps_numbers(ctx, monkeypatch):
+    from types import SimpleNamespace
+
+    from tuning.formatting import number
+    from tuning.sweep import WrittenResult, context_points
+    from ui.tabs.sweep import start_sweep
+
+    calls = recording_sweeps(monkeypatch)
+    updates = list(start_sweep(ctx, "2x1", 1, 0.1, 4, 0, Session(), SimpleNamespace(session_hash="sweep-written"),
+                               shots=["2 examples", "1 example"]))
+    chart, progress, table, csv_file, _ = updates[-1]
+    ((shots, events),) = calls
+    rows = [e for e in events if isinstance(e, WrittenResult)]
+    assert shots == (1, 2) and [w.examples for w in rows] == [1, 2]
+    assert list(table["cell"]) == ["2×1"] + [f"{k} example{'s' * (k > 1)} · {w.tokens:,} tokens"
+                                             for k, w in zip((1, 2), rows)]
+    for shown, w in zip(table.to_dict("records")[1:], rows):  # one row per k, run_sweep's numbers as the table words them
+        assert (shown["tokens"], shown["epochs"], shown["seconds"]) == (w.tokens, "–", "–")
+        assert shown["held-out ppl base"] == number(w.held_out_ppl_base, ".2f") == table["held-out ppl base"][0]
+        assert shown["held-out ppl tuned"] == number(w.held_out_ppl_written, ".2f") != "–"
+        assert (shown["ROUGE-L base"], shown["ROUGE-L tuned"]) == (number(w.rouge_base), number(w.rouge_written))
+        assert shown["ROUGE-L tuned"] != "–"  # ROUGE-L was asked for: the written prompt's continuation was scored
+    assert progress.endswith(" · 2 written prompts scored")
+    assert open(csv_file, encoding="utf-8").read().splitlines()[-1].startswith("2 examples,")
+    # the CLI's sweep.png left panel: every prompt at the context it takes, the base model a line; hidden at the
+    # start, left as it is while the cells train, drawn once written rows exist
+    drawn = [u[4] for u in updates if u[4] != gr.skip()]
+    shown = [d.constructor_args["visible"] for d in drawn]
+    assert shown[0] is False and shown[1:] == [True] * (len(drawn) - 1) and len(drawn) >= 2  # updates may merge
+    assert drawn[-1] is updates[-1][4] and len(drawn) < len(updates)
+    (ax,) = drawn[-1].constructor_args["value"].axes
+    cells = events[-1].results
+    assert [tuple(xy) for c in ax.collections for xy in c.get_offsets()] == [
+        (x, y) for _, x, y, _ in context_points(cells, rows)]
+    assert list(ax.get_lines()[0].get_ydata()) == [cells[0].held_out_ppl_base] * 2
+
+
+def test_the_tabs_sweep_without_written_prompts_passes_none_and_keeps_the_context_chart_hidden(ctx, monkeypatch):
+    from types import SimpleNamespace
+
+    from ui.tabs.sweep import start_sweep
+
+    calls = recording_sweeps(monkeypatch)
+    updates = list(start_sweep(ctx, "2x1", 0, 0.1, 4, 0, Session(), SimpleNamespace(session_hash="sweep-none")))
+    assert [shots for shots, _ in calls] == [()] and list(updates[-1][2]["cell"]) == ["2×1"]
+    assert updates[0][4].constructor_args == {"value": None, "visible": False}  # a last sweep's picture goes
+    assert all(u[4] == gr.skip() for u in updates[1:])  # and no figure is drawn at each step
+    assert updates[-1][1].startswith("done: 1 of 1 cell in ") and "written" not in updates[-1][1]
+
+
+def test_the_sweep_estimate_counts_the_written_prompts_scoring_and_their_rouge_l(ctx, monkeypatch):
+    from tuning.formatting import duration
+    from tuning.plan import SCORING_COST
+    from tuning.rows import split_rows
+    import ui.tabs.sweep as tab
+
+    monkeypatch.setattr(tab, "last_speed", lambda session: 2.0)  # slow: every token's second shows in the line
+    monkeypatch.setattr(tab, "decode_pace", lambda rows: 0.1)
+    base, rows = ctx.base(), ctx.rows()
+    held = split_rows(rows, TuneConfig(model=ctx.model, dataset=ctx.dataset))[1]
+    lengths = [len(base.encode(r.prompt)) + 1 for r in held]
+    prompts = [written.examples(base, rows, held, k, 0) for k in (1, 4)]
+    plan = tab.sweep_plan(ctx, "2x1", 0.1, 4, 0)
+    cells = tab.sweep_training_seconds(base, plan, [], 2.0)
+    alone = tab.sweep_estimate(ctx, "2x1", 0.1, 4, 0, Session(), 1)
+    both = tab.sweep_estimate(ctx, "2x1", 0.1, 4, 0, Session(), 1, ["4 examples", "1 example"])
+    assert alone.startswith(f"1 cell (2×1): 3 steps in all; about {duration(cells)} of training at 2 tokens/s")
+    assert alone.endswith(f"in each cell, up to about {duration(2 * 64 * 0.1)} more at this server's last "
+                          f"generation pace.")
+    scoring = SCORING_COST * sum(p.tokens * len(held) + sum(lengths) for p in prompts) / 2.0
+    assert both == (f"1 cell (2×1): 3 steps in all, then 2 written prompts ({prompts[0].describe()}, "
+                    f"{prompts[1].describe()}) scored on the held-out acts; about {duration(cells + scoring)} of "
+                    f"training and written-prompt scoring at 2 tokens/s (your last run's speed), then ROUGE-L "
+                    f"generation for 1 held-out act in each cell and written prompt, up to about "
+                    f"{duration(4 * 64 * 0.1)} more at this server's last generation pace.")
+
+
+@pytest.mark.parametrize("shots", [["3 examples"], "2 examples", [2]])
+def test_the_sweep_refuses_other_written_prompts_in_one_sentence(ctx, shots):
+    from types import SimpleNamespace
+
+    from ui.checks import CheckedCheckboxGroup
+    from ui.tabs.sweep import SHOT_LABELS, start_sweep, sweep_estimate
+
+    with pytest.raises(gr.Error, match=r"Written prompts must be some of 1 example, 2 examples, 4 examples, got "):
+        next(start_sweep(ctx, "2x1", 0, 0.1, 4, 0, Session(), SimpleNamespace(session_hash="bad"), shots=shots))
+    assert sweep_estimate(ctx, "2x1", 0.1, 4, 0, Session(), 0, shots).startswith("⚠️ Written prompts must be some of")
+    boxes = CheckedCheckboxGroup(list(SHOT_LABELS), label="Written prompts")
+    with pytest.raises(gr.Error, match=r"Written prompts must be some of 1 example, 2 examples, 4 examples, got "):
+        boxes.preprocess(shots)
+    assert boxes.preprocess(None) == [] and boxes.preprocess(["4 examples"]) == ["4 examples"]
+
+
+def test_the_context_picture_is_built_once_per_written_row_not_at_every_render(ctx, monkeypatch):
+    import tuning.sweep
+    from tuning.progress import SweepView
+    from tuning.sweep import CellResult, WrittenResult
+    from ui.tabs.sweep import sweep_render
+
+    built, real = [], tuning.sweep.context_figure
+    monkeypatch.setattr(tuning.sweep, "context_figure", lambda cells, rows: built.append(len(rows)) or real(cells, rows))
+    view = SweepView(cells=1, labels=["2×1"], shots=(1, 2))
+    render = sweep_render(ctx, view, "pictures")  # `follow` calls it at every wake-up, once a second at least
+    view.add(CellResult("2×1", 2, 1, 3.0, 2.0, None, None, 40.0, 4, 4, False, {}, None))
+    for k in (1, 2):
+        view.add(WrittenResult(f"{k} example{'s' * (k > 1)}", k, 20 * k, ["Poet"] * k, 3.0, 2.5, None, None))
+        pictures = [render(view)[4] for _ in range(3)]
+        assert pictures[0] is pictures[1] is pictures[2] and pictures[0].constructor_args["visible"]
+    assert built == [1, 2]

@@ -195,8 +195,12 @@ SWEEP_COLUMNS = ["cell", "tokens", "epochs", "held-out ppl base", "held-out ppl 
                  "seconds"]
 
 
-def sweep_frame(results: list[sweep.CellResult]) -> pd.DataFrame:
+def sweep_frame(results: list[sweep.CellResult], written_rows: list[sweep.WrittenResult] = ()) -> pd.DataFrame:
+    """A row per cell, then a row per written prompt ("2 examples · 164 tokens"), its numbers in the tuned columns."""
     rows = [[r.label + (" (stopped)" if r.stopped else ""), r.num_virtual_tokens, r.epochs,
              number(r.held_out_ppl_base, ".2f"), number(r.held_out_ppl_tuned, ".2f"),
              number(r.rouge_base), number(r.rouge_tuned), round(r.seconds, 1)] for r in results]
+    # a written prompt trains nothing: no epochs, no seconds; its tokens are the context it takes, as a cell's are
+    rows += [[w.describe(), w.tokens, "–", number(w.held_out_ppl_base, ".2f"), number(w.held_out_ppl_written, ".2f"),
+              number(w.rouge_base), number(w.rouge_written), "–"] for w in written_rows]
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)

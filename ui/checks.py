@@ -154,6 +154,21 @@ class CheckedRadio(gr.Radio):
         return super().preprocess(payload)
 
 
+class CheckedCheckboxGroup(gr.CheckboxGroup):
+    """A CheckboxGroup that refuses a value outside its choices, or no list, in one sentence (Gradio's own check
+    logs a traceback, and crashes on a null)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        choices = [value for _, value in self.choices]
+        if payload is None:
+            payload = []
+        if not isinstance(payload, list) or not all(v in choices for v in payload):
+            raise refuse(f"{self.label} must be some of {', '.join(map(str, choices))}, got {str(payload)[:80]!r}")
+        return super().preprocess(payload)
+
+
 class CheckedNumber(gr.Number):
     """A Number that refuses text, NaN and infinity with one sentence (precision=0 would crash on them)."""
 
