@@ -240,7 +240,8 @@ def hostile_cases(rng: random.Random, adapter: str, not_a_zip: str) -> list[tupl
 
     def gen(**change):
         args = dict(text="I want you to act as a poet.", adapter=adapter, max_new=8, mode="greedy", temperature=0.8,
-                    top_p=0.95, top_k=50, penalty=1.0, seed=0, adapter_b=NO_PROMPT, no_repeat=3)
+                    top_p=0.95, top_k=50, penalty=1.0, seed=0, adapter_b=NO_PROMPT, no_repeat=3, written_choice="none",
+                    own_text="")
         return list({**args, **change}.values())
 
     def train(**change):
