@@ -236,7 +236,8 @@ def sweep_tab(ctx: Context, session: gr.State, train: TrainTab) -> SweepTab:
         context = gr.Plot(label="Held-out perplexity vs context spent (soft and written prompts)", visible=False,
                           elem_id="sweep-context")
         progress = gr.Markdown("not started", elem_id="sweep-progress")
-        table = gr.Dataframe(sweep_frame([]), label="Results", interactive=False)
+        table = gr.Dataframe(sweep_frame([]), label="Results (a written prompt's numbers are in the tuned columns)",
+                             interactive=False)
         csv_out = gr.File(label="Results (.csv)", interactive=False, height=90)
         gr.Markdown(f"### Run history (this browser, last {MAX_HISTORY} runs)")
         history_table = gr.Dataframe(history_frame([]), label="Runs", interactive=False, wrap=True,
