@@ -7,7 +7,8 @@ seed) and each adapter named, in one process on one loaded model:
 - mean ROUGE-L of greedy 64-token continuations of "I want you to act as a <act>." on the first
   N held-out acts (evaluate.rouge_compare);
 - the context each spends (prompt tokens in front of the input) and the seconds of one 64-token
-  generation of the default input, decoded alone, warm (one untimed run first, then the median).
+  generation of the default input, decoded alone to its full length (end-of-text ignored), warm
+  (one untimed round first, then the median of interleaved rounds).
 
     python scripts/written_baseline.py --model MODEL.gguf --dataset prompts.csv --adapters-dir DIR \
         --adapter reference-5x5-... --adapter reference-20x10-... --rouge 21 --out docs/written_baseline.json
@@ -16,8 +17,10 @@ seed) and each adapter named, in one process on one loaded model:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -28,24 +31,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tuning import adapters, written  # noqa: E402
 from tuning.data import load_rows  # noqa: E402
 from tuning.evaluate import mean_loss, rouge_compare  # noqa: E402
-from tuning.generate import Decoding, generate  # noqa: E402
+from tuning.generate import Decoding, stream_ids  # noqa: E402
 from tuning.hardware import cpu_kind, cpu_model  # noqa: E402
-from tuning.model import load_base  # noqa: E402
+from tuning.model import Base, load_base  # noqa: E402
 from tuning.rows import encode_rows, held_out_for  # noqa: E402
 
 INPUT = "I want you to act as a rapper."  # the seed's example, Compare's default input
 
 
-def decode_seconds(base, prompt, repeats: int) -> tuple[float, int]:
-    """Median seconds of one 64-token generation of INPUT with `prompt` in front, after one untimed run; tokens made."""
+@dataclasses.dataclass(eq=False)
+class _Endless(Base):
+    """The same model with no end-of-text: every generation runs its full length, so times compare."""
+
+    @property
+    def eos_id(self) -> int:
+        return -1
+
+
+def decode_seconds(base: Base, prompts: list, repeats: int) -> list[float]:
+    """Median seconds of a 64-token generation of INPUT with each prompt in front, decoded alone.
+
+    Rounds are interleaved (every prompt once per round) so a busy moment lands on all of them
+    alike, and the first round is not timed (kernels are made for new shapes then).
+    """
+    endless = _Endless(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Base) if f.init})
+    ids = base.encode(INPUT)
     decoding = Decoding(max_new_tokens=64)
-    text = generate(base, prompt, INPUT, decoding)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        text = generate(base, prompt, INPUT, decoding)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), len(base.encode(text))
+    times: list[list[float]] = [[] for _ in prompts]
+    for round_ in range(repeats + 1):
+        for i, prompt in enumerate(prompts):
+            started = time.perf_counter()
+            *_, last = stream_ids(endless, [prompt], ids, decoding)
+            assert len(last[0]) == 64
+            if round_:
+                times[i].append(time.perf_counter() - started)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> int:
@@ -59,6 +79,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed generations per row (default: 3)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", help="write the results here as JSON")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only time the generations again, updating the rows of --out (scores are deterministic)")
     args = parser.parse_args()
 
     base = load_base(args.model, args.precision)
@@ -80,31 +102,31 @@ def main() -> int:
         entries.append((f"{name} · {soft.num_virtual_tokens} virtual tokens", soft.embeddings, soft.num_virtual_tokens,
                         None))
 
-    results = []
-    for label, prompt, tokens, acts in entries:
-        started = time.perf_counter()
-        loss = mean_loss(base, prompt, encoded, softs[0].config.batch_size)
-        rouge = rouge_compare(base, prompt, rouge_rows)["tuned"] if rouge_rows else None
-        seconds, made = decode_seconds(base, prompt, args.repeats)
-        result = {"row": label, "prompt_tokens": tokens, "context_tokens": tokens + input_tokens,
-                  "perplexity": math.exp(loss), "loss": loss, "rouge_l": rouge, "decode_s": seconds,
-                  "decoded_tokens": made, "examples": acts}
-        results.append(result)
-        print(f"{label}: perplexity {result['perplexity']:.2f}, ROUGE-L {rouge if rouge is None else round(rouge, 4)}, "
-              f"{tokens} prompt tokens, {seconds:.2f} s for {made} tokens ({time.perf_counter() - started:.0f} s)",
-              file=sys.stderr)
+    if args.timing_only:
+        results = json.loads(Path(args.out).read_text())["rows"]
+    else:
+        results = []
+        for label, prompt, tokens, acts in entries:
+            loss = mean_loss(base, prompt, encoded, softs[0].config.batch_size)
+            rouge = rouge_compare(base, prompt, rouge_rows)["tuned"] if rouge_rows else None
+            results.append({"row": label, "prompt_tokens": tokens, "context_tokens": tokens + input_tokens,
+                            "perplexity": math.exp(loss), "loss": loss, "rouge_l": rouge, "examples": acts})
+            print(f"{label}: perplexity {math.exp(loss):.2f}, ROUGE-L {rouge}", file=sys.stderr)
+    for result, seconds in zip(results, decode_seconds(base, [e[1] for e in entries], args.repeats)):
+        result["decode_s"] = seconds
+    load = os.getloadavg()[0]
 
     summary = {"model": args.model, "dataset": args.dataset, "cpu": f"{cpu_model()} ({cpu_kind()})", "dtype": str(base.dtype),
                "held_out_acts": len(held), "tokens_scored": sum(len(r) - 1 for r in encoded),
-               "rouge_acts": len(rouge_rows), "input": INPUT, "input_tokens": input_tokens, "rows": results}
+               "rouge_acts": len(rouge_rows), "input": INPUT, "load_average_after_timing": load, "input_tokens": input_tokens, "rows": results}
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
-    print("| prompt | context tokens | held-out perplexity | ROUGE-L | 64-token decode (s) |")
+    print("| prompt | context tokens (prompt + input) | held-out perplexity | ROUGE-L | 64-token decode (s) |")
     print("|---|---:|---:|---:|---:|")
     for r in results:
         rouge = "–" if r["rouge_l"] is None else f"{r['rouge_l']:.4f}"
         print(f"| {r['row']} | {r['prompt_tokens']} + {input_tokens} | {r['perplexity']:.2f} | {rouge} | "
-              f"{r['decode_s']:.2f} ({r['decoded_tokens']} tokens) |")
+              f"{r['decode_s']:.2f} |")
     return 0
 
 
