@@ -14,6 +14,7 @@ weights), which marks it here (`pytest_collection_modifyitems`).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from tuning.model import Base, from_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# A GGUF loaded in a test is unpacked into a folder of this run, not the developer's ~/.cache.
+os.environ.setdefault("TUNING_CACHE_DIR", tempfile.mkdtemp(prefix="tuning-test-cache-"))
 TOKENIZER_DIR = SHARED / "gpt2-tokenizer"
 SNAPSHOT_OLD = SHARED / "awesome-chatgpt-prompts" / "prompts-2025-01.csv"
 SNAPSHOT_NEW = SHARED / "awesome-chatgpt-prompts" / "prompts-2025-11.csv"

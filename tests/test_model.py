@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from tuning.hardware import resolve_precision
-from tuning.model import ModelError, context_length, load_base, prompt_inputs, token_losses
+from tuning.model import Base, ModelError, context_length, load_base, prompt_inputs, token_losses
 
 
 def test_left_padded_rows_keep_their_own_positions(base):
@@ -172,6 +174,40 @@ def test_a_gguf_file_loads_as_the_model_and_tokenizer_written_into_it(tmp_path):
         expected = own.model(input_ids=torch.tensor([ids])).logits
         got = loaded.model(input_ids=torch.tensor([ids])).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_gguf_is_unpacked_once_and_a_changed_file_again(tmp_path, monkeypatch):
+    # Reading a GGUF took ~20 s of a 2-core Space's start; the unpacked copy loads in ~3 s.
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from conftest import make_llama, small_tokenizer
+
+    from tuning import model as model_module
+
+    monkeypatch.setenv("TUNING_CACHE_DIR", str(tmp_path / "cache"))
+    own = make_llama(small_tokenizer())
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, own)
+    reads = []
+    real = gguf_utils.load_gguf_checkpoint
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", lambda *a, **k: reads.append(1) or real(*a, **k))
+
+    def fresh() -> Base:
+        model_module._load_base_cached.cache_clear()  # as a new process would
+        return load_base(str(path), "fp32")
+
+    first = fresh()
+    assert reads and len(list((tmp_path / "cache" / "gguf").iterdir())) == 1
+    reads.clear()
+    again = fresh()
+    assert not reads  # the unpacked copy, not the GGUF
+    text = "I want you to act as a poet."
+    assert again.encode(text) == first.encode(text) and again.model_id == str(path)
+    ids = torch.tensor([first.encode(text)])
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(input_ids=ids).logits, first.model(input_ids=ids).logits)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # the file changed
+    fresh()
+    assert reads
 
 
 def _ours_and_reference(own, rows, n_virtual: int = 3, seed: int = 0):

@@ -276,10 +276,14 @@ def _load_base_cached(model_id: str, precision: str, device: str | None) -> Base
             raise ModelError(f"no GGUF file at {model_id}")
         from transformers import GgufConfig
 
-        source, kwargs["gguf_file"] = str(path.parent), path.name
-        # Unpack the quantized blocks into a plain dense model: transformers would otherwise keep
-        # them packed and compute every matmul in float32, which made bf16 training crawl here.
-        model_kwargs = {"quantization_config": GgufConfig(gguf_file=path.name, dequantize=True)}
+        unpacked = _unpacked_gguf(path, resolved)
+        if (unpacked / "config.json").is_file():
+            source = str(unpacked)
+        else:
+            source, kwargs["gguf_file"] = str(path.parent), path.name
+            # Unpack the quantized blocks into a plain dense model: transformers would otherwise keep
+            # them packed and compute every matmul in float32, which made bf16 training crawl here.
+            model_kwargs = {"quantization_config": GgufConfig(gguf_file=path.name, dequantize=True)}
     elif model_id.startswith(("/", ".", "~")) and not path.exists():
         raise ModelError(f"no model folder at {model_id}")
     elif path.exists() and not path.is_dir():
@@ -300,7 +304,41 @@ def _load_base_cached(model_id: str, precision: str, device: str | None) -> Base
         if hub_id and isinstance(e, OSError) and cannot_reach:
             raise _download_failed(model_id, "HF_HUB_OFFLINE is set" if offline else "no connection") from None
         raise ModelError(f"could not load the model {model_id!r}: {str(e).strip().splitlines()[0]}") from e
+    if kwargs.get("gguf_file"):
+        _keep_unpacked(model, tokenizer, _unpacked_gguf(path, resolved))
     return from_model(model.to(dev), tokenizer, model_id, resolved)
+
+
+def _unpacked_gguf(path: Path, precision: str) -> Path:
+    """Where a GGUF file's unpacked model is kept: reading a GGUF takes ~20 s on 2 cores, a saved model ~2 s.
+
+    Keyed by the file's path, size and modification time and the precision, so a changed file is
+    unpacked anew. Under $TUNING_CACHE_DIR, else ~/.cache/prompt-tuning.
+    """
+    import hashlib
+
+    stat = path.resolve().stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{precision}".encode()).hexdigest()[:16]
+    root = Path(os.environ.get("TUNING_CACHE_DIR") or Path.home() / ".cache" / "prompt-tuning")
+    return root / "gguf" / f"{path.stem}-{precision}-{key}"
+
+
+def _keep_unpacked(model: torch.nn.Module, tokenizer, target: Path) -> None:
+    """Save the unpacked model for the next start; a full disk or a read-only home only costs that speed."""
+    import shutil
+    import tempfile
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpacking-"))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            staging.rename(target)  # whole or not at all: a half-written copy is never loaded
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def prompt_inputs(
