@@ -143,7 +143,7 @@ def written_details(shown: Written) -> str:
     lines = [f"**{plural(len(shown.examples), 'example')}** ({plural(shown.tokens, 'token')}): whole prompts of training "
              "acts, drawn with the first tuned prompt's seed from acts no compared prompt held out, each ended with "
              "end-of-text, in front of the input:", ""]
-    lines += [f"{i}. **{md_inline(row.act.rstrip(":"))}**: {md_inline(row.prompt)}" for i, row in enumerate(shown.examples, 1)]
+    lines += [f"{i}. **{md_inline(row.act.rstrip(':'))}**: {md_inline(row.prompt)}" for i, row in enumerate(shown.examples, 1)]
     return "\n".join(lines)
 
 
