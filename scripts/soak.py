@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import csv
 import json
 import logging
@@ -132,9 +133,11 @@ def count_jobs(path: Path) -> None:
     thread names, and it must know when every job has ended before it takes the end's sample.
     """
     while True:
-        running = sum(t.name.startswith("job-") for t in threading.enumerate())
-        path.with_suffix(".new").write_text(str(running))
-        os.replace(path.with_suffix(".new"), path)  # a reader never sees a half-written number
+        alive = threading.enumerate()
+        running = sum(t.name.startswith("job-") for t in alive)
+        # The Python threads' names too: a thread that outlives the visitors is then named, not only counted.
+        path.with_suffix(".new").write_text(json.dumps({"jobs": running, "python_threads": sorted(t.name for t in alive)}))
+        os.replace(path.with_suffix(".new"), path)  # a reader never sees a half-written file
         time.sleep(0.5)
 
 
@@ -177,8 +180,9 @@ def server_sample(pid: int, tmp: Path) -> dict:
         status = dict(line.split(":", 1) for line in f if ":" in line)
     names = os.listdir(tmp)
     jobs = tmp.parent / JOBS_FILE
+    counted = json.loads(jobs.read_text()) if jobs.exists() else {"jobs": -1, "python_threads": []}
     return {"rss_mb": int(status["VmRSS"].split()[0]) / 1024, "threads": int(status["Threads"]),
-            "open_files": len(os.listdir(f"/proc/{pid}/fd")), "jobs": int(jobs.read_text()) if jobs.exists() else -1,
+            "open_files": len(os.listdir(f"/proc/{pid}/fd")), **counted,
             **{p.rstrip("-"): sum(n.startswith(p) for n in names) for p in TEMP_PREFIXES}}
 
 
@@ -652,6 +656,20 @@ def settle(pid: int, tmp: Path, start: dict, seconds: float) -> tuple[dict, floa
         time.sleep(2)
 
 
+def thread_names(start: dict, end: dict) -> str:
+    """What a thread count that grew is made of: Python threads by name, the rest native (torch's, the allocator's).
+
+    >>> thread_names({"threads": 9, "python_threads": ["MainThread", "a"]}, {"threads": 12, "python_threads": ["MainThread", "a", "b"]})
+    '; Python threads new at the end: b; native threads: 7 -> 9'
+    """
+    before, after = start.get("python_threads", []), end.get("python_threads", [])
+    if not before and not after:
+        return ""
+    grown = list((collections.Counter(after) - collections.Counter(before)).elements())
+    return (f"; Python threads new at the end: {', '.join(grown) or 'none'}; native threads: "
+            f"{start['threads'] - len(before)} -> {end['threads'] - len(after)}")
+
+
 def checks(summary: dict, calls: list[dict], trainings: list[dict]) -> dict[str, str]:
     """{check: "" when it passed, else why it failed}."""
     server = summary["server"]
@@ -671,7 +689,8 @@ def checks(summary: dict, calls: list[dict], trainings: list[dict]) -> dict[str,
         "every training not stopped ended done or saved": "; ".join(f"{t['kind']}: {t['outcome']}" for t in lost[:5]),
         f"RSS grew at most {MAX_GROWTH_MB} MB from the warm-up to the end, once every job ended (retained)": retained,
         "threads back to their start": "" if end["threads"] <= start["threads"] else
-                                       f"{start['threads']} at the start, {end['threads']} at the end",
+                                       f"{start['threads']} at the start, {end['threads']} at the end"
+                                       + thread_names(start, end),
         "temp folders back to their start": "" if all(b <= a for a, b in temp.values()) else json.dumps(temp),
         "adapters folder consistent": "; ".join(summary["adapters_problems"]),
         "no traceback in the server's log": f"{summary['server_tracebacks']} traceback(s)" if summary["server_tracebacks"]

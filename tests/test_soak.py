@@ -88,3 +88,13 @@ def test_the_memory_check_is_what_the_run_left_behind_and_the_peak_is_reported_b
 def test_an_end_sample_taken_while_a_job_runs_does_not_pass_the_memory_check():
     _, why = memory_check([(18.0, 1100.0)], end_mb=1100.0, end_jobs=1)
     assert why.startswith("not measured: the end's sample found 1 job(s) running")
+
+
+@pytest.mark.timeout(30)
+def test_threads_left_at_the_end_are_named_python_or_counted_native():
+    soak = soak_script()
+    start = {"threads": 9, "python_threads": ["MainThread", "soak-jobs"]}
+    end = {"threads": 15, "python_threads": ["MainThread", "soak-jobs", "AnyIO worker thread", "job-x"]}
+    assert soak.thread_names(start, end) == ("; Python threads new at the end: AnyIO worker thread, job-x; "
+                                             "native threads: 7 -> 11")
+    assert soak.thread_names({"threads": 9}, {"threads": 12}) == ""  # a server that did not name them
