@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import collections
 import csv
+import faulthandler
 import json
 import logging
 import math
@@ -121,6 +122,7 @@ def serve(folder: Path, port: int) -> None:
         return app.build_app(model=model, dataset=dataset, adapters_dir=folder / "adapters", reference_adapters=True)
 
     demo = asyncio.run(built())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the driver asks for every thread's stack when some stay
     threading.Thread(target=count_jobs, args=(folder / JOBS_FILE,), daemon=True, name="soak-jobs").start()
     signal.signal(signal.SIGTERM, lambda *_: (demo.close(), os._exit(0)))
     demo.launch(server_name="127.0.0.1", server_port=port, quiet=True, max_file_size=app.MAX_UPLOAD_BYTES)
@@ -748,6 +750,9 @@ def soak(args: argparse.Namespace) -> int:
         record, samples = run_visitors(args, url, work, proc.pid, tmp, server, conditions)
         server["end"], settled_s = settle(proc.pid, tmp, server["start"], SETTLE_S)
         server["settled_s"] = round(settled_s, 1)
+        if server["end"]["threads"] > server["start"]["threads"]:  # what the threads that stayed are doing: server.log
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
         samples.append({"t": round(time.monotonic() - record.t0, 1), **server["end"]})
         adapters_problems = adapters_consistent(work / "server" / "adapters")
     finally:

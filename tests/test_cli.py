@@ -682,9 +682,14 @@ def tuning_process(argv: list[str], stderr, before_main: str = "") -> subprocess
     """`python -m tuning ARGV` in a process of its own (unbuffered, stdout piped), `before_main` run first in it."""
     import os
 
+    import signal
+
     code = f"import sys\n{before_main}\nfrom tuning.cli import main\nsys.exit(main(sys.argv[1:]))"
+    # Ctrl-C as a terminal delivers it: a SIGINT ignored in this process (the way a runner may start
+    # the suite) would be inherited, and Python then never raises KeyboardInterrupt in the child.
     return subprocess.Popen([sys.executable, "-c", code, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def read_until(stream, start: str) -> list[str]:
