@@ -50,15 +50,16 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # served.py beside this file, however it is loaded
+from served import free_port, wait_for_page  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOT = REPO / "tuning" / "snapshot" / "awesome-chatgpt-prompts.csv"
@@ -143,12 +144,6 @@ def count_jobs(path: Path) -> None:
         time.sleep(0.5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(folder: Path, log_path: Path, extra_env: dict | None = None,
                  timeout: float = 180) -> tuple[subprocess.Popen, str]:
     """Start `serve` in a child process with a temp folder of its own; (process, url) once the page answers."""
@@ -161,18 +156,12 @@ def start_server(folder: Path, log_path: Path, extra_env: dict | None = None,
         proc = subprocess.Popen([sys.executable, __file__, "--serve", str(folder), "--port", str(port)],
                                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"the server did not answer within {timeout:.0f} s; see {log_path}")
+    try:
+        wait_for_page(url, proc, timeout, poll_s=0.5)
+    except RuntimeError as e:
+        proc.kill()
+        raise SystemExit(f"{e}; see {log_path}") from None
+    return proc, url
 
 
 def server_sample(pid: int, tmp: Path) -> dict:

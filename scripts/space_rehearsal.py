@@ -31,13 +31,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # served.py beside this file, however it is loaded
+from served import free_port, wait_for_page  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_ID = "openai-community/gpt2"  # the app's default model, which a Space preloads
@@ -97,12 +98,6 @@ def preload(model_dir: Path, hf_home: Path) -> Path:
     return snapshot
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def space_environment(hf_home: Path, port: int) -> dict[str, str]:
     """The variables a Gradio Space with `hf_oauth: true` and GRADIO_MCP_SERVER set runs under."""
     keep = {k: v for k, v in os.environ.items()
@@ -116,20 +111,6 @@ def space_environment(hf_home: Path, port: int) -> dict[str, str]:
         "OAUTH_SCOPES": "openid profile write-repos manage-repos", "OPENID_PROVIDER_URL": "https://huggingface.co",
         "HF_HOME": str(hf_home), "PYTHONUNBUFFERED": "1",
     }
-
-
-def wait_for_page(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited with {process.returncode} before serving the page")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"no page at {url} after {timeout:.0f} s")
 
 
 async def mcp_tools(url: str) -> list[str]:

@@ -21,23 +21,18 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # served.py beside this file, however it is loaded
+from served import free_port, wait_for_page  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 COLUMNS = ("#base-output textarea", "#tuned-output textarea", "#tuned-output-b textarea")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu() -> str:
@@ -70,14 +65,7 @@ def measure(args: argparse.Namespace) -> dict:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() - t0 > args.timeout:
-                    raise RuntimeError("the app did not serve its page")
-                time.sleep(0.1)
+        wait_for_page(url, process, args.timeout - (time.monotonic() - t0), poll_s=0.1)
         expect.set_options(timeout=args.timeout * 1000)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
