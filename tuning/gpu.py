@@ -46,7 +46,7 @@ from .data import Row
 from .hardware import resolve_precision, zero_gpu
 from .kernels import attention_kernels
 from .model import Base, SoftPrompt
-from .plan import PlanError, estimate_seconds, scored_tokens, train_tokens
+from .plan import PlanError, estimate_seconds, row_tokens, scored_tokens, train_tokens
 from .written import Written
 
 __all__ = ["StopFlag", "Deadline", "Failed", "carrying", "reraising", "on_accelerator", "zero_gpu", "check_fits",
@@ -294,12 +294,16 @@ def _tokens(base: Base, rows: Sequence[Row]) -> int:
     return train_tokens(rows, lambda text: len(base.encode(text)))
 
 
+def _row_tokens(base: Base, rows: Sequence[Row]) -> list[int]:
+    return row_tokens(rows, lambda text: len(base.encode(text)))
+
+
 def _run_seconds(base: Base, train_rows: Sequence[Row], held_out_rows: Sequence[Row], config: TuneConfig,
                  epochs: int) -> float:
     """GPU seconds of `epochs` epochs over `train_rows` and the held-out scoring they do (plan.scored_tokens:
     a short run scores a subset at each epoch end and everything once), at the GPU speed."""
     tokens = _tokens(base, train_rows)
-    held = [len(base.encode(r.prompt)) + 1 for r in held_out_rows]  # as train_tokens counts a row
+    held = _row_tokens(base, held_out_rows)
     return estimate_seconds(epochs * tokens, gpu_speed(),
                             scored_tokens(tokens, held, config.batch_size, config.seed, epochs))
 
@@ -324,7 +328,7 @@ def sweep_seconds(base: Base, rows: Sequence[Row], config: TuneConfig, grid, sto
 
     train_rows, held = split_rows(rows, config)  # every cell trains on the same rows
     prompts = written_prompts(base, rows, held, config.seed, shots)
-    held_lengths = [len(base.encode(r.prompt)) + 1 for r in held]  # as train_tokens counts a row
+    held_lengths = _row_tokens(base, held)
     written_s = estimate_seconds(0, gpu_speed(), written_scored_tokens(prompts, held_lengths)) or 0.0
     return sum(CALL_OVERHEAD_S + _run_seconds(base, train_rows, held, config, epochs) for _, epochs in grid) \
         + (2 * len(grid) + len(prompts)) * rouge_acts * 64 * SECONDS_PER_NEW_TOKEN + written_s

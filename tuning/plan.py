@@ -150,9 +150,14 @@ def plan_sweep(rows: Sequence[Row], config: TuneConfig, grid: Sequence[tuple[int
     return plan
 
 
+def row_tokens(rows: Sequence[Row], count_tokens) -> list[int]:
+    """Each row's text tokens as training reads it: `count_tokens(prompt)` plus one end token."""
+    return [count_tokens(r.prompt) + 1 for r in rows]
+
+
 def train_tokens(rows: Sequence[Row], count_tokens) -> int:
-    """Text tokens one epoch trains on: `count_tokens(prompt)` summed, plus one end token a row."""
-    return sum(count_tokens(r.prompt) + 1 for r in rows)
+    """Text tokens one epoch trains on: `row_tokens` summed."""
+    return sum(row_tokens(rows, count_tokens))
 
 
 # A held-out token scored (a forward pass) costs this share of a trained token's step. Not a third:

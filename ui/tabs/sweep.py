@@ -16,7 +16,8 @@ from tuning.config import SHOTS
 from tuning.formatting import duration, plural
 from tuning.generate import decode_pace
 from tuning.jobs import Job
-from tuning.plan import PlanError, checked_config, estimate_seconds, plan_sweep, scored_tokens, train_tokens
+from tuning.plan import (PlanError, checked_config, estimate_seconds, plan_sweep, row_tokens, scored_tokens,
+                         train_tokens)
 from tuning.progress import SweepView
 from ui import gpu_calls
 from ui.charts import (cell_colours, history_chart, history_frame, loss_frame, step_axis, sweep_frame,
@@ -115,7 +116,7 @@ def sweep_training_seconds(base, plan, prompts, speed: float) -> float:
                     for rows in (plan.train_rows, plan.held_out_rows))
     # each cell's epoch ends score the held-out rows (a short cell a seeded subset, all at its last); the base
     # model is scored once per sweep, not once per cell
-    held_lengths = [len(base.encode(r.prompt)) + 1 for r in plan.held_out_rows]
+    held_lengths = row_tokens(plan.held_out_rows, lambda text: len(base.encode(text)))
     scored = sum(scored_tokens(tokens, held_lengths, plan.config.batch_size, plan.config.seed, e)
                  for _, e in plan.grid) - (len(plan.grid) - 1) * held
     scored += sweep.written_scored_tokens(prompts, held_lengths)
