@@ -177,7 +177,7 @@ def test_a_gguf_file_loads_as_the_model_and_tokenizer_written_into_it(tmp_path):
 
 
 def test_a_gguf_is_unpacked_once_and_a_changed_file_again(tmp_path, monkeypatch):
-    # Reading a GGUF took ~20 s of a 2-core Space's start; the unpacked copy loads in ~3 s.
+    # Every start after the first loads the unpacked copy, not the slow-to-read GGUF; a changed file is read again.
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from conftest import make_llama, small_tokenizer
 

@@ -310,7 +310,8 @@ def _load_base_cached(model_id: str, precision: str, device: str | None) -> Base
 
 
 def _unpacked_gguf(path: Path, precision: str) -> Path:
-    """Where a GGUF file's unpacked model is kept: reading a GGUF takes ~20 s on 2 cores, a saved model ~2 s.
+    """Where a GGUF file's unpacked model is kept: a saved model loads far faster than a GGUF is read
+    (docs/performance.md, "Time to the payoff").
 
     Keyed by the file's path, size and modification time and the precision, so a changed file is
     unpacked anew. Under $TUNING_CACHE_DIR, else ~/.cache/prompt-tuning.
